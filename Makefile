@@ -1,0 +1,29 @@
+# Two entry points, each sets itself up (virtualenv + packages) and is safe to run again:
+#   make quickstart   the main job on the embedded default
+#   make test         the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build on this project's machines; GPU users: make TORCH_SPEC="torch --index-url ..." ...
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.eva_rl-installed
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test lint setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/eva-rl data build --suite cw10 --tasks push-v3 --episodes 20 --skip-existing
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check eva_rl tests benchmarks

@@ -1,0 +1,1 @@
+"""Offline data: building Minari datasets (`build`); finding and summarising them (`catalog`)."""

@@ -1,0 +1,182 @@
+"""Where Minari datasets live, how they are installed atomically, and what they contain.
+
+Minari writes a dataset in place under its final id, so a crash mid-write would leave a broken
+dataset that later loads fail on. We write into a hidden staging root (Minari skips hidden
+folders) and move the finished folder into place with one `rename`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eva_rl.errors import UserError
+
+SUMMARY_FILE = "eva_rl_summary.json"
+STAGING_DIR = ".eva_rl-staging"
+
+
+def datasets_root(root: str | os.PathLike | None = None) -> Path:
+    """The Minari root: `root`, else `$MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env).expanduser().resolve() if env else Path.home() / ".minari" / "datasets"
+
+
+@contextlib.contextmanager
+def minari_root(root: Path) -> Iterator[None]:
+    """Point Minari's functions at `root` for the duration of the block."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def dataset_dir(root: Path, dataset_id: str) -> Path:
+    return root / dataset_id
+
+
+def exists(root: Path, dataset_id: str) -> bool:
+    return (dataset_dir(root, dataset_id) / "data").is_dir()
+
+
+@contextlib.contextmanager
+def staging(root: Path) -> Iterator[Path]:
+    """A private staging root under `root`, removed on exit whatever happens."""
+    _remove_stale_staging(root)
+    path = root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only if no other build is staging
+
+
+def install(staged_root: Path, root: Path, dataset_id: str, overwrite: bool) -> None:
+    """Move a finished dataset from the staging root to its final place in one rename."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.namespace import create_namespace, list_local_namespaces
+
+    final = dataset_dir(root, dataset_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if final.exists():
+        if not overwrite:
+            raise UserError(f"dataset {dataset_id} already exists at {final}; pass --overwrite")
+        trash = staged_root / f"old-{uuid.uuid4().hex[:8]}"
+        os.rename(final, trash)
+    os.rename(dataset_dir(staged_root, dataset_id), final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    namespace = parse_dataset_id(dataset_id)[0]
+    if namespace:
+        with minari_root(root):
+            if namespace not in list_local_namespaces():
+                create_namespace(namespace)
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Drop staging folders of builds that were killed (their process no longer exists)."""
+    base = root / STAGING_DIR
+    if not base.is_dir():
+        return
+    for path in base.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load(dataset_id: str, root: Path | None = None):
+    """`minari.load_dataset` with a readable error for a missing id."""
+    import minari
+
+    root = datasets_root(root)
+    if not exists(root, dataset_id):
+        raise UserError(
+            f"Minari dataset {dataset_id!r} not found under {root}; build it with "
+            "`eva-rl data build` or set MINARI_DATASETS_PATH"
+        )
+    with minari_root(root):
+        return minari.load_dataset(dataset_id)
+
+
+def summarize(dataset) -> dict[str, Any]:
+    """Episode statistics of any Minari dataset; success rates only where infos hold `success`."""
+    returns, lengths, any_success, final_success = [], [], [], []
+    for episode in dataset.iterate_episodes():
+        returns.append(float(np.sum(episode.rewards)))
+        lengths.append(len(episode.rewards))
+        success = (episode.infos or {}).get("success")
+        if success is not None:
+            success = np.asarray(success)[1:]  # entry 0 is the reset info
+            any_success.append(float(success.any()))
+            final_success.append(float(success[-1]))
+    returns_arr = np.asarray(returns)
+    return {
+        "dataset_id": dataset.spec.dataset_id,
+        "episodes": len(returns),
+        "transitions": int(np.sum(lengths)),
+        "return_mean": float(returns_arr.mean()),
+        "return_min": float(returns_arr.min()),
+        "return_max": float(returns_arr.max()),
+        "success_any": float(np.mean(any_success)) if any_success else None,
+        "success_final": float(np.mean(final_success)) if final_success else None,
+    }
+
+
+def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every local dataset with its statistics (read from our summary file when present)."""
+    import minari
+
+    root = datasets_root(root)
+    if not root.is_dir():
+        return []
+    with minari_root(root):
+        ids = list(minari.list_local_datasets())
+    rows = []
+    for dataset_id in ids:
+        summary_path = dataset_dir(root, dataset_id) / SUMMARY_FILE
+        if summary_path.is_file():
+            rows.append(json.loads(summary_path.read_text()))
+        else:
+            rows.append(summarize(load(dataset_id, root)))
+    return rows
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """One line per dataset, as `data build` and `data list` print it."""
+    success = (
+        ""
+        if s.get("success_any") is None
+        else (f"  success any {s['success_any']:.2f} final {s['success_final']:.2f}")
+    )
+    return (
+        f"{s['dataset_id']}: {s['episodes']} episodes, {s['transitions']} steps, return "
+        f"{s['return_mean']:.1f} [{s['return_min']:.1f}, {s['return_max']:.1f}]{success}"
+    )

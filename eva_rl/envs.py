@@ -1,0 +1,195 @@
+"""Environment suites (declared in `envs/`) and a serialisable Meta-World v3 task env.
+
+Meta-World's own `Meta-World/MT1` registration uses a lambda entry point, which Minari cannot
+serialise, ignores `reset(seed=...)`, reports stale observation bounds and returns different info
+keys at reset and step. `MetaWorldTaskEnv` fixes all four, so a Minari dataset can store its spec
+and `recover_environment()` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+from eva_rl.config import from_dict, read_yaml
+from eva_rl.errors import UserError
+
+ENV_ID = "eva_rl/MetaWorldTask-v0"
+INFO_KEYS = (
+    "success",
+    "near_object",
+    "grasp_success",
+    "grasp_reward",
+    "in_place_reward",
+    "obj_to_target",
+    "unscaled_reward",
+)
+
+
+def metaworld_task_names() -> list[str]:
+    import metaworld.env_dict
+
+    return list(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
+
+
+class MetaWorldTaskEnv(gym.Env):
+    """One Meta-World v3 task, goal observable, with a fresh random object/goal every reset.
+
+    `reset(seed=s)` reseeds the task's generator, so the same seed gives the same layout; info
+    holds the same float keys (`INFO_KEYS`) at reset (all 0: nothing happened yet) and every step.
+    The episode is truncated after `horizon` steps.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "depth_array"], "render_fps": 80}
+
+    def __init__(
+        self,
+        task: str,
+        horizon: int = 200,
+        render_mode: str | None = None,
+        camera_name: str = "corner",
+    ):
+        import metaworld.env_dict
+
+        classes = metaworld.env_dict.ALL_V3_ENVIRONMENTS
+        if task not in classes:
+            raise UserError(unknown_name_message("Meta-World task", task, list(classes)))
+        if horizon < 1:
+            raise UserError(f"horizon must be >= 1, got {horizon}")
+        self.task = task
+        self.horizon = horizon
+        self.render_mode = render_mode
+        env = classes[task](render_mode=render_mode, camera_name=camera_name)
+        env._partially_observable = False  # the goal position is part of the observation
+        env.__dict__.pop("sawyer_observation_space", None)  # cached with the old observability
+        env._set_task_called = True
+        env._freeze_rand_vec = False  # a new object/goal layout at every reset ...
+        env.seeded_rand_vec = True  # ... drawn from the env's own seeded generator
+        env.max_path_length = max(env.max_path_length, horizon)
+        self._env = env
+        self._seeded = False
+        self._t = 0
+        self.action_space = env.action_space
+        self.observation_space = env.sawyer_observation_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._seeded:
+            self._env.seed(int(self.np_random.integers(2**31 - 1)))
+            self._seeded = True
+        obs, _ = self._env.reset()
+        self._t = 0
+        return obs, dict.fromkeys(INFO_KEYS, 0.0)
+
+    def step(self, action):
+        obs, reward, terminated, _, raw = self._env.step(np.asarray(action))
+        self._t += 1
+        info = {key: float(raw[key]) for key in INFO_KEYS}
+        return obs, float(reward), bool(terminated), self._t >= self.horizon, info
+
+    def render(self):
+        return self._env.render()
+
+    def close(self):
+        self._env.close()
+
+
+def register() -> None:
+    if ENV_ID not in gym.registry:
+        gym.register(ENV_ID, entry_point="eva_rl.envs:MetaWorldTaskEnv", disable_env_checker=True)
+
+
+def make_task_env(task: str, horizon: int = 200, **kwargs: Any) -> gym.Env:
+    """`gym.make` through the registered string entry point, so the spec is serialisable."""
+    register()
+    return gym.make(ENV_ID, task=task, horizon=horizon, **kwargs)
+
+
+# --- suites -----------------------------------------------------------------------------------
+
+
+@dataclass
+class NoiseMixture:
+    """Per-episode Gaussian action-noise std, drawn from `levels` with probabilities `weights`."""
+
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.6, 1.0])
+    weights: list[float] = field(default_factory=lambda: [0.3, 0.2, 0.2, 0.15, 0.15])
+
+    def __post_init__(self):
+        if len(self.levels) != len(self.weights) or not self.levels:
+            raise UserError("noise.levels and noise.weights must be non-empty and of equal length")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise UserError("noise.weights must be non-negative with a positive sum")
+        if any(s < 0 for s in self.levels):
+            raise UserError("noise.levels must be non-negative standard deviations")
+
+
+@dataclass
+class DatasetRecipe:
+    episodes_per_task: int = 100
+    noise: NoiseMixture = field(default_factory=NoiseMixture)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.episodes_per_task < 1:
+            raise UserError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+
+
+@dataclass
+class Suite:
+    name: str
+    family: Literal["metaworld"] = "metaworld"
+    tasks: list[str] = field(default_factory=list)
+    horizon: int = 200
+    description: str = ""
+    dataset: DatasetRecipe = field(default_factory=DatasetRecipe)
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise UserError(f"suite {self.name} lists no tasks")
+        valid = metaworld_task_names()
+        for task in self.tasks:
+            if task not in valid:
+                raise UserError(unknown_name_message(f"task in suite {self.name}", task, valid))
+
+
+def suites_dir() -> Path:
+    """`$EVA_RL_ENVS_DIR`, else the `envs/` folder of this checkout."""
+    return Path(os.environ.get("EVA_RL_ENVS_DIR", Path(__file__).resolve().parents[1] / "envs"))
+
+
+def available_suites() -> dict[str, Path]:
+    """Suite name (`metaworld/cw10`, or its short form `cw10`) -> file."""
+    root = suites_dir()
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        found[name] = path
+    for name, path in list(found.items()):
+        found.setdefault(name.rsplit("/", 1)[-1], path)
+    return found
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (`cw10`, `metaworld/cw10`) or by the path of its YAML file."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path, name = Path(name_or_path), Path(name_or_path).stem
+    else:
+        suites = available_suites()
+        if name_or_path not in suites:
+            full = sorted(n for n in suites if "/" in n)
+            raise UserError(unknown_name_message("suite", name_or_path, full))
+        path = suites[name_or_path]
+        name = path.relative_to(suites_dir()).with_suffix("").as_posix()
+    data = read_yaml(path)
+    data.setdefault("name", name)
+    return from_dict(Suite, data)
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    return f"unknown {kind} {name!r}; valid: {', '.join(valid)}"

@@ -1,0 +1,91 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from eva_rl.config import apply_override, from_dict, load_config, save_config
+from eva_rl.data.build import DataBuildConfig
+from eva_rl.envs import load_suite
+from eva_rl.errors import UserError
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-4
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    inner: Inner = field(default_factory=Inner)
+    tag: str | None = None
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\ninner:\n  lr: 0.5\n")
+    cfg = load_config(Outer, path, ["inner.layers=[3, 4]", "steps=7", "tag=abc"])
+    assert cfg == Outer(name="x", steps=7, inner=Inner(lr=0.5, layers=[3, 4]), tag="abc")
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert from_dict(Outer, {"inner": {"lr": 1}}).inner.lr == 1.0
+    with pytest.raises(UserError, match="'steps' must be an integer"):
+        from_dict(Outer, {"steps": 1.5})
+
+
+def test_unknown_key_names_the_nearest_valid_ones():
+    with pytest.raises(UserError, match=r"unknown config key 'stpes' \(did you mean steps\?\)"):
+        load_config(Outer, None, ["stpes=3"])
+    with pytest.raises(UserError, match=r"unknown config key 'inner.lrr' \(did you mean lr\?\)"):
+        load_config(Outer, None, ["inner.lrr=3"])
+    with pytest.raises(UserError, match="valid keys: name, steps, inner, tag"):
+        load_config(Outer, None, ["zzzz=3"])
+
+
+def test_override_syntax_errors():
+    with pytest.raises(UserError, match="must look like key=value"):
+        apply_override({}, "steps")
+    with pytest.raises(UserError, match="'steps' is not a nested section"):
+        apply_override({"steps": 3}, "steps.x=1")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(DataBuildConfig, None, ["tasks=[push-v3]", "episodes=3"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(DataBuildConfig, tmp_path / "resolved.yaml") == cfg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(Outer, bad)
+
+
+def test_suites_load_and_validate(tmp_path):
+    cw10 = load_suite("cw10")
+    assert cw10 == load_suite("metaworld/cw10")
+    assert cw10.name == "metaworld/cw10" and len(cw10.tasks) == 10 and cw10.horizon == 200
+    mt40, mt50 = load_suite("mt40"), load_suite("mt50")
+    assert sorted(mt40.tasks + cw10.tasks) == sorted(mt50.tasks) and len(mt50.tasks) == 50
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("tasks: [reach-v3]\ndataset: {noise: {levels: [0.0], weights: [1]}}\n")
+    mine = load_suite(str(custom))
+    assert (mine.name, mine.tasks, mine.dataset.noise.levels) == ("mine", ["reach-v3"], [0.0])
+    custom.write_text("tasks: [reach-v9]\n")
+    with pytest.raises(UserError, match="unknown task in suite mine 'reach-v9'; valid: .*reach-v3"):
+        load_suite(str(custom))
+    with pytest.raises(UserError, match="unknown suite 'cw11'; valid: metaworld/cw10"):
+        load_suite("cw11")
+
+
+def test_shipped_data_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].glob("configs/data/*.yaml")):
+        cfg = load_config(DataBuildConfig, path)
+        load_suite(cfg.suite)
