@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from eva_rl.config import apply_override, from_dict, read_yaml
-from eva_rl.errors import UserError
+from eva_rl.errors import RunError, UserError
 
 
 def _config(cls: type, args: argparse.Namespace, flags: dict[str, Any]):
@@ -60,6 +60,14 @@ def cmd_data_list(args: argparse.Namespace) -> None:
         print(catalog.format_summary(s))
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from eva_rl.pretrain import PretrainConfig, pretrain
+
+    cfg = _config(PretrainConfig, args, dict(out=args.out, resume=args.resume))
+    result = pretrain(cfg)
+    print(f"agent saved to {result['agent']}; TensorBoard: tensorboard --logdir {cfg.out}/tb")
+
+
 def cmd_suites(args: argparse.Namespace) -> None:
     from eva_rl.envs import available_suites, load_suite
 
@@ -96,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON instead of lines")
     ls.set_defaults(func=cmd_data_list)
 
+    pt = sub.add_parser("pretrain", help="pretrain a Decision Transformer (e.g. on MT40)")
+    pt.add_argument("--out", help="run directory (default: the config's out)")
+    pt.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    _add_config_args(pt)
+    pt.set_defaults(func=cmd_pretrain)
+
     s = sub.add_parser("suites", help="list the environment suites in envs/")
     s.set_defaults(func=cmd_suites)
     return root
@@ -108,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"eva-rl: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"eva-rl: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "eva-rl: interrupted; completed outputs are kept, partial ones discarded",

@@ -7,3 +7,7 @@ its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the problem and, where possible, the fix."""
+
+
+class RunError(Exception):
+    """A run stopped for a reason the message explains (a diverged loss, say); exit code 1."""

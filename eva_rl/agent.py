@@ -1,0 +1,218 @@
+"""Decision-Transformer agents: construction, checkpoints (HF dir + `eva_rl.json`) and acting.
+
+A checkpoint is a `save_pretrained` directory, loadable by plain transformers, plus `eva_rl.json`
+holding what acting needs and the model itself does not: state normalisation, return scale,
+context length, horizon, per-env target returns and provenance. A plain transformers DT
+directory loads too when those stats are given in a separate JSON file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+from eva_rl.config import from_dict
+from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_json
+
+META_FILE = "eva_rl.json"
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 128
+    n_layer: int = 3
+    n_head: int = 1
+    context_length: int = 20  # K timesteps, 3K tokens
+    dropout: float = 0.1
+    max_ep_len: int = 1000  # size of the timestep embedding; must exceed the horizon
+    activation_function: str = "relu"
+
+    def __post_init__(self):
+        if self.hidden_size % self.n_head:
+            raise UserError(
+                f"model.hidden_size {self.hidden_size} must divide by n_head {self.n_head}"
+            )
+        if min(self.hidden_size, self.n_layer, self.n_head, self.context_length) < 1:
+            raise UserError(
+                "model sizes (hidden_size, n_layer, n_head, context_length) must be >= 1"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def build_model(cfg: ModelConfig, state_dim: int, act_dim: int) -> DecisionTransformerModel:
+    config = DecisionTransformerConfig(
+        state_dim=state_dim,
+        act_dim=act_dim,
+        hidden_size=cfg.hidden_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.hidden_size,
+        max_ep_len=cfg.max_ep_len,
+        n_positions=3 * cfg.context_length,
+        activation_function=cfg.activation_function,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        action_tanh=True,
+        bos_token_id=None,  # a DT has no vocabulary; GPT-2's token ids only trigger warnings
+        eos_token_id=None,
+    )
+    return DecisionTransformerModel(config)
+
+
+@dataclass
+class AgentMeta:
+    """Everything needed to act with a DT besides its weights."""
+
+    state_mean: list[float]
+    state_std: list[float]
+    return_scale: float
+    context_length: int
+    horizon: int
+    target_returns: dict[str, float] = field(default_factory=dict)  # env name -> target return
+    suite: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.state_mean) != len(self.state_std):
+            raise UserError("state_mean and state_std must have the same length")
+        if self.return_scale <= 0:
+            raise UserError(f"return_scale must be > 0, got {self.return_scale}")
+        if not all(s > 0 and math.isfinite(s) for s in self.state_std):
+            raise UserError("state_std must be positive and finite in every dimension")
+
+
+class Agent:
+    """A DecisionTransformerModel with its `AgentMeta`."""
+
+    def __init__(self, model: DecisionTransformerModel, meta: AgentMeta):
+        self.model = model
+        self.meta = meta
+        if len(meta.state_mean) != model.config.state_dim:
+            raise UserError(
+                f"checkpoint has state_dim={model.config.state_dim} but its normalisation stats "
+                f"have {len(meta.state_mean)} entries; the stats belong to another model"
+            )
+        if 3 * meta.context_length > model.config.n_positions:
+            raise UserError(
+                f"context_length {meta.context_length} needs {3 * meta.context_length} tokens but "
+                f"the model was built for {model.config.n_positions}"
+            )
+        if meta.horizon > model.config.max_ep_len:
+            raise UserError(
+                f"horizon {meta.horizon} exceeds the model's max_ep_len {model.config.max_ep_len}"
+            )
+
+    @property
+    def state_dim(self) -> int:
+        return self.model.config.state_dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.model.config.act_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_dims(self, state_dim: int, act_dim: int, what: str) -> None:
+        """Refuse data or envs whose shapes differ from the checkpoint's, naming both."""
+        ours = (self.model.config.state_dim, self.model.config.act_dim)
+        if ours != (state_dim, act_dim):
+            raise UserError(
+                f"checkpoint has state_dim={ours[0]}, act_dim={ours[1]} but {what} has "
+                f"state_dim={state_dim}, act_dim={act_dim}; use a checkpoint trained on such data"
+            )
+
+    def normalize(self, states: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.meta.state_mean, dtype=states.dtype, device=states.device)
+        std = torch.as_tensor(self.meta.state_std, dtype=states.dtype, device=states.device)
+        return (states - mean) / std
+
+    @torch.no_grad()
+    def predict(self, states, actions, returns_to_go, timesteps, attention_mask) -> torch.Tensor:
+        """Actions for the last position of each (normalised, left-padded) history: (B, A)."""
+        out = self.model(
+            states=states,
+            actions=actions,
+            returns_to_go=returns_to_go,
+            timesteps=timesteps,
+            attention_mask=attention_mask,
+            return_dict=True,
+        )
+        return out.action_preds[:, -1]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint directory atomically: never a half-written one at `path`."""
+        save_checkpoint_dir(path, lambda tmp: self._write(tmp))
+
+    def _write(self, directory: Path) -> None:
+        transformers.utils.logging.disable_progress_bar()  # one small shard: no bar needed
+        self.model.save_pretrained(directory)
+        atomic_write_json(directory / META_FILE, dataclasses.asdict(self.meta))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        stats: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Agent:
+        """Load a checkpoint; `stats` is an `eva_rl.json`-shaped file for plain DT checkpoints."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"{path} is not a checkpoint directory (no config.json); check the path"
+            )
+        meta_path = Path(stats) if stats is not None else path / META_FILE
+        if not meta_path.is_file():
+            raise UserError(
+                f"{path} has no {META_FILE} (a plain transformers checkpoint?); pass --stats FILE "
+                "with state_mean, state_std, return_scale, context_length, horizon"
+            )
+        meta = from_dict(AgentMeta, json.loads(meta_path.read_text()))
+        model = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
+        return cls(model.to(device).eval(), meta)
+
+
+def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_dir)`, then swap `tmp_dir` into `path` with renames."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto")
+    return device

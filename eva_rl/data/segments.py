@@ -1,0 +1,148 @@
+"""Decision-Transformer training segments sampled from one or many Minari datasets.
+
+All episodes are flattened into contiguous arrays once; a batch is then pure index arithmetic:
+episode chosen in proportion to its length (so tasks mix by their share of transitions), a
+uniform start, up to K steps, left-padded with an attention mask. Nothing here assumes
+Meta-World: any Minari dataset with Box observations and actions works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eva_rl.data import catalog
+
+
+def env_name(dataset) -> str:
+    """The name an evaluator builds the env from: the Meta-World task, else the gym id."""
+    spec = dataset.spec.env_spec
+    if spec is None:
+        return dataset.spec.dataset_id
+    return spec.kwargs.get("task", spec.id) if "MetaWorldTask" in spec.id else spec.id
+
+
+@dataclass
+class Trajectories:
+    """Every step of every episode, flattened; `episode_*` index into the flat arrays."""
+
+    states: np.ndarray  # (N, state_dim) float32, raw
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32
+    returns_to_go: np.ndarray  # (N,) float32, undiscounted suffix sums, raw
+    timesteps: np.ndarray  # (N,) int64
+    episode_start: np.ndarray  # (E,) int64
+    episode_length: np.ndarray  # (E,) int64
+    episode_env: np.ndarray  # (E,) int64, index into `envs`
+    envs: list[str]  # env name per source dataset
+    dataset_ids: list[str]
+
+    @property
+    def state_dim(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def act_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std over all states (std floored so constant features stay finite)."""
+        mean = self.states.mean(0, dtype=np.float64)
+        std = self.states.std(0, dtype=np.float64)
+        return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+    def max_returns(self) -> dict[str, float]:
+        """Best episode return per env: the paper's evaluation target."""
+        ep_returns = self.returns_to_go[self.episode_start]
+        return {
+            name: float(ep_returns[self.episode_env == i].max()) for i, name in enumerate(self.envs)
+        }
+
+
+def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) -> Trajectories:
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "r", "g", "t")}
+    lengths, env_index, envs = [], [], []
+    for ds_id in dataset_ids:
+        dataset = catalog.load(ds_id, root)
+        name = env_name(dataset)
+        if name not in envs:
+            envs.append(name)
+        for ep in dataset.iterate_episodes():
+            n = len(ep.rewards)
+            rewards = np.asarray(ep.rewards, dtype=np.float64)
+            columns["s"].append(np.asarray(ep.observations, np.float32)[:n].reshape(n, -1))
+            columns["a"].append(np.asarray(ep.actions, np.float32).reshape(n, -1))
+            columns["r"].append(rewards.astype(np.float32))
+            columns["g"].append(np.cumsum(rewards[::-1])[::-1].astype(np.float32))
+            columns["t"].append(np.arange(n, dtype=np.int64))
+            lengths.append(n)
+            env_index.append(envs.index(name))
+    lengths_arr = np.asarray(lengths, dtype=np.int64)
+    return Trajectories(
+        states=np.concatenate(columns["s"]),
+        actions=np.concatenate(columns["a"]),
+        rewards=np.concatenate(columns["r"]),
+        returns_to_go=np.concatenate(columns["g"]),
+        timesteps=np.concatenate(columns["t"]),
+        episode_start=np.concatenate([[0], np.cumsum(lengths_arr)[:-1]]).astype(np.int64),
+        episode_length=lengths_arr,
+        episode_env=np.asarray(env_index, dtype=np.int64),
+        envs=envs,
+        dataset_ids=list(dataset_ids),
+    )
+
+
+class SegmentSampler:
+    """Seeded, vectorised sampler of left-padded K-step segments."""
+
+    def __init__(
+        self,
+        traj: Trajectories,
+        context: int,
+        return_scale: float,
+        state_mean: np.ndarray,
+        state_std: np.ndarray,
+        seed: int,
+        device: str | torch.device = "cpu",
+    ):
+        self.traj = traj
+        self.context = context
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self._p = traj.episode_length / traj.episode_length.sum()
+        self._states = torch.from_numpy((traj.states - state_mean) / state_std)
+        self._actions = torch.from_numpy(traj.actions)
+        self._rtg = torch.from_numpy(traj.returns_to_go / return_scale)
+        self._timesteps = torch.from_numpy(traj.timesteps)
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """states (B,K,S), actions (B,K,A), returns_to_go (B,K,1), timesteps (B,K),
+        attention_mask (B,K): 1 on the real steps, which sit at the right end."""
+        t = self.traj
+        episodes = self.rng.choice(len(self._p), size=batch_size, p=self._p)
+        length = t.episode_length[episodes]
+        start = (self.rng.random(batch_size) * length).astype(np.int64)  # uniform in [0, len)
+        steps = np.minimum(self.context, length - start)
+        j = np.arange(self.context)[None, :]
+        pad = (self.context - steps)[:, None]
+        mask = j >= pad
+        index = t.episode_start[episodes, None] + start[:, None] + (j - pad)
+        index = torch.from_numpy(np.where(mask, index, 0))
+        m = torch.from_numpy(mask)
+        batch = {
+            "states": self._states[index] * m[..., None],
+            "actions": self._actions[index] * m[..., None],
+            "returns_to_go": (self._rtg[index] * m)[..., None],
+            "timesteps": self._timesteps[index] * m,
+            "attention_mask": m.long(),
+        }
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

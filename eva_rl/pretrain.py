@@ -1,0 +1,107 @@
+"""`eva-rl pretrain`: train a Decision Transformer from scratch on a suite's datasets (MT40)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, resolve_device
+from eva_rl.config import save_config, to_dict
+from eva_rl.data.build import dataset_id
+from eva_rl.data.segments import SegmentSampler, load_trajectories
+from eva_rl.envs import load_suite
+from eva_rl.errors import UserError
+from eva_rl.train import LoopConfig, OptimConfig, git_commit, prepare_run_dir, train_loop
+
+
+@dataclass
+class PretrainEvalConfig:
+    episodes: int = 3  # per env
+    envs: list[str] = field(default_factory=list)  # empty: every env of the data
+    seed: int = 1000
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/pretrain"
+    suite: str = "mt40"
+    datasets: list[str] = field(default_factory=list)  # Minari ids; empty: the suite's datasets
+    data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
+    return_scale: float = 1000.0  # returns-to-go are divided by this
+    horizon: int = 200
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    resume: bool = False
+
+    def __post_init__(self):
+        if self.return_scale <= 0:
+            raise UserError(f"return_scale must be > 0, got {self.return_scale}")
+        if self.horizon >= self.model.max_ep_len:
+            raise UserError(f"horizon {self.horizon} must be < model.max_ep_len")
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
+    from eva_rl.evaluate import EvalConfig, evaluate
+
+    out = Path(cfg.out)
+    ids = cfg.datasets or [dataset_id(t) for t in load_suite(cfg.suite).tasks]
+    traj = load_trajectories(ids, cfg.data_root)  # before touching `out`: bad ids fail first
+    prepare_run_dir(out, cfg.resume)
+    save_config(cfg, out / "config.yaml")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, traj.state_dim, traj.act_dim).to(device)
+    mean, std = traj.state_stats()
+    meta = AgentMeta(
+        state_mean=mean.tolist(),
+        state_std=std.tolist(),
+        return_scale=cfg.return_scale,
+        context_length=cfg.model.context_length,
+        horizon=cfg.horizon,
+        target_returns=traj.max_returns(),
+        suite=cfg.suite if not cfg.datasets else None,
+        provenance={
+            "config": to_dict(cfg),
+            "datasets": ids,
+            "seed": cfg.seed,
+            "git_commit": git_commit(),
+            "torch": torch.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    agent = Agent(model, meta)
+    sampler = SegmentSampler(
+        traj, cfg.model.context_length, cfg.return_scale, mean, std, cfg.seed, device
+    )
+    eval_envs = cfg.eval.envs or traj.envs
+    eval_cfg = EvalConfig(episodes=cfg.eval.episodes, seed=cfg.eval.seed, device=str(device))
+
+    def run_eval(step: int) -> dict[str, float]:
+        result = evaluate(agent, eval_envs, eval_cfg, progress=False)
+        keys = ("success_any", "success_final", "return_mean", "length_mean")
+        return {k: result[k] for k in keys if result[k] is not None}
+
+    def export(directory: Path, step: int) -> None:
+        agent.meta.provenance["steps"] = step
+        agent.save(directory / "agent")
+
+    history = train_loop(
+        model, sampler, cfg.optim, cfg.loop, out, export, run_eval, cfg.resume, progress
+    )
+    agent.meta.provenance["steps"] = cfg.loop.steps
+    agent.save(out / "agent")
+    shutil.copy(out / "config.yaml", out / "agent" / "pretrain_config.yaml")
+    return {**history, "agent": str(out / "agent"), "meta": dataclasses.asdict(meta)}

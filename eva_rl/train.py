@@ -1,0 +1,206 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, masked action MSE. A run directory
+holds TensorBoard events, the resolved config and `checkpoints/latest/` (written atomically):
+`state.pt` (model, optimizer, scheduler, step, torch and sampler RNG) plus whatever
+`export(directory, step)` writes for users. Resuming restores all of it, so on CPU an
+interrupted-then-resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from eva_rl.agent import save_checkpoint_dir
+from eva_rl.data.segments import SegmentSampler
+from eva_rl.errors import RunError, UserError
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    grad_clip: float = 0.25
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.grad_clip <= 0:
+            raise UserError("optim: lr and grad_clip must be > 0, batch_size >= 1, warmup >= 0")
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 1000  # 0: evaluate only at the end
+    save_every: int = 500
+
+    def __post_init__(self):
+        if self.steps < 1 or self.log_every < 1 or self.save_every < 1 or self.eval_every < 0:
+            raise UserError("steps, log_every, save_every must be >= 1 and eval_every >= 0")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to clobber a run; `resume` needs one."""
+    latest = out / "checkpoints" / "latest" / STATE_FILE
+    if resume and not latest.is_file():
+        raise UserError(f"nothing to resume in {out} (no checkpoints/latest); drop resume=true")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {out} exists; pass resume=true or choose another out=")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to 0 at `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE between predicted and dataset actions on real (unpadded) steps only."""
+    out = model(
+        states=batch["states"],
+        actions=batch["actions"],
+        returns_to_go=batch["returns_to_go"],
+        timesteps=batch["timesteps"],
+        attention_mask=batch["attention_mask"],
+        return_dict=True,
+    )
+    mask = batch["attention_mask"].unsqueeze(-1).to(out.action_preds.dtype)
+    sq = (out.action_preds - batch["actions"]) ** 2 * mask
+    return sq.sum() / (mask.sum() * batch["actions"].shape[-1])
+
+
+def train_loop(
+    model: torch.nn.Module,
+    sampler: SegmentSampler,
+    optim: OptimConfig,
+    loop: LoopConfig,
+    run_dir: Path,
+    export: Callable[[Path, int], None],
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model` on `sampler` batches; returns final metrics. See the module docstring."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(optim.warmup_steps, loop.steps)
+    )
+    latest = run_dir / "checkpoints" / "latest"
+    step = 0
+    history: dict[str, Any] = {"eval": []}
+    if resume:
+        state = torch.load(latest / STATE_FILE, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+
+    def save() -> None:
+        def write(directory: Path) -> None:
+            export(directory, step)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "history": history,
+                },
+                directory / STATE_FILE,
+            )
+
+        save_checkpoint_dir(latest, write)
+        history["saved_step"] = step
+
+    def run_eval() -> None:
+        model.eval()
+        metrics = evaluate(step)
+        model.train()
+        history["eval"].append({"step": step, **metrics})
+        for key, value in metrics.items():
+            writer.add_scalar(f"eval/{key}", value, step)
+
+    writer = SummaryWriter(run_dir / "tb", purge_step=step if resume else None)
+    model.train()
+    started, seen_loss, window = time.perf_counter(), 0.0, 0
+    bar = tqdm(total=loop.steps, initial=step, desc="train", unit="step", disable=not progress)
+    try:
+        while step < loop.steps:
+            batch = sampler.sample(optim.batch_size)
+            loss = action_loss(model, batch)
+            if not torch.isfinite(loss):
+                where = (
+                    f"the last good checkpoint (step {history['saved_step']}) is kept in {latest}"
+                    if "saved_step" in history
+                    else "no checkpoint was saved yet"
+                )
+                raise RunError(
+                    f"loss became {loss.item()} at step {step + 1}; {where}; "
+                    "lower optim.lr or raise optim.warmup_steps and resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen_loss, window = seen_loss + loss.item(), window + 1
+            bar.update(1)
+            if step % loop.log_every == 0 or step == loop.steps:
+                writer.add_scalar("train/loss", seen_loss / window, step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+                bar.set_postfix(loss=f"{seen_loss / window:.4f}")
+                history["loss"] = seen_loss / window
+                seen_loss, window = 0.0, 0
+            if evaluate is not None and (
+                step == loop.steps or (loop.eval_every and step % loop.eval_every == 0)
+            ):
+                run_eval()
+            if step % loop.save_every == 0 or step == loop.steps:
+                save()
+    finally:
+        bar.close()
+        writer.close()
+    history["seconds"] = time.perf_counter() - started
+    return history

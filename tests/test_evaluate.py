@@ -1,0 +1,198 @@
+"""Batched evaluation: fixed episode counts, seeding, success metrics, refusals, batch == alone."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+from eva_rl.envs import make_task_env
+from eva_rl.errors import UserError
+from eva_rl.evaluate import EvalConfig, evaluate, log_to_tensorboard, make_eval_env, write_report
+
+SHORT_ID = "eva_rl_test/ShortInvertedPendulum-v5"  # same spaces as InvertedPendulum-v5, 3 steps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add sync cost (and stall badly on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_agent(state_dim, act_dim, horizon=20, targets=None, seed=0, context=5):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(hidden_size=32, n_layer=1, n_head=1, context_length=context)
+    meta = AgentMeta(
+        state_mean=[0.0] * state_dim,
+        state_std=[1.0] * state_dim,
+        return_scale=100.0,
+        context_length=context,
+        horizon=horizon,
+        target_returns=dict(targets or {}),
+    )
+    return Agent(build_model(cfg, state_dim, act_dim), meta)
+
+
+def episodes_of(result, name):
+    return result["envs"][name]["episodes"]
+
+
+def test_exactly_n_episodes_per_env_with_early_termination():
+    if SHORT_ID not in gym.registry:
+        gym.register(SHORT_ID, "gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
+                     max_episode_steps=3)
+    names = ["InvertedPendulum-v5", SHORT_ID]
+    agent = tiny_agent(4, 1, horizon=100, targets=dict.fromkeys(names, 100.0))
+    result = evaluate(agent, names, EvalConfig(episodes=6), progress=False)
+    long_eps, short_eps = episodes_of(result, names[0]), episodes_of(result, names[1])
+    assert len(long_eps) == len(short_eps) == 6
+    assert [e["seed"] for e in long_eps] == list(range(6))
+    lengths = [e["length"] for e in long_eps]
+    assert len(set(lengths)) > 1 and max(lengths) < 100  # terminated early, at varying steps
+    assert all(e["length"] == 3 for e in short_eps)
+    assert result["envs"][names[0]]["length_mean"] == pytest.approx(np.mean(lengths))
+    assert result["success_any"] is None and result["success_final"] is None  # no success info
+
+
+def test_generic_env_cut_at_horizon_and_same_seed_reproducible():
+    agent = tiny_agent(3, 1, horizon=15, targets={"Pendulum-v1": -100.0})
+    cfg = EvalConfig(episodes=3, seed=5)
+    a = evaluate(agent, ["Pendulum-v1"], cfg, progress=False)
+    b = evaluate(agent, ["Pendulum-v1"], cfg, progress=False)
+    c = evaluate(agent, ["Pendulum-v1"], EvalConfig(episodes=3, seed=6), progress=False)
+    assert a == b
+    assert [e["length"] for e in episodes_of(a, "Pendulum-v1")] == [15, 15, 15]
+    assert a["return_mean"] != c["return_mean"]
+
+
+def test_metaworld_seeded_reproducible_and_model_mode_restored():
+    agent = tiny_agent(39, 4, targets={"reach-v3": 200.0})
+    agent.model.train()
+    cfg = EvalConfig(episodes=2, seed=3)
+    a = evaluate(agent, ["reach-v3"], cfg, progress=False)
+    b = evaluate(agent, ["reach-v3"], cfg, progress=False)
+    c = evaluate(agent, ["reach-v3"], EvalConfig(episodes=2, seed=4), progress=False)
+    assert agent.model.training
+    assert a == b and a["return_mean"] != c["return_mean"]
+    assert a["envs"]["reach-v3"]["success_any"] is not None  # Meta-World reports success
+
+
+def test_batched_forward_equals_each_episode_alone():
+    """Same seeds played together and one at a time give identical episodes (here the context is
+    shorter than the horizon, so both padded and full windows are exercised)."""
+    agent = tiny_agent(39, 4, horizon=12, targets={"reach-v3": 300.0, "push-v3": 50.0})
+    batched = evaluate(agent, ["reach-v3", "push-v3"], EvalConfig(episodes=3), progress=False)
+    for name in ("reach-v3", "push-v3"):
+        alone = [
+            episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False),
+                        name)[0]
+            for i in range(3)
+        ]
+        assert alone == episodes_of(batched, name)
+
+
+def test_batched_equals_alone_while_the_batch_shrinks():
+    agent = tiny_agent(4, 1, horizon=60, targets={"InvertedPendulum-v5": 60.0}, seed=1)
+    name = "InvertedPendulum-v5"
+    batched = episodes_of(evaluate(agent, [name], EvalConfig(episodes=4), progress=False), name)
+    alone = [
+        episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False),
+                    name)[0]
+        for i in range(4)
+    ]
+    assert len({e["length"] for e in batched}) > 1
+    assert alone == batched
+
+
+def test_success_metrics_match_a_hand_rolled_scripted_expert(monkeypatch):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    task, horizon, seed = "reach-v3", 200, 7
+    policy = ENV_POLICY_MAP[task]()
+    agent = tiny_agent(39, 4, horizon=horizon, targets={task: 1.0})
+
+    def expert(states, actions, returns_to_go, timesteps, attention_mask):
+        raw = states[:, -1].cpu().numpy()  # mean 0 / std 1: the normalised state is the raw one
+        return torch.as_tensor(np.stack([policy.get_action(s) for s in raw]), dtype=torch.float32)
+
+    monkeypatch.setattr(agent, "predict", expert)
+    result = evaluate(agent, [task], EvalConfig(episodes=3, seed=seed), progress=False)
+
+    env = make_task_env(task, horizon)
+    expected = []
+    for i in range(3):
+        obs, _ = env.reset(seed=seed + i)
+        successes, total = [], 0.0
+        for _ in range(horizon):
+            action = policy.get_action(obs.astype(np.float32)).astype(np.float32)
+            obs, reward, terminated, truncated, info = env.step(np.clip(action, -1, 1))
+            successes.append(info["success"])
+            total += reward
+            if terminated or truncated:
+                break
+        expected.append((max(successes), successes[-1], len(successes), total))
+    env.close()
+    got = [(e["success_any"], e["success_final"], e["length"], e["return"])
+           for e in episodes_of(result, task)]
+    assert [g[:3] for g in got] == [e[:3] for e in expected]  # success any/final, length
+    assert [g[3] for g in got] == pytest.approx([e[3] for e in expected])  # return
+    assert result["envs"][task]["success_any"] == 1.0
+    assert result["success_any"] == 1.0
+    assert result["success_final"] == pytest.approx(np.mean([x[1] for x in expected]))
+
+
+def test_dimension_mismatch_refused_naming_both_shapes():
+    agent = tiny_agent(39, 4, targets={"Pendulum-v1": 0.0})
+    with pytest.raises(UserError, match="state_dim=39, act_dim=4.*state_dim=3, act_dim=1"):
+        evaluate(agent, ["Pendulum-v1"], EvalConfig(episodes=1), progress=False)
+
+
+def test_missing_target_return_is_a_clear_error_and_override_and_scale_apply():
+    agent = tiny_agent(39, 4, horizon=2, targets={"push-v3": 100.0})
+    with pytest.raises(UserError, match=r"reach-v3.*--target-return"):
+        evaluate(agent, ["reach-v3"], EvalConfig(episodes=1), progress=False)
+    cfg = EvalConfig(episodes=1, target_returns={"reach-v3": 40.0}, target_scale=1.5)
+    result = evaluate(agent, ["reach-v3", "push-v3"], cfg, progress=False)
+    assert result["envs"]["reach-v3"]["target_return"] == 60.0
+    assert result["envs"]["push-v3"]["target_return"] == 150.0
+
+
+def test_config_and_env_name_validation():
+    with pytest.raises(UserError, match="episodes"):
+        EvalConfig(episodes=0)
+    with pytest.raises(UserError, match="NoSuchEnv-v0"):
+        make_eval_env("NoSuchEnv-v0", 10)
+
+
+def test_report_and_tensorboard_scalars(tmp_path):
+    agent = tiny_agent(39, 4, horizon=3, targets={"reach-v3": 1.0, "push-v3": 1.0})
+    result = evaluate(agent, ["reach-v3", "push-v3"], EvalConfig(episodes=2), progress=False)
+    path = tmp_path / "eval" / "report.json"
+    write_report(result, path)
+    assert json.loads(path.read_text()) == result
+
+    class Writer:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
+    writer = Writer()
+    log_to_tensorboard(result, writer, step=7)
+    expected_tags = {f"eval/{env}/{m}" for env in ("reach-v3", "push-v3")
+                     for m in ("success_any", "success_final", "return")}
+    expected_tags |= {"eval/success_any", "eval/success_final", "eval/return"}
+    assert set(writer.scalars) == expected_tags
+    assert writer.scalars["eval/return"] == (result["return_mean"], 7)
+
+    pendulum = tiny_agent(3, 1, horizon=3, targets={"Pendulum-v1": 0.0})
+    no_success = evaluate(pendulum, ["Pendulum-v1"], EvalConfig(episodes=1), progress=False)
+    writer = Writer()
+    log_to_tensorboard(no_success, writer, step=0, prefix="val")
+    assert set(writer.scalars) == {"val/Pendulum-v1/return", "val/return"}

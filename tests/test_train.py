@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from eva_rl.agent import ModelConfig, build_model
+from eva_rl.data.segments import SegmentSampler, load_trajectories
+from eva_rl.errors import RunError
+from eva_rl.train import LoopConfig, OptimConfig, lr_lambda, train_loop
+
+TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5, dropout=0.1)
+OPTIM = OptimConfig(lr=1e-3, warmup_steps=2, batch_size=16)
+
+
+def setup(mw_root, seed=0):
+    t = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
+    torch.manual_seed(seed)
+    model = build_model(TINY, t.state_dim, t.act_dim)
+    return model, SegmentSampler(t, 5, 1000.0, *t.state_stats(), seed=seed)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = lr_lambda(4, 12)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
+
+
+def test_loss_goes_down(mw_root, tmp_path):
+    model, sampler = setup(mw_root)
+    loop = LoopConfig(steps=120, log_every=20, save_every=120)
+    history = train_loop(model, sampler, OPTIM, loop, tmp_path, lambda d, s: None, progress=False)
+    losses = [e.value for e in _scalars(tmp_path, "train/loss")]
+    assert len(losses) == 6 and losses[-1] < 0.75 * losses[0]
+    assert history["saved_step"] == 120
+
+
+def test_resume_equals_uninterrupted(mw_root, tmp_path, monkeypatch):
+    loop = LoopConfig(steps=8, log_every=2, save_every=3)
+    model_a, sampler_a = setup(mw_root)
+    train_loop(model_a, sampler_a, OPTIM, loop, tmp_path / "a", lambda d, s: None, progress=False)
+
+    import eva_rl.train as train_mod
+
+    real_loss, calls = train_mod.action_loss, {"n": 0}
+
+    def crash_at_step_5(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    model_b, sampler_b = setup(mw_root)
+    monkeypatch.setattr(train_mod, "action_loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(
+            model_b, sampler_b, OPTIM, loop, tmp_path / "b", lambda d, s: None, progress=False
+        )
+    monkeypatch.setattr(train_mod, "action_loss", real_loss)
+    torch.manual_seed(123)  # resume must not depend on the process's RNG state
+    model_c, sampler_c = setup(mw_root, seed=99)  # fresh objects; state comes from the checkpoint
+    train_loop(
+        model_c,
+        sampler_c,
+        OPTIM,
+        loop,
+        tmp_path / "b",
+        lambda d, s: None,
+        resume=True,
+        progress=False,
+    )
+    c_state = model_c.state_dict()
+    for name, a in model_a.state_dict().items():
+        c = c_state[name]
+        assert torch.equal(a, c), name
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mw_root, tmp_path, monkeypatch):
+    import eva_rl.train as train_mod
+
+    real_loss, calls = train_mod.action_loss, {"n": 0}
+
+    def nan_at_step_4(model, batch):
+        calls["n"] += 1
+        loss = real_loss(model, batch)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(train_mod, "action_loss", nan_at_step_4)
+    model, sampler = setup(mw_root)
+    with pytest.raises(
+        RunError,
+        match=r"loss became nan at step 4; the last good checkpoint "
+        r"\(step 2\) is kept",
+    ):
+        train_loop(
+            model,
+            sampler,
+            OPTIM,
+            LoopConfig(steps=10, save_every=2),
+            tmp_path,
+            lambda d, s: None,
+            progress=False,
+        )
+    state = torch.load(tmp_path / "checkpoints/latest/state.pt", weights_only=False)
+    assert state["step"] == 2
+
+
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return acc.Scalars(tag)
