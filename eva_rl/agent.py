@@ -27,6 +27,7 @@ from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json
 
 META_FILE = "eva_rl.json"
+transformers.utils.logging.disable_progress_bar()  # small single-shard models: bars are noise
 
 
 @dataclass
@@ -160,7 +161,6 @@ class Agent:
         save_checkpoint_dir(path, lambda tmp: self._write(tmp))
 
     def _write(self, directory: Path) -> None:
-        transformers.utils.logging.disable_progress_bar()  # one small shard: no bar needed
         self.model.save_pretrained(directory)
         atomic_write_json(directory / META_FILE, dataclasses.asdict(self.meta))
 

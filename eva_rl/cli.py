@@ -68,6 +68,108 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"agent saved to {result['agent']}; TensorBoard: tensorboard --logdir {cfg.out}/tb")
 
 
+def _target_returns(items: list[str]) -> dict[str, float]:
+    targets = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            targets[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--target-return {item!r} must look like ENV=NUMBER")
+    return targets
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from eva_rl.agent import Agent, resolve_device
+    from eva_rl.envs import load_suite
+    from eva_rl.evaluate import EvalConfig, evaluate, log_to_tensorboard, write_report
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite or choose another --out")
+    cfg = EvalConfig(
+        episodes=args.episodes,
+        seed=args.seed,
+        target_returns=_target_returns(args.target_return),
+        target_scale=args.target_scale,
+        device=args.device,
+    )
+    agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
+    envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
+    envs = envs or sorted(agent.meta.target_returns)
+    result = evaluate(agent, envs, cfg)
+    result["config"].update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
+    write_report(result, out)
+    with SummaryWriter(args.tb or out.with_suffix("").as_posix() + "_tb") as writer:
+        log_to_tensorboard(result, writer, step=agent.meta.provenance.get("steps", 0))
+    print(format_eval_table(result))
+    print(f"report: {out}")
+
+
+def format_eval_table(result: dict) -> str:
+    """A markdown table: one row per env, then the mean."""
+
+    def cell(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        "| env | success (any step) | success (final step) | return | length |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [*result["envs"].items(), ("**mean**", result)]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {cell(r['success_any'])} | {cell(r['success_final'])} | "
+            f"{r['return_mean']:.1f} | {r['length_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from eva_rl.agent import Agent, resolve_device
+    from eva_rl.collector import CollectorConfig, collect_on_datasets
+    from eva_rl.config import save_config
+    from eva_rl.eva import META_FILE, describe, log_to_tensorboard, save_result
+
+    out = Path(args.out)
+    if (out / META_FILE).exists() and not args.overwrite:
+        raise UserError(f"{out} already holds an EVA result; pass --overwrite or another --out")
+    cfg = _config(
+        CollectorConfig,
+        args,
+        dict(
+            rank=args.rank,
+            rho=args.rho,
+            tau=args.tau,
+            max_batches=args.max_batches,
+            batch_size=args.batch_size,
+            method=args.method,
+            seed=args.seed,
+            device=args.device,
+        ),
+    )
+    agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(cfg.device))
+    result = collect_on_datasets(agent, args.dataset, cfg, args.data_root)
+    extra = dict(checkpoint=str(args.checkpoint), datasets=args.dataset)
+    save_result(result, cfg, out, **extra)
+    save_config(cfg, out / "collector_config.yaml")
+    log_to_tensorboard(describe(result, cfg, **extra), out / "tb")
+    ranks = {n.removeprefix("encoder."): layer.rank for n, layer in result.layers.items()}
+    print(
+        f"{result.batches} batches, {result.seconds:.1f} s on {result.device}, "
+        f"converged: {result.converged}; ranks: {ranks}"
+    )
+    print(f"wrote {out / 'eva_state.safetensors'} and {out / META_FILE}")
+
+
 def cmd_suites(args: argparse.Namespace) -> None:
     from eva_rl.envs import available_suites, load_suite
 
@@ -109,6 +211,52 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
     _add_config_args(pt)
     pt.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="roll out a checkpoint in its environments")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    ev.add_argument("--stats", help="eva_rl.json-style stats for a plain transformers checkpoint")
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument(
+        "--tasks",
+        "--envs",
+        dest="envs",
+        nargs="+",
+        help="Meta-World tasks or gymnasium ids (default: the checkpoint's envs)",
+    )
+    which.add_argument("--suite", help="every task of a suite, e.g. cw10")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes per env (default 10)")
+    ev.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i")
+    ev.add_argument(
+        "--target-return",
+        nargs="+",
+        default=[],
+        metavar="ENV=R",
+        help="override the checkpoint's target return for an env",
+    )
+    ev.add_argument("--target-scale", type=float, default=1.0, help="multiply every target")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ev.add_argument("--out", required=True, help="JSON report path")
+    ev.add_argument("--tb", help="TensorBoard dir (default: <out without .json>_tb)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    ev.set_defaults(func=cmd_evaluate)
+
+    co = sub.add_parser("collect", help="EVA: principal directions of layer inputs + ranks")
+    co.add_argument("--checkpoint", required=True, help="pretrained checkpoint directory")
+    co.add_argument("--stats", help="eva_rl.json-style stats for a plain transformers checkpoint")
+    co.add_argument("--dataset", required=True, nargs="+", help="downstream Minari dataset id(s)")
+    co.add_argument("--data-root", help="Minari root (default: $MINARI_DATASETS_PATH)")
+    co.add_argument("--rank", type=int, help="nominal LoRA rank r (default 8)")
+    co.add_argument("--rho", type=float, help="components per layer = round(rho * r) (default 2)")
+    co.add_argument("--tau", type=float, help="cosine threshold for convergence (default 0.99)")
+    co.add_argument("--max-batches", type=int, help="stop after this many batches (default 100)")
+    co.add_argument("--batch-size", type=int, help="segments per batch (default 64)")
+    co.add_argument("--method", help="covariance (default, exact) or incremental-svd")
+    co.add_argument("--seed", type=int, help="segment sampling seed (default 0)")
+    co.add_argument("--device", help="auto (default), cpu, cuda")
+    co.add_argument("--out", required=True, help="output directory")
+    co.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    _add_config_args(co)
+    co.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("suites", help="list the environment suites in envs/")
     s.set_defaults(func=cmd_suites)

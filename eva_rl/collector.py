@@ -1,0 +1,336 @@
+"""The collector: principal directions of every adapted layer's inputs on downstream data.
+
+Forward pre-hooks record each target layer's input on the valid tokens of a batch (the DT's
+per-timestep attention mask expanded to its interleaved return/state/action tokens). Two methods:
+
+- `covariance` (default): exact streaming statistics (token count, sum, X^T X in float64);
+  after each batch the layer's centred scatter matrix is eigendecomposed, batched over layers of
+  equal width. Its components are exactly the top right-singular vectors of all centred inputs
+  seen so far, and a batch costs one matrix product per layer instead of an SVD.
+- `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
+  `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
+
+Convergence follows PEFT: after each batch every component is compared (cosine) with its value
+one batch earlier; a layer has converged when all components it is currently allocated reach
+`tau`; converged layers stop recording (and resume if their allocation grows). Collection stops
+when every layer has converged or after `max_batches` (then it warns and still returns).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+from transformers.pytorch_utils import Conv1D
+
+from eva_rl.errors import UserError
+from eva_rl.ranks import allocate_ranks
+
+TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
+
+
+@dataclass
+class CollectorConfig:
+    rank: int = 8  # nominal LoRA rank r; the budget is r x number of layers
+    rho: float = 2.0  # components kept per layer: round(rho * r)
+    tau: float = 0.99  # cosine threshold for convergence
+    whiten: bool = False  # divide components by sqrt of their singular values (as PEFT)
+    max_batches: int = 100  # cap: stop (with a warning) even if not every layer converged
+    batch_size: int = 64
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
+    method: Literal["covariance", "incremental-svd"] = "covariance"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise UserError(f"rank must be >= 1, got {self.rank}")
+        if self.rho < 1.0:
+            raise UserError(f"rho must be >= 1 (1 = no redistribution), got {self.rho}")
+        if not 0.0 < self.tau <= 1.0:
+            raise UserError(f"tau must be in (0, 1], got {self.tau}")
+        if self.max_batches < 2 or self.batch_size < 1:
+            raise UserError("max_batches must be >= 2 (convergence compares batches), batch >= 1")
+        bad = [t for t in self.token_types if t not in TOKEN_TYPES]
+        if bad or not self.token_types:
+            raise UserError(f"token_types must be a non-empty subset of {list(TOKEN_TYPES)}")
+
+    @property
+    def components(self) -> int:
+        return round(self.rho * self.rank)
+
+
+@dataclass
+class LayerResult:
+    components: torch.Tensor  # (rank, d_in): the allocated top directions
+    rank: int
+    ratios: list[float]  # explained-variance ratios of all round(rho*r) components
+    converged_at: int | None  # batch after which the layer stopped recording (None: never)
+    tokens: int
+    shares_with: str | None = None  # the layer whose identical inputs it reuses
+
+
+@dataclass
+class CollectResult:
+    layers: dict[str, LayerResult]
+    budget: int
+    batches: int
+    seconds: float
+    device: str
+    converged: bool
+
+
+def token_mask(attention_mask: torch.Tensor, token_types: list[str] = TOKEN_TYPES) -> torch.Tensor:
+    """(B, K) step mask -> (B, 3K) token mask over (return, state, action) interleaved tokens."""
+    keep = torch.tensor([t in token_types for t in TOKEN_TYPES], device=attention_mask.device)
+    return (attention_mask.bool()[:, :, None] & keep).reshape(attention_mask.shape[0], -1)
+
+
+def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Module]:
+    """Linear/Conv1D modules whose last name part is one of `target_modules` (PEFT's rule)."""
+    found = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] in target_modules
+    }
+    if not found:
+        raise UserError(f"no Linear/Conv1D module matches target_modules={target_modules}")
+    return found
+
+
+class CovarianceStats:
+    """Token count, sum and X^T X of a layer's inputs, accumulated in float64."""
+
+    def __init__(self, d: int, device: torch.device):
+        self.n = 0
+        self.sum = torch.zeros(d, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        x64 = x.double() if x.device.type == "cpu" else x.float()  # GPUs: fp32 product
+        self.n += x.shape[0]
+        self.sum += x64.sum(0).double()
+        self.gram += (x64.T @ x64).double()
+
+    def scatter(self) -> torch.Tensor:
+        """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
+        return self.gram - torch.outer(self.sum, self.sum) / max(self.n, 1)
+
+
+class IncrementalSVD:
+    """Ross et al. incremental SVD of mean-centred inputs (the algorithm in PEFT's EVA)."""
+
+    def __init__(self, d: int, k: int, device: torch.device):
+        self.k, self.n = k, 0
+        self.mean = torch.zeros(d, dtype=torch.float64, device=device)
+        self.sq = torch.zeros(d, dtype=torch.float64, device=device)  # sum of squared deviations
+        self.components = torch.zeros(0, d, dtype=torch.float64, device=device)
+        self.singular = torch.zeros(0, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        n_new, n_old = x.shape[0], self.n
+        total = n_old + n_new
+        batch_mean = x.mean(0)
+        centred = x - batch_mean
+        delta = batch_mean - self.mean
+        if n_old == 0:
+            stacked = centred
+        else:
+            correction = ((n_old * n_new / total) ** 0.5) * (self.mean - batch_mean)
+            stacked = torch.vstack([self.singular[:, None] * self.components, centred, correction])
+        self.sq += (centred**2).sum(0) + delta**2 * n_old * n_new / total
+        self.mean += delta * n_new / total
+        self.n = total
+        _, s, vt = torch.linalg.svd(stacked, full_matrices=False)
+        self.components, self.singular = _flip(vt[: self.k]), s[: self.k]
+
+    def decompose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.components, self.singular**2
+
+
+def _flip(v: torch.Tensor) -> torch.Tensor:
+    """Deterministic signs: the largest-magnitude entry of every row is positive."""
+    idx = v.abs().argmax(dim=1)
+    signs = torch.sign(v[torch.arange(v.shape[0], device=v.device), idx])
+    return v * torch.where(signs == 0, 1.0, signs)[:, None]
+
+
+def _top_eigen(scatters: list[torch.Tensor], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Top-k eigenvectors (rows) and eigenvalues of equally sized symmetric matrices, batched."""
+    evals, evecs = torch.linalg.eigh(torch.stack(scatters))
+    evals = evals.flip(-1)[:, :k].clamp_min(0)
+    evecs = evecs.flip(-1)[:, :, :k].transpose(1, 2)
+    return [(_flip(evecs[i]), evals[i]) for i in range(len(scatters))]
+
+
+def collect(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    cfg: CollectorConfig,
+    progress: bool = True,
+) -> CollectResult:
+    """Record target-layer inputs over `batches` until convergence or the cap (module docstring)."""
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    layers = target_layers(model, cfg.target_modules)
+    names = list(layers)
+    k = cfg.components
+    budget = cfg.rank * len(names)
+    primary: dict[str, str] = {}  # layer -> the layer whose stats it uses (itself if unique)
+    stats: dict[str, CovarianceStats | IncrementalSVD] = {}
+    state = {"mask": None, "first": {}}
+    recording: set[str] = set(names)
+
+    def hook(name):
+        def record(_module, args):
+            if name in recording:
+                x = args[0][state["mask"]]
+                if state["first"] is not None:
+                    state["first"][name] = x.clone()
+                else:
+                    stats[name].update(x)
+
+        return record
+
+    handles = [layers[n].register_forward_pre_hook(hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    prev: dict[str, torch.Tensor] = {}
+    comp_ok = {n: torch.zeros(k, dtype=torch.bool) for n in names}
+    converged_at: dict[str, int | None] = dict.fromkeys(names)
+    current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    ranks: dict[str, int] = dict.fromkeys(names, k)
+    bar = tqdm(total=cfg.max_batches, desc="collect", unit="batch", disable=not progress)
+    batch_index = 0
+    try:
+        for batch_index in range(1, cfg.max_batches + 1):
+            batch = next(batches)
+            state["mask"] = token_mask(batch["attention_mask"], cfg.token_types)
+            with torch.no_grad():
+                model(**batch, return_dict=True)
+            if state["first"] is not None:
+                first, state["first"] = state["first"], None
+                _setup_stats(first, primary, stats, k, device, cfg.method)
+                recording = {n for n in names if primary[n] == n}
+            _refresh(stats, recording, current, k, cfg.method)
+            for n in recording:
+                comps = current[n][0]
+                if n in prev:
+                    sim = torch.nn.functional.cosine_similarity(comps, prev[n], dim=1)
+                    comp_ok[n] = (sim >= cfg.tau).cpu()
+                prev[n] = comps
+            ratios = {n: _ratios(stats[primary[n]], current[primary[n]][1]) for n in names}
+            ranks = allocate_ranks(ratios, budget)
+            group_rank = {p: max(ranks[n] for n in names if primary[n] == p) for p in stats}
+            done = {p: bool(comp_ok[p][: group_rank[p]].all()) and p in prev for p in stats}
+            for p in stats:
+                if done[p] and p in recording:
+                    converged_at[p] = batch_index
+                elif not done[p]:
+                    converged_at[p] = None
+            recording = {p for p in stats if not done[p]}
+            bar.update(1)
+            bar.set_postfix(converged=f"{len(stats) - len(recording)}/{len(stats)}")
+            if not recording:
+                break
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if recording:
+        warnings.warn(
+            f"collector hit max_batches={cfg.max_batches} before convergence (tau={cfg.tau}); "
+            f"not converged: {', '.join(sorted(recording))}. Results use the data seen so far.",
+            stacklevel=2,
+        )
+    result_layers = {}
+    for n in names:
+        p = primary[n]
+        comps, evals = current[p]
+        r = ranks[n]
+        out = comps[:r].clone()
+        if cfg.whiten:  # PEFT divides by sqrt(singular value) = eigenvalue ** 0.25
+            out = out / evals[:r].clamp_min(1e-24).pow(0.25)[:, None]
+        result_layers[n] = LayerResult(
+            components=out.float().cpu(),
+            rank=r,
+            ratios=[float(v) for v in ratios[n]],
+            converged_at=converged_at[p],
+            tokens=stats[p].n,
+            shares_with=None if p == n else p,
+        )
+    return CollectResult(
+        layers=result_layers,
+        budget=budget,
+        batches=batch_index,
+        seconds=time.perf_counter() - started,
+        device=str(device),
+        converged=not recording,
+    )
+
+
+def _setup_stats(first, primary, stats, k, device, method) -> None:
+    """Detect layers with identical inputs on the first batch, then feed it to the primaries."""
+    for n, x in first.items():
+        same = (p for p in stats if first[p].shape == x.shape and torch.equal(first[p], x))
+        primary[n] = next(same, n)
+        if primary[n] == n:
+            d = x.shape[1]
+            cov = method == "covariance"
+            stats[n] = CovarianceStats(d, device) if cov else IncrementalSVD(d, k, device)
+            stats[n].update(x)
+
+
+def _refresh(stats, recording, current, k, method) -> None:
+    """Recompute the decomposition of every layer that recorded this batch."""
+    if method == "incremental-svd":
+        for n in recording:
+            current[n] = stats[n].decompose()
+        return
+    by_width: dict[int, list[str]] = {}
+    for n in sorted(recording):
+        by_width.setdefault(stats[n].sum.shape[0], []).append(n)
+    for group in by_width.values():
+        for n, pair in zip(group, _top_eigen([stats[n].scatter() for n in group], k), strict=True):
+            current[n] = pair
+
+
+def _ratios(stats, evals: torch.Tensor) -> torch.Tensor:
+    """Explained-variance ratios: component variance / total variance of the layer's inputs."""
+    total = stats.scatter().trace() if isinstance(stats, CovarianceStats) else stats.sq.sum()
+    return (evals / total.clamp_min(1e-30)).cpu()
+
+
+def collect_on_datasets(
+    agent, dataset_ids: list[str], cfg: CollectorConfig, data_root=None, progress: bool = True
+) -> CollectResult:
+    """Run the collector on an agent with segments of the given Minari datasets.
+
+    Segments are normalised with the checkpoint's own state statistics and return scale (the
+    inputs the pretrained model will see when fine-tuned), seeded by `cfg.seed`.
+    """
+    import numpy as np
+
+    from eva_rl.data.segments import SegmentSampler, load_trajectories
+
+    traj = load_trajectories(dataset_ids, data_root)
+    agent.check_dims(traj.state_dim, traj.act_dim, f"dataset {dataset_ids[0]}")
+    sampler = SegmentSampler(
+        traj,
+        agent.meta.context_length,
+        agent.meta.return_scale,
+        np.asarray(agent.meta.state_mean, np.float32),
+        np.asarray(agent.meta.state_std, np.float32),
+        seed=cfg.seed,
+        device=agent.device,
+    )
+    batches = iter(lambda: sampler.sample(cfg.batch_size), None)
+    return collect(agent.model, batches, cfg, progress=progress)

@@ -1,0 +1,150 @@
+"""EVA results on disk, and turning them into a PEFT LoRA model.
+
+On disk (`eva-rl collect --out DIR`): `eva_state.safetensors` maps each module name of the plain
+`DecisionTransformerModel` to its allocated components (rank x d_in; rank-0 layers are stored as
+0 x d_in so they can be told apart from layers that were not targeted), and `eva.json` holds
+per-layer ranks, explained-variance ratios, convergence step and tokens, plus the budget,
+batches, seconds, device and the collector config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.pytorch_utils import Conv1D
+
+from eva_rl.collector import CollectorConfig, CollectResult
+from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_json
+
+STATE_FILE = "eva_state.safetensors"
+META_FILE = "eva.json"
+
+
+def save_result(result: CollectResult, cfg: CollectorConfig, out: str | os.PathLike, **extra):
+    """Write `eva_state.safetensors` and `eva.json` (each atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {n: layer.components.contiguous() for n, layer in result.layers.items()}
+    tmp = out / f".{STATE_FILE}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / STATE_FILE)
+    atomic_write_json(out / META_FILE, describe(result, cfg, **extra))
+
+
+def describe(result: CollectResult, cfg: CollectorConfig, **extra) -> dict[str, Any]:
+    return {
+        "budget": result.budget,
+        "batches": result.batches,
+        "seconds": round(result.seconds, 3),
+        "device": result.device,
+        "converged": result.converged,
+        "total_rank": sum(layer.rank for layer in result.layers.values()),
+        "config": dataclasses.asdict(cfg),
+        **extra,
+        "layers": {
+            name: {
+                "rank": layer.rank,
+                "explained_variance_ratio": layer.ratios,
+                "converged_at_batch": layer.converged_at,
+                "tokens": layer.tokens,
+                "shares_inputs_with": layer.shares_with,
+            }
+            for name, layer in result.layers.items()
+        },
+    }
+
+
+def load_state(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    directory = Path(directory)
+    if not (directory / STATE_FILE).is_file() or not (directory / META_FILE).is_file():
+        raise UserError(
+            f"{directory} holds no EVA result ({STATE_FILE} + {META_FILE}); run `eva-rl collect`"
+        )
+    return load_file(str(directory / STATE_FILE)), json.loads((directory / META_FILE).read_text())
+
+
+def apply_eva(
+    model: torch.nn.Module,
+    eva_state: dict[str, torch.Tensor],
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    use_dora: bool = False,
+    modules_to_save: list[str] | None = None,
+):
+    """A PEFT LoRA model whose A matrices are the EVA components (B = 0).
+
+    Per-layer ranks go through PEFT's rank_pattern, alpha is scaled by new_rank / rank so the
+    LoRA scale alpha / r is unchanged, and rank-0 layers carry no adapter. `model` is modified
+    (wrapped), as with any PEFT model; pass a fresh copy.
+    """
+    from peft import EvaConfig, LoraConfig, get_peft_model
+    from peft.tuners.lora.eva import initialize_lora_eva_weights
+
+    known = {n for n, _ in model.named_modules()}
+    missing = sorted(set(eva_state) - known)
+    if missing:
+        raise UserError(f"EVA result names modules the model lacks: {', '.join(missing[:3])}")
+    for name, components in eva_state.items():
+        module = model.get_submodule(name)
+        model_in = module.weight.shape[0 if isinstance(module, Conv1D) else 1]
+        if model_in != components.shape[1]:
+            d_in = components.shape[1]
+            raise UserError(
+                f"EVA components of {name} have d_in={d_in} but the model's layer takes {model_in}"
+            )
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=sorted(eva_state),
+        init_lora_weights="eva",
+        eva_config=EvaConfig(rho=1.0, adjust_scaling_factors=True),
+        fan_in_fan_out=isinstance(model.get_submodule(next(iter(eva_state))), Conv1D),
+        use_dora=use_dora,
+        modules_to_save=modules_to_save,
+    )
+    peft_model = get_peft_model(model, config)
+    device = next(model.parameters()).device
+    prefixed = {f"base_model.model.{n}": t.to(device) for n, t in eva_state.items()}
+    initialize_lora_eva_weights(peft_model, eva_state_dict=prefixed, show_progress_bar=False)
+    return peft_model
+
+
+def log_to_tensorboard(meta: dict[str, Any], log_dir: str | os.PathLike) -> None:
+    """Explained variance per layer (one curve per layer over component index) and a
+    rank-allocation bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    layers = meta["layers"]
+    with SummaryWriter(log_dir) as writer:
+        for name, layer in layers.items():
+            for i, ratio in enumerate(layer["explained_variance_ratio"]):
+                writer.add_scalar(f"explained_variance_ratio/{name}", ratio, i)
+            writer.add_scalar(f"rank/{name}", layer["rank"], 0)
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers)), 4))
+        ax.bar(range(len(layers)), [layer["rank"] for layer in layers.values()])
+        ax.axhline(meta["config"]["rank"], color="k", ls="--", lw=1, label="nominal rank r")
+        ax.set_xticks(
+            range(len(layers)),
+            [n.removeprefix("encoder.") for n in layers],
+            rotation=70,
+            fontsize=7,
+        )
+        ax.set_ylabel("allocated rank")
+        ax.set_title(f"EVA rank allocation (budget {meta['budget']}, rho {meta['config']['rho']})")
+        ax.legend()
+        fig.tight_layout()
+        writer.add_figure("eva/rank_allocation", fig, 0)
+        plt.close(fig)
