@@ -60,8 +60,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cfg = DataBuildConfig(tasks=[args.task], episodes=args.episodes, workers=1,
-                              chunk_episodes=args.episodes, root=tmp)
+        cfg = DataBuildConfig(
+            tasks=[args.task],
+            episodes=args.episodes,
+            workers=1,
+            chunk_episodes=args.episodes,
+            root=tmp,
+        )
         build(cfg)
         recorded_build = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -80,13 +85,19 @@ def main() -> None:
 
     print(f"\n{args.task}, {args.episodes} episodes ({steps} steps), {os.cpu_count()} cores")
     print(f"raw env+policy stepping        {steps / raw:8.0f} steps/s   1.00x")
-    print(f"recorded rollout (in process)  {steps / recorded_inproc:8.0f} steps/s   "
-          f"overhead {recorded_inproc / raw - 1:+.1%}")
-    print(f"full build, 1 worker (spawn, write, summarise)  {steps / recorded_build:8.0f} steps/s"
-          f"   overhead {recorded_build / raw - 1:+.1%}  ({size / 1e6:.1f} MB on disk)")
+    print(
+        f"recorded rollout (in process)  {steps / recorded_inproc:8.0f} steps/s   "
+        f"overhead {recorded_inproc / raw - 1:+.1%}"
+    )
+    print(
+        f"full build, 1 worker (spawn, write, summarise)  {steps / recorded_build:8.0f} steps/s"
+        f"   overhead {recorded_build / raw - 1:+.1%}  ({size / 1e6:.1f} MB on disk)"
+    )
     many = max(timings)
-    print(f"2 tasks x {args.episodes} episodes: 1 worker {timings[1]:.1f} s, {many} workers "
-          f"{timings[many]:.1f} s, speed-up {timings[1] / timings[many]:.2f}x")
+    print(
+        f"2 tasks x {args.episodes} episodes: 1 worker {timings[1]:.1f} s, {many} workers "
+        f"{timings[many]:.1f} s, speed-up {timings[1] / timings[many]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

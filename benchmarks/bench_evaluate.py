@@ -71,8 +71,10 @@ def main() -> None:
     steps = sum(e["length"] for e in batched)
     assert steps == sum(e["length"] for e in sequential)
     rate_b, rate_s = steps / batched_s, steps / sequential_s
-    print(f"task {args.task}, {args.episodes} episodes, horizon {args.horizon}, {steps} env steps, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"task {args.task}, {args.episodes} episodes, horizon {args.horizon}, {steps} env steps, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"env construction ({args.episodes} envs, in both timings): {build_s:.2f} s")
     print(f"batched:    {batched_s:7.2f} s  {rate_b:8.1f} env-steps/s")
     print(f"sequential: {sequential_s:7.2f} s  {rate_s:8.1f} env-steps/s")

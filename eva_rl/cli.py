@@ -170,6 +170,13 @@ def cmd_collect(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'eva_state.safetensors'} and {out / META_FILE}")
 
 
+def cmd_curve(args: argparse.Namespace) -> None:
+    from eva_rl.report import plot_training_curve
+
+    plot_training_curve(args.run, args.out, title=args.title or str(args.run))
+    print(f"wrote {args.out}")
+
+
 def cmd_suites(args: argparse.Namespace) -> None:
     from eva_rl.envs import available_suites, load_suite
 
@@ -257,6 +264,12 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--overwrite", action="store_true", help="replace an existing result")
     _add_config_args(co)
     co.set_defaults(func=cmd_collect)
+
+    cu = sub.add_parser("curve", help="plot a training run's loss and evaluation curves (PNG)")
+    cu.add_argument("run", help="run directory (holds tb/)")
+    cu.add_argument("--out", required=True, help="PNG path")
+    cu.add_argument("--title", help="figure title")
+    cu.set_defaults(func=cmd_curve)
 
     s = sub.add_parser("suites", help="list the environment suites in envs/")
     s.set_defaults(func=cmd_suites)

@@ -4,7 +4,6 @@ PEFT's get_eva_state_dict), masking, the cap, determinism; EVA applied through P
 import copy
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -124,7 +123,7 @@ def test_dt_activations_match_full_covariance_and_cap_warns(dt_setup, method):
     batches, so its trailing components carry a truncation error (measured: cos 0.94 on the
     4th): there only the leading two are held to 0.99."""
     model, batches = dt_setup
-    cfg = CollectorConfig(rank=2, rho=2.0, tau=1.0, method=method, max_batches=10)  # never converges
+    cfg = CollectorConfig(rank=2, rho=2.0, tau=1.0, method=method, max_batches=10)  # never done
     with pytest.warns(UserWarning, match="hit max_batches=10 before convergence"):
         res = collect(model, iter(batches), cfg, progress=False)
     assert res.batches == 10 and not res.converged
@@ -186,9 +185,9 @@ def test_matches_peft_get_eva_state_dict(mw_root, dt_setup, method):
         warnings.simplefilter("ignore")
         theirs = get_eva_state_dict(
             model, batches, peft_config=peft_cfg,
-            prepare_model_inputs_fn=lambda inputs, _: token_mask(inputs["attention_mask"]).nonzero(),
+            prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
             show_progress_bar=False)
-    assert {n: len(t) for n, t in theirs.items()} == {n: l.rank for n, l in ours.layers.items()}
+    assert {n: len(t) for n, t in theirs.items()} == {n: r.rank for n, r in ours.layers.items()}
     if method == "incremental-svd":
         for name, comps in theirs.items():
             assert_components_match(ours.layers[name].components, comps)

@@ -49,6 +49,10 @@ def test_pretrain_writes_a_loadable_agent_and_logs(mw_root, tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "eval/success_any", "eval/return_mean"} <= tags
     assert [e.step for e in acc.Scalars("eval/success_any")] == [3, 6]
+    from eva_rl.report import plot_training_curve
+
+    plot_training_curve(out, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_existing_run_refused_and_resume_needs_a_checkpoint(mw_root, tmp_path, capsys):

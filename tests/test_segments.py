@@ -2,8 +2,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import write_minari
 
+from conftest import write_minari
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.train import action_loss

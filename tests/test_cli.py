@@ -1,0 +1,73 @@
+"""The evaluate and collect commands end to end on a tiny checkpoint and real datasets."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_minari
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+from eva_rl.cli import main
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    meta = AgentMeta(state_mean=[0.0] * 39, state_std=[1.0] * 39, return_scale=1000.0,
+                     context_length=5, horizon=20, target_returns={"push-v3": 1500.0})
+    model = build_model(ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5), 39, 4)
+    Agent(model.eval(), meta).save(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_evaluate_writes_report_and_refuses_to_overwrite(ckpt, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--tasks", "push-v3", "--episodes", "2",
+            "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert len(report["envs"]["push-v3"]["episodes"]) == 2
+    assert report["config"]["checkpoint"] == str(ckpt) and report["config"]["seed"] == 0
+    assert "| push-v3 |" in capsys.readouterr().out
+    assert any((tmp_path / "eval_tb").iterdir())
+    before = out.read_bytes()
+    assert main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main([*args[:4], "reach-v3", *args[5:], "--overwrite"]) == 2
+    assert "no target return for env 'reach-v3'" in capsys.readouterr().err
+    assert main([*args[:4], "reach-v3", *args[5:], "--overwrite", "--target-return",
+                 "reach-v3=abc"]) == 2
+    assert "must look like ENV=NUMBER" in capsys.readouterr().err
+
+
+def test_collect_writes_eva_files(ckpt, mw_root, tmp_path, capsys):
+    out = tmp_path / "eva"
+    args = ["collect", "--checkpoint", str(ckpt), "--dataset", "metaworld/push-v3/scripted-v0",
+            "--data-root", str(mw_root), "--rank", "2", "--max-batches", "30", "--batch-size",
+            "16", "--out", str(out)]
+    assert main(args) == 0
+    state = load_file(str(out / "eva_state.safetensors"))
+    meta = json.loads((out / "eva.json").read_text())
+    assert set(state) == set(meta["layers"]) and len(state) == 4  # 1 block x 4 matrices
+    assert sum(v.shape[0] for v in state.values()) == meta["budget"] == 8
+    for name, layer in meta["layers"].items():
+        assert state[name].shape[0] == layer["rank"] and layer["tokens"] > 0
+    assert meta["datasets"] == ["metaworld/push-v3/scripted-v0"]
+    assert (out / "collector_config.yaml").is_file() and any((out / "tb").iterdir())
+    assert main(args) == 2 and "already holds an EVA result" in capsys.readouterr().err
+
+
+def test_collect_refuses_a_dataset_of_other_dimensions(ckpt, tmp_path, capsys):
+    root = tmp_path / "minari"
+    eps = [(np.zeros((4, 3)), np.zeros((3, 1)), [0.0, 1.0, 2.0])]
+    write_minari("test/pendulum/tiny-v0", gym.make("Pendulum-v1"), eps, root)
+    code = main(["collect", "--checkpoint", str(ckpt), "--dataset", "test/pendulum/tiny-v0",
+                 "--data-root", str(root), "--out", str(tmp_path / "eva")])
+    err = capsys.readouterr().err
+    assert code == 2 and "state_dim=39, act_dim=4 but dataset test/pendulum/tiny-v0 has " \
+                          "state_dim=3, act_dim=1" in err
+    assert not (tmp_path / "eva").exists()
