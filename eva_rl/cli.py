@@ -103,6 +103,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
     envs = envs or sorted(agent.meta.target_returns)
+    if args.targets_from_datasets:
+        from eva_rl.data import catalog
+        from eva_rl.data.build import dataset_id
+
+        for env in envs:
+            if env not in cfg.target_returns:
+                summary = catalog.read_summary(dataset_id(env))
+                cfg.target_returns[env] = summary["return_max"]
     result = evaluate(agent, envs, cfg)
     result["config"].update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
     write_report(result, out)
@@ -240,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="ENV=R",
         help="override the checkpoint's target return for an env",
     )
+    ev.add_argument("--targets-from-datasets", action="store_true",
+                    help="target = best return in each task's metaworld/<task>/scripted-v0 "
+                    "dataset (e.g. zero-shot on tasks the checkpoint was not trained on)")
     ev.add_argument("--target-scale", type=float, default=1.0, help="multiply every target")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ev.add_argument("--out", required=True, help="JSON report path")

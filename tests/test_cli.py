@@ -71,3 +71,15 @@ def test_collect_refuses_a_dataset_of_other_dimensions(ckpt, tmp_path, capsys):
     assert code == 2 and "state_dim=39, act_dim=4 but dataset test/pendulum/tiny-v0 has " \
                           "state_dim=3, act_dim=1" in err
     assert not (tmp_path / "eva").exists()
+
+
+def test_evaluate_targets_from_datasets(ckpt, mw_root, tmp_path, monkeypatch):
+    """Zero-shot on a task the checkpoint has no target for: the dataset's best return."""
+    from eva_rl.data import catalog
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(mw_root))
+    out = tmp_path / "zs.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--tasks", "hammer-v3", "--episodes", "1",
+                 "--out", str(out), "--device", "cpu", "--targets-from-datasets"]) == 0
+    best = catalog.read_summary("metaworld/hammer-v3/scripted-v0")["return_max"]
+    assert json.loads(out.read_text())["envs"]["hammer-v3"]["target_return"] == best

@@ -109,7 +109,7 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
     pending = {task: [] for task in p.tasks}
     chunks_left = dict.fromkeys(p.tasks, len(chunks))
     started = time.perf_counter()
-    summaries = [_read_summary(p.root, t) for t in p.skipped]
+    summaries = [{"task": t, **catalog.read_summary(dataset_id(t), p.root)} for t in p.skipped]
     with (
         catalog.staging(p.root) as staged,
         tqdm(
@@ -234,11 +234,3 @@ def _write(staged: Path, p: Plan, task: str, episodes, cfg: DataBuildConfig, sec
     catalog.install(staged, p.root, ds_id, overwrite=cfg.overwrite)
     return summary
 
-
-def _read_summary(root: Path, task: str) -> dict[str, Any]:
-    import json
-
-    path = catalog.dataset_dir(root, dataset_id(task)) / catalog.SUMMARY_FILE
-    if path.is_file():
-        return {"task": task, **json.loads(path.read_text())}
-    return {"task": task, **catalog.summarize(catalog.load(dataset_id(task), root))}

@@ -159,14 +159,16 @@ def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
         return []
     with minari_root(root):
         ids = list(minari.list_local_datasets())
-    rows = []
-    for dataset_id in ids:
-        summary_path = dataset_dir(root, dataset_id) / SUMMARY_FILE
-        if summary_path.is_file():
-            rows.append(json.loads(summary_path.read_text()))
-        else:
-            rows.append(summarize(load(dataset_id, root)))
-    return rows
+    return [read_summary(dataset_id, root) for dataset_id in ids]
+
+
+def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
+    """A dataset's statistics: our summary file when present, else computed from the data."""
+    root = datasets_root(root)
+    summary_path = dataset_dir(root, dataset_id) / SUMMARY_FILE
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    return summarize(load(dataset_id, root))
 
 
 def format_summary(s: dict[str, Any]) -> str:
