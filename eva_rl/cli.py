@@ -15,11 +15,13 @@ from eva_rl.config import apply_override, from_dict, read_yaml
 from eva_rl.errors import RunError, UserError
 
 
-def _config(cls: type, args: argparse.Namespace, flags: dict[str, Any]):
+def _config(cls: type, args: argparse.Namespace, flags: list[str]):
+    """`--config` file, then `key=value` overrides, then the given flags (those set)."""
     data: dict[str, Any] = read_yaml(args.config) if args.config else {}
     for item in args.overrides:
         apply_override(data, item)
-    data.update({k: v for k, v in flags.items() if v is not None and v is not False})
+    values = {name: getattr(args, name) for name in flags}
+    data.update({k: v for k, v in values.items() if v is not None and v is not False})
     return from_dict(cls, data)
 
 
@@ -30,16 +32,7 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     cfg = _config(
         DataBuildConfig,
         args,
-        dict(
-            suite=args.suite,
-            tasks=args.tasks,
-            episodes=args.episodes,
-            seed=args.seed,
-            workers=args.workers,
-            root=args.root,
-            overwrite=args.overwrite,
-            skip_existing=args.skip_existing,
-        ),
+        ["suite", "tasks", "episodes", "seed", "workers", "root", "overwrite", "skip_existing"],
     )
     summaries = build(cfg)
     print(f"\n{len(summaries)} dataset(s) under {catalog.datasets_root(cfg.root)}:")
@@ -63,7 +56,7 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from eva_rl.pretrain import PretrainConfig, pretrain
 
-    cfg = _config(PretrainConfig, args, dict(out=args.out, resume=args.resume))
+    cfg = _config(PretrainConfig, args, ["out", "resume"])
     result = pretrain(cfg)
     print(f"agent saved to {result['agent']}; TensorBoard: tensorboard --logdir {cfg.out}/tb")
 
@@ -153,16 +146,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     cfg = _config(
         CollectorConfig,
         args,
-        dict(
-            rank=args.rank,
-            rho=args.rho,
-            tau=args.tau,
-            max_batches=args.max_batches,
-            batch_size=args.batch_size,
-            method=args.method,
-            seed=args.seed,
-            device=args.device,
-        ),
+        ["rank", "rho", "tau", "max_batches", "batch_size", "method", "seed", "device"],
     )
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(cfg.device))
     result = collect_on_datasets(agent, args.dataset, cfg, args.data_root)
@@ -248,9 +232,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="ENV=R",
         help="override the checkpoint's target return for an env",
     )
-    ev.add_argument("--targets-from-datasets", action="store_true",
-                    help="target = best return in each task's metaworld/<task>/scripted-v0 "
-                    "dataset (e.g. zero-shot on tasks the checkpoint was not trained on)")
+    ev.add_argument(
+        "--targets-from-datasets",
+        action="store_true",
+        help="target = best return in each task's metaworld/<task>/scripted-v0 "
+        "dataset (e.g. zero-shot on tasks the checkpoint was not trained on)",
+    )
     ev.add_argument("--target-scale", type=float, default=1.0, help="multiply every target")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ev.add_argument("--out", required=True, help="JSON report path")

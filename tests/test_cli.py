@@ -16,8 +16,14 @@ from eva_rl.cli import main
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    meta = AgentMeta(state_mean=[0.0] * 39, state_std=[1.0] * 39, return_scale=1000.0,
-                     context_length=5, horizon=20, target_returns={"push-v3": 1500.0})
+    meta = AgentMeta(
+        state_mean=[0.0] * 39,
+        state_std=[1.0] * 39,
+        return_scale=1000.0,
+        context_length=5,
+        horizon=20,
+        target_returns={"push-v3": 1500.0},
+    )
     model = build_model(ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5), 39, 4)
     Agent(model.eval(), meta).save(tmp_path / "ckpt")
     return tmp_path / "ckpt"
@@ -25,8 +31,19 @@ def ckpt(tmp_path):
 
 def test_evaluate_writes_report_and_refuses_to_overwrite(ckpt, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    args = ["evaluate", "--checkpoint", str(ckpt), "--tasks", "push-v3", "--episodes", "2",
-            "--out", str(out), "--device", "cpu"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--tasks",
+        "push-v3",
+        "--episodes",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert len(report["envs"]["push-v3"]["episodes"]) == 2
@@ -39,16 +56,32 @@ def test_evaluate_writes_report_and_refuses_to_overwrite(ckpt, tmp_path, capsys)
     assert out.read_bytes() == before
     assert main([*args[:4], "reach-v3", *args[5:], "--overwrite"]) == 2
     assert "no target return for env 'reach-v3'" in capsys.readouterr().err
-    assert main([*args[:4], "reach-v3", *args[5:], "--overwrite", "--target-return",
-                 "reach-v3=abc"]) == 2
+    assert (
+        main([*args[:4], "reach-v3", *args[5:], "--overwrite", "--target-return", "reach-v3=abc"])
+        == 2
+    )
     assert "must look like ENV=NUMBER" in capsys.readouterr().err
 
 
 def test_collect_writes_eva_files(ckpt, mw_root, tmp_path, capsys):
     out = tmp_path / "eva"
-    args = ["collect", "--checkpoint", str(ckpt), "--dataset", "metaworld/push-v3/scripted-v0",
-            "--data-root", str(mw_root), "--rank", "2", "--max-batches", "30", "--batch-size",
-            "16", "--out", str(out)]
+    args = [
+        "collect",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "metaworld/push-v3/scripted-v0",
+        "--data-root",
+        str(mw_root),
+        "--rank",
+        "2",
+        "--max-batches",
+        "30",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     state = load_file(str(out / "eva_state.safetensors"))
     meta = json.loads((out / "eva.json").read_text())
@@ -65,11 +98,25 @@ def test_collect_refuses_a_dataset_of_other_dimensions(ckpt, tmp_path, capsys):
     root = tmp_path / "minari"
     eps = [(np.zeros((4, 3)), np.zeros((3, 1)), [0.0, 1.0, 2.0])]
     write_minari("test/pendulum/tiny-v0", gym.make("Pendulum-v1"), eps, root)
-    code = main(["collect", "--checkpoint", str(ckpt), "--dataset", "test/pendulum/tiny-v0",
-                 "--data-root", str(root), "--out", str(tmp_path / "eva")])
+    code = main(
+        [
+            "collect",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "test/pendulum/tiny-v0",
+            "--data-root",
+            str(root),
+            "--out",
+            str(tmp_path / "eva"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and "state_dim=39, act_dim=4 but dataset test/pendulum/tiny-v0 has " \
-                          "state_dim=3, act_dim=1" in err
+    assert (
+        code == 2
+        and "state_dim=39, act_dim=4 but dataset test/pendulum/tiny-v0 has state_dim=3, act_dim=1"
+        in err
+    )
     assert not (tmp_path / "eva").exists()
 
 
@@ -79,7 +126,24 @@ def test_evaluate_targets_from_datasets(ckpt, mw_root, tmp_path, monkeypatch):
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(mw_root))
     out = tmp_path / "zs.json"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--tasks", "hammer-v3", "--episodes", "1",
-                 "--out", str(out), "--device", "cpu", "--targets-from-datasets"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--tasks",
+                "hammer-v3",
+                "--episodes",
+                "1",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--targets-from-datasets",
+            ]
+        )
+        == 0
+    )
     best = catalog.read_summary("metaworld/hammer-v3/scripted-v0")["return_max"]
     assert json.loads(out.read_text())["envs"]["hammer-v3"]["target_return"] == best

@@ -26,8 +26,11 @@ def one_thread():
 
 
 def test_allocate_ranks_keeps_the_largest_ratios():
-    ratios = {"a": torch.tensor([0.5, 0.2, 0.01]), "b": torch.tensor([0.3, 0.25, 0.1]),
-              "c": torch.tensor([0.02, 0.01, 0.0])}
+    ratios = {
+        "a": torch.tensor([0.5, 0.2, 0.01]),
+        "b": torch.tensor([0.3, 0.25, 0.1]),
+        "c": torch.tensor([0.02, 0.01, 0.0]),
+    }
     assert allocate_ranks(ratios, 4) == {"a": 2, "b": 2, "c": 0}
     assert allocate_ranks(ratios, 9) == {"a": 3, "b": 3, "c": 3}
 
@@ -81,8 +84,9 @@ def assert_components_match(got, ref, min_cos=0.99):
 @pytest.mark.parametrize("method", METHODS)
 def test_planted_spectrum_matches_full_covariance(method):
     batches, q = planted_batches()
-    cfg = CollectorConfig(rank=3, rho=2.0, tau=0.999, method=method, max_batches=30,
-                          target_modules=["proj"])
+    cfg = CollectorConfig(
+        rank=3, rho=2.0, tau=0.999, method=method, max_batches=30, target_modules=["proj"]
+    )
     res = collect(Toy(16), iter(batches), cfg, progress=False)
     layer = res.layers["proj"]
     assert layer.rank == 3 * 1  # one layer: the whole budget
@@ -96,8 +100,11 @@ def test_planted_spectrum_matches_full_covariance(method):
 def dt_setup(mw_root):
     traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_size=32, n_layer=2, n_head=2, context_length=8),
-                        traj.state_dim, traj.act_dim).eval()
+    model = build_model(
+        ModelConfig(hidden_size=32, n_layer=2, n_head=2, context_length=8),
+        traj.state_dim,
+        traj.act_dim,
+    ).eval()
     sampler = SegmentSampler(traj, 8, 1000.0, *traj.state_stats(), seed=0)
     return model, [sampler.sample(16) for _ in range(12)]
 
@@ -105,16 +112,19 @@ def dt_setup(mw_root):
 def record_inputs(model, batches):
     """Every target layer's full input on every batch, by an independent hook."""
     seen = {n: [] for n in target_layers(model, ["c_attn", "c_proj", "c_fc"])}
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].clone()))
-             for n, m in target_layers(model, ["c_attn", "c_proj", "c_fc"]).items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].clone()))
+        for n, m in target_layers(model, ["c_attn", "c_proj", "c_fc"]).items()
+    ]
     with torch.no_grad():
         for b in batches:
             model(**b)
     for h in hooks:
         h.remove()
-    return {n: torch.cat([x[token_mask(b["attention_mask"])] for x, b in zip(xs, batches,
-                                                                               strict=True)])
-            for n, xs in seen.items()}
+    return {
+        n: torch.cat([x[token_mask(b["attention_mask"])] for x, b in zip(xs, batches, strict=True)])
+        for n, xs in seen.items()
+    }
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -179,14 +189,21 @@ def test_matches_peft_get_eva_state_dict(mw_root, dt_setup, method):
     cfg = CollectorConfig(rank=2, rho=2.0, tau=0.99, max_batches=20, method=method)
     ours = collect(model, iter(batches), cfg, progress=False)
     assert ours.converged
-    peft_cfg = LoraConfig(r=2, target_modules=["c_attn", "c_proj", "c_fc"],
-                          init_lora_weights="eva", eva_config=EvaConfig(rho=2.0, tau=0.99))
+    peft_cfg = LoraConfig(
+        r=2,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        init_lora_weights="eva",
+        eva_config=EvaConfig(rho=2.0, tau=0.99),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = get_eva_state_dict(
-            model, batches, peft_config=peft_cfg,
+            model,
+            batches,
+            peft_config=peft_cfg,
             prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
-            show_progress_bar=False)
+            show_progress_bar=False,
+        )
     assert {n: len(t) for n, t in theirs.items()} == {n: r.rank for n, r in ours.layers.items()}
     if method == "incremental-svd":
         for name, comps in theirs.items():

@@ -80,23 +80,17 @@ def _episode_seed(ds, index):
 
 
 def test_same_seed_same_data_whatever_the_chunking(tmp_path):
-    a = DataBuildConfig(
-        tasks=["reach-v3"],
-        suite="mt50",
-        episodes=3,
-        chunk_episodes=1,
-        workers=1,
-        root=str(tmp_path / "a"),
-    )
-    b = DataBuildConfig(
-        tasks=["reach-v3"],
-        suite="mt50",
-        episodes=3,
-        chunk_episodes=3,
-        workers=2,
-        root=str(tmp_path / "b"),
-    )
-    build(a), build(b)
+    for name, chunk, workers in (("a", 1, 1), ("b", 3, 2)):
+        build(
+            DataBuildConfig(
+                tasks=["reach-v3"],
+                suite="mt50",
+                episodes=3,
+                chunk_episodes=chunk,
+                workers=workers,
+                root=str(tmp_path / name),
+            )
+        )
     ea = catalog.load(dataset_id("reach-v3"), tmp_path / "a").iterate_episodes()
     eb = catalog.load(dataset_id("reach-v3"), tmp_path / "b").iterate_episodes()
     for x, y in zip(ea, eb, strict=True):

@@ -44,8 +44,11 @@ def episodes_of(result, name):
 
 def test_exactly_n_episodes_per_env_with_early_termination():
     if SHORT_ID not in gym.registry:
-        gym.register(SHORT_ID, "gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
-                     max_episode_steps=3)
+        gym.register(
+            SHORT_ID,
+            "gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
+            max_episode_steps=3,
+        )
     names = ["InvertedPendulum-v5", SHORT_ID]
     agent = tiny_agent(4, 1, horizon=100, targets=dict.fromkeys(names, 100.0))
     result = evaluate(agent, names, EvalConfig(episodes=6), progress=False)
@@ -89,8 +92,9 @@ def test_batched_forward_equals_each_episode_alone():
     batched = evaluate(agent, ["reach-v3", "push-v3"], EvalConfig(episodes=3), progress=False)
     for name in ("reach-v3", "push-v3"):
         alone = [
-            episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False),
-                        name)[0]
+            episodes_of(
+                evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False), name
+            )[0]
             for i in range(3)
         ]
         assert alone == episodes_of(batched, name)
@@ -101,8 +105,9 @@ def test_batched_equals_alone_while_the_batch_shrinks():
     name = "InvertedPendulum-v5"
     batched = episodes_of(evaluate(agent, [name], EvalConfig(episodes=4), progress=False), name)
     alone = [
-        episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False),
-                    name)[0]
+        episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False), name)[
+            0
+        ]
         for i in range(4)
     ]
     assert len({e["length"] for e in batched}) > 1
@@ -137,8 +142,10 @@ def test_success_metrics_match_a_hand_rolled_scripted_expert(monkeypatch):
                 break
         expected.append((max(successes), successes[-1], len(successes), total))
     env.close()
-    got = [(e["success_any"], e["success_final"], e["length"], e["return"])
-           for e in episodes_of(result, task)]
+    got = [
+        (e["success_any"], e["success_final"], e["length"], e["return"])
+        for e in episodes_of(result, task)
+    ]
     assert [g[:3] for g in got] == [e[:3] for e in expected]  # success any/final, length
     assert [g[3] for g in got] == pytest.approx([e[3] for e in expected])  # return
     assert result["envs"][task]["success_any"] == 1.0
@@ -185,8 +192,11 @@ def test_report_and_tensorboard_scalars(tmp_path):
 
     writer = Writer()
     log_to_tensorboard(result, writer, step=7)
-    expected_tags = {f"eval/{env}/{m}" for env in ("reach-v3", "push-v3")
-                     for m in ("success_any", "success_final", "return")}
+    expected_tags = {
+        f"eval/{env}/{m}"
+        for env in ("reach-v3", "push-v3")
+        for m in ("success_any", "success_final", "return")
+    }
     expected_tags |= {"eval/success_any", "eval/success_final", "eval/return"}
     assert set(writer.scalars) == expected_tags
     assert writer.scalars["eval/return"] == (result["return_mean"], 7)

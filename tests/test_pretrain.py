@@ -18,17 +18,33 @@ from eva_rl.pretrain import PretrainConfig, pretrain
 from eva_rl.train import LoopConfig, OptimConfig, train_loop
 
 TINY = [
-    "model.hidden_size=32", "model.n_layer=1", "model.n_head=2", "model.context_length=5",
-    "optim.batch_size=8", "optim.warmup_steps=2", "loop.steps=6", "loop.save_every=3",
-    "loop.eval_every=3", "loop.log_every=2", "eval.episodes=1", "horizon=30",
+    "model.hidden_size=32",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.context_length=5",
+    "optim.batch_size=8",
+    "optim.warmup_steps=2",
+    "loop.steps=6",
+    "loop.save_every=3",
+    "loop.eval_every=3",
+    "loop.log_every=2",
+    "eval.episodes=1",
+    "horizon=30",
 ]
 
 
 def tiny_cfg(mw_root, out, *extra):
-    return load_config(PretrainConfig, None, [
-        f"out={out}", f"data_root={mw_root}",
-        "datasets=[metaworld/push-v3/scripted-v0, metaworld/hammer-v3/scripted-v0]",
-        *TINY, *extra])
+    return load_config(
+        PretrainConfig,
+        None,
+        [
+            f"out={out}",
+            f"data_root={mw_root}",
+            "datasets=[metaworld/push-v3/scripted-v0, metaworld/hammer-v3/scripted-v0]",
+            *TINY,
+            *extra,
+        ],
+    )
 
 
 def test_pretrain_writes_a_loadable_agent_and_logs(mw_root, tmp_path):
@@ -64,8 +80,15 @@ def test_existing_run_refused_and_resume_needs_a_checkpoint(mw_root, tmp_path, c
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(UserError, match="nothing to resume"):
         pretrain(tiny_cfg(mw_root, tmp_path / "new", "resume=true"), progress=False)
-    code = main(["pretrain", "--out", str(tmp_path / "x"), f"data_root={mw_root}",
-                 "datasets=[metaworld/nope-v3/scripted-v0]"])
+    code = main(
+        [
+            "pretrain",
+            "--out",
+            str(tmp_path / "x"),
+            f"data_root={mw_root}",
+            "datasets=[metaworld/nope-v3/scripted-v0]",
+        ]
+    )
     assert code == 2 and "'metaworld/nope-v3/scripted-v0' not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -95,11 +118,24 @@ def test_same_code_on_hopper_with_a_plain_transformers_checkpoint(tmp_path):
     model = build_model(cfg.model, 11, 3)
     mean, std = traj.state_stats()
     sampler = SegmentSampler(traj, 5, 10.0, mean, std, seed=0)
-    train_loop(model, sampler, OptimConfig(batch_size=4, warmup_steps=1), LoopConfig(steps=3),
-               tmp_path / "run", lambda d, s: None, progress=False)
+    train_loop(
+        model,
+        sampler,
+        OptimConfig(batch_size=4, warmup_steps=1),
+        LoopConfig(steps=3),
+        tmp_path / "run",
+        lambda d, s: None,
+        progress=False,
+    )
     model.save_pretrained(tmp_path / "plain")
-    stats = {"state_mean": mean.tolist(), "state_std": std.tolist(), "return_scale": 10.0,
-             "context_length": 5, "horizon": 20, "target_returns": traj.max_returns()}
+    stats = {
+        "state_mean": mean.tolist(),
+        "state_std": std.tolist(),
+        "return_scale": 10.0,
+        "context_length": 5,
+        "horizon": 20,
+        "target_returns": traj.max_returns(),
+    }
     (tmp_path / "stats.json").write_text(json.dumps(stats))
     agent = Agent.load(tmp_path / "plain", stats=tmp_path / "stats.json")
     result = evaluate(agent, ["Hopper-v5"], EvalConfig(episodes=2, device="cpu"), progress=False)

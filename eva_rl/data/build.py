@@ -233,4 +233,3 @@ def _write(staged: Path, p: Plan, task: str, episodes, cfg: DataBuildConfig, sec
     save_config(cfg, target / "eva_rl_build.yaml")
     catalog.install(staged, p.root, ds_id, overwrite=cfg.overwrite)
     return summary
-
