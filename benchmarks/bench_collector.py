@@ -71,7 +71,11 @@ def main() -> None:
             for b in batches[:n]:
                 model(**b)
 
-    forward(2)  # warm-up
+    forward(2)  # warm-up: kernels, linalg libraries
+    warm = CollectorConfig(rank=args.rank, rho=args.rho, max_batches=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collect(model, iter(batches), warm, progress=False)
     results = {}
     for method in ("covariance", "incremental-svd"):
         cfg = CollectorConfig(

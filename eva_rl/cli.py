@@ -106,11 +106,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 cfg.target_returns[env] = summary["return_max"]
     result = evaluate(agent, envs, cfg)
     result["config"].update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
+    add_confidence_intervals(result)
     write_report(result, out)
     with SummaryWriter(args.tb or out.with_suffix("").as_posix() + "_tb") as writer:
         log_to_tensorboard(result, writer, step=agent.meta.provenance.get("steps", 0))
     print(format_eval_table(result))
     print(f"report: {out}")
+
+
+def add_confidence_intervals(result: dict) -> None:
+    """95% stratified-bootstrap intervals (episodes resampled within each env) of the means."""
+    from eva_rl.report import stratified_bootstrap_ci
+
+    for metric in ("success_any", "success_final", "return"):
+        groups = [[e[metric] for e in r["episodes"]] for r in result["envs"].values()]
+        if all(v is not None for g in groups for v in g):
+            result[f"{metric}_ci95"] = stratified_bootstrap_ci(groups)
 
 
 def format_eval_table(result: dict) -> str:
@@ -129,6 +140,13 @@ def format_eval_table(result: dict) -> str:
             f"| {name} | {cell(r['success_any'])} | {cell(r['success_final'])} | "
             f"{r['return_mean']:.1f} | {r['length_mean']:.0f} |"
         )
+    for metric in ("success_any", "success_final", "return"):
+        if f"{metric}_ci95" in result:
+            low, high = result[f"{metric}_ci95"]
+            lines.append(
+                f"\nmean {metric}: 95% CI [{low:.3f}, {high:.3f}] "
+                "(stratified bootstrap over episodes)"
+            )
     return "\n".join(lines)
 
 

@@ -3,10 +3,11 @@
 Forward pre-hooks record each target layer's input on the valid tokens of a batch (the DT's
 per-timestep attention mask expanded to its interleaved return/state/action tokens). Two methods:
 
-- `covariance` (default): exact streaming statistics (token count, sum, X^T X in float64);
-  after each batch the layer's centred scatter matrix is eigendecomposed, batched over layers of
-  equal width. Its components are exactly the top right-singular vectors of all centred inputs
-  seen so far, and a batch costs one matrix product per layer instead of an SVD.
+- `covariance` (default): exact streaming statistics (token count, sum, X^T X accumulated in
+  float64); after each batch the top eigenvectors of each layer's centred scatter matrix are
+  refined from the previous batch's (see `CovarianceStats.decompose`). They are the top
+  right-singular vectors of all centred inputs seen so far; a batch costs one matrix product per
+  layer and a few small ones, instead of an SVD of the stacked inputs.
 - `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
   `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
 
@@ -105,22 +106,48 @@ def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str
 
 
 class CovarianceStats:
-    """Token count, sum and X^T X of a layer's inputs, accumulated in float64."""
+    """Token count, sum and X^T X of a layer's inputs, shifted by the first batch's mean.
+
+    The per-batch product runs in float32 (the expensive part: n x d^2) and is accumulated in
+    float64; the shift keeps float32 from cancelling a large mean (the covariance is invariant
+    to it)."""
 
     def __init__(self, d: int, device: torch.device):
         self.n = 0
+        self.basis: torch.Tensor | None = None  # (d, 2k) Ritz vectors of the last decomposition
+        self.shift: torch.Tensor | None = None
         self.sum = torch.zeros(d, dtype=torch.float64, device=device)
         self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> None:
-        x64 = x.double() if x.device.type == "cpu" else x.float()  # GPUs: fp32 product
+        x = x.float()
+        if self.shift is None:
+            self.shift = x.mean(0)
+        x = x - self.shift
         self.n += x.shape[0]
-        self.sum += x64.sum(0).double()
-        self.gram += (x64.T @ x64).double()
+        self.sum += x.sum(0, dtype=torch.float64)
+        self.gram += (x.T @ x).double()
 
     def scatter(self) -> torch.Tensor:
         """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
         return self.gram - torch.outer(self.sum, self.sum) / max(self.n, 1)
+
+    def decompose(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k eigenvectors (rows) and eigenvalues of the scatter matrix.
+
+        The first call is a full `eigh`; later calls refine the previous 2k-dimensional Ritz
+        basis by block power iteration with Rayleigh-Ritz until the residual of the top k is
+        below 1e-7 of the trace: the same vectors as `eigh` for a fraction of its cost (one
+        batch changes the matrix little, so a few iterations suffice)."""
+        s = self.scatter()
+        p = min(s.shape[0], 2 * k)
+        if self.basis is None or p == s.shape[0]:
+            evals, evecs = torch.linalg.eigh(s)
+            basis, vals = evecs.flip(-1)[:, :p], evals.flip(-1)[:p]
+        else:
+            basis, vals = _refine(s, self.basis, k)
+        self.basis = basis
+        return _flip(basis[:, :k].T.contiguous()), vals[:k].clamp_min(0)
 
 
 class IncrementalSVD:
@@ -151,8 +178,21 @@ class IncrementalSVD:
         _, s, vt = torch.linalg.svd(stacked, full_matrices=False)
         self.components, self.singular = _flip(vt[: self.k]), s[: self.k]
 
-    def decompose(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.components, self.singular**2
+    def decompose(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.components[:k], self.singular[:k] ** 2
+
+
+def _refine(s: torch.Tensor, q: torch.Tensor, k: int, tol: float = 1e-7, max_iter: int = 200):
+    """Block power iteration + Rayleigh-Ritz from basis `q`; returns (basis, Ritz values)."""
+    scale = s.diagonal().sum().clamp_min(1e-300)
+    for _ in range(max_iter):
+        q, _ = torch.linalg.qr(s @ q)
+        w, u = torch.linalg.eigh(q.T @ s @ q)
+        w, q = w.flip(0), q @ u.flip(1)
+        residual = (s @ q[:, :k] - q[:, :k] * w[:k]).norm(dim=0).max() / scale
+        if residual < tol:
+            break
+    return q, w
 
 
 def _flip(v: torch.Tensor) -> torch.Tensor:
@@ -160,14 +200,6 @@ def _flip(v: torch.Tensor) -> torch.Tensor:
     idx = v.abs().argmax(dim=1)
     signs = torch.sign(v[torch.arange(v.shape[0], device=v.device), idx])
     return v * torch.where(signs == 0, 1.0, signs)[:, None]
-
-
-def _top_eigen(scatters: list[torch.Tensor], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Top-k eigenvectors (rows) and eigenvalues of equally sized symmetric matrices, batched."""
-    evals, evecs = torch.linalg.eigh(torch.stack(scatters))
-    evals = evals.flip(-1)[:, :k].clamp_min(0)
-    evecs = evecs.flip(-1)[:, :, :k].transpose(1, 2)
-    return [(_flip(evecs[i]), evals[i]) for i in range(len(scatters))]
 
 
 def collect(
@@ -219,7 +251,7 @@ def collect(
                 first, state["first"] = state["first"], None
                 _setup_stats(first, primary, stats, k, device, cfg.method)
                 recording = {n for n in names if primary[n] == n}
-            _refresh(stats, recording, current, k, cfg.method)
+            _refresh(stats, recording, current, k)
             for n in recording:
                 comps = current[n][0]
                 if n in prev:
@@ -289,18 +321,10 @@ def _setup_stats(first, primary, stats, k, device, method) -> None:
             stats[n].update(x)
 
 
-def _refresh(stats, recording, current, k, method) -> None:
+def _refresh(stats, recording, current, k) -> None:
     """Recompute the decomposition of every layer that recorded this batch."""
-    if method == "incremental-svd":
-        for n in recording:
-            current[n] = stats[n].decompose()
-        return
-    by_width: dict[int, list[str]] = {}
-    for n in sorted(recording):
-        by_width.setdefault(stats[n].sum.shape[0], []).append(n)
-    for group in by_width.values():
-        for n, pair in zip(group, _top_eigen([stats[n].scatter() for n in group], k), strict=True):
-            current[n] = pair
+    for n in recording:
+        current[n] = stats[n].decompose(k)
 
 
 def _ratios(stats, evals: torch.Tensor) -> torch.Tensor:

@@ -49,3 +49,22 @@ def plot_training_curve(
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, out)
+
+
+def stratified_bootstrap_ci(
+    groups: list, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of the mean of group means, resampling within each group (rliable's
+    stratified bootstrap; groups = tasks, values = episodes or seeds)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups]
+    stats = np.zeros(resamples)
+    for a in arrays:
+        idx = rng.integers(0, len(a), size=(resamples, len(a)))
+        stats += a[idx].mean(axis=1)
+    stats /= len(arrays)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(low), float(high)

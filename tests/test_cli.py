@@ -147,3 +147,17 @@ def test_evaluate_targets_from_datasets(ckpt, mw_root, tmp_path, monkeypatch):
     )
     best = catalog.read_summary("metaworld/hammer-v3/scripted-v0")["return_max"]
     assert json.loads(out.read_text())["envs"]["hammer-v3"]["target_return"] == best
+
+
+def test_stratified_bootstrap_ci_contains_the_mean_and_narrows():
+    from eva_rl.report import stratified_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    groups = [rng.random(10) < p for p in (0.2, 0.5, 0.9)]
+    mean = np.mean([g.mean() for g in groups])
+    low, high = stratified_bootstrap_ci(groups)
+    assert low < mean < high and high - low < 0.4
+    big = [rng.random(1000) < p for p in (0.2, 0.5, 0.9)]
+    low2, high2 = stratified_bootstrap_ci(big)
+    assert high2 - low2 < (high - low) / 4
+    assert stratified_bootstrap_ci([[1.0, 1.0], [0.0, 0.0]]) == (0.5, 0.5)  # no spread
