@@ -238,7 +238,6 @@ def collect(
     comp_ok = {n: torch.zeros(k, dtype=torch.bool) for n in names}
     converged_at: dict[str, int | None] = dict.fromkeys(names)
     current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    ranks: dict[str, int] = dict.fromkeys(names, k)
     bar = tqdm(total=cfg.max_batches, desc="collect", unit="batch", disable=not progress)
     batch_index = 0
     try:

@@ -259,3 +259,35 @@ def test_result_round_trip(dt_setup, tmp_path):
         assert meta["layers"][name]["rank"] == layer.rank == state[name].shape[0]
     with pytest.raises(UserError, match="holds no EVA result"):
         load_state(tmp_path / "nothing")
+
+
+def test_whiten_scales_like_peft(mw_root, dt_setup):
+    """whiten=True divides each component by sqrt(its singular value), as PEFT does."""
+    from peft import EvaConfig, LoraConfig
+    from peft.tuners.lora.eva import get_eva_state_dict
+
+    model, _ = dt_setup
+    traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
+    sampler = SegmentSampler(traj, 8, 1000.0, *traj.state_stats(), seed=0)
+    batches = [sampler.sample(64) for _ in range(20)]
+    cfg = CollectorConfig(rank=2, tau=0.99, max_batches=20, method="incremental-svd", whiten=True)
+    ours = collect(model, iter(batches), cfg, progress=False)
+    peft_cfg = LoraConfig(
+        r=2,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        init_lora_weights="eva",
+        eva_config=EvaConfig(tau=0.99, whiten=True),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = get_eva_state_dict(
+            model,
+            batches,
+            peft_config=peft_cfg,
+            show_progress_bar=False,
+            prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
+        )
+    for name, comps in theirs.items():
+        mine = ours.layers[name].components
+        torch.testing.assert_close(mine.norm(dim=1), comps.float().norm(dim=1), rtol=1e-3, atol=0)
+        assert mine.norm(dim=1).max() < 0.5  # really scaled (unit rows otherwise)
