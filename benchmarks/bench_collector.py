@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-batches", type=int, default=60)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=3, help="report the median of this many")
     args = ap.parse_args()
     from peft import EvaConfig, LoraConfig
     from peft.tuners.lora.eva import get_eva_state_dict
@@ -60,11 +61,15 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def timed(fn):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        return out, time.perf_counter() - t0
+        """(result, median wall time over --repeats runs), the runs interleaved with nothing."""
+        times = []
+        for _ in range(args.repeats):
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return out, float(np.median(times))
 
     def forward(n):
         with torch.no_grad():
@@ -107,7 +112,8 @@ def main() -> None:
 
     print(
         f"\n{args.checkpoint} on {args.dataset}, {args.device}, {torch.get_num_threads()} "
-        f"threads; r={args.rank} rho={args.rho} tau={args.tau}, batch {args.batch_size}"
+        f"threads; r={args.rank} rho={args.rho} tau={args.tau}, batch {args.batch_size}; "
+        f"medians of {args.repeats} runs"
     )
     print(f"PEFT get_eva_state_dict   {t_peft:7.2f} s   1.00x")
     for method, (res, secs) in results.items():

@@ -5,9 +5,9 @@ per-timestep attention mask expanded to its interleaved return/state/action toke
 
 - `covariance` (default): exact streaming statistics (token count, sum, X^T X accumulated in
   float64); after each batch the top eigenvectors of each layer's centred scatter matrix are
-  refined from the previous batch's (see `CovarianceStats.decompose`). They are the top
-  right-singular vectors of all centred inputs seen so far; a batch costs one matrix product per
-  layer and a few small ones, instead of an SVD of the stacked inputs.
+  refined from the previous batch's, batched over layers of equal width (see `_refresh`). They
+  are the top right-singular vectors of all centred inputs seen so far; a batch costs one matrix
+  product per layer and a few small ones, instead of an SVD of the stacked inputs.
 - `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
   `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
 
@@ -125,29 +125,12 @@ class CovarianceStats:
             self.shift = x.mean(0)
         x = x - self.shift
         self.n += x.shape[0]
-        self.sum += x.sum(0, dtype=torch.float64)
+        self.sum += x.sum(0).double()  # shifted data: a float32 sum of one batch is exact enough
         self.gram += (x.T @ x).double()
 
     def scatter(self) -> torch.Tensor:
         """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
         return self.gram - torch.outer(self.sum, self.sum) / max(self.n, 1)
-
-    def decompose(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k eigenvectors (rows) and eigenvalues of the scatter matrix.
-
-        The first call is a full `eigh`; later calls refine the previous 2k-dimensional Ritz
-        basis by block power iteration with Rayleigh-Ritz until the residual of the top k is
-        below 1e-7 of the trace: the same vectors as `eigh` for a fraction of its cost (one
-        batch changes the matrix little, so a few iterations suffice)."""
-        s = self.scatter()
-        p = min(s.shape[0], 2 * k)
-        if self.basis is None or p == s.shape[0]:
-            evals, evecs = torch.linalg.eigh(s)
-            basis, vals = evecs.flip(-1)[:, :p], evals.flip(-1)[:p]
-        else:
-            basis, vals = _refine(s, self.basis, k)
-        self.basis = basis
-        return _flip(basis[:, :k].T.contiguous()), vals[:k].clamp_min(0)
 
 
 class IncrementalSVD:
@@ -182,15 +165,17 @@ class IncrementalSVD:
         return self.components[:k], self.singular[:k] ** 2
 
 
-def _refine(s: torch.Tensor, q: torch.Tensor, k: int, tol: float = 1e-7, max_iter: int = 200):
-    """Block power iteration + Rayleigh-Ritz from basis `q`; returns (basis, Ritz values)."""
-    scale = s.diagonal().sum().clamp_min(1e-300)
+def _refine(s: torch.Tensor, q: torch.Tensor, k: int, tol: float = 1e-7, max_iter: int = 30):
+    """Block power iteration + Rayleigh-Ritz on a stack of symmetric matrices `s` (L, d, d) from
+    bases `q` (L, d, p), until every top-k residual is below `tol` x trace."""
+    scale = s.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
     for _ in range(max_iter):
         q, _ = torch.linalg.qr(s @ q)
-        w, u = torch.linalg.eigh(q.T @ s @ q)
-        w, q = w.flip(0), q @ u.flip(1)
-        residual = (s @ q[:, :k] - q[:, :k] * w[:k]).norm(dim=0).max() / scale
-        if residual < tol:
+        w, u = torch.linalg.eigh(q.transpose(1, 2) @ s @ q)
+        w, q = w.flip(-1), q @ u.flip(-1)
+        top = q[:, :, :k]
+        residual = (s @ top - top * w[:, None, :k]).norm(dim=1).amax(-1) / scale
+        if bool((residual < tol).all()):
             break
     return q, w
 
@@ -321,9 +306,30 @@ def _setup_stats(first, primary, stats, k, device, method) -> None:
 
 
 def _refresh(stats, recording, current, k) -> None:
-    """Recompute the decomposition of every layer that recorded this batch."""
-    for n in recording:
-        current[n] = stats[n].decompose(k)
+    """Recompute the top-k directions of every layer that recorded this batch.
+
+    Covariance layers of equal width are handled as one batch: a full `eigh` the first time;
+    afterwards the previous 2k-dimensional Ritz basis is refined by block power iteration
+    (`_refine`) to a residual below 1e-7 of the trace: the same vectors as `eigh` for a fraction
+    of its cost, since one batch changes the matrix little."""
+    groups: dict[tuple[int, bool], list[str]] = {}
+    for n in sorted(recording):
+        st = stats[n]
+        if isinstance(st, IncrementalSVD):
+            current[n] = st.decompose(k)
+        else:
+            groups.setdefault((st.sum.shape[0], st.basis is None), []).append(n)
+    for (d, fresh), names in groups.items():
+        s = torch.stack([stats[n].scatter() for n in names])
+        p = min(d, 2 * k)
+        if fresh or p == d:
+            evals, evecs = torch.linalg.eigh(s)
+            basis, vals = evecs.flip(-1)[..., :p], evals.flip(-1)[..., :p]
+        else:
+            basis, vals = _refine(s, torch.stack([stats[n].basis for n in names]), k)
+        for i, n in enumerate(names):
+            stats[n].basis = basis[i]
+            current[n] = (_flip(basis[i, :, :k].T.contiguous()), vals[i, :k].clamp_min(0))
 
 
 def _ratios(stats, evals: torch.Tensor) -> torch.Tensor:
