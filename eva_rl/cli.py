@@ -92,6 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         target_returns=_target_returns(args.target_return),
         target_scale=args.target_scale,
         device=args.device,
+        max_envs=args.max_envs,
     )
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
@@ -258,6 +259,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--target-scale", type=float, default=1.0, help="multiply every target")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ev.add_argument(
+        "--max-envs",
+        type=int,
+        default=100,
+        help="episodes alive at once (~25 MB each); 0: all (default 100)",
+    )
     ev.add_argument("--out", required=True, help="JSON report path")
     ev.add_argument("--tb", help="TensorBoard dir (default: <out without .json>_tb)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report")

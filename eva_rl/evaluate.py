@@ -1,10 +1,11 @@
 """Seeded, batched evaluation of a DT agent on Meta-World tasks or any Box gymnasium env.
 
-Every episode of every env is live at once and each env step is ONE forward pass for all of them:
-on small DTs a forward costs about the same at batch 1 and batch 50, so this is many times faster
-than stepping episodes one by one. Each env instance plays exactly one episode (no autoreset), so
-short episodes are never over-counted, and episode i is reset with seed `cfg.seed + i`, so a run
-is reproducible and episode i of a batch equals the same episode played alone.
+Episodes run together, up to `max_envs` at once, and each env step is ONE forward pass for all
+live episodes instead of one per episode (measured on 2 CPU cores: 1.8x faster than one episode
+at a time at 10 episodes, where the forward is compute-bound; far more on a GPU). Each env
+instance plays exactly one episode (no autoreset), so short episodes are never over-counted, and
+episode i is reset with seed `cfg.seed + i`, so a run is reproducible and episode i of a batch
+equals the same episode played alone (or in another chunk).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ class EvalConfig:
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     target_scale: float = 1.0  # multiplies the target (e.g. 1.2 to ask for more than the best)
     device: str = "auto"
+    max_envs: int = 100  # episodes (MuJoCo envs) alive at once, ~25 MB each; 0: all at once
 
     def __post_init__(self):
+        if self.max_envs < 0:
+            raise UserError(f"max_envs must be >= 0 (0 = all at once), got {self.max_envs}")
         if self.episodes < 1:
             raise UserError(f"eval episodes must be >= 1, got {self.episodes}")
         if not math.isfinite(self.target_scale):
@@ -97,24 +101,36 @@ def evaluate(agent: Agent, envs: list[str], cfg: EvalConfig, progress: bool = Tr
     targets = {name: target_return(agent, name, cfg) for name in envs}
     device = resolve_device(cfg.device)
     horizon = agent.meta.horizon
-    instances: list[gym.Env] = []
-    try:
-        for name in envs:  # one env first: refuse a mismatch before building the rest
-            first = make_eval_env(name, horizon)
-            instances.append(first)
-            agent.check_dims(*_env_dims(first, name), f"env {name}")
-            instances += [make_eval_env(name, horizon) for _ in range(cfg.episodes - 1)]
-        seeds = [cfg.seed + i for _ in envs for i in range(cfg.episodes)]
-        target = np.repeat([targets[n] for n in envs], cfg.episodes)
-        model, was_training, old_device = agent.model, agent.model.training, agent.device
-        model.to(device).eval()
+    for name in envs:  # refuse a mismatch before any rollout
+        env = make_eval_env(name, horizon)
         try:
-            episodes = _rollout(agent, instances, seeds, target, progress, ",".join(envs))
+            agent.check_dims(*_env_dims(env, name), f"env {name}")
         finally:
-            model.to(old_device).train(was_training)
-    finally:
-        for env in instances:
             env.close()
+    jobs = [(name, cfg.seed + i) for name in envs for i in range(cfg.episodes)]
+    step = cfg.max_envs or len(jobs)
+    episodes: list[dict] = []
+    model, was_training, old_device = agent.model, agent.model.training, agent.device
+    model.to(device).eval()
+    try:
+        for start in range(0, len(jobs), step):  # at most max_envs MuJoCo envs alive at once
+            chunk = jobs[start : start + step]
+            instances = [make_eval_env(name, horizon) for name, _ in chunk]
+            try:
+                episodes += _rollout(
+                    agent,
+                    instances,
+                    [seed for _, seed in chunk],
+                    np.asarray([targets[name] for name, _ in chunk]),
+                    progress,
+                    ",".join(dict.fromkeys(name for name, _ in chunk)),
+                )
+            finally:
+                for env in instances:
+                    env.close()
+                instances.clear()  # free this chunk's envs before the next is built
+    finally:
+        model.to(old_device).train(was_training)
     per_env = {}
     for k, name in enumerate(envs):
         eps = episodes[k * cfg.episodes : (k + 1) * cfg.episodes]

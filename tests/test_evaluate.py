@@ -206,3 +206,14 @@ def test_report_and_tensorboard_scalars(tmp_path):
     writer = Writer()
     log_to_tensorboard(no_success, writer, step=0, prefix="val")
     assert set(writer.scalars) == {"val/Pendulum-v1/return", "val/return"}
+
+
+def test_chunked_evaluation_equals_all_at_once():
+    """max_envs bounds memory without changing a single episode."""
+    agent = tiny_agent(39, 4, horizon=15, targets={"push-v3": 1500.0, "reach-v3": 1800.0})
+    envs = ["push-v3", "reach-v3"]
+    whole = evaluate(agent, envs, EvalConfig(episodes=3, max_envs=0), progress=False)
+    chunked = evaluate(agent, envs, EvalConfig(episodes=3, max_envs=2), progress=False)
+    assert whole["envs"] == chunked["envs"]
+    with pytest.raises(UserError, match="max_envs must be >= 0"):
+        EvalConfig(max_envs=-1)
