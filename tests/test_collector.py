@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from peft import EvaConfig
 
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.collector import CollectorConfig, collect, target_layers, token_mask
@@ -174,36 +175,45 @@ def test_same_seed_same_result(dt_setup):
         assert torch.equal(a.layers[name].components, b.layers[name].components)
 
 
+def big_batches(mw_root, n=20):
+    traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
+    sampler = SegmentSampler(traj, 8, 1000.0, *traj.state_stats(), seed=0)
+    return [sampler.sample(64) for _ in range(n)]
+
+
+def peft_eva_state(model, batches, eva_config, rank=2):
+    """PEFT's own get_eva_state_dict on the same model and batches (the reference)."""
+    from peft import LoraConfig
+    from peft.tuners.lora.eva import get_eva_state_dict
+
+    peft_cfg = LoraConfig(
+        r=rank,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        init_lora_weights="eva",
+        eva_config=eva_config,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_eva_state_dict(
+            model,
+            batches,
+            peft_config=peft_cfg,
+            show_progress_bar=False,
+            prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
+        )
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_matches_peft_get_eva_state_dict(mw_root, dt_setup, method):
     """Same model, data, rank, rho, tau: the same ranks. The incremental SVD is PEFT's algorithm
     and matches it component by component; the exact `covariance` method is checked against the
     exact reference above, since PEFT's own truncation error reaches cos 0.986 on this data."""
-    from peft import EvaConfig, LoraConfig
-    from peft.tuners.lora.eva import get_eva_state_dict
-
     model, _ = dt_setup
-    traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
-    sampler = SegmentSampler(traj, 8, 1000.0, *traj.state_stats(), seed=0)
-    batches = [sampler.sample(64) for _ in range(20)]
+    batches = big_batches(mw_root)
     cfg = CollectorConfig(rank=2, rho=2.0, tau=0.99, max_batches=20, method=method)
     ours = collect(model, iter(batches), cfg, progress=False)
     assert ours.converged
-    peft_cfg = LoraConfig(
-        r=2,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        init_lora_weights="eva",
-        eva_config=EvaConfig(rho=2.0, tau=0.99),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = get_eva_state_dict(
-            model,
-            batches,
-            peft_config=peft_cfg,
-            prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
-            show_progress_bar=False,
-        )
+    theirs = peft_eva_state(model, batches, EvaConfig(rho=2.0, tau=0.99))
     assert {n: len(t) for n, t in theirs.items()} == {n: r.rank for n, r in ours.layers.items()}
     if method == "incremental-svd":
         for name, comps in theirs.items():
@@ -263,30 +273,11 @@ def test_result_round_trip(dt_setup, tmp_path):
 
 def test_whiten_scales_like_peft(mw_root, dt_setup):
     """whiten=True divides each component by sqrt(its singular value), as PEFT does."""
-    from peft import EvaConfig, LoraConfig
-    from peft.tuners.lora.eva import get_eva_state_dict
-
     model, _ = dt_setup
-    traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)
-    sampler = SegmentSampler(traj, 8, 1000.0, *traj.state_stats(), seed=0)
-    batches = [sampler.sample(64) for _ in range(20)]
+    batches = big_batches(mw_root)
     cfg = CollectorConfig(rank=2, tau=0.99, max_batches=20, method="incremental-svd", whiten=True)
     ours = collect(model, iter(batches), cfg, progress=False)
-    peft_cfg = LoraConfig(
-        r=2,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        init_lora_weights="eva",
-        eva_config=EvaConfig(tau=0.99, whiten=True),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = get_eva_state_dict(
-            model,
-            batches,
-            peft_config=peft_cfg,
-            show_progress_bar=False,
-            prepare_model_inputs_fn=lambda batch, _: token_mask(batch["attention_mask"]).nonzero(),
-        )
+    theirs = peft_eva_state(model, batches, EvaConfig(tau=0.99, whiten=True))
     for name, comps in theirs.items():
         mine = ours.layers[name].components
         torch.testing.assert_close(mine.norm(dim=1), comps.float().norm(dim=1), rtol=1e-3, atol=0)

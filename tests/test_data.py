@@ -147,24 +147,9 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_build_leaves_no_dataset(sig, tmp_path):
     root = tmp_path / "root"
+    reach = ["data", "build", "--suite", "mt50", "--tasks", "reach-v3", "--root", str(root)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eva_rl.cli",
-            "data",
-            "build",
-            "--suite",
-            "mt50",
-            "--tasks",
-            "reach-v3",
-            "--episodes",
-            "400",
-            "--root",
-            str(root),
-            "--workers",
-            "1",
-        ],
+        [sys.executable, "-m", "eva_rl.cli", *reach, "--episodes", "400", "--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -182,23 +167,7 @@ def test_interrupted_build_leaves_no_dataset(sig, tmp_path):
     if sig == signal.SIGINT:  # a clean interrupt also removes its staging area
         assert not (root / catalog.STAGING_DIR).exists()
     else:  # a killed build's staging area is hidden, and the next build clears it
-        assert (
-            main(
-                [
-                    "data",
-                    "build",
-                    "--suite",
-                    "mt50",
-                    "--tasks",
-                    "reach-v3",
-                    "--episodes",
-                    "1",
-                    "--root",
-                    str(root),
-                ]
-            )
-            == 0
-        )
+        assert main([*reach, "--episodes", "1"]) == 0
         assert not (root / catalog.STAGING_DIR).exists()
 
 
