@@ -157,7 +157,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from eva_rl.agent import Agent, resolve_device
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.config import save_config
-    from eva_rl.eva import META_FILE, describe, log_to_tensorboard, save_result
+    from eva_rl.eva import META_FILE, log_to_tensorboard, save_result
 
     out = Path(args.out)
     if (out / META_FILE).exists() and not args.overwrite:
@@ -170,9 +170,9 @@ def cmd_collect(args: argparse.Namespace) -> None:
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(cfg.device))
     result = collect_on_datasets(agent, args.dataset, cfg, args.data_root)
     extra = dict(checkpoint=str(args.checkpoint), datasets=args.dataset)
-    save_result(result, cfg, out, **extra)
+    meta = save_result(result, cfg, out, **extra)
     save_config(cfg, out / "collector_config.yaml")
-    log_to_tensorboard(describe(result, cfg, **extra), out / "tb")
+    log_to_tensorboard(meta, out / "tb")
     ranks = {n.removeprefix("encoder."): layer.rank for n, layer in result.layers.items()}
     print(
         f"{result.batches} batches, {result.seconds:.1f} s on {result.device}, "

@@ -27,15 +27,19 @@ STATE_FILE = "eva_state.safetensors"
 META_FILE = "eva.json"
 
 
-def save_result(result: CollectResult, cfg: CollectorConfig, out: str | os.PathLike, **extra):
-    """Write `eva_state.safetensors` and `eva.json` (each atomically)."""
+def save_result(
+    result: CollectResult, cfg: CollectorConfig, out: str | os.PathLike, **extra
+) -> dict[str, Any]:
+    """Write `eva_state.safetensors` and `eva.json` (each atomically); returns eva.json's dict."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {n: layer.components.contiguous() for n, layer in result.layers.items()}
     tmp = out / f".{STATE_FILE}.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, out / STATE_FILE)
-    atomic_write_json(out / META_FILE, describe(result, cfg, **extra))
+    meta = describe(result, cfg, **extra)
+    atomic_write_json(out / META_FILE, meta)
+    return meta
 
 
 def describe(result: CollectResult, cfg: CollectorConfig, **extra) -> dict[str, Any]:
