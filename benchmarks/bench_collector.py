@@ -21,7 +21,7 @@ import torch
 
 from eva_rl.agent import Agent
 from eva_rl.collector import CollectorConfig, collect, token_mask
-from eva_rl.data.segments import SegmentSampler, load_trajectories
+from eva_rl.data.segments import load_trajectories
 
 warnings.filterwarnings("ignore")
 
@@ -42,17 +42,7 @@ def main() -> None:
     from peft.tuners.lora.eva import get_eva_state_dict
 
     agent = Agent.load(args.checkpoint, device=args.device)
-    traj = load_trajectories([args.dataset])
-    meta = agent.meta
-    sampler = SegmentSampler(
-        traj,
-        meta.context_length,
-        meta.return_scale,
-        np.asarray(meta.state_mean, np.float32),
-        np.asarray(meta.state_std, np.float32),
-        seed=0,
-        device=args.device,
-    )
+    sampler = agent.segment_sampler(load_trajectories([args.dataset]), seed=0)
     batches = [sampler.sample(args.batch_size) for _ in range(args.max_batches)]
     model = agent.model.eval()
 

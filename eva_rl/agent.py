@@ -138,6 +138,24 @@ class Agent:
                 f"state_dim={state_dim}, act_dim={act_dim}; use a checkpoint trained on such data"
             )
 
+    def segment_sampler(self, traj, seed: int):
+        """Segments of `traj` as this checkpoint sees them: its context length, return scale and
+        state statistics (not the new data's), on its device. Refuses data of other shapes."""
+        import numpy as np
+
+        from eva_rl.data.segments import SegmentSampler
+
+        self.check_dims(traj.state_dim, traj.act_dim, f"dataset {', '.join(traj.dataset_ids)}")
+        return SegmentSampler(
+            traj,
+            self.meta.context_length,
+            self.meta.return_scale,
+            np.asarray(self.meta.state_mean, np.float32),
+            np.asarray(self.meta.state_std, np.float32),
+            seed=seed,
+            device=self.device,
+        )
+
     def normalize(self, states: torch.Tensor) -> torch.Tensor:
         mean = torch.as_tensor(self.meta.state_mean, dtype=states.dtype, device=states.device)
         std = torch.as_tensor(self.meta.state_std, dtype=states.dtype, device=states.device)

@@ -341,25 +341,10 @@ def _ratios(stats, evals: torch.Tensor) -> torch.Tensor:
 def collect_on_datasets(
     agent, dataset_ids: list[str], cfg: CollectorConfig, data_root=None, progress: bool = True
 ) -> CollectResult:
-    """Run the collector on an agent with segments of the given Minari datasets.
+    """Run the collector on an agent with segments of the given Minari datasets, as the agent
+    will see them when fine-tuned (`Agent.segment_sampler`), seeded by `cfg.seed`."""
+    from eva_rl.data.segments import load_trajectories
 
-    Segments are normalised with the checkpoint's own state statistics and return scale (the
-    inputs the pretrained model will see when fine-tuned), seeded by `cfg.seed`.
-    """
-    import numpy as np
-
-    from eva_rl.data.segments import SegmentSampler, load_trajectories
-
-    traj = load_trajectories(dataset_ids, data_root)
-    agent.check_dims(traj.state_dim, traj.act_dim, f"dataset {dataset_ids[0]}")
-    sampler = SegmentSampler(
-        traj,
-        agent.meta.context_length,
-        agent.meta.return_scale,
-        np.asarray(agent.meta.state_mean, np.float32),
-        np.asarray(agent.meta.state_std, np.float32),
-        seed=cfg.seed,
-        device=agent.device,
-    )
+    sampler = agent.segment_sampler(load_trajectories(dataset_ids, data_root), cfg.seed)
     batches = iter(lambda: sampler.sample(cfg.batch_size), None)
     return collect(agent.model, batches, cfg, progress=progress)

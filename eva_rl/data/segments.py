@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from eva_rl.data import catalog
+from eva_rl.envs import ENV_ID
 
 
 def env_name(dataset) -> str:
@@ -22,7 +23,7 @@ def env_name(dataset) -> str:
     spec = dataset.spec.env_spec
     if spec is None:
         return dataset.spec.dataset_id
-    return spec.kwargs.get("task", spec.id) if "MetaWorldTask" in spec.id else spec.id
+    return spec.kwargs["task"] if spec.id == ENV_ID else spec.id
 
 
 @dataclass
@@ -31,7 +32,6 @@ class Trajectories:
 
     states: np.ndarray  # (N, state_dim) float32, raw
     actions: np.ndarray  # (N, act_dim) float32
-    rewards: np.ndarray  # (N,) float32
     returns_to_go: np.ndarray  # (N,) float32, undiscounted suffix sums, raw
     timesteps: np.ndarray  # (N,) int64
     episode_start: np.ndarray  # (E,) int64
@@ -63,7 +63,7 @@ class Trajectories:
 
 
 def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) -> Trajectories:
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "r", "g", "t")}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "g", "t")}
     lengths, env_index, envs = [], [], []
     for ds_id in dataset_ids:
         dataset = catalog.load(ds_id, root)
@@ -75,7 +75,6 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
             rewards = np.asarray(ep.rewards, dtype=np.float64)
             columns["s"].append(np.asarray(ep.observations, np.float32)[:n].reshape(n, -1))
             columns["a"].append(np.asarray(ep.actions, np.float32).reshape(n, -1))
-            columns["r"].append(rewards.astype(np.float32))
             columns["g"].append(np.cumsum(rewards[::-1])[::-1].astype(np.float32))
             columns["t"].append(np.arange(n, dtype=np.int64))
             lengths.append(n)
@@ -84,7 +83,6 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
     return Trajectories(
         states=np.concatenate(columns["s"]),
         actions=np.concatenate(columns["a"]),
-        rewards=np.concatenate(columns["r"]),
         returns_to_go=np.concatenate(columns["g"]),
         timesteps=np.concatenate(columns["t"]),
         episode_start=np.concatenate([[0], np.cumsum(lengths_arr)[:-1]]).astype(np.int64),
