@@ -9,19 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from eva_rl.config import apply_override, from_dict, read_yaml
+from eva_rl.config import apply_override, from_dict, read_yaml, set_path
 from eva_rl.errors import RunError, UserError
 
 
-def _config(cls: type, args: argparse.Namespace, flags: list[str]):
-    """`--config` file, then `key=value` overrides, then the given flags (those set)."""
+def _config(cls: type, args: argparse.Namespace, flags: list[str] | dict[str, str]):
+    """`--config` file, then `key=value` overrides, then the given flags (those set). `flags`
+    names argparse destinations, or maps them to dotted config keys."""
     data: dict[str, Any] = read_yaml(args.config) if args.config else {}
     for item in args.overrides:
         apply_override(data, item)
-    values = {name: getattr(args, name) for name in flags}
-    data.update({k: v for k, v in values.items() if v is not None and v is not False})
+    keys = flags if isinstance(flags, dict) else {name: name for name in flags}
+    for name, key in keys.items():
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            set_path(data, key, value)
     return from_dict(cls, data)
 
 
@@ -75,13 +80,12 @@ def _target_returns(items: list[str]) -> dict[str, float]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from torch.utils.tensorboard import SummaryWriter
 
-    from eva_rl.agent import Agent, resolve_device
+    from eva_rl.agent import resolve_device
     from eva_rl.envs import load_suite
     from eva_rl.evaluate import EvalConfig, evaluate, log_to_tensorboard, write_report
+    from eva_rl.finetune import load_agent
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -94,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device=args.device,
         max_envs=args.max_envs,
     )
-    agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
+    agent = load_agent(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
     envs = envs or sorted(agent.meta.target_returns)
     if args.targets_from_datasets:
@@ -152,8 +156,6 @@ def format_eval_table(result: dict) -> str:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from eva_rl.agent import Agent, resolve_device
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.config import save_config
@@ -179,6 +181,48 @@ def cmd_collect(args: argparse.Namespace) -> None:
         f"converged: {result.converged}; ranks: {ranks}"
     )
     print(f"wrote {out / 'eva_state.safetensors'} and {out / META_FILE}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from eva_rl.finetune import FinetuneConfig, finetune
+
+    flags = {
+        "checkpoint": "checkpoint",
+        "stats": "stats",
+        "task": "task",
+        "data_root": "data_root",
+        "method": "method.name",
+        "rank": "method.rank",
+        "rho": "method.rho",
+        "seed": "seed",
+        "steps": "loop.steps",
+        "eval_every": "loop.eval_every",
+        "device": "device",
+        "out": "out",
+        "resume": "resume",
+    }
+    cfg = _config(FinetuneConfig, args, flags)
+    s = finetune(cfg)
+    final = s["final"]
+    print(
+        f"{s['method']} on {s['task'] or ', '.join(s['datasets'])}: "
+        f"success {_fmt(final, 'success_any')} "
+        f"(best {_fmt(s, 'best_success_any')}, start {_fmt(s, 'initial_success_any')}), "
+        f"return {_fmt(final, 'return', '.1f')}; {s['trainable_parameters']:,} trainable "
+        f"parameters, gradient signal {s['gradient_signal']:.4g}, {s['wall_seconds']:.0f} s"
+    )
+    print(f"run: {cfg.out}; TensorBoard: tensorboard --logdir {Path(cfg.out).parent}")
+
+
+def _fmt(d: dict, key: str, spec: str = ".2f") -> str:
+    return "-" if d.get(key) is None else format(d[key], spec)
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from eva_rl.methods import METHODS
+
+    for name, method in METHODS.items():
+        print(f"{name:14s} {method.summary}")
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
@@ -287,6 +331,26 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--overwrite", action="store_true", help="replace an existing result")
     _add_config_args(co)
     co.set_defaults(func=cmd_collect)
+
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained agent on a task with a method")
+    ft.add_argument("--checkpoint", help="pretrained checkpoint (default: the shipped agent)")
+    ft.add_argument("--stats", help="eva_rl.json-style stats for a plain transformers checkpoint")
+    ft.add_argument("--task", help="Meta-World task; data: metaworld/<task>/scripted-v0")
+    ft.add_argument("--data-root", help="Minari root (default: $MINARI_DATASETS_PATH)")
+    ft.add_argument("--method", help="initialisation method (`eva-rl methods`; default eva)")
+    ft.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
+    ft.add_argument("--rho", type=float, help="EVA/AdaLoRA: rho * r initial components (2)")
+    ft.add_argument("--seed", type=int, help="seed of sampling, init and training (default 0)")
+    ft.add_argument("--steps", type=int, help="gradient updates (default 2000)")
+    ft.add_argument("--eval-every", type=int, help="evaluate every K updates (default 500)")
+    ft.add_argument("--device", help="auto (default), cpu, cuda")
+    ft.add_argument("--out", help="run directory (required unless the config sets out)")
+    ft.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    _add_config_args(ft)
+    ft.set_defaults(func=cmd_finetune)
+
+    me = sub.add_parser("methods", help="list the fine-tuning initialisation methods")
+    me.set_defaults(func=cmd_methods)
 
     cu = sub.add_parser("curve", help="plot a training run's loss and evaluation curves (PNG)")
     cu.add_argument("run", help="run directory (holds tb/)")

@@ -49,17 +49,23 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise UserError(f"override {item!r} must look like key=value (dotted keys for nesting)")
-    *parents, leaf = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    set_path(data, key.strip(), value)
+
+
+def set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """`data["a"]["b"]["c"] = value` for key `a.b.c`, creating sections as needed."""
+    *parents, leaf = key.split(".")
     node = data
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"override {item!r}: {part!r} is not a nested section")
+            raise UserError(f"{key}: {part!r} is not a nested section")
         node = child
-    try:
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        node[leaf] = raw
+    node[leaf] = value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -71,8 +77,25 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key not in fields:
             raise UserError(_unknown_key_message(prefix + str(key), key, list(fields)))
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory
+        if isinstance(value, dict) and default is not dataclasses.MISSING:
+            # a nested section keeps the defaults this config gives it, not its class's own
+            instance = default()
+            if dataclasses.is_dataclass(instance):
+                value = _merge(dataclasses.asdict(instance), value)
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
     return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -132,6 +155,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{key}' must be a number, got {value!r}")
         return float(value)

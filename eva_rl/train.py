@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -47,6 +47,7 @@ class LoopConfig:
     log_every: int = 50
     eval_every: int = 1000  # 0: evaluate only at the end
     save_every: int = 500
+    eval_at_start: bool = False  # also evaluate before the first update (step 0)
 
     def __post_init__(self):
         if self.steps < 1 or self.log_every < 1 or self.save_every < 1 or self.eval_every < 0:
@@ -104,6 +105,33 @@ def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return sq.sum() / (mask.sum() * batch["actions"].shape[-1])
 
 
+@torch.enable_grad()
+def gradient_signal(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Mean over `batches` of the norm of the action-loss gradient with respect to the trainable
+    parameters, in eval mode (no dropout). Gradients are cleared afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    norms = []
+    for batch in batches:
+        grads = torch.autograd.grad(action_loss(model, batch), params, allow_unused=True)
+        norms.append(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
+            )
+        )
+    model.train(was_training)
+    return torch.stack(norms).mean().item()
+
+
+class StepHook(Protocol):
+    """Something a method runs after every optimizer step, with state saved in checkpoints."""
+
+    def after_step(self, step: int) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 def train_loop(
     model: torch.nn.Module,
     sampler: SegmentSampler,
@@ -114,8 +142,13 @@ def train_loop(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     resume: bool = False,
     progress: bool = True,
+    hooks: Sequence[StepHook] = (),
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` on `sampler` batches; returns final metrics. See the module docstring."""
+    """Train `model` on `sampler` batches; returns final metrics. See the module docstring.
+
+    `hooks` run after every optimizer step (with the 0-based step index); `penalty(model)` is
+    added to the action loss (logged separately as train/penalty)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -131,6 +164,8 @@ def train_loop(
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
+        for hook, hook_state in zip(hooks, state.get("hooks", []), strict=True):
+            hook.load_state_dict(hook_state)
         step, history = state["step"], state["history"]
 
     def save() -> None:
@@ -143,12 +178,14 @@ def train_loop(
                     "scheduler": scheduler.state_dict(),
                     "sampler": sampler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    "hooks": [hook.state_dict() for hook in hooks],
                     "step": step,
                     "history": history,
                 },
                 directory / STATE_FILE,
             )
 
+        history["seconds"] = seconds_before + time.perf_counter() - started
         save_checkpoint_dir(latest, write)
         history["saved_step"] = step
 
@@ -162,12 +199,16 @@ def train_loop(
 
     writer = SummaryWriter(run_dir / "tb", purge_step=step if resume else None)
     model.train()
-    started, seen_loss, window = time.perf_counter(), 0.0, 0
+    started, seen_loss, seen_penalty, window = time.perf_counter(), 0.0, 0.0, 0
+    seconds_before = history.get("seconds", 0.0)
     bar = tqdm(total=loop.steps, initial=step, desc="train", unit="step", disable=not progress)
     try:
+        if evaluate is not None and loop.eval_at_start and step == 0:
+            run_eval()
         while step < loop.steps:
             batch = sampler.sample(optim.batch_size)
             loss = action_loss(model, batch)
+            extra = penalty(model) if penalty is not None else None
             if not torch.isfinite(loss):
                 where = (
                     f"the last good checkpoint (step {history['saved_step']}) is kept in {latest}"
@@ -179,20 +220,25 @@ def train_loop(
                     "lower optim.lr or raise optim.warmup_steps and resume"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if extra is None else loss + extra).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
+            for hook in hooks:
+                hook.after_step(step)
             scheduler.step()
             step += 1
             seen_loss, window = seen_loss + loss.item(), window + 1
+            seen_penalty += 0.0 if extra is None else extra.item()
             bar.update(1)
             if step % loop.log_every == 0 or step == loop.steps:
                 writer.add_scalar("train/loss", seen_loss / window, step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+                if penalty is not None:
+                    writer.add_scalar("train/penalty", seen_penalty / window, step)
                 bar.set_postfix(loss=f"{seen_loss / window:.4f}")
                 history["loss"] = seen_loss / window
-                seen_loss, window = 0.0, 0
+                seen_loss, seen_penalty, window = 0.0, 0.0, 0
             if evaluate is not None and (
                 step == loop.steps or (loop.eval_every and step % loop.eval_every == 0)
             ):
@@ -202,5 +248,5 @@ def train_loop(
     finally:
         bar.close()
         writer.close()
-    history["seconds"] = time.perf_counter() - started
+    history["seconds"] = seconds_before + time.perf_counter() - started
     return history

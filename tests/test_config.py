@@ -29,8 +29,20 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg == Outer(name="x", steps=7, inner=Inner(lr=0.5, layers=[3, 4]), tag="abc")
 
 
+@dataclass
+class Tuned:
+    inner: Inner = field(default_factory=lambda: Inner(lr=0.5))
+
+
+def test_a_nested_override_keeps_the_defaults_the_parent_gives():
+    assert load_config(Tuned, None, ["inner.layers=[7]"]).inner == Inner(lr=0.5, layers=[7])
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert from_dict(Outer, {"inner": {"lr": 1}}).inner.lr == 1.0
+    assert load_config(Outer, None, ["inner.lr=3e-3"]).inner.lr == 0.003  # YAML 1.1 string
+    with pytest.raises(UserError, match="'inner.lr' must be a number, got 'fast'"):
+        load_config(Outer, None, ["inner.lr=fast"])
     with pytest.raises(UserError, match="'steps' must be an integer"):
         from_dict(Outer, {"steps": 1.5})
 

@@ -1,0 +1,331 @@
+"""`eva-rl finetune`: adapt a pretrained agent to one downstream task with one method.
+
+A run directory holds `config.yaml`, TensorBoard events (`tb/`: training and evaluation curves,
+trainable parameters, per-layer ranks, collector seconds, gradient signal at initialisation, and
+an HParams entry), `eva/` (EVA's collector result, reused on resume), `agent/` (the final
+adapter in PEFT's format, or a full checkpoint for fft, plus `eva_rl.json`) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from eva_rl.agent import META_FILE, Agent, AgentMeta, resolve_device, save_checkpoint_dir
+from eva_rl.collector import CollectorConfig
+from eva_rl.config import from_dict, save_config, to_dict
+from eva_rl.data.build import dataset_id
+from eva_rl.data.segments import load_trajectories
+from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_json
+from eva_rl.methods import (
+    Adapted,
+    MethodConfig,
+    build_method,
+    export_adapted,
+    load_adapted_model,
+    save_initial_adapter,
+    trainable_parameters,
+)
+from eva_rl.train import (
+    LoopConfig,
+    OptimConfig,
+    action_loss,
+    git_commit,
+    gradient_signal,
+    prepare_run_dir,
+    train_loop,
+)
+
+SUMMARY_FILE = "summary.json"
+QUIET = (  # benign warnings PEFT and transformers raise on every run of these methods
+    "`is_gradient_checkpointing` is deprecated",
+    "lora with eva initialization used with low_cpu_mem_usage=False",
+    "`corda_config` specified but will be ignored",
+    "Full backward hook is firing when gradients are computed with respect to module outputs",
+    "The following rank_pattern keys did not match any targeted module",  # AdaLoRA's masks
+)
+
+
+@dataclass
+class FinetuneEvalConfig:
+    episodes: int = 10
+    seed: int = 1000  # episode i is reset with seed + i; the same episodes at every evaluation
+    max_envs: int = 100
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = "results/pretrained/mt40-cpu/agent"
+    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
+    task: str = ""  # Meta-World task: trains on metaworld/<task>/scripted-v0
+    datasets: list[str] = field(default_factory=list)  # Minari ids instead of `task`'s dataset
+    data_root: str | None = None
+    out: str = ""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    # EVA's collector; its rank, rho, target_modules, seed and device follow method, seed, device
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=100))
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=2000, log_every=50, eval_every=500, save_every=500, eval_at_start=True
+        )
+    )
+    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    resume: bool = False
+
+    def __post_init__(self):
+        if not self.task and not self.datasets:
+            raise UserError("name the downstream task (--task push-v3) or datasets=[...]")
+        if not self.out:
+            raise UserError("name the run directory with --out DIR")
+        self.collector = dataclasses.replace(
+            self.collector,
+            rank=self.method.rank,
+            rho=self.method.rho,
+            target_modules=list(self.method.target_modules),
+            seed=self.seed,
+            device=self.device,
+        )
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        return self.datasets or [dataset_id(self.task)]
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
+    """Build the method, measure it at initialisation, train, evaluate, export; see module doc."""
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=re.escape(message))
+        return _finetune(cfg, progress)
+
+
+def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
+    traj = load_trajectories(cfg.dataset_ids, cfg.data_root)
+    sampler = agent.segment_sampler(traj, cfg.seed)  # refuses data of other shapes
+    prepare_run_dir(out, cfg.resume)  # only after every input was checked
+    save_config(cfg, out / "config.yaml")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    calibration_sampler = agent.segment_sampler(traj, cfg.seed + 1)
+    calibration = [
+        calibration_sampler.sample(cfg.optim.batch_size)
+        for _ in range(cfg.method.calibration_batches)
+    ]
+    eva_meta = _eva_result(agent, cfg, out, progress) if cfg.method.name.startswith("eva") else None
+    adapted = build_method(
+        agent.model,
+        cfg.method,
+        calibration=calibration,
+        loss=action_loss,
+        eva_state=eva_meta and eva_meta["state"],
+        steps=cfg.loop.steps,
+    )
+    initial = save_initial_adapter(adapted, out)
+    signal = gradient_signal(adapted.model, calibration)
+    setup = {
+        "trainable_parameters": trainable_parameters(adapted.model),
+        "total_parameters": sum(p.numel() for p in agent.model.parameters()),
+        "gradient_signal": signal,
+        "collector_seconds": eva_meta["seconds"] if eva_meta else None,
+        "ranks": adapted.ranks,
+    }
+    if not cfg.resume:
+        _log_setup(out / "tb", setup)
+
+    meta = _finetuned_meta(agent.meta, traj.max_returns(), cfg)
+    tuned = Agent(adapted.model, meta)
+
+    from eva_rl.evaluate import EvalConfig, evaluate
+
+    eval_cfg = EvalConfig(
+        episodes=cfg.eval.episodes,
+        seed=cfg.eval.seed,
+        device=str(device),
+        max_envs=cfg.eval.max_envs,
+    )
+
+    def run_eval(step: int) -> dict[str, float]:
+        result = evaluate(tuned, traj.envs, eval_cfg, progress=False)
+        metrics = {"return": result["return_mean"], "length": result["length_mean"]}
+        for key in ("success_any", "success_final"):
+            if result[key] is not None:
+                metrics[key] = result[key]
+        return metrics
+
+    def write_agent(directory: Path) -> None:
+        export_adapted(adapted, directory, cfg.checkpoint, initial)
+        atomic_write_json(directory / META_FILE, dataclasses.asdict(meta))
+
+    def export(directory: Path, step: int) -> None:
+        meta.provenance["steps"] = step
+        write_agent(directory / "agent")
+
+    history = train_loop(
+        adapted.model,
+        sampler,
+        cfg.optim,
+        cfg.loop,
+        out,
+        export,
+        run_eval,
+        cfg.resume,
+        progress,
+        hooks=adapted.hooks,
+        penalty=adapted.penalty,
+    )
+    meta.provenance["steps"] = cfg.loop.steps
+    save_checkpoint_dir(out / "agent", write_agent)
+    final_ranks = _final_ranks(adapted)
+    summary = _summary(cfg, history, setup, final_ranks, time.perf_counter() - started)
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    _log_hparams(out / "tb", cfg, summary, final_ranks)
+    return summary
+
+
+def _eva_result(agent: Agent, cfg: FinetuneConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """Collect (or, on resume, reload) EVA's components for the task data into `out/eva`."""
+    from eva_rl.collector import collect_on_datasets
+    from eva_rl.eva import META_FILE as EVA_META
+    from eva_rl.eva import load_state, log_to_tensorboard, save_result
+
+    directory = out / "eva"
+    if not (directory / EVA_META).is_file():
+        result = collect_on_datasets(
+            agent, cfg.dataset_ids, cfg.collector, cfg.data_root, progress=progress
+        )
+        meta = save_result(result, cfg.collector, directory, checkpoint=cfg.checkpoint)
+        log_to_tensorboard(meta, out / "tb")
+    state, meta = load_state(directory)
+    return {"state": state, "seconds": meta["seconds"]}
+
+
+def _finetuned_meta(base: AgentMeta, targets: dict[str, float], cfg: FinetuneConfig) -> AgentMeta:
+    """The base agent's normalisation, with the task's target return and the run's provenance."""
+    meta = copy.deepcopy(base)
+    meta.target_returns = {**base.target_returns, **targets}
+    meta.provenance = {
+        "base_checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "base_provenance": base.provenance,
+        "method": cfg.method.name,
+        "config": to_dict(cfg),
+        "datasets": cfg.dataset_ids,
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return meta
+
+
+def _log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
+    with SummaryWriter(log_dir) as writer:
+        writer.add_scalar("init/trainable_parameters", setup["trainable_parameters"], 0)
+        writer.add_scalar("init/gradient_signal", setup["gradient_signal"], 0)
+        if setup["collector_seconds"] is not None:
+            writer.add_scalar("init/collector_seconds", setup["collector_seconds"], 0)
+        for name, rank in setup["ranks"].items():
+            writer.add_scalar(f"rank_init/{name}", rank, 0)
+
+
+def _final_ranks(adapted: Adapted) -> dict[str, int]:
+    """Ranks after training: AdaLoRA's allocation (non-zero singular values), else as built."""
+    if adapted.info["method"] != "adalora":
+        return adapted.ranks
+    pattern = adapted.model.peft_config["default"].rank_pattern or {}
+    ranks = dict(adapted.ranks)
+    for key, mask in pattern.items():
+        name = key.removeprefix("base_model.model.").rsplit(".lora_E", 1)[0]
+        ranks[name] = int(sum(bool(v) for v in mask))
+    return ranks
+
+
+def _summary(cfg, history, setup, final_ranks, seconds) -> dict[str, Any]:
+    evals = history["eval"]
+    final = evals[-1] if evals else {}
+    success = [e["success_any"] for e in evals if "success_any" in e]
+    return {
+        "method": cfg.method.name,
+        "task": cfg.task or None,
+        "datasets": cfg.dataset_ids,
+        "rank": cfg.method.rank,
+        "rho": cfg.method.rho,
+        "seed": cfg.seed,
+        "steps": cfg.loop.steps,
+        "final": {k: v for k, v in final.items() if k != "step"},
+        "best_success_any": max(success) if success else None,
+        "initial_success_any": success[0] if evals and evals[0]["step"] == 0 else None,
+        "final_loss": history.get("loss"),
+        **{k: v for k, v in setup.items() if k != "ranks"},
+        "ranks": final_ranks,
+        "total_rank": sum(final_ranks.values()),
+        "train_seconds": history["seconds"],
+        "wall_seconds": seconds,
+        "eval": evals,
+        "config": to_dict(cfg),
+    }
+
+
+def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: dict, ranks: dict) -> None:
+    """One HParams session per run (in the run's own tb/), so TensorBoard's HParams tab lines up
+    every run under a common logdir by method, rank, rho, task and seed."""
+    hparams = {
+        "method": cfg.method.name,
+        "rank": cfg.method.rank,
+        "rho": cfg.method.rho,
+        "task": cfg.task or ",".join(cfg.dataset_ids),
+        "seed": cfg.seed,
+        "steps": cfg.loop.steps,
+        "lr": cfg.optim.lr,
+    }
+    metrics = {
+        "hparam/final_success": summary["final"].get("success_any", float("nan")),
+        "hparam/best_success": summary["best_success_any"] or float("nan"),
+        "hparam/final_return": summary["final"].get("return", float("nan")),
+        "hparam/trainable_parameters": summary["trainable_parameters"],
+        "hparam/gradient_signal": summary["gradient_signal"],
+    }
+    with SummaryWriter(log_dir) as writer:
+        for name, rank in ranks.items():
+            writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
+        writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)
+
+
+def load_agent(path: str | os.PathLike, stats=None, device="cpu") -> Agent:
+    """Any agent directory: a checkpoint, or a fine-tuned adapter (`agent/` of a finetune run)
+    merged into the base checkpoint it names."""
+    path = Path(path)
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.is_file():
+        return Agent.load(path, stats=stats, device=device)
+    base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    if not Path(base_path, "config.json").is_file():
+        raise UserError(
+            f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
+            "restore the base checkpoint at that path"
+        )
+    base = Agent.load(base_path, stats=stats, device=device)
+    meta = from_dict(AgentMeta, json.loads((path / META_FILE).read_text()))
+    return Agent(load_adapted_model(path, base.model).eval(), meta)

@@ -1,0 +1,362 @@
+"""The initialisation methods compared when fine-tuning: PEFT's recipes, EVA and full fine-tuning.
+
+Every method is built with PEFT's own implementation from a fresh copy of the pretrained DT
+(PiSSA, OLoRA, CorDA and LoRA-GA rewrite base weights). GPT-2's block matrices are `Conv1D`
+(weight stored in x out); PEFT's OLoRA ignores `fan_in_fan_out`, so before any adapter is built
+the copy's Conv1D layers become equivalent `nn.Linear` layers, one code path for every method.
+Saved adapters are written for the plain DT (`fan_in_fan_out: true`), and base-rewriting methods
+are converted to plain LoRA with PEFT's `path_initial_model_for_weight_conversion`, so any saved
+adapter loads with `PeftModel.from_pretrained` onto `DecisionTransformerModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_json
+
+INITIAL_ADAPTER = "initial_adapter"  # PEFT uses the folder name as a temporary adapter name
+
+
+@dataclass
+class MethodConfig:
+    name: str = "eva"
+    rank: int = 8  # nominal rank r (AdaLoRA: the average rank it prunes down to)
+    rho: float = 2.0  # EVA: components per layer before redistribution; AdaLoRA: initial rank / r
+    alpha: float = 0.0  # LoRA alpha; 0 means alpha = rank (scale 1)
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    # The action head maps the last hidden state to the 4-D Meta-World action, which means the
+    # same in every task; the adapted blocks already change what it sees, and training it fully
+    # would add a method-independent part that blurs the comparison of initialisations.
+    train_head: bool = False
+    calibration_batches: int = 8  # batches for LoRA-GA gradients, CorDA covariances, grad signal
+    adalora_orth_reg: float = 0.5  # AdaLoRA's orthogonality penalty weight (PEFT's default)
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise UserError(unknown_method(self.name))
+        if self.rank < 1:
+            raise UserError(f"method.rank must be >= 1, got {self.rank}")
+        if self.rho < 1.0:
+            raise UserError(f"method.rho must be >= 1 (1 = no redistribution), got {self.rho}")
+        if self.alpha < 0 or not 0.0 <= self.dropout < 1.0 or self.calibration_batches < 1:
+            raise UserError("method: alpha >= 0, dropout in [0, 1) and calibration_batches >= 1")
+        if self.train_head and METHODS[self.name].rewrites_base:
+            raise UserError(
+                f"method.train_head=true is not supported with {self.name}: PEFT's conversion of "
+                "its adapter to plain LoRA drops fully trained modules; use train_head=false"
+            )
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha or float(self.rank)
+
+
+@dataclass
+class Adapted:
+    """A model ready to train, plus what the training loop and the report need to know."""
+
+    model: torch.nn.Module
+    ranks: dict[str, int]  # adapted layer -> rank at initialisation (empty for fft)
+    hooks: list = field(default_factory=list)  # train-loop step hooks (AdaLoRA's allocator)
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None  # added to the loss
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. EVA's collector result
+
+
+@dataclass(frozen=True)
+class Method:
+    summary: str
+    build: Callable[..., Adapted]
+    adapter_output_zero_at_init: bool = True  # B = 0: the model acts exactly like the base
+    rewrites_base: bool = False  # needs weight conversion to load onto a plain DT
+
+
+def unknown_method(name: str) -> str:
+    return f"unknown method {name!r}; choose one of: {', '.join(METHODS)} (`eva-rl methods`)"
+
+
+def as_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every Conv1D by the equivalent nn.Linear (same function, weight transposed)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            d_in, d_out = module.weight.shape
+            linear = torch.nn.Linear(d_in, d_out, device=module.weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
+def _lora_config(cfg: MethodConfig, **kwargs):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=["predict_action"] if cfg.train_head else None,
+        **kwargs,
+    )
+
+
+def _peft(model, config) -> Adapted:
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    return Adapted(peft_model, adapter_ranks(peft_model))
+
+
+def adapter_ranks(peft_model) -> dict[str, int]:
+    """Adapted layer (plain DT module name) -> current rank."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    ranks = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.r:
+            ranks[name.removeprefix(prefix)] = int(module.r["default"])
+    return ranks
+
+
+def _loss_over(batches, loss_fn) -> Callable[[torch.nn.Module], None]:
+    def run(model):
+        for batch in batches:
+            loss_fn(model, batch).backward()
+
+    return run
+
+
+def _build_fft(model, cfg, ctx) -> Adapted:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Adapted(model, {})
+
+
+def _build_lora_variant(init: Any = True, use_dora: bool = False):
+    def build(model, cfg, ctx) -> Adapted:
+        return _peft(as_linear(model), _lora_config(cfg, init_lora_weights=init, use_dora=use_dora))
+
+    return build
+
+
+def _build_lora_ga(model, cfg, ctx) -> Adapted:
+    from peft import LoraGAConfig
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    model = as_linear(model)
+    config = _lora_config(cfg, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig())
+    was_training = model.training
+    model.eval()  # deterministic gradients (no dropout), like the gradient signal
+    preprocess_loraga(model, config, lambda: _loss_over(ctx["calibration"], ctx["loss"])(model))
+    model.train(was_training)
+    return _peft(model, config)
+
+
+def _build_corda(model, cfg, ctx) -> Adapted:
+    from peft.tuners.lora.config import CordaConfig
+    from peft.tuners.lora.corda import preprocess_corda
+
+    model = as_linear(model)
+    config = _lora_config(cfg, init_lora_weights="corda", corda_config=CordaConfig())
+
+    @torch.no_grad()
+    def run_model():  # PEFT's CorDA hook takes one sequence per forward: unpadded segments
+        for batch in ctx["calibration"]:
+            for i, valid in enumerate(batch["attention_mask"].bool()):
+                ctx["loss"](model, {k: v[i : i + 1, valid] for k, v in batch.items()})
+
+    was_training = model.training
+    model.eval()
+    preprocess_corda(model, config, run_model=run_model)
+    model.train(was_training)
+    return _peft(model, config)
+
+
+class AdaLoraSchedule:
+    """Calls PEFT's budget allocator after every optimizer step; its importance statistics are
+    part of the training state, so a resumed run allocates like an uninterrupted one."""
+
+    def __init__(self, peft_model):
+        self.tuner = peft_model.base_model
+
+    def after_step(self, step: int) -> None:
+        self.tuner.update_and_allocate(step)
+
+    def state_dict(self) -> dict:
+        alloc = self.tuner.rankallocator
+        config = self.tuner.peft_config["default"]
+        keys = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+        return {**{k: getattr(alloc, k) for k in keys}, "rank_pattern": config.rank_pattern}
+
+    def load_state_dict(self, state: dict) -> None:
+        alloc = self.tuner.rankallocator
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(alloc, key, state[key])
+        self.tuner.peft_config["default"].rank_pattern = state["rank_pattern"]
+
+
+def adalora_orthogonality(model: torch.nn.Module) -> torch.Tensor:
+    """AdaLoRA's penalty ||P P^T - I||_F averaged over its P (A) and Q (B) factors. PEFT adds it
+    only when the wrapped model returns a `.loss`, which a DT does not, so it is added here with
+    PEFT's formula (`AdaLoraModel.forward`)."""
+    terms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(len(cov), device=p.device)))
+    return torch.stack(terms).mean()
+
+
+def _build_adalora(model, cfg, ctx) -> Adapted:
+    from peft import AdaLoraConfig
+
+    steps = ctx["steps"]
+    tinit, tfinal = steps // 10, steps // 5
+    if steps - tinit - tfinal < 1:
+        raise UserError(f"adalora needs more training steps than {steps} to allocate its budget")
+    config = AdaLoraConfig(
+        init_r=round(cfg.rho * cfg.rank),
+        target_r=cfg.rank,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=max(1, steps // 100),
+        total_step=steps,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=["predict_action"] if cfg.train_head else None,
+        orth_reg_weight=cfg.adalora_orth_reg,
+    )
+    adapted = _peft(as_linear(model), config)
+    adapted.hooks = [AdaLoraSchedule(adapted.model)]
+    adapted.penalty = lambda m: cfg.adalora_orth_reg * adalora_orthogonality(m)
+    return adapted
+
+
+def _build_eva(use_dora: bool):
+    def build(model, cfg, ctx) -> Adapted:
+        from eva_rl.eva import apply_eva
+
+        peft_model = apply_eva(
+            as_linear(model),
+            ctx["eva_state"],
+            cfg.rank,
+            cfg.lora_alpha,
+            cfg.dropout,
+            use_dora=use_dora,
+            modules_to_save=["predict_action"] if cfg.train_head else None,
+        )
+        return Adapted(peft_model, adapter_ranks(peft_model))
+
+    return build
+
+
+METHODS: dict[str, Method] = {
+    "fft": Method("full fine-tuning of every weight (no adapter)", _build_fft),
+    "lora": Method("LoRA, PEFT default init (A Kaiming-uniform, B = 0)", _build_lora_variant()),
+    "lora-gaussian": Method("LoRA with A ~ N(0, 1/r), B = 0", _build_lora_variant("gaussian")),
+    "pissa": Method(
+        "PiSSA: A, B from the top-r singular vectors of W (residual kept in the base)",
+        _build_lora_variant("pissa"),
+        adapter_output_zero_at_init=False,
+        rewrites_base=True,
+    ),
+    "olora": Method(
+        "OLoRA: A, B from the QR decomposition of W (residual kept in the base)",
+        _build_lora_variant("olora"),
+        adapter_output_zero_at_init=False,
+        rewrites_base=True,
+    ),
+    "lora-ga": Method(
+        "LoRA-GA: A, B from the SVD of the loss gradient on calibration batches",
+        _build_lora_ga,
+        adapter_output_zero_at_init=False,
+        rewrites_base=True,
+    ),
+    "corda": Method(
+        "CorDA (IPM): A, B from W's SVD weighted by the input covariance of the task data",
+        _build_corda,
+        adapter_output_zero_at_init=False,
+        rewrites_base=True,
+    ),
+    "dora": Method(
+        "DoRA: LoRA plus a trained magnitude per output", _build_lora_variant(use_dora=True)
+    ),
+    "adalora": Method(
+        "AdaLoRA: SVD-form adapters, ranks pruned from rho*r to r by importance during training",
+        _build_adalora,
+    ),
+    "eva": Method(
+        "EVA: A = top principal directions of each layer's inputs on the task data, ranks "
+        "redistributed by explained variance (rho), B = 0",
+        _build_eva(use_dora=False),
+    ),
+    "eva-dora": Method("EVA's initialisation with DoRA's magnitude", _build_eva(use_dora=True)),
+}
+
+
+def build_method(base: torch.nn.Module, cfg: MethodConfig, **context) -> Adapted:
+    """Adapt a deep copy of `base` with `cfg.name`; `base` is left untouched.
+
+    `context` holds what some methods need: `calibration` (batches) and `loss(model, batch)`
+    for LoRA-GA and CorDA, `eva_state` for EVA, `steps` (total updates) for AdaLoRA.
+    """
+    model = copy.deepcopy(base)
+    adapted = METHODS[cfg.name].build(model, cfg, context)
+    adapted.info["method"] = cfg.name
+    return adapted
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
+    """Before training, keep the initial adapter of a base-rewriting method; saving converts
+    against it later. Returns its path (None when the method needs none)."""
+    if not METHODS[adapted.info["method"]].rewrites_base:
+        return None
+    path = run_dir / INITIAL_ADAPTER
+    if not (path / "adapter_config.json").is_file():
+        peft_model = adapted.model
+        peft_model.peft_config["default"].init_lora_weights = True  # PEFT's documented recipe
+        peft_model.save_pretrained(path)
+    return path
+
+
+def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
+    """Write the trained weights in a form a plain DT loads: a full checkpoint for fft, else
+    PEFT adapter files whose base is `base_checkpoint`."""
+    model = adapted.model
+    if adapted.info["method"] == "fft":
+        model.save_pretrained(directory)
+        return
+    model.peft_config["default"].base_model_name_or_path = str(Path(base_checkpoint).resolve())
+    kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
+    model.save_pretrained(directory, **kwargs)
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["fan_in_fan_out"] = True  # the plain DT's block matrices are Conv1D
+    atomic_write_json(config_path, config)
+
+
+def load_adapted_model(directory: str | os.PathLike, base: torch.nn.Module) -> torch.nn.Module:
+    """A plain DT with the adapter in `directory` merged into (a copy of) `base`."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(directory))
+    return peft_model.merge_and_unload()
