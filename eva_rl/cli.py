@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def add_confidence_intervals(result: dict) -> None:
     """95% stratified-bootstrap intervals (episodes resampled within each env) of the means."""
-    from eva_rl.report import stratified_bootstrap_ci
+    from eva_rl.stats import stratified_bootstrap_ci
 
     for metric in ("success_any", "success_final", "return"):
         groups = [[e[metric] for e in r["episodes"]] for r in result["envs"].values()]
@@ -223,6 +223,26 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
     for name, method in METHODS.items():
         print(f"{name:14s} {method.summary}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from eva_rl.sweep import load_sweep, sweep
+
+    cfg = load_sweep(args.config, args.overrides)
+    result = sweep(cfg)
+    print(
+        f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished) "
+        f"under {result['out']}; TensorBoard: tensorboard --logdir {result['out']}"
+    )
+    print(f"report: eva-rl report {result['out']} --out results/<name>")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from eva_rl.report import write_report
+
+    command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
+    result = write_report(args.runs, args.out, command, overwrite=args.overwrite)
+    print(f"{result['runs']} runs, {result['configs']} configurations -> {result['out']}/README.md")
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
@@ -351,6 +371,17 @@ def parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("methods", help="list the fine-tuning initialisation methods")
     me.set_defaults(func=cmd_methods)
+
+    sw = sub.add_parser("sweep", help="run a grid of fine-tuning runs in parallel (resumable)")
+    sw.add_argument("config", help="sweep YAML (base, out, grid, set, workers, threads)")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="sweep config overrides")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="tables with confidence intervals and plots of many runs")
+    rp.add_argument("runs", help="directory holding finished runs (e.g. a sweep's out)")
+    rp.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
+    rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    rp.set_defaults(func=cmd_report)
 
     cu = sub.add_parser("curve", help="plot a training run's loss and evaluation curves (PNG)")
     cu.add_argument("run", help="run directory (holds tb/)")

@@ -41,3 +41,34 @@ def write_minari(dataset_id, env, episodes, root):
     ]
     with minari_root(root):
         minari.create_dataset_from_buffers(dataset_id, buffers, env=env)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(mw_root, tmp_path_factory):
+    """A tiny DT pretrained on push-v3 (horizon 30 keeps evaluations short)."""
+    from eva_rl.config import load_config
+    from eva_rl.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            f"out={out}",
+            f"data_root={mw_root}",
+            "datasets=[metaworld/push-v3/scripted-v0]",
+            "model.hidden_size=32",
+            "model.n_layer=2",
+            "model.n_head=2",
+            "model.context_length=5",
+            "optim.batch_size=16",
+            "optim.warmup_steps=5",
+            "loop.steps=40",
+            "loop.save_every=40",
+            "loop.eval_every=0",
+            "eval.episodes=1",
+            "horizon=30",
+        ],
+    )
+    pretrain(cfg, progress=False)
+    return out / "agent"

@@ -150,7 +150,7 @@ def test_evaluate_targets_from_datasets(ckpt, mw_root, tmp_path, monkeypatch):
 
 
 def test_stratified_bootstrap_ci_contains_the_mean_and_narrows():
-    from eva_rl.report import stratified_bootstrap_ci
+    from eva_rl.stats import stratified_bootstrap_ci
 
     rng = np.random.default_rng(0)
     groups = [rng.random(10) < p for p in (0.2, 0.5, 0.9)]

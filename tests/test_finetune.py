@@ -14,40 +14,10 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.finetune import FinetuneConfig, finetune, load_agent
 from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
-from eva_rl.pretrain import PretrainConfig, pretrain
 from eva_rl.report import read_scalars
 from eva_rl.train import action_loss
 
-PUSH = "metaworld/push-v3/scripted-v0"
 HAMMER = "metaworld/hammer-v3/scripted-v0"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(mw_root, tmp_path_factory):
-    """A tiny DT pretrained on push-v3 (horizon 30 keeps evaluations short)."""
-    out = tmp_path_factory.mktemp("pretrained") / "run"
-    cfg = load_config(
-        PretrainConfig,
-        None,
-        [
-            f"out={out}",
-            f"data_root={mw_root}",
-            f"datasets=[{PUSH}]",
-            "model.hidden_size=32",
-            "model.n_layer=2",
-            "model.n_head=2",
-            "model.context_length=5",
-            "optim.batch_size=16",
-            "optim.warmup_steps=5",
-            "loop.steps=40",
-            "loop.save_every=40",
-            "loop.eval_every=0",
-            "eval.episodes=1",
-            "horizon=30",
-        ],
-    )
-    pretrain(cfg, progress=False)
-    return out / "agent"
 
 
 def tiny_finetune(checkpoint, mw_root, out, method, *extra):

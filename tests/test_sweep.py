@@ -1,0 +1,117 @@
+"""Sweeps: grid expansion, names, validation before running, resume skips and restarts."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from eva_rl.cli import main
+from eva_rl.errors import UserError
+from eva_rl.sweep import expand, load_sweep, plan, run_name, sweep
+
+
+def test_grid_expansion_is_the_full_product_first_key_slowest():
+    points = expand({"task": ["a", "b"], "method.name": ["lora", "eva"], "seed": [0, 1, 2]})
+    assert len(points) == 12
+    assert points[0] == {"task": "a", "method.name": "lora", "seed": 0}
+    assert points[1] == {"task": "a", "method.name": "lora", "seed": 1}
+    assert points[-1] == {"task": "b", "method.name": "eva", "seed": 2}
+    assert run_name(points[0]) == "task=a,method=lora,seed=0"
+
+
+def write_sweep(tmp_path, checkpoint, mw_root, **extra):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "checkpoint": str(checkpoint),
+                "data_root": str(mw_root),
+                "method": {"rank": 2, "calibration_batches": 1},
+                "collector": {"batch_size": 16},
+                "optim": {"batch_size": 16, "warmup_steps": 2},
+                "loop": {"steps": 6, "log_every": 3, "eval_every": 0, "save_every": 3},
+                "eval": {"episodes": 1},
+            }
+        )
+    )
+    spec = {
+        "base": str(base),
+        "out": str(tmp_path / "runs"),
+        "grid": {"method.name": ["lora", "eva"], "seed": [0, 1]},
+        "set": {"task": "hammer-v3"},
+        "workers": 2,
+        **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path):
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"method.name": ["lora", "lorra"]})
+    with pytest.raises(UserError, match="unknown method 'lorra'"):
+        plan(load_sweep(path))
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"optim.lrr": [1e-3]})
+    with pytest.raises(UserError, match="did you mean lr"):
+        sweep(load_sweep(path), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    path = write_sweep(tmp_path, checkpoint, mw_root)
+    assert main(["sweep", str(path)]) == 0
+    runs = tmp_path / "runs"
+    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("_"))
+    assert names == [
+        "method=eva,seed=0",
+        "method=eva,seed=1",
+        "method=lora,seed=0",
+        "method=lora,seed=1",
+        "runs.json",
+        "sweep.yaml",
+    ]
+    index = json.loads((runs / "runs.json").read_text())
+    assert {v["status"] for v in index.values()} == {"done"}
+    summary = json.loads((runs / "method=eva,seed=1/summary.json").read_text())
+    assert summary["method"] == "eva" and summary["seed"] == 1 and summary["task"] == "hammer-v3"
+
+    # interrupted after a checkpoint (no summary) -> resumed; before any checkpoint -> restarted
+    finished = runs / "method=lora,seed=0/summary.json"
+    mtime = finished.stat().st_mtime_ns
+    (runs / "method=eva,seed=0/summary.json").unlink()
+    restarted = runs / "method=lora,seed=1"
+    for child in sorted(restarted.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    (restarted / "stale.txt").write_text("half-written run")
+    capsys.readouterr()
+    assert main(["sweep", str(path), "workers=1"]) == 0
+    assert "4 runs (2 run now, 2 already finished)" in capsys.readouterr().out
+    assert finished.stat().st_mtime_ns == mtime
+    assert (runs / "method=eva,seed=0/summary.json").is_file()
+    assert (restarted / "summary.json").is_file() and not (restarted / "stale.txt").exists()
+    log = (runs / "_logs" / "method=eva,seed=0.log").read_text()
+    assert "Traceback" not in log
+
+
+def test_a_changed_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path, capsys):
+    path = write_sweep(tmp_path, checkpoint, mw_root)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "sweep.yaml").write_text(yaml.safe_dump({"base": "x", "grid": {}}))
+    assert main(["sweep", str(path)]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "runs") == ["sweep.yaml"]
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tmp_path, capsys):
+    path = write_sweep(
+        tmp_path, checkpoint, mw_root, grid={"task": ["hammer-v3", "shelf-place-v3"]}
+    )  # the test data has no shelf-place dataset
+    assert main(["sweep", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 runs failed" in err and "task=shelf-place-v3" in err
+    assert (tmp_path / "runs/task=hammer-v3/summary.json").is_file()
+    log = (tmp_path / "runs/_logs/task=shelf-place-v3.log").read_text()
+    assert "shelf-place-v3" in log
