@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/eva-rl data build --suite cw10 --tasks push-v3 --episodes 20 --skip-existing
+	$(BIN)/eva-rl quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

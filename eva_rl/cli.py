@@ -245,6 +245,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"{result['runs']} runs, {result['configs']} configurations -> {result['out']}/README.md")
 
 
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from eva_rl.quickstart import QuickstartConfig, quickstart
+
+    cfg = _config(QuickstartConfig, args, ["task", "steps", "out"])
+    result = quickstart(cfg)
+    print(f"\n{result['table']}\n")
+    print(f"report: {result['report']}/README.md (plots beside it)")
+    print(f"TensorBoard: tensorboard --logdir {result['runs']}")
+
+
 def cmd_curve(args: argparse.Namespace) -> None:
     from eva_rl.report import plot_training_curve
 
@@ -371,6 +381,13 @@ def parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("methods", help="list the fine-tuning initialisation methods")
     me.set_defaults(func=cmd_methods)
+
+    qs = sub.add_parser("quickstart", help="fine-tune the shipped agent with EVA and LoRA, compare")
+    qs.add_argument("--task", help="CW10 task (default hammer-v3)")
+    qs.add_argument("--steps", type=int, help="updates per run (default 300)")
+    qs.add_argument("--out", help="output directory (default runs/quickstart)")
+    _add_config_args(qs)
+    qs.set_defaults(func=cmd_quickstart)
 
     sw = sub.add_parser("sweep", help="run a grid of fine-tuning runs in parallel (resumable)")
     sw.add_argument("config", help="sweep YAML (base, out, grid, set, workers, threads)")

@@ -252,7 +252,7 @@ def _log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
 
 def _final_ranks(adapted: Adapted) -> dict[str, int]:
     """Ranks after training: AdaLoRA's allocation (non-zero singular values), else as built."""
-    if adapted.info["method"] != "adalora":
+    if adapted.method != "adalora":
         return adapted.ranks
     pattern = adapted.model.peft_config["default"].rank_pattern or {}
     ranks = dict(adapted.ranks)

@@ -71,7 +71,7 @@ class Adapted:
     ranks: dict[str, int]  # adapted layer -> rank at initialisation (empty for fft)
     hooks: list = field(default_factory=list)  # train-loop step hooks (AdaLoRA's allocator)
     penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None  # added to the loss
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. EVA's collector result
+    method: str = ""  # the registry name it was built with
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def build_method(base: torch.nn.Module, cfg: MethodConfig, **context) -> Adapted
     """
     model = copy.deepcopy(base)
     adapted = METHODS[cfg.name].build(model, cfg, context)
-    adapted.info["method"] = cfg.name
+    adapted.method = cfg.name
     return adapted
 
 
@@ -328,7 +328,7 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
     """Before training, keep the initial adapter of a base-rewriting method; saving converts
     against it later. Returns its path (None when the method needs none)."""
-    if not METHODS[adapted.info["method"]].rewrites_base:
+    if not METHODS[adapted.method].rewrites_base:
         return None
     path = run_dir / INITIAL_ADAPTER
     if not (path / "adapter_config.json").is_file():
@@ -342,7 +342,7 @@ def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, init
     """Write the trained weights in a form a plain DT loads: a full checkpoint for fft, else
     PEFT adapter files whose base is `base_checkpoint`."""
     model = adapted.model
-    if adapted.info["method"] == "fft":
+    if adapted.method == "fft":
         model.save_pretrained(directory)
         return
     model.peft_config["default"].base_model_name_or_path = str(Path(base_checkpoint).resolve())

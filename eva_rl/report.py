@@ -335,7 +335,7 @@ def write_report(
     from eva_rl.io import atomic_write_text
 
     atomic_write_text(out / "README.md", _readme(runs_dir, out, command, rows, stats, has_ranks))
-    return {"runs": len(rows), "configs": len(stats), "out": out}
+    return {"runs": len(rows), "configs": len(stats), "out": out, "table": markdown_tables(stats)}
 
 
 def _readme(runs_dir, out, command, rows, stats, has_ranks) -> str:

@@ -36,7 +36,8 @@ ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 class SweepConfig:
     base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config every run starts from
     out: str = ""  # root of every run
-    grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> values
+    # dotted key -> values; or a list of such grids, whose runs are pooled (e.g. rho only for EVA)
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)
     set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every run
     workers: int = 0  # parallel runs; 0: one per CPU core (one per GPU on CUDA is up to you)
     threads: int = 0  # torch threads per run; 0: cores // workers
@@ -44,11 +45,18 @@ class SweepConfig:
     def __post_init__(self):
         if not self.out:
             raise UserError("the sweep needs out: a directory for its runs")
-        if not self.grid:
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        if not grids or not all(grids):
             raise UserError("the sweep's grid is empty; give at least one key: [values]")
-        for key, values in self.grid.items():
-            if not isinstance(values, list) or not values:
-                raise UserError(f"grid key {key!r} needs a non-empty list of values")
+        for grid in grids:
+            for key, values in grid.items():
+                if not values:
+                    raise UserError(f"grid key {key!r} needs a non-empty list of values")
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        return [point for grid in grids for point in expand(grid)]
         if self.workers < 0 or self.threads < 0:
             raise UserError("workers and threads must be >= 0 (0: automatic)")
 
@@ -80,7 +88,7 @@ def plan(cfg: SweepConfig) -> list[Run]:
 
     base = read_yaml(cfg.base)
     runs = []
-    for point in expand(cfg.grid):
+    for point in cfg.points:
         name = run_name(point)
         overrides = {**cfg.set, **point, "out": str(Path(cfg.out) / name)}
         data = copy.deepcopy(base)

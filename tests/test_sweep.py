@@ -20,7 +20,23 @@ def test_grid_expansion_is_the_full_product_first_key_slowest():
     assert run_name(points[0]) == "task=a,method=lora,seed=0"
 
 
-def write_sweep(tmp_path, checkpoint, mw_root, **extra):
+def test_a_list_of_grids_pools_their_runs():
+    from eva_rl.config import from_dict
+    from eva_rl.sweep import SweepConfig
+
+    grids = [{"method.name": ["eva"], "method.rho": [1, 2]}, {"method.name": ["lora"]}]
+    cfg = from_dict(SweepConfig, {"out": "x", "grid": grids})
+    assert [run_name(p) for p in cfg.points] == [
+        "method=eva,rho=1",
+        "method=eva,rho=2",
+        "method=lora",
+    ]
+    with pytest.raises(UserError, match="grid key 'seed' needs a non-empty list"):
+        from_dict(SweepConfig, {"out": "x", "grid": {"seed": []}})
+
+
+def write_base(tmp_path, checkpoint, mw_root):
+    """A finetune config for the tiny checkpoint, a few updates per run."""
     base = tmp_path / "base.yaml"
     base.write_text(
         yaml.safe_dump(
@@ -35,6 +51,11 @@ def write_sweep(tmp_path, checkpoint, mw_root, **extra):
             }
         )
     )
+    return base
+
+
+def write_sweep(tmp_path, checkpoint, mw_root, **extra):
+    base = write_base(tmp_path, checkpoint, mw_root)
     spec = {
         "base": str(base),
         "out": str(tmp_path / "runs"),
@@ -115,3 +136,23 @@ def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tm
     assert (tmp_path / "runs/task=hammer-v3/summary.json").is_file()
     log = (tmp_path / "runs/_logs/task=shelf-place-v3.log").read_text()
     assert "shelf-place-v3" in log
+
+
+def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
+    base = write_base(tmp_path, checkpoint, mw_root)
+    out = tmp_path / "qs"
+    args = ["quickstart", "--task", "hammer-v3", "--steps", "4", "--out", str(out)]
+    args += [f"checkpoint={checkpoint}", f"data_root={mw_root}", f"base={base}", "eval_every=2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| eva r2 rho2 |" in printed and "| lora r2 |" in printed
+    assert f"tensorboard --logdir {out / 'runs'}" in printed
+    readme = (out / "report" / "README.md").read_text()
+    assert "eva-rl quickstart --task hammer-v3 --steps 4" in readme
+    for method in ("eva", "lora"):
+        summary = json.loads((out / f"runs/method={method}/summary.json").read_text())
+        assert [e["step"] for e in summary["eval"]] == [0, 2, 4]
+    finished = out / "runs/method=eva/summary.json"
+    mtime = finished.stat().st_mtime_ns
+    assert main(args) == 0  # again: finished runs are reused, the report is rewritten
+    assert finished.stat().st_mtime_ns == mtime
