@@ -3,8 +3,11 @@
 A sweep file names a base finetune config, fixed overrides (`set`) and a grid of dotted config
 keys to lists of values (tasks x methods x ranks x rho x seeds, or any other field). Every run
 lives under `out/<name>/` (its name spells its grid values), so one `tensorboard --logdir out`
-compares them all. Re-running the same sweep skips finished runs (those with `summary.json`),
-resumes interrupted ones from their last checkpoint, and restarts those that died before one.
+compares them all. Every run's config is resolved when the sweep starts, from a copy of the base
+config kept in `out/base_config.yaml`: editing config files while a sweep runs changes no run.
+Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
+ones from their last checkpoint, and restarts those that died before one; it refuses if the base
+config changed since the sweep started.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from eva_rl.config import apply_override, from_dict, read_yaml, save_config, set_path, to_dict
 from eva_rl.errors import RunError, UserError
-from eva_rl.io import atomic_write_json
+from eva_rl.io import atomic_write_json, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
+BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first read it
 INDEX_FILE = "runs.json"
 ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 
@@ -65,6 +70,11 @@ class SweepConfig:
 class Run:
     name: str
     overrides: dict[str, Any]  # dotted key -> value: `set`, then the grid point, then out
+    config: dict[str, Any]  # the base config with the overrides applied (resolved at planning)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config["out"])
 
 
 def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -82,11 +92,12 @@ def run_name(point: dict[str, Any]) -> str:
     return ",".join(parts)
 
 
-def plan(cfg: SweepConfig) -> list[Run]:
-    """The runs of a sweep, each config resolved (so a bad key fails before anything runs)."""
+def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
+    """The runs of a sweep, each config resolved from `base` (default: the base file as it is
+    now) and validated, so a bad key fails before anything runs."""
     from eva_rl.finetune import FinetuneConfig
 
-    base = read_yaml(cfg.base)
+    base = read_yaml(cfg.base) if base is None else base
     runs = []
     for point in cfg.points:
         name = run_name(point)
@@ -95,28 +106,25 @@ def plan(cfg: SweepConfig) -> list[Run]:
         for key, value in overrides.items():
             set_path(data, key, value)
         from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
-        runs.append(Run(name, overrides))
+        runs.append(Run(name, overrides, data))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
     return runs
 
 
-def run_config(cfg: SweepConfig, run: Run, threads: int):
+def run_config(run: Run, threads: int):
     """The finetune config of one run, resuming it if it has a checkpoint."""
     from eva_rl.finetune import FinetuneConfig
 
-    data = read_yaml(cfg.base)
-    for key, value in {**run.overrides, "threads": threads}.items():
-        set_path(data, key, value)
-    out = Path(run.overrides["out"])
-    if (out / "checkpoints" / "latest" / "state.pt").is_file():
+    data = {**copy.deepcopy(run.config), "threads": threads}
+    if (run.out / "checkpoints" / "latest" / "state.pt").is_file():
         data["resume"] = True
-    elif out.exists():  # died before its first checkpoint: start again from nothing
-        shutil.rmtree(out)
+    elif run.out.exists():  # died before its first checkpoint: start again from nothing
+        shutil.rmtree(run.out)
     return from_dict(FinetuneConfig, data)
 
 
-def _run_one(cfg: SweepConfig, run: Run, threads: int, log: str) -> dict[str, Any]:
+def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
     """Worker: one finetune run, its output and warnings in `log`."""
     import contextlib
     import warnings
@@ -130,7 +138,7 @@ def _run_one(cfg: SweepConfig, run: Run, threads: int, log: str) -> dict[str, An
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         warnings.simplefilter("default")
         try:
-            summary = finetune(run_config(cfg, run, threads), progress=False)
+            summary = finetune(run_config(run, threads), progress=False)
         except Exception:  # reported in the parent; the sweep goes on with the other runs
             traceback.print_exc(file=f)
             return {"name": run.name, "ok": False, "seconds": time.perf_counter() - started}
@@ -146,19 +154,26 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished run of the sweep; returns counts and the failed runs."""
     from eva_rl.finetune import SUMMARY_FILE
 
-    runs = plan(cfg)
     out = Path(cfg.out)
-    saved = out / SWEEP_FILE
+    saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
+    base = read_yaml(cfg.base)
     same = ("base", "grid", "set")  # workers and threads may change between invocations
     if saved.is_file() and any(read_yaml(saved).get(k) != to_dict(cfg)[k] for k in same):
         raise UserError(
             f"{out} holds a different sweep ({saved}); choose another out or delete that one"
         )
+    if snapshot.is_file() and read_yaml(snapshot) != base:
+        raise UserError(
+            f"{cfg.base} changed since this sweep started (its copy: {snapshot}); restore it, "
+            "or start a new sweep with another out"
+        )
+    runs = plan(cfg, base)  # every run's config is fixed here: later edits of files change none
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
+    atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
-    todo = [r for r in runs if not (Path(r.overrides["out"]) / SUMMARY_FILE).is_file()]
+    todo = [r for r in runs if not (r.out / SUMMARY_FILE).is_file()]
     cores = os.cpu_count() or 1
     workers = min(cfg.workers or cores, max(1, len(todo)))
     threads = cfg.threads or max(1, cores // workers)
@@ -174,7 +189,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             pending = {
-                pool.submit(_run_one, cfg, r, threads, str(logs / f"{r.name}.log")): r for r in todo
+                pool.submit(_run_one, r, threads, str(logs / f"{r.name}.log")): r for r in todo
             }
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

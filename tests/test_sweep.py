@@ -87,6 +87,7 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     runs = tmp_path / "runs"
     names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("_"))
     assert names == [
+        "base_config.yaml",
         "method=eva,seed=0",
         "method=eva,seed=1",
         "method=lora,seed=0",
@@ -124,6 +125,16 @@ def test_a_changed_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path
     assert main(["sweep", str(path)]) == 2
     assert "holds a different sweep" in capsys.readouterr().err
     assert os.listdir(tmp_path / "runs") == ["sweep.yaml"]
+
+
+def test_a_changed_base_config_is_refused(checkpoint, mw_root, tmp_path, capsys):
+    path = write_sweep(tmp_path, checkpoint, mw_root)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "base_config.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.5}}))
+    assert main(["sweep", str(path)]) == 2
+    assert "base.yaml changed since this sweep started" in capsys.readouterr().err
+    assert sorted(os.listdir(runs)) == ["base_config.yaml"]
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tmp_path, capsys):
