@@ -241,7 +241,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from eva_rl.report import write_report
 
     command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
-    result = write_report(args.runs, args.out, command, overwrite=args.overwrite)
+    command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
+    result = write_report(args.runs, args.out, command, args.overwrite, args.tasks)
     print(f"{result['runs']} runs, {result['configs']} configurations -> {result['out']}/README.md")
 
 
@@ -397,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="tables with confidence intervals and plots of many runs")
     rp.add_argument("runs", help="directory holding finished runs (e.g. a sweep's out)")
     rp.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
+    rp.add_argument("--tasks", nargs="+", help="only these tasks (default: every task found)")
     rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
     rp.set_defaults(func=cmd_report)
 

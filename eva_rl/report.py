@@ -226,6 +226,7 @@ def _figure(path: Path, draw) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 configurations, distinct colours
     draw(ax)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
@@ -317,12 +318,21 @@ REPORT_FILES = ("README.md", "runs.csv", "success_vs_steps.png", "success_vs_par
 
 
 def write_report(
-    runs_dir: str | os.PathLike, out: str | os.PathLike, command: str, overwrite: bool = False
+    runs_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    command: str,
+    overwrite: bool = False,
+    tasks: list[str] | None = None,
 ) -> dict:
-    """CSV, plots and README.md for every finished run under `runs_dir`. A hand-written
-    `notes.md` in `out` (the discussion) is kept and included."""
+    """CSV, plots and README.md for every finished run under `runs_dir` (only `tasks`, if
+    given). A hand-written `notes.md` in `out` (the discussion) is kept and included."""
     runs_dir, out = Path(runs_dir), Path(out)
     rows = collect_runs(runs_dir)
+    if tasks:
+        missing = sorted(set(tasks) - {r["task"] for r in rows})
+        if missing:
+            raise UserError(f"no finished runs of {', '.join(missing)} under {runs_dir}")
+        rows = [r for r in rows if r["task"] in tasks]
     if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
     stats = aggregate(rows)

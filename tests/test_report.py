@@ -100,6 +100,15 @@ def test_report_command_writes_csv_plots_and_readme(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_report_on_a_subset_of_tasks(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--tasks", "push-v3"]) == 0
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert {r["task"] for r in rows} == {"push-v3"} and len(rows) == 4
+    assert "--tasks push-v3" in (out / "README.md").read_text()
+    assert main(["report", str(runs), "--out", str(out), "--tasks", "nope-v3"]) == 2
+
+
 def test_report_errors(tmp_path, capsys, runs):
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     assert "no finished runs" in capsys.readouterr().err
