@@ -183,6 +183,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         meta.provenance["steps"] = step
         write_agent(directory / "agent")
 
+    loop_started = time.perf_counter()
     history = train_loop(
         adapted.model,
         sampler,
@@ -196,10 +197,13 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         hooks=adapted.hooks,
         penalty=adapted.penalty,
     )
+    loop_seconds = time.perf_counter() - loop_started
     meta.provenance["steps"] = cfg.loop.steps
     save_checkpoint_dir(out / "agent", write_agent)
     final_ranks = _final_ranks(adapted)
-    summary = _summary(cfg, history, setup, final_ranks, time.perf_counter() - started)
+    # wall time of the whole run: this invocation outside the loop, plus every loop segment
+    outside = time.perf_counter() - started - loop_seconds
+    summary = _summary(cfg, history, setup, final_ranks, outside + history["seconds"])
     atomic_write_json(out / SUMMARY_FILE, summary)
     _log_hparams(out / "tb", cfg, summary, final_ranks)
     return summary

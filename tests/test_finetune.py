@@ -178,6 +178,7 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
         assert torch.equal(a[name], b[name]), name
     sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert sa["final"] == sb["final"] and sa["ranks"] == sb["ranks"]
+    assert sb["wall_seconds"] >= sb["train_seconds"] > 0  # both segments counted
 
 
 def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_root, tmp_path):
