@@ -76,7 +76,7 @@ PAPER = {  # the paper's CW10 average success rates (REFERENCE section 2), for c
 RHO_METHODS = ("eva", "eva-dora", "adalora")
 ROW_KEYS = (
     "task", "method", "rank", "rho", "seed", "steps", "success", "success_final", "return",
-    "best_success", "initial_success", "auc", "trainable_parameters", "total_rank",
+    "best_success", "initial_success", "auc", "final_loss", "trainable_parameters", "total_rank",
     "gradient_signal", "collector_seconds", "train_seconds", "wall_seconds", "run",
 )  # fmt: skip
 
@@ -108,6 +108,7 @@ def collect_runs(runs_dir: str | os.PathLike) -> list[dict]:
                 "trainable_parameters": s["trainable_parameters"],
                 "total_rank": s["total_rank"],
                 "gradient_signal": s["gradient_signal"],
+                "final_loss": s["final_loss"],
                 "collector_seconds": s["collector_seconds"],
                 "train_seconds": s["train_seconds"],
                 "wall_seconds": s["wall_seconds"],
@@ -180,6 +181,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "trainable_parameters": float(np.mean([r["trainable_parameters"] for r in group])),
                 "gradient_signal": [r["gradient_signal"] for r in group],
                 "wall_seconds": float(np.mean([r["wall_seconds"] for r in group])),
+                "final_loss": float(np.mean([r["final_loss"] for r in group])),
                 "rows": group,
             }
         )
@@ -192,10 +194,13 @@ def _ci(est: tuple[float, float, float]) -> str:
 
 def markdown_tables(stats: list[dict]) -> str:
     """Average over tasks (with the paper's figure where it has one), then one table per task."""
+    import numpy as np
+
     lines = [
-        "| method | IQM success [95% CI] | mean success [95% CI] | AUC | trainable params "
-        "| wall s/run | paper: method | paper: this rank | tasks x seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | IQM success [95% CI] | mean success [95% CI] | AUC | train loss "
+        "| grad signal | trainable params | wall s/run | paper: method | paper: this rank "
+        "| tasks x seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(value):
@@ -205,6 +210,7 @@ def markdown_tables(stats: list[dict]) -> str:
         by_rank = PAPER["ranks"].get(s["method"], {}).get(s["rank"])
         lines.append(
             f"| {s['label']} | {_ci(s['iqm'])} | {_ci(s['mean'])} | {s['auc']:.2f} | "
+            f"{s['final_loss']:.4f} | {np.mean(s['gradient_signal']):.3g} | "
             f"{s['trainable_parameters']:,.0f} | {s['wall_seconds']:.0f} | "
             f"{fmt(PAPER['methods'].get(s['method']))} | {fmt(by_rank)} | "
             f"{s['tasks']} x {s['seeds']} |"
@@ -373,8 +379,10 @@ def _readme(runs_dir, out, command, rows, stats, has_ranks) -> str:
         f"on {first['eval']['episodes']} episodes (seeds {first['eval']['seed']}+i), checkpoint "
         f"`{first['checkpoint']}`. Success = success at any step of a 200-step episode, at the "
         "end of fine-tuning. AUC = area under success vs updates / updates (speed of "
-        "adaptation). Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds "
-        "resampled within tasks; IQM = interquartile mean over tasks x seeds.",
+        "adaptation). Train loss = the last logged training action MSE; grad signal = the "
+        "gradient norm at initialisation (mean over runs). Intervals: 95% stratified "
+        "bootstrap (rliable, 2000 resamples), seeds resampled within tasks; IQM = "
+        "interquartile mean over tasks x seeds.",
         "",
         markdown_tables(stats),
         "",

@@ -94,6 +94,7 @@ def test_report_command_writes_csv_plots_and_readme(runs, tmp_path, capsys):
         line for line in readme.splitlines() if line.startswith("| eva r8 rho2 | 0.50 [")
     )
     assert "| 0.90 | 0.85 | 2 x 2 |" in eva_row  # the paper's EVA average and its rank-8 figure
+    assert "| 0.1000 | 1 | 500 |" in eva_row  # train loss, mean gradient signal (0.5, 1.5)
     assert readme.rstrip().endswith("EVA ties with fft here.")
     assert main(["report", str(runs), "--out", str(out)]) == 2  # no silent overwrite
     assert "already holds a report" in capsys.readouterr().err
