@@ -384,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     me.set_defaults(func=cmd_methods)
 
     qs = sub.add_parser("quickstart", help="fine-tune the shipped agent with EVA and LoRA, compare")
-    qs.add_argument("--task", help="CW10 task (default hammer-v3)")
+    qs.add_argument("--task", help="CW10 task (default peg-unplug-side-v3)")
     qs.add_argument("--steps", type=int, help="updates per run (default 300)")
     qs.add_argument("--out", help="output directory (default runs/quickstart)")
     _add_config_args(qs)
