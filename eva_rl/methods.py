@@ -62,6 +62,11 @@ class MethodConfig:
     def lora_alpha(self) -> float:
         return self.alpha or float(self.rank)
 
+    @property
+    def modules_to_save(self) -> list[str] | None:
+        """PEFT's fully trained modules: the action head when `train_head`."""
+        return ["predict_action"] if self.train_head else None
+
 
 @dataclass
 class Adapted:
@@ -108,7 +113,7 @@ def _lora_config(cfg: MethodConfig, **kwargs):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
-        modules_to_save=["predict_action"] if cfg.train_head else None,
+        modules_to_save=cfg.modules_to_save,
         **kwargs,
     )
 
@@ -238,7 +243,7 @@ def _build_adalora(model, cfg, ctx) -> Adapted:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
-        modules_to_save=["predict_action"] if cfg.train_head else None,
+        modules_to_save=cfg.modules_to_save,
         orth_reg_weight=cfg.adalora_orth_reg,
     )
     adapted = _peft(as_linear(model), config)
@@ -258,7 +263,7 @@ def _build_eva(use_dora: bool):
             cfg.lora_alpha,
             cfg.dropout,
             use_dora=use_dora,
-            modules_to_save=["predict_action"] if cfg.train_head else None,
+            modules_to_save=cfg.modules_to_save,
         )
         return Adapted(peft_model, adapter_ranks(peft_model))
 

@@ -138,16 +138,11 @@ def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         warnings.simplefilter("default")
         try:
-            summary = finetune(run_config(run, threads), progress=False)
+            finetune(run_config(run, threads), progress=False)
         except Exception:  # reported in the parent; the sweep goes on with the other runs
             traceback.print_exc(file=f)
-            return {"name": run.name, "ok": False, "seconds": time.perf_counter() - started}
-    return {
-        "name": run.name,
-        "ok": True,
-        "seconds": time.perf_counter() - started,
-        "success": summary["final"].get("success_any"),
-    }
+            return {"ok": False, "seconds": time.perf_counter() - started}
+    return {"ok": True, "seconds": time.perf_counter() - started}
 
 
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
@@ -177,10 +172,11 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     workers = min(cfg.workers or cores, max(1, len(todo)))
     threads = cfg.threads or max(1, cores // workers)
-    index = {r.name: {"overrides": r.overrides, "status": "pending"} for r in runs}
-    for r in runs:
-        if r not in todo:
-            index[r.name]["status"] = "done"
+    waiting = {r.name for r in todo}
+    index = {
+        r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
+        for r in runs
+    }
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",

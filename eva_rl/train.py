@@ -90,18 +90,23 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """MSE between predicted and dataset actions on real (unpadded) steps only."""
-    out = model(
+def action_preds(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The DT's predicted action at every step of a segment batch: (B, K, act_dim)."""
+    return model(
         states=batch["states"],
         actions=batch["actions"],
         returns_to_go=batch["returns_to_go"],
         timesteps=batch["timesteps"],
         attention_mask=batch["attention_mask"],
         return_dict=True,
-    )
-    mask = batch["attention_mask"].unsqueeze(-1).to(out.action_preds.dtype)
-    sq = (out.action_preds - batch["actions"]) ** 2 * mask
+    ).action_preds
+
+
+def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE between predicted and dataset actions on real (unpadded) steps only."""
+    preds = action_preds(model, batch)
+    mask = batch["attention_mask"].unsqueeze(-1).to(preds.dtype)
+    sq = (preds - batch["actions"]) ** 2 * mask
     return sq.sum() / (mask.sum() * batch["actions"].shape[-1])
 
 

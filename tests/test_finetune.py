@@ -15,7 +15,7 @@ from eva_rl.errors import UserError
 from eva_rl.finetune import FinetuneConfig, finetune, load_agent
 from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
 from eva_rl.report import read_scalars
-from eva_rl.train import action_loss
+from eva_rl.train import action_loss, action_preds
 
 HAMMER = "metaworld/hammer-v3/scripted-v0"
 
@@ -56,14 +56,7 @@ def batches(checkpoint, mw_root):
 def actions(model, batch):
     model.eval()
     with torch.no_grad():
-        return model(
-            states=batch["states"],
-            actions=batch["actions"],
-            returns_to_go=batch["returns_to_go"],
-            timesteps=batch["timesteps"],
-            attention_mask=batch["attention_mask"],
-            return_dict=True,
-        ).action_preds
+        return action_preds(model, batch)
 
 
 def mean_loss(model, batches):
