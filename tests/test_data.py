@@ -153,6 +153,8 @@ def test_interrupted_build_leaves_no_dataset(sig, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # a shell's background job inherits SIGINT ignored; the build under test must not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60
     while not (root / catalog.STAGING_DIR).exists() and time.time() < deadline:
