@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,16 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from eva_rl.distributed import is_main
     from eva_rl.pretrain import PretrainConfig, pretrain
 
     cfg = _config(PretrainConfig, args, ["out", "resume"])
     result = pretrain(cfg)
-    print(f"agent saved to {result['agent']}; TensorBoard: tensorboard --logdir {cfg.out}/tb")
+    if is_main():
+        print(
+            f"agent saved to {result['agent']} (effective batch {result['effective_batch_size']});"
+            f" TensorBoard: tensorboard --logdir {cfg.out}/tb"
+        )
 
 
 def _target_returns(items: list[str]) -> dict[str, float]:
@@ -159,6 +165,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from eva_rl.agent import Agent, resolve_device
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.config import save_config
+    from eva_rl.distributed import is_main, world_size
     from eva_rl.eva import META_FILE, log_to_tensorboard, save_result
 
     out = Path(args.out)
@@ -171,7 +178,10 @@ def cmd_collect(args: argparse.Namespace) -> None:
     )
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(cfg.device))
     result = collect_on_datasets(agent, args.dataset, cfg, args.data_root)
+    if not is_main():  # every rank holds the same result; rank 0 writes it
+        return
     extra = dict(checkpoint=str(args.checkpoint), datasets=args.dataset)
+    extra["processes"] = world_size()
     meta = save_result(result, cfg, out, **extra)
     save_config(cfg, out / "collector_config.yaml")
     log_to_tensorboard(meta, out / "tb")
@@ -184,6 +194,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from eva_rl.distributed import is_main
     from eva_rl.finetune import FinetuneConfig, finetune
 
     flags = {
@@ -203,13 +214,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     }
     cfg = _config(FinetuneConfig, args, flags)
     s = finetune(cfg)
+    if not is_main():
+        return
     final = s["final"]
     print(
         f"{s['method']} on {s['task'] or ', '.join(s['datasets'])}: "
         f"success {_fmt(final, 'success_any')} "
         f"(best {_fmt(s, 'best_success_any')}, start {_fmt(s, 'initial_success_any')}), "
         f"return {_fmt(final, 'return', '.1f')}; {s['trainable_parameters']:,} trainable "
-        f"parameters, gradient signal {s['gradient_signal']:.4g}, {s['wall_seconds']:.0f} s"
+        f"parameters, gradient signal {s['gradient_signal']:.4g}, {s['wall_seconds']:.0f} s, "
+        f"{s['processes']} process(es), effective batch {s['effective_batch_size']}"
     )
     print(f"run: {cfg.out}; TensorBoard: tensorboard --logdir {Path(cfg.out).parent}")
 
@@ -415,7 +429,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # checked here: torch loads slowly
     try:
+        if torchrun:
+            from eva_rl import distributed
+
+            distributed.init(args.command)
         args.func(args)
     except UserError as e:
         print(f"eva-rl: error: {e}", file=sys.stderr)
@@ -429,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if torchrun:
+            distributed.shutdown()
     return 0
 
 

@@ -11,6 +11,11 @@ per-timestep attention mask expanded to its interleaved return/state/action toke
 - `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
   `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
 
+Under torchrun (`eva_rl.distributed`) every rank records its own shard of the data and the ranks
+sum their `covariance` statistics with one all-reduce per batch, whose size depends on the layer
+widths only (PEFT all-gathers the raw activations instead); rank 0 decides convergence and
+broadcasts the final result, so every rank ends with the same directions and ranks.
+
 Convergence follows PEFT: after each batch every component is compared (cosine) with its value
 one batch earlier; a layer has converged when all components it is currently allocated reach
 `tau`; converged layers stop recording (and resume if their allocation grows). Collection stops
@@ -29,6 +34,7 @@ import torch
 from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from eva_rl import distributed
 from eva_rl.errors import UserError
 from eva_rl.ranks import allocate_ranks
 
@@ -112,21 +118,24 @@ class CovarianceStats:
     float64; the shift keeps float32 from cancelling a large mean (the covariance is invariant
     to it)."""
 
-    def __init__(self, d: int, device: torch.device):
+    def __init__(self, shift: torch.Tensor):
+        d, device = shift.shape[0], shift.device
         self.n = 0
         self.basis: torch.Tensor | None = None  # (d, 2k) Ritz vectors of the last decomposition
-        self.shift: torch.Tensor | None = None
+        self.shift = shift.float()
         self.sum = torch.zeros(d, dtype=torch.float64, device=device)
         self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.float()
-        if self.shift is None:
-            self.shift = x.mean(0)
-        x = x - self.shift
-        self.n += x.shape[0]
-        self.sum += x.sum(0).double()  # shifted data: a float32 sum of one batch is exact enough
-        self.gram += (x.T @ x).double()
+    def moments(self, x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Count, sum and X^T X of one batch, shifted; what `add` accumulates (and ranks sum)."""
+        x = x.float() - self.shift
+        # shifted data: a float32 sum of one batch is exact enough
+        return x.shape[0], x.sum(0).double(), (x.T @ x).double()
+
+    def add(self, n: int, total: torch.Tensor, gram: torch.Tensor) -> None:
+        self.n += n
+        self.sum += total
+        self.gram += gram
 
     def scatter(self) -> torch.Tensor:
         """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
@@ -193,8 +202,11 @@ def collect(
     cfg: CollectorConfig,
     progress: bool = True,
 ) -> CollectResult:
-    """Record target-layer inputs over `batches` until convergence or the cap (module docstring)."""
+    """Record target-layer inputs over `batches` until convergence or the cap (module docstring).
+    Under torchrun each rank passes its own shard's batches and gets the same result."""
     started = time.perf_counter()
+    if distributed.active() and cfg.method != "covariance":
+        raise UserError(f"method {cfg.method!r} runs in one process; use method=covariance")
     device = next(model.parameters()).device
     layers = target_layers(model, cfg.target_modules)
     names = list(layers)
@@ -202,7 +214,7 @@ def collect(
     budget = cfg.rank * len(names)
     primary: dict[str, str] = {}  # layer -> the layer whose stats it uses (itself if unique)
     stats: dict[str, CovarianceStats | IncrementalSVD] = {}
-    state = {"mask": None, "first": {}}
+    state: dict = {"mask": None, "first": {}, "moments": {}}
     recording: set[str] = set(names)
 
     def hook(name):
@@ -211,6 +223,8 @@ def collect(
                 x = args[0][state["mask"]]
                 if state["first"] is not None:
                     state["first"][name] = x.clone()
+                elif isinstance(stats[name], CovarianceStats):
+                    state["moments"][name] = stats[name].moments(x)
                 else:
                     stats[name].update(x)
 
@@ -233,8 +247,17 @@ def collect(
                 model(**batch, return_dict=True)
             if state["first"] is not None:
                 first, state["first"] = state["first"], None
-                _setup_stats(first, primary, stats, k, device, cfg.method)
+                _setup_stats(first, primary, stats, k, cfg.method)
                 recording = {n for n in names if primary[n] == n}
+                state["moments"] = {
+                    n: stats[n].moments(first[n])
+                    for n in recording
+                    if isinstance(stats[n], CovarianceStats)
+                }
+                for n in recording - set(state["moments"]):
+                    stats[n].update(first[n])
+            _add_moments(stats, state["moments"])
+            state["moments"] = {}
             _refresh(stats, recording, current, k)
             for n in recording:
                 comps = current[n][0]
@@ -246,6 +269,7 @@ def collect(
             ranks = allocate_ranks(ratios, budget)
             group_rank = {p: max(ranks[n] for n in names if primary[n] == p) for p in stats}
             done = {p: bool(comp_ok[p][: group_rank[p]].all()) and p in prev for p in stats}
+            done = _agree(done)
             for p in stats:
                 if done[p] and p in recording:
                     converged_at[p] = batch_index
@@ -284,7 +308,7 @@ def collect(
             shares_with=None if p == n else p,
         )
     return CollectResult(
-        layers=result_layers,
+        layers=distributed.broadcast_object(result_layers),  # rank 0's, bit for bit, everywhere
         budget=budget,
         batches=batch_index,
         seconds=time.perf_counter() - started,
@@ -293,16 +317,66 @@ def collect(
     )
 
 
-def _setup_stats(first, primary, stats, k, device, method) -> None:
-    """Detect layers with identical inputs on the first batch, then feed it to the primaries."""
-    for n, x in first.items():
-        same = (p for p in stats if first[p].shape == x.shape and torch.equal(first[p], x))
-        primary[n] = next(same, n)
-        if primary[n] == n:
-            d = x.shape[1]
-            cov = method == "covariance"
-            stats[n] = CovarianceStats(d, device) if cov else IncrementalSVD(d, k, device)
-            stats[n].update(x)
+def _setup_stats(first, primary, stats, k, method) -> None:
+    """On the first batch: find layers with identical inputs (on every rank), and start each
+    unique layer's statistics, shifted by the first batch's mean over all ranks."""
+    names = list(first)
+    same = torch.tensor(
+        [
+            [first[a].shape == first[b].shape and torch.equal(first[a], first[b]) for b in names]
+            for a in names
+        ],
+        dtype=torch.int64,
+        device=next(iter(first.values())).device,
+    )
+    same = distributed.all_reduce_sum_(same) == distributed.world_size()
+    for i, n in enumerate(names):
+        primary[n] = next((p for j, p in enumerate(names[:i]) if same[i, j] and p in stats), n)
+        if primary[n] != n:
+            continue
+        x = first[n]
+        if method == "covariance":
+            count = x.new_tensor([x.shape[0]], dtype=torch.float64)
+            moments = distributed.all_reduce_sum_(torch.cat([x.sum(0).double(), count]))
+            stats[n] = CovarianceStats((moments[:-1] / moments[-1]).float())
+        else:
+            stats[n] = IncrementalSVD(x.shape[1], k, x.device)
+
+
+def _add_moments(stats, moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    """Add this batch's moments to the statistics, summed over ranks first: one all-reduce of
+    count, sum and the upper triangle of X^T X for every recording layer."""
+    if not moments:
+        return
+    if distributed.active():
+        names = sorted(moments)
+        parts = []
+        for n in names:
+            count, total, gram = moments[n]
+            upper = torch.triu_indices(*gram.shape, device=gram.device)
+            parts += [total.new_tensor([count]), total, gram[upper[0], upper[1]]]
+        flat = distributed.all_reduce_sum_(torch.cat(parts))
+        offset = 0
+        for n in names:
+            d = moments[n][1].shape[0]
+            count = int(flat[offset].round())
+            total = flat[offset + 1 : offset + 1 + d]
+            upper = torch.triu_indices(d, d, device=flat.device)
+            gram = torch.zeros(d, d, dtype=flat.dtype, device=flat.device)
+            gram[upper[0], upper[1]] = flat[offset + 1 + d : offset + 1 + d + upper.shape[1]]
+            gram = gram + gram.triu(1).T
+            moments[n] = (count, total, gram)
+            offset += 1 + d + upper.shape[1]
+    for n, (count, total, gram) in moments.items():
+        stats[n].add(count, total, gram)
+
+
+def _agree(done: dict[str, bool]) -> dict[str, bool]:
+    """Rank 0's convergence decisions, so every rank records (and stops) in step."""
+    if not distributed.active():
+        return done
+    flags = distributed.broadcast_(torch.tensor([done[p] for p in done], dtype=torch.int64))
+    return {p: bool(f) for p, f in zip(done, flags.tolist(), strict=True)}
 
 
 def _refresh(stats, recording, current, k) -> None:
@@ -342,9 +416,11 @@ def collect_on_datasets(
     agent, dataset_ids: list[str], cfg: CollectorConfig, data_root=None, progress: bool = True
 ) -> CollectResult:
     """Run the collector on an agent with segments of the given Minari datasets, as the agent
-    will see them when fine-tuned (`Agent.segment_sampler`), seeded by `cfg.seed`."""
+    will see them when fine-tuned (`Agent.segment_sampler`), seeded by `cfg.seed` (and the rank,
+    under torchrun: each rank draws its own batches)."""
     from eva_rl.data.segments import load_trajectories
 
-    sampler = agent.segment_sampler(load_trajectories(dataset_ids, data_root), cfg.seed)
+    traj = load_trajectories(dataset_ids, data_root)
+    sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
     batches = iter(lambda: sampler.sample(cfg.batch_size), None)
-    return collect(agent.model, batches, cfg, progress=progress)
+    return collect(agent.model, batches, cfg, progress=progress and distributed.is_main())

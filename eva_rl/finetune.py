@@ -4,6 +4,10 @@ A run directory holds `config.yaml`, TensorBoard events (`tb/`: training and eva
 trainable parameters, per-layer ranks, collector seconds, gradient signal at initialisation, and
 an HParams entry), `eva/` (EVA's collector result, reused on resume), `agent/` (the final
 adapter in PEFT's format, or a full checkpoint for fft, plus `eva_rl.json`) and `summary.json`.
+
+Under torchrun (data parallel, `eva_rl.train`) every rank builds the same adapter (the
+calibration batches and EVA's collector result are shared), trains on its own batches, and
+rank 0 writes everything.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from eva_rl import distributed
 from eva_rl.agent import META_FILE, Agent, AgentMeta, resolve_device, save_checkpoint_dir
 from eva_rl.collector import CollectorConfig
 from eva_rl.config import from_dict, save_config, to_dict
@@ -122,9 +127,12 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
     traj = load_trajectories(cfg.dataset_ids, cfg.data_root)
-    sampler = agent.segment_sampler(traj, cfg.seed)  # refuses data of other shapes
+    # refuses data of other shapes; each rank of a torchrun job draws its own batches
+    sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
     prepare_run_dir(out, cfg.resume)  # only after every input was checked
-    save_config(cfg, out / "config.yaml")
+    main = distributed.is_main()
+    if main:
+        save_config(cfg, out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -143,7 +151,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         eva_state=eva_meta and eva_meta["state"],
         steps=cfg.loop.steps,
     )
-    initial = save_initial_adapter(adapted, out)
+    initial = save_initial_adapter(adapted, out) if main else None
     signal = gradient_signal(adapted.model, calibration)
     setup = {
         "trainable_parameters": trainable_parameters(adapted.model),
@@ -152,7 +160,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         "collector_seconds": eva_meta["seconds"] if eva_meta else None,
         "ranks": adapted.ranks,
     }
-    if not cfg.resume:
+    if main and not cfg.resume:
         _log_setup(out / "tb", setup)
 
     meta = _finetuned_meta(agent.meta, traj.max_returns(), cfg)
@@ -199,13 +207,14 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
     )
     loop_seconds = time.perf_counter() - loop_started
     meta.provenance["steps"] = cfg.loop.steps
-    save_checkpoint_dir(out / "agent", write_agent)
     final_ranks = _final_ranks(adapted)
     # wall time of the whole run: this invocation outside the loop, plus every loop segment
     outside = time.perf_counter() - started - loop_seconds
     summary = _summary(cfg, history, setup, final_ranks, outside + history["seconds"])
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    _log_hparams(out / "tb", cfg, summary, final_ranks)
+    if main:
+        save_checkpoint_dir(out / "agent", write_agent)
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        _log_hparams(out / "tb", cfg, summary, final_ranks)
     return summary
 
 
@@ -216,12 +225,14 @@ def _eva_result(agent: Agent, cfg: FinetuneConfig, out: Path, progress: bool) ->
     from eva_rl.eva import load_state, log_to_tensorboard, save_result
 
     directory = out / "eva"
-    if not (directory / EVA_META).is_file():
+    if not (directory / EVA_META).is_file():  # every rank collects (on its own batches)
         result = collect_on_datasets(
             agent, cfg.dataset_ids, cfg.collector, cfg.data_root, progress=progress
         )
-        meta = save_result(result, cfg.collector, directory, checkpoint=cfg.checkpoint)
-        log_to_tensorboard(meta, out / "tb")
+        if distributed.is_main():
+            meta = save_result(result, cfg.collector, directory, checkpoint=cfg.checkpoint)
+            log_to_tensorboard(meta, out / "tb")
+        distributed.barrier()
     state, meta = load_state(directory)
     return {"state": state, "seconds": meta["seconds"]}
 
@@ -285,6 +296,8 @@ def _summary(cfg, history, setup, final_ranks, seconds) -> dict[str, Any]:
         **{k: v for k, v in setup.items() if k != "ranks"},
         "ranks": final_ranks,
         "total_rank": sum(final_ranks.values()),
+        "processes": distributed.world_size(),
+        "effective_batch_size": history["effective_batch_size"],
         "train_seconds": history["seconds"],
         "wall_seconds": seconds,
         "eval": evals,

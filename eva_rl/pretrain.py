@@ -1,4 +1,5 @@
-"""`eva-rl pretrain`: train a Decision Transformer from scratch on a suite's datasets (MT40)."""
+"""`eva-rl pretrain`: train a Decision Transformer from scratch on a suite's datasets (MT40).
+Data parallel under torchrun (see `eva_rl.train`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from eva_rl import distributed
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, resolve_device
 from eva_rl.config import save_config, to_dict
 from eva_rl.data.build import dataset_id
@@ -58,7 +60,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     ids = cfg.datasets or [dataset_id(t) for t in load_suite(cfg.suite).tasks]
     traj = load_trajectories(ids, cfg.data_root)  # before touching `out`: bad ids fail first
     prepare_run_dir(out, cfg.resume)
-    save_config(cfg, out / "config.yaml")
+    if distributed.is_main():
+        save_config(cfg, out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -84,7 +87,13 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     )
     agent = Agent(model, meta)
     sampler = SegmentSampler(
-        traj, cfg.model.context_length, cfg.return_scale, mean, std, cfg.seed, device
+        traj,
+        cfg.model.context_length,
+        cfg.return_scale,
+        mean,
+        std,
+        distributed.rank_seed(cfg.seed),  # each rank of a torchrun job draws its own batches
+        device,
     )
     eval_envs = cfg.eval.envs or traj.envs
     eval_cfg = EvalConfig(episodes=cfg.eval.episodes, seed=cfg.eval.seed, device=str(device))
@@ -102,6 +111,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         model, sampler, cfg.optim, cfg.loop, out, export, run_eval, cfg.resume, progress
     )
     agent.meta.provenance["steps"] = cfg.loop.steps
-    agent.save(out / "agent")
-    shutil.copy(out / "config.yaml", out / "agent" / "pretrain_config.yaml")
+    if distributed.is_main():
+        agent.save(out / "agent")
+        shutil.copy(out / "config.yaml", out / "agent" / "pretrain_config.yaml")
     return {**history, "agent": str(out / "agent"), "meta": dataclasses.asdict(meta)}

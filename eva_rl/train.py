@@ -2,9 +2,13 @@
 
 AdamW, linear warm-up then cosine decay, gradient clipping, masked action MSE. A run directory
 holds TensorBoard events, the resolved config and `checkpoints/latest/` (written atomically):
-`state.pt` (model, optimizer, scheduler, step, torch and sampler RNG) plus whatever
-`export(directory, step)` writes for users. Resuming restores all of it, so on CPU an
+`state.pt` (model, optimizer, scheduler, step, every process's torch and sampler RNG) plus
+whatever `export(directory, step)` writes for users. Resuming restores all of it, so on CPU an
 interrupted-then-resumed run equals an uninterrupted one.
+
+Under torchrun the model is wrapped in DistributedDataParallel: every process draws its own
+batches (its sampler is seeded per rank), gradients are averaged, so the effective batch is
+`batch_size x processes`; only rank 0 evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from eva_rl import distributed
 from eva_rl.agent import save_checkpoint_dir
 from eva_rl.data.segments import SegmentSampler
 from eva_rl.errors import RunError, UserError
@@ -69,13 +74,17 @@ def git_commit() -> str | None:
 
 
 def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to clobber a run; `resume` needs one."""
+    """Refuse to clobber a run; `resume` needs one. Under torchrun every rank checks before
+    rank 0 creates the directory, so all of them fail (or go on) together."""
     latest = out / "checkpoints" / "latest" / STATE_FILE
     if resume and not latest.is_file():
         raise UserError(f"nothing to resume in {out} (no checkpoints/latest); drop resume=true")
     if not resume and out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {out} exists; pass resume=true or choose another out=")
-    out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -154,6 +163,8 @@ def train_loop(
 
     `hooks` run after every optimizer step (with the 0-based step index); `penalty(model)` is
     added to the action loss (logged separately as train/penalty)."""
+    main, processes = distributed.is_main(), distributed.world_size()
+    forward = _data_parallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -164,16 +175,28 @@ def train_loop(
     history: dict[str, Any] = {"eval": []}
     if resume:
         state = torch.load(latest / STATE_FILE, weights_only=False)
+        if len(state["processes"]) != processes:
+            raise UserError(
+                f"{latest} was written by {len(state['processes'])} process(es); resume it with "
+                f"as many (torchrun --nproc-per-node {len(state['processes'])}), not {processes}"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        mine = state["processes"][distributed.rank()]
+        sampler.load_state_dict(mine["sampler"])
+        torch.set_rng_state(mine["torch_rng"])
         for hook, hook_state in zip(hooks, state.get("hooks", []), strict=True):
             hook.load_state_dict(hook_state)
         step, history = state["step"], state["history"]
 
     def save() -> None:
+        rngs = distributed.gather_objects(
+            {"sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+        )
+        if not main:
+            return
+
         def write(directory: Path) -> None:
             export(directory, step)
             torch.save(
@@ -181,8 +204,7 @@ def train_loop(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
+                    "processes": rngs,  # per rank: sampler and torch RNG states
                     "hooks": [hook.state_dict() for hook in hooks],
                     "step": step,
                     "history": history,
@@ -194,25 +216,37 @@ def train_loop(
         save_checkpoint_dir(latest, write)
         history["saved_step"] = step
 
+    writer = SummaryWriter(run_dir / "tb", purge_step=step if resume else None) if main else None
+
+    def scalar(tag: str, value: float) -> None:
+        if writer is not None:
+            writer.add_scalar(tag, value, step)
+
     def run_eval() -> None:
+        if not main:  # the others wait for rank 0 in the next gradient all-reduce
+            return
         model.eval()
         metrics = evaluate(step)
         model.train()
         history["eval"].append({"step": step, **metrics})
         for key, value in metrics.items():
-            writer.add_scalar(f"eval/{key}", value, step)
+            scalar(f"eval/{key}", value)
 
-    writer = SummaryWriter(run_dir / "tb", purge_step=step if resume else None)
+    history["effective_batch_size"] = optim.batch_size * processes
+    if not resume:
+        scalar("train/effective_batch_size", optim.batch_size * processes)
     model.train()
     started, seen_loss, seen_penalty, window = time.perf_counter(), 0.0, 0.0, 0
     seconds_before = history.get("seconds", 0.0)
-    bar = tqdm(total=loop.steps, initial=step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(
+        total=loop.steps, initial=step, desc="train", unit="step", disable=not (progress and main)
+    )
     try:
         if evaluate is not None and loop.eval_at_start and step == 0:
             run_eval()
         while step < loop.steps:
             batch = sampler.sample(optim.batch_size)
-            loss = action_loss(model, batch)
+            loss = action_loss(forward, batch)
             extra = penalty(model) if penalty is not None else None
             if not torch.isfinite(loss):
                 where = (
@@ -236,11 +270,12 @@ def train_loop(
             seen_penalty += 0.0 if extra is None else extra.item()
             bar.update(1)
             if step % loop.log_every == 0 or step == loop.steps:
-                writer.add_scalar("train/loss", seen_loss / window, step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+                seen_loss = _mean_over_processes(seen_loss)
+                scalar("train/loss", seen_loss / window)
+                scalar("train/lr", scheduler.get_last_lr()[0])
+                scalar("train/grad_norm", grad_norm.item())
                 if penalty is not None:
-                    writer.add_scalar("train/penalty", seen_penalty / window, step)
+                    scalar("train/penalty", seen_penalty / window)
                 bar.set_postfix(loss=f"{seen_loss / window:.4f}")
                 history["loss"] = seen_loss / window
                 seen_loss, seen_penalty, window = 0.0, 0.0, 0
@@ -252,6 +287,29 @@ def train_loop(
                 save()
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     history["seconds"] = seconds_before + time.perf_counter() - started
     return history
+
+
+def _data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The module to run forward passes through: DDP under torchrun, else `model` itself.
+    Unused parameters are allowed: the DT's state and return heads get no action-loss gradient."""
+    if not distributed.active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+def _mean_over_processes(value: float) -> float:
+    """A logged training statistic averaged over the processes' batches."""
+    if not distributed.active():
+        return value
+    return distributed.all_reduce_sum_(torch.tensor([value])).item() / distributed.world_size()

@@ -72,3 +72,29 @@ def checkpoint(mw_root, tmp_path_factory):
     )
     pretrain(cfg, progress=False)
     return out / "agent"
+
+
+HAMMER = "metaworld/hammer-v3/scripted-v0"
+
+
+def tiny_finetune_overrides(checkpoint, mw_root, out, method, *extra) -> list[str]:
+    """A few-second fine-tuning run of the tiny checkpoint on hammer-v3, as key=value items."""
+    return [
+        f"checkpoint={checkpoint}",
+        f"data_root={mw_root}",
+        f"datasets=[{HAMMER}]",  # a task the checkpoint has not seen
+        f"out={out}",
+        f"method.name={method}",
+        "method.rank=2",
+        "method.calibration_batches=2",
+        "collector.batch_size=16",
+        "optim.lr=3e-3",
+        "optim.batch_size=16",
+        "optim.warmup_steps=2",
+        "loop.steps=30",
+        "loop.log_every=5",
+        "loop.eval_every=0",
+        "loop.save_every=10",
+        "eval.episodes=1",
+        *extra,
+    ]

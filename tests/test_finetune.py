@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import DecisionTransformerModel
 
+from conftest import HAMMER, tiny_finetune_overrides
 from eva_rl.agent import Agent
 from eva_rl.cli import main
 from eva_rl.config import load_config
@@ -17,32 +18,10 @@ from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
 from eva_rl.report import read_scalars
 from eva_rl.train import action_loss, action_preds
 
-HAMMER = "metaworld/hammer-v3/scripted-v0"
-
 
 def tiny_finetune(checkpoint, mw_root, out, method, *extra):
     return load_config(
-        FinetuneConfig,
-        None,
-        [
-            f"checkpoint={checkpoint}",
-            f"data_root={mw_root}",
-            f"datasets=[{HAMMER}]",  # a task the checkpoint has not seen
-            f"out={out}",
-            f"method.name={method}",
-            "method.rank=2",
-            "method.calibration_batches=2",
-            "collector.batch_size=16",
-            "optim.lr=3e-3",
-            "optim.batch_size=16",
-            "optim.warmup_steps=2",
-            "loop.steps=30",
-            "loop.log_every=5",
-            "loop.eval_every=0",
-            "loop.save_every=10",
-            "eval.episodes=1",
-            *extra,
-        ],
+        FinetuneConfig, None, tiny_finetune_overrides(checkpoint, mw_root, out, method, *extra)
     )
 
 
