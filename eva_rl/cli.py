@@ -242,7 +242,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from eva_rl.sweep import load_sweep, sweep
 
-    cfg = load_sweep(args.config, args.overrides)
+    flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
+    cfg = load_sweep(args.config, [*flags, *args.overrides])
     result = sweep(cfg)
     print(
         f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished) "
@@ -405,7 +406,13 @@ def parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     sw = sub.add_parser("sweep", help="run a grid of fine-tuning runs in parallel (resumable)")
-    sw.add_argument("config", help="sweep YAML (base, out, grid, set, workers, threads)")
+    sw.add_argument(
+        "config", help="sweep YAML (base, out, grid, set, workers, threads, executor, gpus)"
+    )
+    sw.add_argument(
+        "--executor", choices=["local", "ray"], help="local processes (default) or Ray tasks"
+    )
+    sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     sw.add_argument("overrides", nargs="*", metavar="key=value", help="sweep config overrides")
     sw.set_defaults(func=cmd_sweep)
 

@@ -1,4 +1,4 @@
-"""`eva-rl sweep`: a grid of fine-tuning runs, run in parallel worker processes, resumable.
+"""`eva-rl sweep`: a grid of fine-tuning runs, run in parallel processes or Ray tasks, resumable.
 
 A sweep file names a base finetune config, fixed overrides (`set`) and a grid of dotted config
 keys to lists of values (tasks x methods x ranks x rho x seeds, or any other field). Every run
@@ -8,16 +8,26 @@ config kept in `out/base_config.yaml`: editing config files while a sweep runs c
 Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
 config changed since the sweep started.
+
+The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
+tasks (`pip install 'eva_rl[ray]'`) on a local Ray instance or the cluster at `address`, each
+holding its threads as CPUs and `gpus` GPUs. Executor, address, workers, threads and gpus may
+change between invocations: a sweep begun locally can be resumed on a cluster. Ray tasks run in
+the driver's working directory, so relative paths keep their meaning; on a multi-node cluster
+`out`, the checkpoint and the Minari datasets must be on a filesystem every node sees at the same
+path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -44,12 +54,21 @@ class SweepConfig:
     # dotted key -> values; or a list of such grids, whose runs are pooled (e.g. rho only for EVA)
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)
     set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every run
-    workers: int = 0  # parallel runs; 0: one per CPU core (one per GPU on CUDA is up to you)
-    threads: int = 0  # torch threads per run; 0: cores // workers
+    workers: int = 0  # parallel runs; 0: one per CPU core (ray: as many as its resources allow)
+    threads: int = 0  # torch threads (ray: CPUs) per run; 0: cores // workers, within one node
+    executor: str = "local"  # local: processes of this machine; ray: Ray tasks
+    address: str | None = None  # the Ray cluster's address; None: start a local Ray instance
+    gpus: float = 0.0  # GPUs Ray reserves per run (fractions share one); set it for CUDA runs
 
     def __post_init__(self):
         if not self.out:
             raise UserError("the sweep needs out: a directory for its runs")
+        if self.workers < 0 or self.threads < 0 or self.gpus < 0:
+            raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r} (valid: {', '.join(EXECUTORS)})")
+        if self.executor != "ray" and (self.address is not None or self.gpus):
+            raise UserError("address and gpus are Ray settings: add executor=ray, or drop them")
         grids = self.grid if isinstance(self.grid, list) else [self.grid]
         if not grids or not all(grids):
             raise UserError("the sweep's grid is empty; give at least one key: [values]")
@@ -62,8 +81,6 @@ class SweepConfig:
     def points(self) -> list[dict[str, Any]]:
         grids = self.grid if isinstance(self.grid, list) else [self.grid]
         return [point for grid in grids for point in expand(grid)]
-        if self.workers < 0 or self.threads < 0:
-            raise UserError("workers and threads must be >= 0 (0: automatic)")
 
 
 @dataclass
@@ -145,14 +162,86 @@ def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
     return {"ok": True, "seconds": time.perf_counter() - started}
 
 
+def _shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
+    """Parallel runs and threads per run on machines with `cores` cores each: by default one
+    run per core and the cores shared out between the runs, no run larger than one machine."""
+    workers = min(cfg.workers or sum(cores), max(1, runs))
+    return workers, cfg.threads or max(1, min(max(cores), sum(cores) // workers))
+
+
+def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+    """Each run in a spawned process: a fresh interpreter, no torch/MuJoCo state shared with
+    this one; yields runs and results as they finish."""
+    workers, threads = _shares(cfg, [os.cpu_count() or 1], len(todo))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending = {pool.submit(_run_one, r, threads, str(logs / f"{r.name}.log")): r for r in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray: pip install 'eva_rl[ray]'") from None
+    return ray
+
+
+def _run_in_dir(cwd: str, run: Run, threads: int, log: str) -> dict[str, Any]:
+    """Ray worker: in the driver's directory, where the run's relative paths point."""
+    os.chdir(cwd)
+    return _run_one(run, threads, log)
+
+
+def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+    """Each run as a Ray task holding `threads` CPUs and `gpus` GPUs; at most `workers` in
+    flight (0: all, Ray schedules them as resources free up). Yields runs and results as they
+    finish; a task Ray lost (a crashed or killed worker) is a failed run, not retried."""
+    ray = _import_ray()
+    if not todo:
+        return  # no cluster to start
+    local = {"num_cpus": os.cpu_count()} if cfg.address is None else {}
+    ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False, **local)
+    pending: dict[Any, Run] = {}
+    try:
+        cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+        _, threads = _shares(cfg, cores, len(todo))
+        task = ray.remote(num_cpus=threads, num_gpus=cfg.gpus, max_retries=0)(_run_in_dir)
+        queue, cwd = list(todo), os.getcwd()
+        while queue or pending:
+            while queue and (not cfg.workers or len(pending) < cfg.workers):
+                run = queue.pop(0)
+                pending[task.remote(cwd, run, threads, str(logs / f"{run.name}.log"))] = run
+            [ref], _ = ray.wait(list(pending))
+            run = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                with open(logs / f"{run.name}.log", "a") as f:
+                    print(f"Ray lost this run: {e}", file=f)
+                result = {"ok": False}
+            yield run, result
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+
+
+EXECUTORS = {"local": _local, "ray": _ray}
+
+
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished run of the sweep; returns counts and the failed runs."""
     from eva_rl.finetune import SUMMARY_FILE
 
+    if cfg.executor == "ray":
+        _import_ray()  # fail before anything is written
     out = Path(cfg.out)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
     base = read_yaml(cfg.base)
-    same = ("base", "grid", "set")  # workers and threads may change between invocations
+    same = ("base", "grid", "set")  # the executor and its resources may change between invocations
     if saved.is_file() and any(read_yaml(saved).get(k) != to_dict(cfg)[k] for k in same):
         raise UserError(
             f"{out} holds a different sweep ({saved}); choose another out or delete that one"
@@ -169,9 +258,6 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
     todo = [r for r in runs if not (r.out / SUMMARY_FILE).is_file()]
-    cores = os.cpu_count() or 1
-    workers = min(cfg.workers or cores, max(1, len(todo)))
-    threads = cfg.threads or max(1, cores // workers)
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
@@ -181,26 +267,17 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     failed: list[str] = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",
                disable=not progress)  # fmt: skip
-    ctx = get_context("spawn")  # fresh interpreters: no torch/MuJoCo state shared with the parent
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending = {
-                pool.submit(_run_one, r, threads, str(logs / f"{r.name}.log")): r for r in todo
-            }
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    run = pending.pop(future)
-                    result = future.result()
-                    index[run.name]["status"] = "done" if result["ok"] else "failed"
-                    index[run.name]["seconds"] = round(result["seconds"], 1)
-                    if not result["ok"]:
-                        failed.append(run.name)
-                    atomic_write_json(out / INDEX_FILE, index)
-                    bar.update(1)
-                    bar.set_postfix(failed=len(failed), last=run.name[-40:])
-    finally:
-        bar.close()
+    # closing: an interrupt or error here stops the executor's runs too
+    with bar, contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
+        for run, result in finished:
+            index[run.name]["status"] = "done" if result["ok"] else "failed"
+            if "seconds" in result:  # not known for a run its Ray worker lost
+                index[run.name]["seconds"] = round(result["seconds"], 1)
+            if not result["ok"]:
+                failed.append(run.name)
+            atomic_write_json(out / INDEX_FILE, index)
+            bar.update(1)
+            bar.set_postfix(failed=len(failed), last=run.name[-40:])
     if failed:
         raise RunError(
             f"{len(failed)} of {len(runs)} runs failed (logs in {logs}): {', '.join(failed[:3])}"

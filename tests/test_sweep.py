@@ -1,7 +1,9 @@
-"""Sweeps: grid expansion, names, validation before running, resume skips and restarts."""
+"""Sweeps: grid expansion, names, validation before running, resume skips and restarts; both
+executors (local processes, Ray)."""
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -167,3 +169,52 @@ def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
     mtime = finished.stat().st_mtime_ns
     assert main(args) == 0  # again: finished runs are reused, the report is rewritten
     assert finished.stat().st_mtime_ns == mtime
+
+
+def test_executor_settings_are_checked_before_anything_is_written(checkpoint, mw_root, tmp_path):
+    for extra, message in [
+        ({"executor": "slurm"}, r"unknown executor 'slurm' \(valid: local, ray\)"),
+        ({"address": "auto"}, "address and gpus are Ray settings"),
+        ({"gpus": -1}, "gpus must be >= 0"),
+    ]:
+        path = write_sweep(tmp_path, checkpoint, mw_root, **extra)
+        with pytest.raises(UserError, match=message):
+            sweep(load_sweep(path), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    path = write_sweep(tmp_path, checkpoint, mw_root, executor="ray")
+    with pytest.raises(UserError, match=r"needs Ray: pip install 'eva_rl\[ray\]'"):
+        sweep(load_sweep(path), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # two Ray starts, three tiny runs: ~28 s on 2 busy cores
+def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
+    checkpoint, mw_root, tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)  # a relative out: Ray tasks must run in this directory
+    path = write_sweep(tmp_path, checkpoint, mw_root, out="runs", grid={"seed": [0, 1]})
+    assert main(["sweep", str(path), "workers=0", "--executor", "ray"]) == 0  # all in flight
+    assert "2 runs (2 run now, 0 already finished)" in capsys.readouterr().out
+    runs = tmp_path / "runs"
+    index = json.loads((runs / "runs.json").read_text())
+    assert [v["status"] for v in index.values()] == ["done", "done"]
+    assert all((runs / f"seed={seed}/summary.json").is_file() for seed in (0, 1))
+    cfg = load_sweep(path, ["executor=ray"])
+    assert sweep(cfg, progress=False)["ran"] == 0  # finished runs are skipped (no Ray started)
+
+    # interrupted after its last checkpoint: resumed there; the finished one is left alone
+    finished = runs / "seed=1/summary.json"
+    mtime = finished.stat().st_mtime_ns
+    (runs / "seed=0/summary.json").unlink()
+    result = sweep(cfg, progress=False)
+    assert (result["ran"], result["skipped"]) == (1, 1)
+    assert yaml.safe_load((runs / "seed=0/config.yaml").read_text())["resume"] is True
+    assert (runs / "seed=0/summary.json").is_file() and finished.stat().st_mtime_ns == mtime
+    assert "Traceback" not in (runs / "_logs/seed=0.log").read_text()
