@@ -237,5 +237,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto")
     if device.type == "cuda" and device.index is None and distributed.launched():
-        device = torch.device("cuda", distributed.local_device_index())
+        local, count = distributed.local_device_index(), torch.cuda.device_count()
+        if local >= count:
+            raise UserError(
+                f"process LOCAL_RANK={local} has no GPU of its own ({count} visible); start at "
+                f"most {count} processes per node (torchrun --nproc-per-node {count}) or use "
+                "device=cpu"
+            )
+        device = torch.device("cuda", local)
     return device

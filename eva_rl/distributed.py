@@ -36,9 +36,10 @@ def init(command: str) -> None:
             "run under torchrun (launch it without torchrun)"
         )
     backend = "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():  # the same on every rank; NCCL starts at the first CUDA tensor
         backend = "cpu:gloo,cuda:nccl"
+        if local_device_index() < torch.cuda.device_count():  # else CPU only: resolve_device
+            torch.cuda.set_device(local_device_index())
     # evaluation runs on rank 0 only while the others wait in the next gradient all-reduce
     dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
 

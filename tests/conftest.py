@@ -50,28 +50,29 @@ def checkpoint(mw_root, tmp_path_factory):
     from eva_rl.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("pretrained") / "run"
-    cfg = load_config(
-        PretrainConfig,
-        None,
-        [
-            f"out={out}",
-            f"data_root={mw_root}",
-            "datasets=[metaworld/push-v3/scripted-v0]",
-            "model.hidden_size=32",
-            "model.n_layer=2",
-            "model.n_head=2",
-            "model.context_length=5",
-            "optim.batch_size=16",
-            "optim.warmup_steps=5",
-            "loop.steps=40",
-            "loop.save_every=40",
-            "loop.eval_every=0",
-            "eval.episodes=1",
-            "horizon=30",
-        ],
-    )
+    cfg = load_config(PretrainConfig, None, tiny_pretrain_overrides(mw_root, out))
     pretrain(cfg, progress=False)
     return out / "agent"
+
+
+def tiny_pretrain_overrides(mw_root, out) -> list[str]:
+    """Pretraining of a tiny DT on push-v3 in a few seconds, as key=value items."""
+    return [
+        f"out={out}",
+        f"data_root={mw_root}",
+        "datasets=[metaworld/push-v3/scripted-v0]",
+        "model.hidden_size=32",
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.context_length=5",
+        "optim.batch_size=16",
+        "optim.warmup_steps=5",
+        "loop.steps=40",
+        "loop.save_every=40",
+        "loop.eval_every=0",
+        "eval.episodes=1",
+        "horizon=30",
+    ]
 
 
 HAMMER = "metaworld/hammer-v3/scripted-v0"

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import HAMMER, tiny_finetune_overrides
+from conftest import HAMMER, tiny_finetune_overrides, tiny_pretrain_overrides
 from eva_rl.agent import Agent
+from eva_rl.cli import main
 from eva_rl.collector import CollectorConfig, collect
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
@@ -18,8 +19,6 @@ from eva_rl.distributed import rank_seed
 from eva_rl.errors import UserError
 from eva_rl.finetune import FinetuneConfig, finetune
 from eva_rl.report import read_scalars
-
-pytestmark = pytest.mark.slow
 
 # A torchrun worker that dies on its 15th update, after the checkpoint of update 10.
 CRASH_AT_15 = """
@@ -57,6 +56,26 @@ def ddp_finetune(checkpoint, mw_root, out, *extra, script=None):
     return torchrun("finetune", *items, script=script)
 
 
+def test_commands_of_one_process_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["suites"]) == 2
+    assert "`eva-rl suites` runs as one process" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_pretrain_writes_one_agent(mw_root, tmp_path):
+    out = tmp_path / "run"
+    items = tiny_pretrain_overrides(mw_root, out)
+    proc = torchrun("pretrain", *items, "loop.steps=10", "loop.save_every=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("agent saved") == 1 and "effective batch 32" in proc.stdout
+    assert Agent.load(out / "agent").meta.provenance["steps"] == 10
+    assert read_scalars(out / "tb")["train/effective_batch_size"] == [(0, 32.0)]
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=False)
+    rngs = [p["sampler"]["rng"]["state"]["state"] for p in state["processes"]]
+    assert len(rngs) == 2 and rngs[0] != rngs[1]  # each rank drew its own batches
+
+
 @pytest.fixture(scope="module")
 def ddp_run(checkpoint, mw_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
@@ -65,6 +84,7 @@ def ddp_run(checkpoint, mw_root, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_ddp_finetune_matches_one_process(ddp_run, checkpoint, mw_root, tmp_path):
     out, proc = ddp_run
     assert "2 process(es), effective batch 16" in proc.stdout
@@ -85,6 +105,7 @@ def test_ddp_finetune_matches_one_process(ddp_run, checkpoint, mw_root, tmp_path
         assert curve[25] + curve[30] < curve[5] + curve[10]
 
 
+@pytest.mark.slow
 def test_ddp_resume_equals_uninterrupted(ddp_run, checkpoint, mw_root, tmp_path):
     out, _ = ddp_run
     script = tmp_path / "crash.py"
@@ -108,6 +129,7 @@ def test_ddp_resume_equals_uninterrupted(ddp_run, checkpoint, mw_root, tmp_path)
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_distributed_collector_equals_union_of_shards(checkpoint, mw_root, tmp_path):
     out = tmp_path / "eva"
     args = ["--checkpoint", str(checkpoint), "--dataset", HAMMER, "--data-root", str(mw_root)]
