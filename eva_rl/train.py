@@ -175,6 +175,8 @@ def train_loop(
     history: dict[str, Any] = {"eval": []}
     if resume:
         state = torch.load(latest / STATE_FILE, weights_only=False)
+        if "processes" not in state:
+            raise UserError(f"{latest} was written by an older eva_rl; start this run again")
         if len(state["processes"]) != processes:
             raise UserError(
                 f"{latest} was written by {len(state['processes'])} process(es); resume it with "
