@@ -261,6 +261,24 @@ def plot_success_vs_steps(stats: list[dict], path: Path) -> None:
 
 
 def plot_success_vs_parameters(stats: list[dict], path: Path) -> None:
+    _plot_vs_parameters(stats, path, lambda s: s["mean"], "final success (mean, 95% CI)", (0, 1.05))
+
+
+def plot_loss_vs_parameters(stats: list[dict], path: Path) -> None:
+    """The training loss moves before success does: it separates budgets on short runs."""
+
+    def spread(s):
+        losses = [r["final_loss"] for r in s["rows"] if r["final_loss"] is not None]
+        if not losses:
+            return (float("nan"),) * 3
+        return sum(losses) / len(losses), min(losses), max(losses)
+
+    _plot_vs_parameters(stats, path, spread, "final training loss (mean, min-max over runs)")
+
+
+def _plot_vs_parameters(stats, path, interval, ylabel, ylim=None) -> None:
+    """One line per method (and rho) through its rank budgets; `interval(s)` -> (y, low, high)."""
+
     def draw(ax):
         series = _groups([{**s, "series": s["label"].split(" r")[0] + (
             f" rho{s['rho']:g}" if s["method"] in RHO_METHODS else "")} for s in stats],
@@ -268,16 +286,17 @@ def plot_success_vs_parameters(stats: list[dict], path: Path) -> None:
         for (name,), items in series.items():
             items = sorted(items, key=lambda s: s["trainable_parameters"])
             xs = [s["trainable_parameters"] for s in items]
-            ys = [s["mean"][0] for s in items]
-            err = [[s["mean"][0] - s["mean"][1] for s in items],
-                   [s["mean"][2] - s["mean"][0] for s in items]]  # fmt: skip
+            ys, lows, highs = zip(*(interval(s) for s in items), strict=True)
+            err = [[y - low for y, low in zip(ys, lows, strict=True)],
+                   [high - y for y, high in zip(ys, highs, strict=True)]]  # fmt: skip
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
             for s, x, y in zip(items, xs, ys, strict=True):
                 if s["method"] != "fft":
                     ax.annotate(f"r{s['rank']}", (x, y), fontsize=7, xytext=(3, 3),
                                 textcoords="offset points")  # fmt: skip
-        ax.set(xscale="log", xlabel="trainable parameters", ylabel="final success (mean, 95% CI)")
-        ax.set_ylim(0, 1.05)
+        ax.set(xscale="log", xlabel="trainable parameters", ylabel=ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.legend(fontsize=7)
 
     _figure(path, draw)
@@ -320,7 +339,7 @@ def plot_gradient_signal(stats: list[dict], path: Path) -> None:
 
 
 REPORT_FILES = ("README.md", "runs.csv", "success_vs_steps.png", "success_vs_parameters.png",
-                "rank_allocation.png", "gradient_signal.png")  # fmt: skip
+                "loss_vs_parameters.png", "rank_allocation.png", "gradient_signal.png")  # fmt: skip
 
 
 def write_report(
@@ -346,6 +365,7 @@ def write_report(
     write_csv(rows, out / "runs.csv")
     plot_success_vs_steps(stats, out / "success_vs_steps.png")
     plot_success_vs_parameters(stats, out / "success_vs_parameters.png")
+    plot_loss_vs_parameters(stats, out / "loss_vs_parameters.png")
     has_ranks = plot_rank_allocation(stats, out / "rank_allocation.png")
     plot_gradient_signal(stats, out / "gradient_signal.png")
     from eva_rl.io import atomic_write_text
@@ -392,6 +412,7 @@ def _readme(runs_dir, out, command, rows, stats, has_ranks) -> str:
         "",
         "![success vs updates](success_vs_steps.png)",
         "![success vs trainable parameters](success_vs_parameters.png)",
+        "![training loss vs trainable parameters](loss_vs_parameters.png)",
         "![gradient signal at initialisation](gradient_signal.png)",
     ]
     if has_ranks:

@@ -86,7 +86,8 @@ def test_report_command_writes_csv_plots_and_readme(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "runs.csv").open()))
     assert len(rows) == 8 and {r["method"] for r in rows} == {"eva", "fft"}
-    for name in ("success_vs_steps", "success_vs_parameters", "rank_allocation", "gradient_signal"):
+    plots = ("success_vs_steps", "success_vs_parameters", "loss_vs_parameters", "rank_allocation")
+    for name in (*plots, "gradient_signal"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     readme = (out / "README.md").read_text()
     assert f"eva-rl report {runs} --out {out}" in readme
