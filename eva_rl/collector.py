@@ -217,18 +217,24 @@ def collect(
     state: dict = {"mask": None, "first": {}, "moments": {}}
     recording: set[str] = set(names)
 
+    def record(name: str, x: torch.Tensor) -> None:
+        """Covariance layers keep the batch's moments (summed over ranks after the forward);
+        incremental-SVD layers update at once."""
+        if isinstance(stats[name], CovarianceStats):
+            state["moments"][name] = stats[name].moments(x)
+        else:
+            stats[name].update(x)
+
     def hook(name):
-        def record(_module, args):
+        def pre_hook(_module, args):
             if name in recording:
                 x = args[0][state["mask"]]
                 if state["first"] is not None:
                     state["first"][name] = x.clone()
-                elif isinstance(stats[name], CovarianceStats):
-                    state["moments"][name] = stats[name].moments(x)
                 else:
-                    stats[name].update(x)
+                    record(name, x)
 
-        return record
+        return pre_hook
 
     handles = [layers[n].register_forward_pre_hook(hook(n)) for n in names]
     was_training = model.training
@@ -249,13 +255,8 @@ def collect(
                 first, state["first"] = state["first"], None
                 _setup_stats(first, primary, stats, k, cfg.method)
                 recording = {n for n in names if primary[n] == n}
-                state["moments"] = {
-                    n: stats[n].moments(first[n])
-                    for n in recording
-                    if isinstance(stats[n], CovarianceStats)
-                }
-                for n in recording - set(state["moments"]):
-                    stats[n].update(first[n])
+                for n in recording:
+                    record(n, first[n])
             _add_moments(stats, state["moments"])
             state["moments"] = {}
             _refresh(stats, recording, current, k)

@@ -268,10 +268,8 @@ def plot_loss_vs_parameters(stats: list[dict], path: Path) -> None:
     """The training loss moves before success does: it separates budgets on short runs."""
 
     def spread(s):
-        losses = [r["final_loss"] for r in s["rows"] if r["final_loss"] is not None]
-        if not losses:
-            return (float("nan"),) * 3
-        return sum(losses) / len(losses), min(losses), max(losses)
+        losses = [r["final_loss"] for r in s["rows"]]
+        return s["final_loss"], min(losses), max(losses)
 
     _plot_vs_parameters(stats, path, spread, "final training loss (mean, min-max over runs)")
 

@@ -143,7 +143,6 @@ def run_config(run: Run, threads: int):
 
 def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
     """Worker: one finetune run, its output and warnings in `log`."""
-    import contextlib
     import warnings
 
     import torch

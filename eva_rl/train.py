@@ -236,7 +236,7 @@ def train_loop(
 
     history["effective_batch_size"] = optim.batch_size * processes
     if not resume:
-        scalar("train/effective_batch_size", optim.batch_size * processes)
+        scalar("train/effective_batch_size", history["effective_batch_size"])
     model.train()
     started, seen_loss, seen_penalty, window = time.perf_counter(), 0.0, 0.0, 0
     seconds_before = history.get("seconds", 0.0)
