@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(method: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
-    from eva_rl.agent import Agent, resolve_device
+    from eva_rl.agent import Agent
+    from eva_rl.runtime import resolve_device
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.data.build import dataset_id
     from eva_rl.data.segments import load_trajectories

@@ -84,6 +84,8 @@ class AgentMeta:
     context_length: int
     horizon: int
     target_returns: dict[str, float] = field(default_factory=dict)  # env name -> target return
+    # env name -> [random, expert] returns: scores are then normalised returns (D4RL's rule)
+    reference_returns: dict[str, list[float]] = field(default_factory=dict)
     suite: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +96,11 @@ class AgentMeta:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
         if not all(s > 0 and math.isfinite(s) for s in self.state_std):
             raise UserError("state_std must be positive and finite in every dimension")
+        for env, ref in self.reference_returns.items():
+            if len(ref) != 2 or ref[1] == ref[0]:
+                raise UserError(
+                    f"reference_returns[{env!r}] must be [random, expert] with different values"
+                )
 
 
 class Agent:
@@ -221,28 +228,3 @@ def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else CPU. Under torchrun, `auto`/`cuda` mean this
-    process's GPU (LOCAL_RANK)."""
-    from eva_rl import distributed
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto")
-    if device.type == "cuda" and device.index is None and distributed.launched():
-        local, count = distributed.local_device_index(), torch.cuda.device_count()
-        if local >= count:
-            raise UserError(
-                f"process LOCAL_RANK={local} has no GPU of its own ({count} visible); start at "
-                f"most {count} processes per node (torchrun --nproc-per-node {count}) or use "
-                "device=cpu"
-            )
-        device = torch.device("cuda", local)
-    return device

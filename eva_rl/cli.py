@@ -63,7 +63,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from eva_rl.distributed import is_main
     from eva_rl.pretrain import PretrainConfig, pretrain
 
-    cfg = _config(PretrainConfig, args, ["out", "resume"])
+    cfg = _config(PretrainConfig, args, ["out", "resume", "precision"])
     result = pretrain(cfg)
     if is_main():
         print(
@@ -88,10 +88,11 @@ def _target_returns(items: list[str]) -> dict[str, float]:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    from eva_rl.agent import resolve_device
     from eva_rl.envs import load_suite
-    from eva_rl.evaluate import EvalConfig, evaluate, log_to_tensorboard, write_report
+    from eva_rl.evaluate import EvalConfig, evaluate
     from eva_rl.finetune import load_agent
+    from eva_rl.io import atomic_write_json
+    from eva_rl.runtime import resolve_device
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -102,7 +103,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         target_returns=_target_returns(args.target_return),
         target_scale=args.target_scale,
         device=args.device,
+        precision=args.precision,
         max_envs=args.max_envs,
+        workers=args.workers,
     )
     agent = load_agent(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
@@ -116,57 +119,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 summary = catalog.read_summary(dataset_id(env))
                 cfg.target_returns[env] = summary["return_max"]
     result = evaluate(agent, envs, cfg)
-    result["config"].update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
-    add_confidence_intervals(result)
-    write_report(result, out)
+    result.config.update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
+    atomic_write_json(out, result.to_dict(intervals=True))
     with SummaryWriter(args.tb or out.with_suffix("").as_posix() + "_tb") as writer:
-        log_to_tensorboard(result, writer, step=agent.meta.provenance.get("steps", 0))
-    print(format_eval_table(result))
+        result.log(writer, step=agent.meta.provenance.get("steps", 0))
+    print(result.to_markdown())
     print(f"report: {out}")
 
 
-def add_confidence_intervals(result: dict) -> None:
-    """95% stratified-bootstrap intervals (episodes resampled within each env) of the means."""
-    from eva_rl.stats import stratified_bootstrap_ci
-
-    for metric in ("success_any", "success_final", "return"):
-        groups = [[e[metric] for e in r["episodes"]] for r in result["envs"].values()]
-        if all(v is not None for g in groups for v in g):
-            result[f"{metric}_ci95"] = stratified_bootstrap_ci(groups)
-
-
-def format_eval_table(result: dict) -> str:
-    """A markdown table: one row per env, then the mean."""
-
-    def cell(v):
-        return "-" if v is None else f"{v:.2f}"
-
-    lines = [
-        "| env | success (any step) | success (final step) | return | length |",
-        "|---|---|---|---|---|",
-    ]
-    rows = [*result["envs"].items(), ("**mean**", result)]
-    for name, r in rows:
-        lines.append(
-            f"| {name} | {cell(r['success_any'])} | {cell(r['success_final'])} | "
-            f"{r['return_mean']:.1f} | {r['length_mean']:.0f} |"
-        )
-    for metric in ("success_any", "success_final", "return"):
-        if f"{metric}_ci95" in result:
-            low, high = result[f"{metric}_ci95"]
-            lines.append(
-                f"\nmean {metric}: 95% CI [{low:.3f}, {high:.3f}] "
-                "(stratified bootstrap over episodes)"
-            )
-    return "\n".join(lines)
-
-
 def cmd_collect(args: argparse.Namespace) -> None:
-    from eva_rl.agent import Agent, resolve_device
+    from eva_rl.agent import Agent
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.config import save_config
     from eva_rl.distributed import is_main, world_size
     from eva_rl.eva import META_FILE, log_to_tensorboard, save_result
+    from eva_rl.runtime import resolve_device
 
     out = Path(args.out)
     if (out / META_FILE).exists() and not args.overwrite:
@@ -174,7 +141,17 @@ def cmd_collect(args: argparse.Namespace) -> None:
     cfg = _config(
         CollectorConfig,
         args,
-        ["rank", "rho", "tau", "max_batches", "batch_size", "method", "seed", "device"],
+        [
+            "rank",
+            "rho",
+            "tau",
+            "max_batches",
+            "batch_size",
+            "method",
+            "seed",
+            "device",
+            "precision",
+        ],
     )
     agent = Agent.load(args.checkpoint, stats=args.stats, device=resolve_device(cfg.device))
     result = collect_on_datasets(agent, args.dataset, cfg, args.data_root)
@@ -209,6 +186,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         "steps": "loop.steps",
         "eval_every": "loop.eval_every",
         "device": "device",
+        "precision": "precision",
         "out": "out",
         "resume": "resume",
     }
@@ -216,20 +194,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     s = finetune(cfg)
     if not is_main():
         return
-    final = s["final"]
+    final, initial, best = s.final, s.initial or {}, s.best()
     print(
-        f"{s['method']} on {s['task'] or ', '.join(s['datasets'])}: "
-        f"success {_fmt(final, 'success_any')} "
-        f"(best {_fmt(s, 'best_success_any')}, start {_fmt(s, 'initial_success_any')}), "
-        f"return {_fmt(final, 'return', '.1f')}; {s['trainable_parameters']:,} trainable "
-        f"parameters, gradient signal {s['gradient_signal']:.4g}, {s['wall_seconds']:.0f} s, "
-        f"{s['processes']} process(es), effective batch {s['effective_batch_size']}"
+        f"{s.method} on {s.label}: {s.score_name} {_fmt(final.get('score'))} "
+        f"(best {_fmt(best)}, start {_fmt(initial.get('score'))}), "
+        f"return {_fmt(final.get('return'), '.1f')}; {s.trainable_parameters:,} trainable "
+        f"parameters, gradient signal {s.gradient_signal:.4g}, {s.wall_seconds:.0f} s, "
+        f"{s.precision}, {s.processes} process(es), effective batch {s.effective_batch_size}"
     )
     print(f"run: {cfg.out}; TensorBoard: tensorboard --logdir {Path(cfg.out).parent}")
 
 
-def _fmt(d: dict, key: str, spec: str = ".2f") -> str:
-    return "-" if d.get(key) is None else format(d[key], spec)
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -287,6 +264,14 @@ def cmd_suites(args: argparse.Namespace) -> None:
         print(f"{name:20s} {tasks}  horizon {suite.horizon}  {suite.description}")
 
 
+def _add_precision(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--precision",
+        default=default,
+        help="auto (default: bf16 where the hardware has it natively, else fp32), bf16, fp32",
+    )
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (fields of the command's config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -317,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain a Decision Transformer (e.g. on MT40)")
     pt.add_argument("--out", help="run directory (default: the config's out)")
     pt.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    _add_precision(pt)
     _add_config_args(pt)
     pt.set_defaults(func=cmd_pretrain)
 
@@ -352,9 +338,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--max-envs",
         type=int,
-        default=100,
-        help="episodes alive at once (~25 MB each); 0: all (default 100)",
+        default=0,
+        help="env instances alive at once (~25 MB each); 0: auto (all on a GPU, 20 on a CPU)",
     )
+    ev.add_argument(
+        "--workers", type=int, default=0, help="env-stepping processes (0: auto; 1: in process)"
+    )
+    _add_precision(ev, "auto")
     ev.add_argument("--out", required=True, help="JSON report path")
     ev.add_argument("--tb", help="TensorBoard dir (default: <out without .json>_tb)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -373,6 +363,7 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--method", help="covariance (default, exact) or incremental-svd")
     co.add_argument("--seed", type=int, help="segment sampling seed (default 0)")
     co.add_argument("--device", help="auto (default), cpu, cuda")
+    _add_precision(co)
     co.add_argument("--out", required=True, help="output directory")
     co.add_argument("--overwrite", action="store_true", help="replace an existing result")
     _add_config_args(co)
@@ -390,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--steps", type=int, help="gradient updates (default 2000)")
     ft.add_argument("--eval-every", type=int, help="evaluate every K updates (default 500)")
     ft.add_argument("--device", help="auto (default), cpu, cuda")
+    _add_precision(ft)
     ft.add_argument("--out", help="run directory (required unless the config sets out)")
     ft.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
     _add_config_args(ft)

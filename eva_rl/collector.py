@@ -37,6 +37,7 @@ from transformers.pytorch_utils import Conv1D
 from eva_rl import distributed
 from eva_rl.errors import UserError
 from eva_rl.ranks import allocate_ranks
+from eva_rl.runtime import autocast, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
 
@@ -54,8 +55,11 @@ class CollectorConfig:
     method: Literal["covariance", "incremental-svd"] = "covariance"
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # of the forward passes; the statistics stay fp32/fp64
 
     def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
         if self.rank < 1:
             raise UserError(f"rank must be >= 1, got {self.rank}")
         if self.rho < 1.0:
@@ -91,6 +95,7 @@ class CollectResult:
     seconds: float
     device: str
     converged: bool
+    precision: str = "fp32"
 
 
 def token_mask(attention_mask: torch.Tensor, token_types: list[str] = TOKEN_TYPES) -> torch.Tensor:
@@ -208,6 +213,7 @@ def collect(
     if distributed.active() and cfg.method != "covariance":
         raise UserError(f"method {cfg.method!r} runs in one process; use method=covariance")
     device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
     layers = target_layers(model, cfg.target_modules)
     names = list(layers)
     k = cfg.components
@@ -249,7 +255,7 @@ def collect(
         for batch_index in range(1, cfg.max_batches + 1):
             batch = next(batches)
             state["mask"] = token_mask(batch["attention_mask"], cfg.token_types)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 model(**batch, return_dict=True)
             if state["first"] is not None:
                 first, state["first"] = state["first"], None
@@ -315,6 +321,7 @@ def collect(
         seconds=time.perf_counter() - started,
         device=str(device),
         converged=not recording,
+        precision=precision,
     )
 
 
@@ -422,6 +429,11 @@ def collect_on_datasets(
     from eva_rl.data.segments import load_trajectories
 
     traj = load_trajectories(dataset_ids, data_root)
+    return collect_on_trajectories(agent, traj, cfg, progress)
+
+
+def collect_on_trajectories(agent, traj, cfg: CollectorConfig, progress: bool = True):
+    """`collect_on_datasets` on trajectories already loaded (a training split, say)."""
     sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
     batches = iter(lambda: sampler.sample(cfg.batch_size), None)
     return collect(agent.model, batches, cfg, progress=progress and distributed.is_main())

@@ -110,6 +110,89 @@ def make_task_env(task: str, horizon: int = 200, **kwargs: Any) -> gym.Env:
     return gym.make(ENV_ID, task=task, horizon=horizon, **kwargs)
 
 
+def make_env(name: str, horizon: int, render_mode: str | None = None) -> gym.Env:
+    """A Meta-World v3 task (truncated at `horizon`) or, for any other name, `gymnasium.make`.
+
+    Generic envs keep their own time limit; evaluation also stops every episode at `horizon`.
+    """
+    if name in metaworld_task_names():
+        return make_task_env(name, horizon, render_mode=render_mode)
+    try:
+        return gym.make(name, render_mode=render_mode)
+    except gym.error.Error as e:
+        raise UserError(
+            f"cannot make env {name!r}: not a Meta-World v3 task and gymnasium says: {e}"
+        ) from None
+
+
+def env_dims(env: gym.Env, name: str) -> tuple[int, int]:
+    obs, act = env.observation_space, env.action_space
+    if not isinstance(obs, gym.spaces.Box) or not isinstance(act, gym.spaces.Box):
+        raise UserError(
+            f"env {name} has observation space {obs} and action space {act}; "
+            "a Decision Transformer needs Box observations and a 1-D Box action space"
+        )
+    if len(act.shape) != 1:
+        raise UserError(f"env {name} has action shape {act.shape}; only 1-D actions are supported")
+    return int(np.prod(obs.shape)), int(act.shape[0])
+
+
+class EnvSlots(gym.Env):
+    """A group of env instances stepped together: one sub-env of a Gymnasium vector env.
+
+    Observations are (slots, obs_dim); an action row of NaN means "this slot is idle". Rewards,
+    ends and success come back per slot in `info`. `reset(options={"assign": {group: {slot:
+    seed}}})` starts a new episode in the named slots of this group (its index is `group`);
+    instances are built on first use, so the vector env's throw-away probe of the spaces is
+    cheap.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, group: int, names: list[str | None], horizon: int, dims: tuple[int, int]):
+        self.group, self.names, self.horizon = group, names, horizon
+        n, (obs_dim, act_dim) = len(names), dims
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n, obs_dim), np.float32)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (n, act_dim), np.float32)
+        self._envs: list[gym.Env | None] | None = None
+        self._obs = np.zeros((n, obs_dim), np.float32)
+
+    def _instances(self) -> list[gym.Env | None]:
+        if self._envs is None:
+            self._envs = [make_env(n, self.horizon) if n else None for n in self.names]
+        return self._envs
+
+    def reset(self, *, seed=None, options=None):
+        envs = self._instances()
+        for slot, episode_seed in (options or {}).get("assign", {}).get(self.group, {}).items():
+            self._obs[slot] = _flat(envs[slot].reset(seed=int(episode_seed))[0])
+        return self._obs.copy(), {}
+
+    def step(self, actions):
+        envs, n = self._instances(), len(self.names)
+        reward = np.zeros(n)
+        done = np.zeros(n, dtype=bool)
+        success = np.full(n, np.nan)
+        for slot in np.flatnonzero(~np.isnan(actions).any(axis=1)):
+            obs, r, terminated, truncated, info = envs[slot].step(actions[slot])
+            self._obs[slot] = _flat(obs)
+            reward[slot], done[slot] = float(r), bool(terminated or truncated)
+            if "success" in info:
+                success[slot] = float(info["success"])
+        info = {"reward": reward, "done": done, "success": success}
+        return self._obs.copy(), 0.0, False, False, info
+
+    def close(self):
+        for env in self._envs or []:
+            if env is not None:
+                env.close()
+        self._envs = None
+
+
+def _flat(obs) -> np.ndarray:
+    return np.asarray(obs, np.float32).reshape(-1)
+
+
 # --- suites -----------------------------------------------------------------------------------
 
 

@@ -1,45 +1,38 @@
 """Seeded, batched evaluation of a DT agent on Meta-World tasks or any Box gymnasium env.
 
-Episodes run together, up to `max_envs` at once, and each env step is ONE forward pass for all
-live episodes instead of one per episode (measured on 2 CPU cores: 1.8x faster than one episode
-at a time at 10 episodes, where the forward is compute-bound; far more on a GPU). Each env
-instance plays exactly one episode (no autoreset), so short episodes are never over-counted, and
-episode i is reset with seed `cfg.seed + i`, so a run is reproducible and episode i of a batch
-equals the same episode played alone (or in another chunk).
+Episodes run in env *slots*, up to `max_envs` at once; each env step is ONE forward pass (in the
+run's precision) for every live episode. Episode i of an env is reset with seed `seed + i` and
+played to its end, then the slot takes the next episode of that env: a fixed number of
+episodes per env, short episodes never over-counted, and an episode's outcome independent of
+which slot, chunk or process played it.
+
+The slots are stepped in `workers` processes through Gymnasium's vector API (`AsyncVectorEnv`,
+shared memory, autoreset disabled: every reset is ours, with its seed); each sub-env holds a
+group of slots (`EnvSlots`), so 100 episodes cost `workers` processes, not 100. With one worker
+the same group steps in this process (`SyncVectorEnv`). Both paths see the same slots in the same
+order, so they give identical episodes. Env instances are built once per `Evaluator` and reused
+by later episodes and later calls (building a Meta-World env costs ~0.2 s; a training run
+evaluates several times).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eva_rl.agent import Agent, resolve_device
-from eva_rl.envs import make_task_env, metaworld_task_names
+from eva_rl.agent import Agent
+from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json
-
-METRICS = ("success_any", "success_final", "return")  # what TensorBoard gets, per env and mean
-
-
-def make_eval_env(name: str, horizon: int, render_mode: str | None = None) -> gym.Env:
-    """A Meta-World v3 task (truncated at `horizon`) or, for any other name, `gymnasium.make`.
-
-    Generic envs keep their own time limit; `evaluate` also stops every episode at `horizon`.
-    """
-    if name in metaworld_task_names():
-        return make_task_env(name, horizon, render_mode=render_mode)
-    try:
-        return gym.make(name, render_mode=render_mode)
-    except gym.error.Error as e:
-        raise UserError(
-            f"cannot make env {name!r}: not a Meta-World v3 task and gymnasium says: {e}"
-        ) from None
+from eva_rl.results import EnvResult, Episode, EvalResult
+from eva_rl.runtime import autocast, cpu_count, resolve_device, resolve_precision
 
 
 @dataclass
@@ -49,15 +42,26 @@ class EvalConfig:
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     target_scale: float = 1.0  # multiplies the target (e.g. 1.2 to ask for more than the best)
     device: str = "auto"
-    max_envs: int = 100  # episodes (MuJoCo envs) alive at once, ~25 MB each; 0: all at once
+    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
+    # env instances alive at once (~25 MB each; building one costs ~0.2 s): 0 = auto, all
+    # episodes at once on a GPU (one forward for all), 20 on a CPU (the forward's cost per
+    # episode is flat there above ~10, and fewer envs are built)
+    max_envs: int = 0
+    # processes stepping the envs; 0 = auto: half the cores from 4 cores up, else 1 (this
+    # process: on 2 cores, workers compete with the forward and were measured slower)
+    workers: int = 0
 
     def __post_init__(self):
         if self.max_envs < 0:
             raise UserError(f"max_envs must be >= 0 (0 = all at once), got {self.max_envs}")
         if self.episodes < 1:
             raise UserError(f"eval episodes must be >= 1, got {self.episodes}")
+        if self.workers < 0:
+            raise UserError(f"eval workers must be >= 0 (0 = one per core), got {self.workers}")
         if not math.isfinite(self.target_scale):
             raise UserError(f"target_scale must be finite, got {self.target_scale}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
 
 
 def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
@@ -75,185 +79,230 @@ def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
     return float(base) * cfg.target_scale
 
 
-def _env_dims(env: gym.Env, name: str) -> tuple[int, int]:
-    obs, act = env.observation_space, env.action_space
-    if not isinstance(obs, gym.spaces.Box) or not isinstance(act, gym.spaces.Box):
-        raise UserError(
-            f"env {name} has observation space {obs} and action space {act}; "
-            "a Decision Transformer needs Box observations and a 1-D Box action space"
-        )
-    if len(act.shape) != 1:
-        raise UserError(f"env {name} has action shape {act.shape}; only 1-D actions are supported")
-    return int(np.prod(obs.shape)), int(act.shape[0])
+class Evaluator:
+    """Evaluates `agent` on `envs`, as often as asked, with one set of env slots and workers.
 
-
-def evaluate(agent: Agent, envs: list[str], cfg: EvalConfig, progress: bool = True) -> dict:
-    """Play `cfg.episodes` seeded episodes per env, all batched; return per-env and mean metrics.
-
-    The result holds, per env and averaged over envs: return_mean/std, length_mean, success_any,
-    success_final (None where the env reports no `success`); per env also the episode list.
-    The model's device and train/eval mode are restored afterwards (safe inside a training loop).
+    Use as a context manager (or call `close`) so worker processes end with it. The model's
+    device and train/eval mode are restored after every `run` (safe inside a training loop).
     """
-    if not envs:
-        raise UserError("no envs to evaluate")
-    if len(set(envs)) != len(envs):
-        raise UserError(f"env names must be unique, got {envs}")
-    targets = {name: target_return(agent, name, cfg) for name in envs}
-    device = resolve_device(cfg.device)
-    horizon = agent.meta.horizon
-    for name in envs:  # refuse a mismatch before any rollout
-        env = make_eval_env(name, horizon)
-        try:
-            agent.check_dims(*_env_dims(env, name), f"env {name}")
-        finally:
-            env.close()
-    jobs = [(name, cfg.seed + i) for name in envs for i in range(cfg.episodes)]
-    step = cfg.max_envs or len(jobs)
-    episodes: list[dict] = []
-    model, was_training, old_device = agent.model, agent.model.training, agent.device
-    model.to(device).eval()
-    try:
-        for start in range(0, len(jobs), step):  # at most max_envs MuJoCo envs alive at once
-            chunk = jobs[start : start + step]
-            instances = [make_eval_env(name, horizon) for name, _ in chunk]
+
+    def __init__(
+        self,
+        agent: Agent,
+        envs: list[str],
+        cfg: EvalConfig,
+        progress: bool = True,
+        max_episodes: int | None = None,
+    ):
+        if not envs:
+            raise UserError("no envs to evaluate")
+        if len(set(envs)) != len(envs):
+            raise UserError(f"env names must be unique, got {envs}")
+        self.agent, self.names, self.cfg, self.progress = agent, list(envs), cfg, progress
+        self.targets = {name: target_return(agent, name, cfg) for name in envs}
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.horizon = agent.meta.horizon
+        spaces = {}
+        for name in envs:  # refuse a mismatch before any rollout
+            env = make_env(name, self.horizon)
             try:
-                episodes += _rollout(
-                    agent,
-                    instances,
-                    [seed for _, seed in chunk],
-                    np.asarray([targets[name] for name, _ in chunk]),
-                    progress,
-                    ",".join(dict.fromkeys(name for name, _ in chunk)),
-                )
+                agent.check_dims(*env_dims(env, name), f"env {name}")
+                spaces[name] = (env.action_space.low, env.action_space.high)
             finally:
-                for env in instances:
-                    env.close()
-                instances.clear()  # free this chunk's envs before the next is built
-    finally:
-        model.to(old_device).train(was_training)
-    per_env = {}
-    for k, name in enumerate(envs):
-        eps = episodes[k * cfg.episodes : (k + 1) * cfg.episodes]
-        per_env[name] = {"target_return": targets[name], **_summary(eps), "episodes": eps}
-    result: dict[str, Any] = {
-        "config": {
-            "episodes": cfg.episodes,
-            "seed": cfg.seed,
-            "target_scale": cfg.target_scale,
-            "horizon": horizon,
-            "context_length": agent.meta.context_length,
-        },
-        "envs": per_env,
-    }
-    for key in ("return_mean", "return_std", "length_mean", "success_any", "success_final"):
-        result[key] = _mean([r[key] for r in per_env.values()])
-    return result
+                env.close()
+        self._bounds = spaces
+        per_env = max(cfg.episodes, max_episodes or 0)
+        max_envs = cfg.max_envs or (len(envs) * per_env if self.device.type == "cuda" else 20)
+        self._slot_names = _plan_slots(self.names, per_env, max_envs)
+        self._vec: gym.vector.VectorEnv | None = None
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._vec is not None:
+            self._vec.close()
+            self._vec = None
+
+    def _open(self) -> None:
+        """Spread the slots over the worker groups (round robin) and start the vector env."""
+        slots, cores = len(self._slot_names), cpu_count()
+        workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else 1), slots)
+        size = -(-slots // workers)
+        groups = [self._slot_names[g::workers] for g in range(workers)]
+        groups = [g + [None] * (size - len(g)) for g in groups]  # equal shapes for batching
+        dims = (self.agent.state_dim, self.agent.act_dim)
+        fns = [functools.partial(EnvSlots, g, names, self.horizon, dims) for g, names in
+               enumerate(groups)]  # fmt: skip
+        mode = gym.vector.AutoresetMode.DISABLED
+        if workers == 1:
+            self._vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+        else:
+            self._vec = gym.vector.AsyncVectorEnv(
+                fns, shared_memory=True, copy=False, context="spawn", autoreset_mode=mode
+            )
+        self._where = [(g, j) for g in range(workers) for j in range(size) if groups[g][j]]
+        self._slot_names = [groups[g][j] for g, j in self._where]  # slot s lives at _where[s]
+        self._shape = (workers, size)
+
+    def run(self, episodes: int | None = None) -> EvalResult:
+        """`episodes` (default `cfg.episodes`) seeded episodes per env; see the module doc."""
+        episodes = episodes or self.cfg.episodes
+        if self._vec is None:
+            self._open()
+        started = time.perf_counter()
+        model, was_training = self.agent.model, self.agent.model.training
+        old_device = self.agent.device
+        model.to(self.device).eval()
+        try:
+            played = self._play(episodes)
+        finally:
+            model.to(old_device).train(was_training)
+        envs = {
+            name: EnvResult(name, self.targets[name], played[name], self._reference(name))
+            for name in self.names
+        }
+        config = {
+            "episodes": episodes,
+            "seed": self.cfg.seed,
+            "target_scale": self.cfg.target_scale,
+            "horizon": self.horizon,
+            "context_length": self.agent.meta.context_length,
+            "precision": self.precision,
+        }
+        return EvalResult(envs, config, time.perf_counter() - started)
+
+    def _reference(self, name: str) -> tuple[float, float] | None:
+        ref = self.agent.meta.reference_returns.get(name)
+        return tuple(ref) if ref else None
+
+    @torch.inference_mode()
+    def _play(self, episodes: int) -> dict[str, list[Episode]]:
+        """Step every slot together until each env has played `episodes` episodes.
+
+        Each slot's history sits in preallocated (slots, K-1+H, ...) buffers whose first K-1
+        entries are zero padding, so at its step t the model input is [t, t+K): the sampler's
+        training layout (left padding, mask 1 on the real steps at the right end), with a zero
+        action at the current position.
+        """
+        agent, meta, dev = self.agent, self.agent.meta, self.device
+        names, (workers, size) = self._slot_names, self._shape
+        n, horizon, k = len(names), self.horizon, meta.context_length
+        pad = k - 1
+        states = torch.zeros(n, pad + horizon, agent.state_dim, device=dev)  # raw
+        actions = torch.zeros(n, pad + horizon, agent.act_dim, device=dev)
+        rtg = torch.zeros(n, pad + horizon, 1, device=dev)  # scaled by return_scale
+        timesteps = torch.zeros(n, pad + horizon, dtype=torch.long, device=dev)
+        last = agent.model.config.max_ep_len - 1  # the timestep embedding has max_ep_len rows
+        timesteps[:, pad:] = torch.arange(horizon, device=dev).clamp(max=last)
+        low = np.stack([self._bounds[name][0] for name in names]).astype(np.float32)
+        high = np.stack([self._bounds[name][1] for name in names]).astype(np.float32)
+        queue = {name: collections.deque(range(episodes)) for name in self.names}
+        done: dict[str, dict[int, Episode]] = {name: {} for name in self.names}
+        current: list[Episode | None] = [None] * n
+        index: list[int] = [0] * n  # episode index of each busy slot
+        t = np.zeros(n, dtype=np.int64)
+        bar = tqdm(total=episodes * len(self.names), unit="ep", desc="eval",
+                   disable=not self.progress)  # fmt: skip
+
+        def refill(free: list[int]) -> None:
+            """Start the next episode of each free slot's env, if any is left."""
+            assign: dict[int, dict[int, int]] = {}
+            started = []
+            for s in free:
+                if queue[names[s]]:
+                    i = queue[names[s]].popleft()
+                    index[s], current[s], t[s] = i, Episode(self.cfg.seed + i, 0.0, 0), 0
+                    g, j = self._where[s]
+                    assign.setdefault(g, {})[j] = self.cfg.seed + i
+                    started.append(s)
+            if not started:
+                return
+            mask = np.zeros(workers, dtype=bool)
+            mask[list(assign)] = True
+            obs, _ = self._vec.reset(options={"assign": assign, "reset_mask": mask})
+            rows = torch.as_tensor(started, device=dev)
+            for buffer in (states, actions, rtg):
+                buffer[rows] = 0
+            at = np.array([self._where[s] for s in started])
+            states[rows, pad] = torch.as_tensor(obs[at[:, 0], at[:, 1]], device=dev)
+            target = [self.targets[names[s]] / meta.return_scale for s in started]
+            rtg[rows, pad, 0] = torch.as_tensor(target, dtype=torch.float32, device=dev)
+
+        refill(list(range(n)))
+        positions = torch.arange(k, device=dev)
+        while True:
+            live = [s for s in range(n) if current[s] is not None]
+            if not live:
+                break
+            rows = torch.as_tensor(live, device=dev)
+            window = torch.as_tensor(t[live], device=dev)[:, None] + positions
+            mask = (positions >= pad - window[:, :1]).long()
+            with autocast(dev, self.precision):
+                pred = agent.predict(
+                    agent.normalize(states[rows[:, None], window]) * mask[..., None],
+                    actions[rows[:, None], window],
+                    rtg[rows[:, None], window],
+                    timesteps[rows[:, None], window],
+                    mask,
+                )
+            act = np.clip(pred.float().cpu().numpy(), low[live], high[live])
+            actions[rows, pad + torch.as_tensor(t[live], device=dev)] = torch.as_tensor(
+                act, device=dev
+            )
+            batch = np.full((workers, size, agent.act_dim), np.nan, dtype=np.float32)
+            at = np.array([self._where[s] for s in live])
+            batch[at[:, 0], at[:, 1]] = act
+            obs, _, _, _, info = self._vec.step(batch)
+            free, going = [], []
+            for s in live:
+                g, j = self._where[s]
+                ep, r = current[s], float(info["reward"][g, j])
+                ep.ret += r
+                ep.length += 1
+                if not np.isnan(info["success"][g, j]):
+                    ep.success_final = float(info["success"][g, j])
+                    ep.success_any = max(ep.success_any or 0.0, ep.success_final)
+                t[s] += 1
+                if bool(info["done"][g, j]) or t[s] == horizon:
+                    done[names[s]][index[s]] = ep
+                    current[s] = None
+                    free.append(s)
+                    bar.update(1)
+                else:
+                    going.append((s, g, j, r))
+            if going:
+                ids = [s for s, *_ in going]
+                rows = torch.as_tensor(ids, device=dev)
+                steps = torch.as_tensor(t[ids], device=dev) + pad
+                at = np.array([(g, j) for _, g, j, _ in going])
+                states[rows, steps] = torch.as_tensor(obs[at[:, 0], at[:, 1]], device=dev)
+                scaled = torch.tensor([r for *_, r in going], device=dev) / meta.return_scale
+                rtg[rows, steps, 0] = rtg[rows, steps - 1, 0] - scaled
+            if free:
+                refill(free)
+        bar.close()
+        return {name: [done[name][i] for i in range(episodes)] for name in self.names}
 
 
-@torch.inference_mode()
-def _rollout(agent, envs, seeds, targets, progress, desc) -> list[dict]:
-    """Step all `envs` together; one `agent.predict` per step over the live episodes.
-
-    Histories sit in preallocated (B, K-1+H, ...) buffers whose first K-1 slots are zero padding,
-    so step t's model input is the slice [t, t+K): the sampler's training layout (left padding,
-    mask 1 on the real steps at the right end), with a zero action at the current position.
-    """
-    meta, dev = agent.meta, agent.device
-    n, horizon, k = len(envs), meta.horizon, meta.context_length
-    pad = k - 1
-    states = torch.zeros(n, pad + horizon, agent.state_dim, device=dev)  # raw
-    actions = torch.zeros(n, pad + horizon, agent.act_dim, device=dev)
-    rtg = torch.zeros(n, pad + horizon, 1, device=dev)  # scaled by return_scale
-    timesteps = torch.zeros(n, pad + horizon, dtype=torch.long, device=dev)
-    last = agent.model.config.max_ep_len - 1  # the timestep embedding has max_ep_len rows
-    timesteps[:, pad:] = torch.arange(horizon, device=dev).clamp(max=last)
-    rtg[:, pad, 0] = torch.as_tensor(targets / meta.return_scale, dtype=torch.float32)
-    low = np.stack([env.action_space.low for env in envs]).astype(np.float32)
-    high = np.stack([env.action_space.high for env in envs]).astype(np.float32)
-    obs = [_flat(env.reset(seed=s)[0]) for env, s in zip(envs, seeds, strict=True)]
-    states[:, pad] = torch.as_tensor(np.stack(obs), device=dev)
-    episodes = [
-        {"seed": s, "return": 0.0, "length": 0, "success_any": None, "success_final": None}
-        for s in seeds
-    ]
-    live = list(range(n))
-    bar = tqdm(total=n * horizon, unit="step", desc=f"eval {desc}", disable=not progress)
-    positions = torch.arange(k, device=dev)
-    for t in range(horizon):
-        rows = torch.as_tensor(live, device=dev)
-        window = slice(t, t + k)
-        mask = (positions >= pad - t).long().expand(len(live), k)
-        pred = agent.predict(
-            agent.normalize(states[rows, window]) * mask[..., None],
-            actions[rows, window],
-            rtg[rows, window],
-            timesteps[rows, window],
-            mask,
-        )
-        act = np.clip(pred.float().cpu().numpy(), low[live], high[live])
-        actions[rows, pad + t] = torch.as_tensor(act, device=dev)
-        still, next_obs, rewards = [], [], []
-        for j, b in enumerate(live):
-            o, r, terminated, truncated, info = envs[b].step(act[j])
-            ep = episodes[b]
-            ep["return"] += float(r)
-            ep["length"] += 1
-            if "success" in info:
-                success = float(info["success"])
-                ep["success_final"] = success
-                ep["success_any"] = max(ep["success_any"] or 0.0, success)
-            if not (terminated or truncated):
-                still.append(b)
-                next_obs.append(_flat(o))
-                rewards.append(float(r))
-        bar.update(len(live))
-        live = still
-        if not live or t + 1 == horizon:
-            break
-        nxt = torch.as_tensor(live, device=dev)
-        states[nxt, pad + t + 1] = torch.as_tensor(np.stack(next_obs), device=dev)
-        scaled = torch.as_tensor(rewards, dtype=torch.float32, device=dev) / meta.return_scale
-        rtg[nxt, pad + t + 1, 0] = rtg[nxt, pad + t, 0] - scaled
-    bar.total = bar.n
-    bar.close()
-    return episodes
+def _plan_slots(names: list[str], episodes: int, max_envs: int) -> list[str]:
+    """Env name of every slot: one per episode when `max_envs` allows, else shared out round
+    robin over the envs (each at least one slot)."""
+    total = len(names) * episodes
+    slots = max(min(max_envs, total), len(names))
+    counts = dict.fromkeys(names, 0)
+    while sum(counts.values()) < slots:
+        for name in names:
+            if counts[name] < episodes and sum(counts.values()) < slots:
+                counts[name] += 1
+    return [name for name in names for _ in range(counts[name])]
 
 
-def _flat(obs) -> np.ndarray:
-    return np.asarray(obs, np.float32).reshape(-1)
-
-
-def _summary(episodes: list[dict]) -> dict:
-    returns = np.array([e["return"] for e in episodes], dtype=np.float64)
-    return {
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "length_mean": float(np.mean([e["length"] for e in episodes])),
-        "success_any": _mean([e["success_any"] for e in episodes]),
-        "success_final": _mean([e["success_final"] for e in episodes]),
-    }
-
-
-def _mean(values: list[float | None]) -> float | None:
-    """Mean of the values that exist; None when none does (an env without success info)."""
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
-
-
-def write_report(result: dict, path) -> None:
-    """The full result (config, per-env metrics, every episode) as JSON, written atomically."""
-    atomic_write_json(path, result)
-
-
-def log_to_tensorboard(result: dict, writer, step: int, prefix: str = "eval") -> None:
-    """<prefix>/<env>/{success_any,success_final,return} and the means <prefix>/{...}."""
-
-    def log(tag: str, summary: dict) -> None:
-        for metric in METRICS:
-            value = summary["return_mean" if metric == "return" else metric]
-            if value is not None:
-                writer.add_scalar(f"{tag}/{metric}", value, step)
-
-    for name, summary in result["envs"].items():
-        log(f"{prefix}/{name}", summary)
-    log(prefix, result)
+def evaluate(agent: Agent, envs: list[str], cfg: EvalConfig, progress: bool = True) -> EvalResult:
+    """Play `cfg.episodes` seeded episodes per env (see `Evaluator`); workers end with it."""
+    with Evaluator(agent, envs, cfg, progress) as evaluator:
+        return evaluator.run()

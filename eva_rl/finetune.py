@@ -28,12 +28,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
-from eva_rl.agent import META_FILE, Agent, AgentMeta, resolve_device, save_checkpoint_dir
-from eva_rl.collector import CollectorConfig
+from eva_rl.agent import META_FILE, Agent, AgentMeta, save_checkpoint_dir
+from eva_rl.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.config import from_dict, save_config, to_dict
 from eva_rl.data.build import dataset_id
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
+from eva_rl.evaluate import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json
 from eva_rl.methods import (
     Adapted,
@@ -44,12 +45,15 @@ from eva_rl.methods import (
     save_initial_adapter,
     trainable_parameters,
 )
+from eva_rl.results import SCORES, EvalPoint, RunSummary
+from eva_rl.runtime import resolve_device, resolve_precision
 from eva_rl.train import (
     LoopConfig,
     OptimConfig,
     action_loss,
     git_commit,
     gradient_signal,
+    heldout_loss,
     prepare_run_dir,
     train_loop,
 )
@@ -66,9 +70,41 @@ QUIET = (  # benign warnings PEFT and transformers raise on every run of these m
 
 @dataclass
 class FinetuneEvalConfig:
-    episodes: int = 10
+    episodes: int = 10  # per evaluation during training
+    final_episodes: int = 0  # at the last evaluation (0: `episodes`); the first `episodes` match
     seed: int = 1000  # episode i is reset with seed + i; the same episodes at every evaluation
-    max_envs: int = 100
+    max_envs: int = 0  # env slots alive at once; 0: auto (eva_rl.evaluate.EvalConfig)
+    workers: int = 0  # env-stepping processes; 0: auto
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.final_episodes < 0:
+            raise UserError("eval.episodes must be >= 1 and eval.final_episodes >= 0")
+
+
+@dataclass
+class SplitConfig:
+    """The held-out part of the downstream data: never trained on, collected on or used for
+    calibration; its action loss is logged at every evaluation."""
+
+    heldout: float = 0.1  # share of each env's episodes; 0: train on everything
+    seed: int = 0  # which episodes: fixed per dataset, the same for every run (paired runs)
+    batches: int = 8  # fixed held-out batches the loss is averaged over
+
+    def __post_init__(self):
+        if not 0.0 <= self.heldout < 1.0 or self.batches < 1:
+            raise UserError("split.heldout must be in [0, 1) and split.batches >= 1")
+
+
+@dataclass
+class FinetuneCollectorConfig:
+    """EVA's collector settings; its rank, rho, target modules, seed and device are the run's."""
+
+    tau: float = 0.99
+    whiten: bool = False
+    max_batches: int = 100
+    batch_size: int = 64
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
+    method: str = "covariance"
 
 
 @dataclass
@@ -80,8 +116,8 @@ class FinetuneConfig:
     data_root: str | None = None
     out: str = ""
     method: MethodConfig = field(default_factory=MethodConfig)
-    # EVA's collector; its rank, rho, target_modules, seed and device follow method, seed, device
-    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    collector: FinetuneCollectorConfig = field(default_factory=FinetuneCollectorConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=100))
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
@@ -91,6 +127,7 @@ class FinetuneConfig:
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
     threads: int = 0  # torch CPU threads; 0: torch's default
     resume: bool = False
 
@@ -99,21 +136,28 @@ class FinetuneConfig:
             raise UserError("name the downstream task (--task push-v3) or datasets=[...]")
         if not self.out:
             raise UserError("name the run directory with --out DIR")
-        self.collector = dataclasses.replace(
-            self.collector,
-            rank=self.method.rank,
-            rho=self.method.rho,
-            target_modules=list(self.method.target_modules),
-            seed=self.seed,
-            device=self.device,
-        )
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        self.collector_config()  # validate the combination now
 
     @property
     def dataset_ids(self) -> list[str]:
         return self.datasets or [dataset_id(self.task)]
 
+    def collector_config(self) -> CollectorConfig:
+        """The collector's full config: its own settings plus the run's rank, rho, targets."""
+        return CollectorConfig(
+            rank=self.method.rank,
+            rho=self.method.rho,
+            target_modules=list(self.method.target_modules),
+            seed=self.seed,
+            device=self.device,
+            precision=self.precision,
+            **dataclasses.asdict(self.collector),
+        )
 
-def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
     """Build the method, measure it at initialisation, train, evaluate, export; see module doc."""
     with warnings.catch_warnings():
         for message in QUIET:
@@ -121,12 +165,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
         return _finetune(cfg, progress)
 
 
-def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
+def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
     started = time.perf_counter()
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
-    traj = load_trajectories(cfg.dataset_ids, cfg.data_root)
+    data = load_trajectories(cfg.dataset_ids, cfg.data_root)
+    traj, heldout = data.split(cfg.split.heldout, cfg.split.seed)
     # refuses data of other shapes; each rank of a torchrun job draws its own batches
     sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
     prepare_run_dir(out, cfg.resume)  # only after every input was checked
@@ -142,7 +188,15 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         calibration_sampler.sample(cfg.optim.batch_size)
         for _ in range(cfg.method.calibration_batches)
     ]
-    eva_meta = _eva_result(agent, cfg, out, progress) if cfg.method.name.startswith("eva") else None
+    heldout_batches = []
+    if heldout is not None:
+        heldout_sampler = agent.segment_sampler(heldout, cfg.split.seed)
+        heldout_batches = [
+            heldout_sampler.sample(cfg.optim.batch_size) for _ in range(cfg.split.batches)
+        ]
+    eva_meta = (
+        _eva_result(agent, traj, cfg, out, progress) if cfg.method.name.startswith("eva") else None
+    )
     adapted = build_method(
         agent.model,
         cfg.method,
@@ -163,25 +217,29 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
     if main and not cfg.resume:
         _log_setup(out / "tb", setup)
 
-    meta = _finetuned_meta(agent.meta, traj.max_returns(), cfg)
+    meta = _finetuned_meta(agent.meta, data.max_returns(), cfg, precision)
     tuned = Agent(adapted.model, meta)
-
-    from eva_rl.evaluate import EvalConfig, evaluate
-
     eval_cfg = EvalConfig(
         episodes=cfg.eval.episodes,
         seed=cfg.eval.seed,
         device=str(device),
+        precision=precision,
         max_envs=cfg.eval.max_envs,
+        workers=cfg.eval.workers,
+    )
+    final_episodes = cfg.eval.final_episodes or cfg.eval.episodes
+    evaluator = (
+        Evaluator(tuned, data.envs, eval_cfg, progress=False, max_episodes=final_episodes)
+        if main
+        else None
     )
 
-    def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(tuned, traj.envs, eval_cfg, progress=False)
-        metrics = {"return": result["return_mean"], "length": result["length_mean"]}
-        for key in ("success_any", "success_final"):
-            if result[key] is not None:
-                metrics[key] = result[key]
-        return metrics
+    def run_eval(step: int) -> EvalPoint:
+        episodes = final_episodes if step == cfg.loop.steps else cfg.eval.episodes
+        extra = {}
+        if heldout_batches:
+            extra["heldout_loss"] = heldout_loss(adapted.model, heldout_batches, precision)
+        return EvalPoint.of(step, evaluator.run(episodes), **extra)
 
     def write_agent(directory: Path) -> None:
         export_adapted(adapted, directory, cfg.checkpoint, initial)
@@ -192,52 +250,89 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> dict[str, Any]:
         write_agent(directory / "agent")
 
     loop_started = time.perf_counter()
-    history = train_loop(
-        adapted.model,
-        sampler,
-        cfg.optim,
-        cfg.loop,
-        out,
-        export,
-        run_eval,
-        cfg.resume,
-        progress,
-        hooks=adapted.hooks,
-        penalty=adapted.penalty,
-    )
+    try:
+        history = train_loop(
+            adapted.model,
+            sampler,
+            cfg.optim,
+            cfg.loop,
+            out,
+            export,
+            run_eval,
+            cfg.resume,
+            progress,
+            hooks=adapted.hooks,
+            penalty=adapted.penalty,
+            precision=precision,
+        )
+    finally:
+        if evaluator is not None:
+            evaluator.close()
     loop_seconds = time.perf_counter() - loop_started
     meta.provenance["steps"] = cfg.loop.steps
-    final_ranks = _final_ranks(adapted)
     # wall time of the whole run: this invocation outside the loop, plus every loop segment
     outside = time.perf_counter() - started - loop_seconds
-    summary = _summary(cfg, history, setup, final_ranks, outside + history["seconds"])
+    points = [EvalPoint.from_dict(p) for p in history["eval"]]
+    summary = RunSummary(
+        method=cfg.method.name,
+        task=cfg.task or None,
+        datasets=cfg.dataset_ids,
+        rank=cfg.method.rank,
+        rho=cfg.method.rho,
+        seed=cfg.seed,
+        steps=cfg.loop.steps,
+        eval=points,
+        final_loss=history.get("loss"),
+        trainable_parameters=setup["trainable_parameters"],
+        total_parameters=setup["total_parameters"],
+        gradient_signal=setup["gradient_signal"],
+        collector_seconds=setup["collector_seconds"],
+        ranks=_final_ranks(adapted),
+        processes=distributed.world_size(),
+        effective_batch_size=history["effective_batch_size"],
+        train_seconds=history["seconds"],
+        wall_seconds=outside + history["seconds"],
+        config=to_dict(cfg),
+        precision=precision,
+        score_name=_score_name(points),
+    )
     if main:
         save_checkpoint_dir(out / "agent", write_agent)
-        atomic_write_json(out / SUMMARY_FILE, summary)
-        _log_hparams(out / "tb", cfg, summary, final_ranks)
+        atomic_write_json(out / SUMMARY_FILE, summary.to_dict())
+        _log_hparams(out / "tb", cfg, summary)
     return summary
 
 
-def _eva_result(agent: Agent, cfg: FinetuneConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """Collect (or, on resume, reload) EVA's components for the task data into `out/eva`."""
-    from eva_rl.collector import collect_on_datasets
+def _score_name(points: list[EvalPoint]) -> str:
+    """The primary score the evaluations reported (see eva_rl.results)."""
+    for point in points:
+        for name in SCORES:
+            if name in point.metrics:
+                return name
+    return "return"
+
+
+def _eva_result(agent: Agent, traj, cfg: FinetuneConfig, out: Path, progress: bool) -> dict:
+    """Collect (or, on resume, reload) EVA's components on the training split into `out/eva`."""
+    from eva_rl.collector import collect_on_trajectories
     from eva_rl.eva import META_FILE as EVA_META
     from eva_rl.eva import load_state, log_to_tensorboard, save_result
 
     directory = out / "eva"
+    collector = cfg.collector_config()
     if not (directory / EVA_META).is_file():  # every rank collects (on its own batches)
-        result = collect_on_datasets(
-            agent, cfg.dataset_ids, cfg.collector, cfg.data_root, progress=progress
-        )
+        result = collect_on_trajectories(agent, traj, collector, progress=progress)
         if distributed.is_main():
-            meta = save_result(result, cfg.collector, directory, checkpoint=cfg.checkpoint)
+            meta = save_result(result, collector, directory, checkpoint=cfg.checkpoint)
             log_to_tensorboard(meta, out / "tb")
         distributed.barrier()
     state, meta = load_state(directory)
     return {"state": state, "seconds": meta["seconds"]}
 
 
-def _finetuned_meta(base: AgentMeta, targets: dict[str, float], cfg: FinetuneConfig) -> AgentMeta:
+def _finetuned_meta(
+    base: AgentMeta, targets: dict[str, float], cfg: FinetuneConfig, precision: str
+) -> AgentMeta:
     """The base agent's normalisation, with the task's target return and the run's provenance."""
     meta = copy.deepcopy(base)
     meta.target_returns = {**base.target_returns, **targets}
@@ -248,6 +343,7 @@ def _finetuned_meta(base: AgentMeta, targets: dict[str, float], cfg: FinetuneCon
         "config": to_dict(cfg),
         "datasets": cfg.dataset_ids,
         "seed": cfg.seed,
+        "precision": precision,
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -277,55 +373,33 @@ def _final_ranks(adapted: Adapted) -> dict[str, int]:
     return ranks
 
 
-def _summary(cfg, history, setup, final_ranks, seconds) -> dict[str, Any]:
-    evals = history["eval"]
-    final = evals[-1] if evals else {}
-    success = [e["success_any"] for e in evals if "success_any" in e]
-    return {
-        "method": cfg.method.name,
-        "task": cfg.task or None,
-        "datasets": cfg.dataset_ids,
-        "rank": cfg.method.rank,
-        "rho": cfg.method.rho,
-        "seed": cfg.seed,
-        "steps": cfg.loop.steps,
-        "final": {k: v for k, v in final.items() if k != "step"},
-        "best_success_any": max(success) if success else None,
-        "initial_success_any": success[0] if evals and evals[0]["step"] == 0 else None,
-        "final_loss": history.get("loss"),
-        **{k: v for k, v in setup.items() if k != "ranks"},
-        "ranks": final_ranks,
-        "total_rank": sum(final_ranks.values()),
-        "processes": distributed.world_size(),
-        "effective_batch_size": history["effective_batch_size"],
-        "train_seconds": history["seconds"],
-        "wall_seconds": seconds,
-        "eval": evals,
-        "config": to_dict(cfg),
-    }
-
-
-def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: dict, ranks: dict) -> None:
+def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: RunSummary) -> None:
     """One HParams session per run (in the run's own tb/), so TensorBoard's HParams tab lines up
     every run under a common logdir by method, rank, rho, task and seed."""
     hparams = {
         "method": cfg.method.name,
         "rank": cfg.method.rank,
         "rho": cfg.method.rho,
-        "task": cfg.task or ",".join(cfg.dataset_ids),
+        "task": summary.label,
         "seed": cfg.seed,
         "steps": cfg.loop.steps,
         "lr": cfg.optim.lr,
+        "precision": summary.precision,
     }
+    nan = float("nan")
+    best = summary.best()
     metrics = {
-        "hparam/final_success": summary["final"].get("success_any", float("nan")),
-        "hparam/best_success": summary["best_success_any"] or float("nan"),
-        "hparam/final_return": summary["final"].get("return", float("nan")),
-        "hparam/trainable_parameters": summary["trainable_parameters"],
-        "hparam/gradient_signal": summary["gradient_signal"],
+        "hparam/final_score": summary.final.get("score", nan),
+        "hparam/best_score": nan if best is None else best,
+        "hparam/final_success_final": summary.final.get("success_final", nan),
+        "hparam/final_success_any": summary.final.get("success_any", nan),
+        "hparam/final_return": summary.final.get("return", nan),
+        "hparam/final_heldout_loss": summary.final.get("heldout_loss", nan),
+        "hparam/trainable_parameters": summary.trainable_parameters,
+        "hparam/gradient_signal": summary.gradient_signal,
     }
     with SummaryWriter(log_dir) as writer:
-        for name, rank in ranks.items():
+        for name, rank in summary.ranks.items():
             writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
         writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)
 

@@ -13,12 +13,15 @@ from typing import Any
 import torch
 
 from eva_rl import distributed
-from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, resolve_device
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
 from eva_rl.config import save_config, to_dict
 from eva_rl.data.build import dataset_id
 from eva_rl.data.segments import SegmentSampler, load_trajectories
+from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
+from eva_rl.results import EvalPoint
+from eva_rl.runtime import resolve_device, resolve_precision
 from eva_rl.train import LoopConfig, OptimConfig, git_commit, prepare_run_dir, train_loop
 
 
@@ -43,10 +46,13 @@ class PretrainConfig:
     horizon: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
     threads: int = 0  # torch CPU threads; 0: torch's default
     resume: bool = False
 
     def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
         if self.return_scale <= 0:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
         if self.horizon >= self.model.max_ep_len:
@@ -54,7 +60,7 @@ class PretrainConfig:
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
-    from eva_rl.evaluate import EvalConfig, evaluate
+    from eva_rl.evaluate import EvalConfig, Evaluator
 
     out = Path(cfg.out)
     ids = cfg.datasets or [dataset_id(t) for t in load_suite(cfg.suite).tasks]
@@ -65,6 +71,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, traj.state_dim, traj.act_dim).to(device)
     mean, std = traj.state_stats()
@@ -80,6 +87,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             "config": to_dict(cfg),
             "datasets": ids,
             "seed": cfg.seed,
+            "precision": precision,
             "git_commit": git_commit(),
             "torch": torch.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -96,20 +104,26 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         device,
     )
     eval_envs = cfg.eval.envs or traj.envs
-    eval_cfg = EvalConfig(episodes=cfg.eval.episodes, seed=cfg.eval.seed, device=str(device))
+    eval_cfg = EvalConfig(
+        episodes=cfg.eval.episodes, seed=cfg.eval.seed, device=str(device), precision=precision
+    )
+    evaluator = Evaluator(agent, eval_envs, eval_cfg, progress=False) if is_main() else None
 
-    def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(agent, eval_envs, eval_cfg, progress=False)
-        keys = ("success_any", "success_final", "return_mean", "length_mean")
-        return {k: result[k] for k in keys if result[k] is not None}
+    def run_eval(step: int) -> EvalPoint:
+        return EvalPoint.of(step, evaluator.run())
 
     def export(directory: Path, step: int) -> None:
         agent.meta.provenance["steps"] = step
         agent.save(directory / "agent")
 
-    history = train_loop(
-        model, sampler, cfg.optim, cfg.loop, out, export, run_eval, cfg.resume, progress
-    )
+    try:
+        history = train_loop(
+            model, sampler, cfg.optim, cfg.loop, out, export, run_eval, cfg.resume, progress,
+            precision=precision,
+        )  # fmt: skip
+    finally:
+        if evaluator is not None:
+            evaluator.close()
     agent.meta.provenance["steps"] = cfg.loop.steps
     if distributed.is_main():
         agent.save(out / "agent")

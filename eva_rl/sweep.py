@@ -58,7 +58,10 @@ class SweepConfig:
     threads: int = 0  # torch threads (ray: CPUs) per run; 0: cores // workers, within one node
     executor: str = "local"  # local: processes of this machine; ray: Ray tasks
     address: str | None = None  # the Ray cluster's address; None: start a local Ray instance
-    gpus: float = 0.0  # GPUs Ray reserves per run (fractions share one); set it for CUDA runs
+    gpus: float = 0.0  # GPUs per run; a fraction shares one GPU (0.25: four runs per GPU)
+    # evaluate the base checkpoint once per task with the runs' final evaluation (same episodes)
+    # into out/_baseline/, so reports show the base agent's scores beside every method
+    baseline: bool = True
 
     def __post_init__(self):
         if not self.out:
@@ -67,8 +70,10 @@ class SweepConfig:
             raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
         if self.executor not in EXECUTORS:
             raise UserError(f"unknown executor {self.executor!r} (valid: {', '.join(EXECUTORS)})")
-        if self.executor != "ray" and (self.address is not None or self.gpus):
-            raise UserError("address and gpus are Ray settings: add executor=ray, or drop them")
+        if self.executor != "ray" and self.address is not None:
+            raise UserError("address is a Ray setting: add executor=ray, or drop it")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise UserError(f"gpus per run must be a fraction <= 1 or whole, not {self.gpus}")
         grids = self.grid if isinstance(self.grid, list) else [self.grid]
         if not grids or not all(grids):
             raise UserError("the sweep's grid is empty; give at least one key: [values]")
@@ -88,10 +93,15 @@ class Run:
     name: str
     overrides: dict[str, Any]  # dotted key -> value: `set`, then the grid point, then out
     config: dict[str, Any]  # the base config with the overrides applied (resolved at planning)
+    baseline: bool = False  # an evaluation of the base checkpoint, not a finetune run
 
     @property
     def out(self) -> Path:
         return Path(self.config["out"])
+
+    @property
+    def done_file(self) -> Path:
+        return self.out if self.baseline else self.out / "summary.json"
 
 
 def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -126,14 +136,78 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
         runs.append(Run(name, overrides, data))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
+    if cfg.baseline:
+        runs = _baselines(cfg, runs) + runs
     return runs
 
 
-def run_config(run: Run, threads: int):
+BASELINE_DIR = "_baseline"
+
+
+def _baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
+    """One evaluation of the base checkpoint per distinct (checkpoint, data, evaluation) of the
+    runs, with their final evaluation's episodes: the base agent's score on the same episodes."""
+    from eva_rl.finetune import FinetuneConfig
+
+    found: dict[str, Run] = {}
+    for run in runs:
+        c = from_dict(FinetuneConfig, run.config)
+        key = {
+            "checkpoint": c.checkpoint,
+            "stats": c.stats,
+            "datasets": c.dataset_ids,
+            "data_root": c.data_root,
+            "task": c.task or None,
+            "eval": to_dict(c.eval),
+            "device": c.device,
+            "precision": c.precision,
+        }
+        name = (c.task or ",".join(c.dataset_ids)).replace("/", "_")
+        if name in found and found[name].config["key"] != key:
+            name = f"{name}-{len([n for n in found if n.startswith(name)])}"
+        if name not in found:
+            out = str(Path(cfg.out) / BASELINE_DIR / f"{name}.json")
+            found[name] = Run(f"{BASELINE_DIR}.{name}", {}, {"out": out, "key": key}, True)
+    return list(found.values())
+
+
+def run_baseline(run: Run) -> None:
+    """Evaluate the base checkpoint as the runs' final evaluation does; write the JSON."""
+    from eva_rl.agent import Agent
+    from eva_rl.data.segments import load_trajectories
+    from eva_rl.evaluate import EvalConfig, evaluate
+    from eva_rl.runtime import resolve_device
+
+    key = run.config["key"]
+    ev = key["eval"]
+    agent = Agent.load(key["checkpoint"], stats=key["stats"], device=resolve_device(key["device"]))
+    data = load_trajectories(key["datasets"], key["data_root"])
+    agent.meta.target_returns.update(data.max_returns())  # the target the runs evaluate with
+    cfg = EvalConfig(
+        episodes=ev["final_episodes"] or ev["episodes"],
+        seed=ev["seed"],
+        device=key["device"],
+        precision=key["precision"],
+        max_envs=ev["max_envs"],
+        workers=ev["workers"],
+    )
+    result = evaluate(agent, data.envs, cfg, progress=False)
+    result.config.update(
+        checkpoint=key["checkpoint"], task=key["task"], datasets=key["datasets"], baseline=True
+    )
+    atomic_write_json(run.out, result.to_dict())
+
+
+def run_config(run: Run, threads: int, device: str | None = None):
     """The finetune config of one run, resuming it if it has a checkpoint."""
     from eva_rl.finetune import FinetuneConfig
 
     data = {**copy.deepcopy(run.config), "threads": threads}
+    if device is not None:
+        data["device"] = device
+    evaluation = data.setdefault("eval", {})
+    if not evaluation.get("workers"):  # env processes within this run's share of the cores
+        evaluation["workers"] = max(1, threads // 2)
     if (run.out / "checkpoints" / "latest" / "state.pt").is_file():
         data["resume"] = True
     elif run.out.exists():  # died before its first checkpoint: start again from nothing
@@ -141,8 +215,8 @@ def run_config(run: Run, threads: int):
     return from_dict(FinetuneConfig, data)
 
 
-def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
-    """Worker: one finetune run, its output and warnings in `log`."""
+def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
+    """Worker: one finetune run (or baseline evaluation), its output and warnings in `log`."""
     import warnings
 
     import torch
@@ -154,7 +228,10 @@ def _run_one(run: Run, threads: int, log: str) -> dict[str, Any]:
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         warnings.simplefilter("default")
         try:
-            finetune(run_config(run, threads), progress=False)
+            if run.baseline:
+                run_baseline(run)
+            else:
+                finetune(run_config(run, threads, device), progress=False)
         except Exception:  # reported in the parent; the sweep goes on with the other runs
             traceback.print_exc(file=f)
             return {"ok": False, "seconds": time.perf_counter() - started}
@@ -168,16 +245,54 @@ def _shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
     return workers, cfg.threads or max(1, min(max(cores), sum(cores) // workers))
 
 
+def gpu_slots(gpus_per_run: float, devices: int) -> list[str]:
+    """One entry per run that fits at once: `cuda:i` repeated 1/gpus_per_run times per GPU (a
+    fraction shares a GPU), or every GPU once per whole-number share."""
+    if gpus_per_run <= 0:
+        return []
+    if devices == 0:
+        raise UserError(f"gpus={gpus_per_run:g} per run, but no CUDA device is visible")
+    if gpus_per_run <= 1:
+        return [f"cuda:{i}" for i in range(devices) for _ in range(int(1 / gpus_per_run))]
+    need = int(gpus_per_run)
+    if need > devices:
+        raise UserError(f"gpus={need} per run, but only {devices} CUDA device(s) are visible")
+    return [f"cuda:{i}" for i in range(0, devices - need + 1, need)]
+
+
 def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
     """Each run in a spawned process: a fresh interpreter, no torch/MuJoCo state shared with
-    this one; yields runs and results as they finish."""
+    this one; yields runs and results as they finish. With `gpus`, each run gets a device from
+    the GPU slots (fractions share a GPU), so a GPU node runs as many runs as fit."""
+    slots = []
+    if cfg.gpus:
+        import torch
+
+        slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
     workers, threads = _shares(cfg, [os.cpu_count() or 1], len(todo))
+    if slots:
+        workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    free, queue = list(slots), list(todo)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(_run_one, r, threads, str(logs / f"{r.name}.log")): r for r in todo}
+        pending: dict[Any, tuple[Run, str | None]] = {}
+
+        def submit() -> None:
+            while queue and len(pending) < workers:
+                run = queue.pop(0)
+                device = free.pop(0) if slots else None
+                log = str(logs / f"{run.name}.log")
+                pending[pool.submit(_run_one, run, threads, log, device)] = (run, device)
+
+        submit()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield pending.pop(future), future.result()
+                run, device = pending.pop(future)
+                if device is not None:
+                    free.append(device)
+                yield run, future.result()
+            submit()
 
 
 def _import_ray():
@@ -208,6 +323,7 @@ def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, d
         cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
         _, threads = _shares(cfg, cores, len(todo))
         task = ray.remote(num_cpus=threads, num_gpus=cfg.gpus, max_retries=0)(_run_in_dir)
+        # Ray sets CUDA_VISIBLE_DEVICES per task: `auto` then picks the GPU it was given
         queue, cwd = list(todo), os.getcwd()
         while queue or pending:
             while queue and (not cfg.workers or len(pending) < cfg.workers):
@@ -233,8 +349,6 @@ EXECUTORS = {"local": _local, "ray": _ray}
 
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished run of the sweep; returns counts and the failed runs."""
-    from eva_rl.finetune import SUMMARY_FILE
-
     if cfg.executor == "ray":
         _import_ray()  # fail before anything is written
     out = Path(cfg.out)
@@ -256,7 +370,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
-    todo = [r for r in runs if not (r.out / SUMMARY_FILE).is_file()]
+    todo = [r for r in runs if not r.done_file.is_file()]
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}

@@ -29,6 +29,8 @@ from eva_rl import distributed
 from eva_rl.agent import save_checkpoint_dir
 from eva_rl.data.segments import SegmentSampler
 from eva_rl.errors import RunError, UserError
+from eva_rl.results import EvalPoint
+from eva_rl.runtime import autocast
 
 STATE_FILE = "state.pt"
 
@@ -112,8 +114,9 @@ def action_preds(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
 
 
 def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """MSE between predicted and dataset actions on real (unpadded) steps only."""
-    preds = action_preds(model, batch)
+    """MSE between predicted and dataset actions on real (unpadded) steps only, reduced in fp32
+    whatever precision the forward ran in."""
+    preds = action_preds(model, batch).float()
     mask = batch["attention_mask"].unsqueeze(-1).to(preds.dtype)
     sq = (preds - batch["actions"]) ** 2 * mask
     return sq.sum() / (mask.sum() * batch["actions"].shape[-1])
@@ -138,6 +141,20 @@ def gradient_signal(model: torch.nn.Module, batches: list[dict[str, torch.Tensor
     return torch.stack(norms).mean().item()
 
 
+@torch.no_grad()
+def heldout_loss(
+    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], precision: str = "fp32"
+) -> float:
+    """Mean action loss over fixed held-out batches, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with autocast(device, precision):
+        losses = [action_loss(model, batch) for batch in batches]
+    model.train(was_training)
+    return torch.stack(losses).mean().item()
+
+
 class StepHook(Protocol):
     """Something a method runs after every optimizer step, with state saved in checkpoints."""
 
@@ -153,17 +170,20 @@ def train_loop(
     loop: LoopConfig,
     run_dir: Path,
     export: Callable[[Path, int], None],
-    evaluate: Callable[[int], dict[str, float]] | None = None,
+    evaluate: Callable[[int], EvalPoint] | None = None,
     resume: bool = False,
     progress: bool = True,
     hooks: Sequence[StepHook] = (),
     penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train `model` on `sampler` batches; returns final metrics. See the module docstring.
 
     `hooks` run after every optimizer step (with the 0-based step index); `penalty(model)` is
-    added to the action loss (logged separately as train/penalty)."""
+    added to the action loss (logged separately as train/penalty). `precision` (resolved: bf16
+    or fp32) is the forward pass's; the penalty, backward and optimizer stay in fp32."""
     main, processes = distributed.is_main(), distributed.world_size()
+    device = next(model.parameters()).device
     forward = _data_parallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
@@ -181,6 +201,12 @@ def train_loop(
             raise UserError(
                 f"{latest} was written by {len(state['processes'])} process(es); resume it with "
                 f"as many (torchrun --nproc-per-node {len(state['processes'])}), not {processes}"
+            )
+        saved = state.get("precision", "fp32")  # checkpoints before precision existed: fp32
+        if saved != precision:
+            raise UserError(
+                f"{latest} was trained in {saved}; resume it with precision={saved}, "
+                f"not {precision}"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -209,6 +235,7 @@ def train_loop(
                     "processes": rngs,  # per rank: sampler and torch RNG states
                     "hooks": [hook.state_dict() for hook in hooks],
                     "step": step,
+                    "precision": precision,
                     "history": history,
                 },
                 directory / STATE_FILE,
@@ -228,10 +255,10 @@ def train_loop(
         if not main:  # the others wait for rank 0 in the next gradient all-reduce
             return
         model.eval()
-        metrics = evaluate(step)
+        point = evaluate(step)
         model.train()
-        history["eval"].append({"step": step, **metrics})
-        for key, value in metrics.items():
+        history["eval"].append(point.to_dict())
+        for key, value in point.metrics.items():
             scalar(f"eval/{key}", value)
 
     history["effective_batch_size"] = optim.batch_size * processes
@@ -248,7 +275,8 @@ def train_loop(
             run_eval()
         while step < loop.steps:
             batch = sampler.sample(optim.batch_size)
-            loss = action_loss(forward, batch)
+            with autocast(device, precision):
+                loss = action_loss(forward, batch)
             extra = penalty(model) if penalty is not None else None
             if not torch.isfinite(loss):
                 where = (

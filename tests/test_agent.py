@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import DecisionTransformerModel
 
-from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, resolve_device
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+from eva_rl.runtime import resolve_device
 from eva_rl.errors import UserError
 
 TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5)

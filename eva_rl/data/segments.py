@@ -16,6 +16,7 @@ import torch
 
 from eva_rl.data import catalog
 from eva_rl.envs import ENV_ID
+from eva_rl.errors import UserError
 
 
 def env_name(dataset) -> str:
@@ -53,6 +54,50 @@ class Trajectories:
         mean = self.states.mean(0, dtype=np.float64)
         std = self.states.std(0, dtype=np.float64)
         return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+    def select(self, episodes: np.ndarray) -> Trajectories:
+        """The trajectories of the given episode indices (in that order)."""
+        parts = [
+            np.arange(s, s + n)
+            for s, n in zip(
+                self.episode_start[episodes], self.episode_length[episodes], strict=True
+            )
+        ]
+        index = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        lengths = self.episode_length[episodes]
+        return Trajectories(
+            states=self.states[index],
+            actions=self.actions[index],
+            returns_to_go=self.returns_to_go[index],
+            timesteps=self.timesteps[index],
+            episode_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+            episode_length=lengths,
+            episode_env=self.episode_env[episodes],
+            envs=self.envs,
+            dataset_ids=self.dataset_ids,
+        )
+
+    def split(self, fraction: float, seed: int) -> tuple[Trajectories, Trajectories | None]:
+        """(train, held-out): `fraction` of each env's episodes held out, chosen by `seed` alone,
+        so every run on a dataset holds out the same episodes. None when nothing is held out."""
+        if fraction <= 0:
+            return self, None
+        rng = np.random.default_rng(seed)
+        held = []
+        for i in range(len(self.envs)):
+            mine = np.flatnonzero(self.episode_env == i)
+            count = int(round(fraction * len(mine)))
+            if count >= len(mine):
+                raise UserError(
+                    f"holding out {fraction:.0%} of {self.envs[i]}'s {len(mine)} episodes leaves "
+                    "none to train on; lower data.heldout"
+                )
+            held += list(rng.choice(mine, size=count, replace=False))
+        if not held:
+            return self, None
+        mask = np.zeros(len(self.episode_length), dtype=bool)
+        mask[held] = True
+        return self.select(np.flatnonzero(~mask)), self.select(np.flatnonzero(mask))
 
     def max_returns(self) -> dict[str, float]:
         """Best episode return per env: the paper's evaluation target."""
