@@ -1,85 +1,103 @@
-"""Evaluation throughput: `evaluate` with every episode batched vs one episode at a time.
+"""Evaluation throughput: env-steps/s of `evaluate` in several layouts, measured in one process.
 
-    python benchmarks/bench_evaluate.py [--episodes 10] [--task push-v3] [--threads N]
+    python benchmarks/bench_evaluate.py [--task button-press-v3] [--episodes 100]
+                                        [--layouts 100:1 20:1 20:2] [--threads N]
 
-Same model (the default DT: hidden 128, 3 layers, K=20), same seeds, same horizon (200). The
-sequential side calls `evaluate` with one episode per call, so it does exactly the same per-step
-work (one forward per env step) at batch 1. Both sides build the same number of envs; that time
-is included and also printed. Rates are env steps per second, measured in this one process.
+A layout is `slots:workers`: env instances alive at once (each built once, then reused by later
+episodes) and env-stepping processes (1 = this process). `100:1` with 100 episodes is the
+evaluator before env reuse (one env per episode, all at once). For each layout the script prints
+env-steps/s, the share of time in the DT forward, and whether every episode equals the first
+layout's; beside them, the bare env-stepping rate of the task (one env, random actions, no
+model) and the cost of building one env. The shipped agent, fp32 (`--precision` to change).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 import warnings
 
+import numpy as np
 import torch
 
-from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
-from eva_rl.evaluate import EvalConfig, evaluate, make_eval_env
+from eva_rl.agent import Agent
+from eva_rl.envs import make_env
+from eva_rl.evaluate import EvalConfig, evaluate
 
 warnings.filterwarnings("ignore")
 
 
-def steps_of(result: dict, task: str) -> list[dict]:
-    return result["envs"][task]["episodes"]
+def bare_rate(task: str, steps: int = 2000) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    env = make_env(task, 200)
+    build = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        if terminated or truncated:
+            env.reset(seed=i)
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate, build
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="push-v3")
-    ap.add_argument("--episodes", type=int, default=10)
-    ap.add_argument("--horizon", type=int, default=200)
+    ap.add_argument("--task", default="button-press-v3")
+    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--layouts", nargs="+", default=["100:1", "20:1", "20:2"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--checkpoint", default="results/pretrained/mt40-cpu/agent")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    agent = Agent.load(args.checkpoint)
+    target = {args.task: agent.meta.target_returns.get(args.task, 4500.0)}
+    forward = [0.0]
+    predict = agent.predict
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_size=128, n_layer=3, n_head=1, context_length=20), 39, 4)
-    meta = AgentMeta(
-        state_mean=[0.0] * 39,
-        state_std=[1.0] * 39,
-        return_scale=1000.0,
-        context_length=20,
-        horizon=args.horizon,
-        target_returns={args.task: 4500.0},
-    )
-    agent = Agent(model, meta)
-    warm = Agent(model, dataclasses.replace(meta, horizon=25))  # imports, env class, kernels
-    evaluate(warm, [args.task], EvalConfig(episodes=2, device="cpu"), progress=False)
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = predict(*a, **k)
+        forward[0] += time.perf_counter() - t0
+        return out
 
-    t0 = time.perf_counter()
-    for _ in range(args.episodes):
-        make_eval_env(args.task, args.horizon).close()
-    build_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    cfg = EvalConfig(episodes=args.episodes, seed=0, device="cpu")
-    batched = steps_of(evaluate(agent, [args.task], cfg, progress=False), args.task)
-    batched_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    sequential = []
-    for i in range(args.episodes):
-        cfg = EvalConfig(episodes=1, seed=i, device="cpu")
-        sequential += steps_of(evaluate(agent, [args.task], cfg, progress=False), args.task)
-    sequential_s = time.perf_counter() - t0
-
-    steps = sum(e["length"] for e in batched)
-    assert steps == sum(e["length"] for e in sequential)
-    rate_b, rate_s = steps / batched_s, steps / sequential_s
+    agent.predict = timed
+    warm = EvalConfig(episodes=2, device="cpu", target_returns=target, workers=1)
+    evaluate(agent, [args.task], warm, progress=False)  # imports, kernels
+    rate, build = bare_rate(args.task)
     print(
-        f"task {args.task}, {args.episodes} episodes, horizon {args.horizon}, {steps} env steps, "
-        f"torch threads {torch.get_num_threads()}"
+        f"task {args.task}, {args.episodes} episodes x 200 steps, torch threads "
+        f"{torch.get_num_threads()}, {args.precision}; bare env {rate:.0f} steps/s on one core, "
+        f"building one env {build * 1e3:.0f} ms"
     )
-    print(f"env construction ({args.episodes} envs, in both timings): {build_s:.2f} s")
-    print(f"batched:    {batched_s:7.2f} s  {rate_b:8.1f} env-steps/s")
-    print(f"sequential: {sequential_s:7.2f} s  {rate_s:8.1f} env-steps/s")
-    print(f"batched / sequential: {rate_b / rate_s:.2f}x")
-    print(f"episodes identical batched vs sequential: {batched == sequential}")
+    first = None
+    for layout in args.layouts:
+        slots, workers = (int(x) for x in layout.split(":"))
+        cfg = EvalConfig(
+            episodes=args.episodes,
+            seed=1000,
+            device="cpu",
+            precision=args.precision,
+            target_returns=target,
+            max_envs=slots,
+            workers=workers,
+        )
+        forward[0] = 0.0
+        t0 = time.perf_counter()
+        result = evaluate(agent, [args.task], cfg, progress=False)
+        seconds = time.perf_counter() - t0
+        episodes = [e.to_dict() for e in result.envs[args.task].episodes]
+        first = first or episodes
+        steps = sum(e["length"] for e in episodes)
+        share = forward[0] / seconds
+        print(
+            f"slots {slots:3d} workers {workers}: {seconds:6.1f} s {steps / seconds:7.0f} "
+            f"env-steps/s  forward {share:4.0%}  same episodes as the first: {episodes == first}"
+        )
 
 
 if __name__ == "__main__":

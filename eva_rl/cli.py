@@ -223,8 +223,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     cfg = load_sweep(args.config, [*flags, *args.overrides])
     result = sweep(cfg)
     print(
-        f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished) "
-        f"under {result['out']}; TensorBoard: tensorboard --logdir {result['out']}"
+        f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished)"
+        f" and {result['baselines']} baseline evaluation(s) under {result['out']}; "
+        f"TensorBoard: tensorboard --logdir {result['out']}"
     )
     print(f"report: eva-rl report {result['out']} --out results/<name>")
 
@@ -234,7 +235,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
-    result = write_report(args.runs, args.out, command, args.overwrite, args.tasks)
+    command += f" --reference {args.reference}" if args.reference != "lora" else ""
+    result = write_report(
+        args.runs, args.out, command, args.overwrite, args.tasks, reference=args.reference
+    )
     print(f"{result['runs']} runs, {result['configs']} configurations -> {result['out']}/README.md")
 
 
@@ -249,9 +253,13 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
-    from eva_rl.report import plot_training_curve
+    from eva_rl.io import check_writable
+    from eva_rl.report import plot_curve
 
-    plot_training_curve(args.run, args.out, title=args.title or str(args.run))
+    if Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite or choose another --out")
+    check_writable(args.out)
+    plot_curve(args.run, args.out, title=args.title or str(args.run))
     print(f"wrote {args.out}")
 
 
@@ -413,12 +421,16 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
     rp.add_argument("--tasks", nargs="+", help="only these tasks (default: every task found)")
     rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    rp.add_argument(
+        "--reference", default="lora", help="method the others are compared with (default lora)"
+    )
     rp.set_defaults(func=cmd_report)
 
     cu = sub.add_parser("curve", help="plot a training run's loss and evaluation curves (PNG)")
     cu.add_argument("run", help="run directory (holds tb/)")
     cu.add_argument("--out", required=True, help="PNG path")
     cu.add_argument("--title", help="figure title")
+    cu.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     cu.set_defaults(func=cmd_curve)
 
     s = sub.add_parser("suites", help="list the environment suites in envs/")

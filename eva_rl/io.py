@@ -38,3 +38,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: `path` must not be a
+    directory (a file output) or a file (a directory output), and its nearest existing
+    ancestor must be a directory this process may write into."""
+    from eva_rl.errors import UserError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise UserError(f"output {path} is {kind}; choose another path")
+    parent = path if directory and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {parent} is not a writable directory")

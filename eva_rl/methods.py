@@ -85,6 +85,8 @@ class Method:
     build: Callable[..., Adapted]
     adapter_output_zero_at_init: bool = True  # B = 0: the model acts exactly like the base
     rewrites_base: bool = False  # needs weight conversion to load onto a plain DT
+    uses_rho: bool = False  # rho changes what it builds (EVA's redistribution, AdaLoRA's budget)
+    trains_full_model: bool = False  # no adapter: rank means nothing
 
 
 def unknown_method(name: str) -> str:
@@ -271,7 +273,9 @@ def _build_eva(use_dora: bool):
 
 
 METHODS: dict[str, Method] = {
-    "fft": Method("full fine-tuning of every weight (no adapter)", _build_fft),
+    "fft": Method(
+        "full fine-tuning of every weight (no adapter)", _build_fft, trains_full_model=True
+    ),
     "lora": Method("LoRA, PEFT default init (A Kaiming-uniform, B = 0)", _build_lora_variant()),
     "lora-gaussian": Method("LoRA with A ~ N(0, 1/r), B = 0", _build_lora_variant("gaussian")),
     "pissa": Method(
@@ -304,13 +308,17 @@ METHODS: dict[str, Method] = {
     "adalora": Method(
         "AdaLoRA: SVD-form adapters, ranks pruned from rho*r to r by importance during training",
         _build_adalora,
+        uses_rho=True,
     ),
     "eva": Method(
         "EVA: A = top principal directions of each layer's inputs on the task data, ranks "
         "redistributed by explained variance (rho), B = 0",
         _build_eva(use_dora=False),
+        uses_rho=True,
     ),
-    "eva-dora": Method("EVA's initialisation with DoRA's magnitude", _build_eva(use_dora=True)),
+    "eva-dora": Method(
+        "EVA's initialisation with DoRA's magnitude", _build_eva(use_dora=True), uses_rho=True
+    ),
 }
 
 

@@ -132,13 +132,29 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
         data = copy.deepcopy(base)
         for key, value in overrides.items():
             set_path(data, key, value)
-        from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
+        checked = from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
+        _check_inputs(name, checked)
         runs.append(Run(name, overrides, data))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
     if cfg.baseline:
         runs = _baselines(cfg, runs) + runs
     return runs
+
+
+def _check_inputs(name: str, cfg) -> None:
+    """The run's checkpoint and datasets exist (checked for every run before any starts)."""
+    from eva_rl.data import catalog
+
+    if not Path(cfg.checkpoint, "config.json").is_file():
+        raise UserError(f"run {name}: checkpoint {cfg.checkpoint} has no config.json; fix the path")
+    root = catalog.datasets_root(cfg.data_root)
+    for ds in cfg.dataset_ids:
+        if not catalog.exists(root, ds):
+            raise UserError(
+                f"run {name}: Minari dataset {ds!r} not found under {root}; build it first "
+                "(eva-rl data build) or drop the run from the grid"
+            )
 
 
 BASELINE_DIR = "_baseline"
@@ -351,6 +367,10 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished run of the sweep; returns counts and the failed runs."""
     if cfg.executor == "ray":
         _import_ray()  # fail before anything is written
+    elif cfg.gpus:
+        import torch
+
+        gpu_slots(cfg.gpus, torch.cuda.device_count())
     out = Path(cfg.out)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
     base = read_yaml(cfg.base)
@@ -397,7 +417,14 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
             + ("..." if len(failed) > 3 else "")
             + "; fix the cause and run the sweep again (finished runs are kept)"
         )
-    return {"runs": len(runs), "ran": len(todo), "skipped": len(runs) - len(todo), "out": out}
+    baselines = sum(r.baseline for r in runs)
+    return {
+        "runs": len(runs) - baselines,
+        "ran": sum(not r.baseline for r in todo),
+        "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in todo),
+        "baselines": baselines,
+        "out": out,
+    }
 
 
 def load_sweep(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:

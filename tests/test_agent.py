@@ -6,8 +6,8 @@ import torch
 from transformers import DecisionTransformerModel
 
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
-from eva_rl.runtime import resolve_device
 from eva_rl.errors import UserError
+from eva_rl.runtime import resolve_device
 
 TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5)
 

@@ -18,7 +18,7 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.distributed import rank_seed
 from eva_rl.errors import UserError
 from eva_rl.finetune import FinetuneConfig, finetune
-from eva_rl.report import read_scalars
+from eva_rl.report.tensorboard import read_scalars
 
 # A torchrun worker that dies on its 15th update, after the checkpoint of update 10.
 CRASH_AT_15 = """

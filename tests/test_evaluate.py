@@ -1,5 +1,7 @@
-"""Batched evaluation: fixed episode counts, seeding, success metrics, refusals, batch == alone."""
+"""Batched evaluation: fixed episode counts, seeding, success metrics, refusals, batch == alone,
+slots reused == one per episode, worker processes == in process, precision."""
 
+import contextlib
 import json
 
 import gymnasium as gym
@@ -8,10 +10,12 @@ import pytest
 import torch
 
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
-from eva_rl.envs import make_task_env
+from eva_rl.envs import make_env, make_task_env
 from eva_rl.errors import UserError
-from eva_rl.evaluate import EvalConfig, evaluate, log_to_tensorboard, make_eval_env, write_report
+from eva_rl.evaluate import EvalConfig, Evaluator, evaluate
+from eva_rl.results import EvalResult
 
+PUSH = "metaworld/push-v3/scripted-v0"
 SHORT_ID = "eva_rl_test/ShortInvertedPendulum-v5"  # same spaces as InvertedPendulum-v5, 3 steps
 
 
@@ -39,7 +43,7 @@ def tiny_agent(state_dim, act_dim, horizon=20, targets=None, seed=0, context=5):
 
 
 def episodes_of(result, name):
-    return result["envs"][name]["episodes"]
+    return [e.to_dict() for e in result.envs[name].episodes]
 
 
 def test_exactly_n_episodes_per_env_with_early_termination():
@@ -58,8 +62,9 @@ def test_exactly_n_episodes_per_env_with_early_termination():
     lengths = [e["length"] for e in long_eps]
     assert len(set(lengths)) > 1 and max(lengths) < 100  # terminated early, at varying steps
     assert all(e["length"] == 3 for e in short_eps)
-    assert result["envs"][names[0]]["length_mean"] == pytest.approx(np.mean(lengths))
-    assert result["success_any"] is None and result["success_final"] is None  # no success info
+    assert result.envs[names[0]].mean("length") == pytest.approx(np.mean(lengths))
+    assert result.mean("success_any") is None and result.mean("success_final") is None
+    assert result.score_name == "return"  # no success info, no reference returns
 
 
 def test_generic_env_cut_at_horizon_and_same_seed_reproducible():
@@ -68,9 +73,9 @@ def test_generic_env_cut_at_horizon_and_same_seed_reproducible():
     a = evaluate(agent, ["Pendulum-v1"], cfg, progress=False)
     b = evaluate(agent, ["Pendulum-v1"], cfg, progress=False)
     c = evaluate(agent, ["Pendulum-v1"], EvalConfig(episodes=3, seed=6), progress=False)
-    assert a == b
+    assert episodes_of(a, "Pendulum-v1") == episodes_of(b, "Pendulum-v1")
     assert [e["length"] for e in episodes_of(a, "Pendulum-v1")] == [15, 15, 15]
-    assert a["return_mean"] != c["return_mean"]
+    assert a.mean("return") != c.mean("return")
 
 
 def test_metaworld_seeded_reproducible_and_model_mode_restored():
@@ -81,8 +86,10 @@ def test_metaworld_seeded_reproducible_and_model_mode_restored():
     b = evaluate(agent, ["reach-v3"], cfg, progress=False)
     c = evaluate(agent, ["reach-v3"], EvalConfig(episodes=2, seed=4), progress=False)
     assert agent.model.training
-    assert a == b and a["return_mean"] != c["return_mean"]
-    assert a["envs"]["reach-v3"]["success_any"] is not None  # Meta-World reports success
+    assert episodes_of(a, "reach-v3") == episodes_of(b, "reach-v3")
+    assert a.mean("return") != c.mean("return")
+    assert a.envs["reach-v3"].mean("success_any") is not None  # Meta-World reports success
+    assert a.score_name == "success_final"
 
 
 def test_batched_forward_equals_each_episode_alone():
@@ -148,9 +155,10 @@ def test_success_metrics_match_a_hand_rolled_scripted_expert(monkeypatch):
     ]
     assert [g[:3] for g in got] == [e[:3] for e in expected]  # success any/final, length
     assert [g[3] for g in got] == pytest.approx([e[3] for e in expected])  # return
-    assert result["envs"][task]["success_any"] == 1.0
-    assert result["success_any"] == 1.0
-    assert result["success_final"] == pytest.approx(np.mean([x[1] for x in expected]))
+    assert result.envs[task].mean("success_any") == 1.0
+    assert result.mean("success_any") == 1.0
+    assert result.mean("success_final") == pytest.approx(np.mean([x[1] for x in expected]))
+    assert result.mean("score") == result.mean("success_final")
 
 
 def test_dimension_mismatch_refused_naming_both_shapes():
@@ -165,23 +173,27 @@ def test_missing_target_return_is_a_clear_error_and_override_and_scale_apply():
         evaluate(agent, ["reach-v3"], EvalConfig(episodes=1), progress=False)
     cfg = EvalConfig(episodes=1, target_returns={"reach-v3": 40.0}, target_scale=1.5)
     result = evaluate(agent, ["reach-v3", "push-v3"], cfg, progress=False)
-    assert result["envs"]["reach-v3"]["target_return"] == 60.0
-    assert result["envs"]["push-v3"]["target_return"] == 150.0
+    assert result.envs["reach-v3"].target_return == 60.0
+    assert result.envs["push-v3"].target_return == 150.0
 
 
 def test_config_and_env_name_validation():
     with pytest.raises(UserError, match="episodes"):
         EvalConfig(episodes=0)
     with pytest.raises(UserError, match="NoSuchEnv-v0"):
-        make_eval_env("NoSuchEnv-v0", 10)
+        make_env("NoSuchEnv-v0", 10)
+    with pytest.raises(UserError, match="unknown precision 'fp8'; use auto, bf16 or fp32"):
+        EvalConfig(precision="fp8")
+    with pytest.raises(UserError, match="eval workers must be >= 0"):
+        EvalConfig(workers=-1)
 
 
-def test_report_and_tensorboard_scalars(tmp_path):
+def test_json_round_trip_and_tensorboard_scalars(tmp_path):
     agent = tiny_agent(39, 4, horizon=3, targets={"reach-v3": 1.0, "push-v3": 1.0})
     result = evaluate(agent, ["reach-v3", "push-v3"], EvalConfig(episodes=2), progress=False)
-    path = tmp_path / "eval" / "report.json"
-    write_report(result, path)
-    assert json.loads(path.read_text()) == result
+    data = json.loads(json.dumps(result.to_dict(intervals=True)))
+    assert EvalResult.from_dict(data).to_dict() == result.to_dict()
+    assert data["success_final_ci95"][0] <= data["success_final"] <= data["success_final_ci95"][1]
 
     class Writer:
         def __init__(self):
@@ -191,29 +203,68 @@ def test_report_and_tensorboard_scalars(tmp_path):
             self.scalars[tag] = (value, step)
 
     writer = Writer()
-    log_to_tensorboard(result, writer, step=7)
-    expected_tags = {
-        f"eval/{env}/{m}"
-        for env in ("reach-v3", "push-v3")
-        for m in ("success_any", "success_final", "return")
-    }
-    expected_tags |= {"eval/success_any", "eval/success_final", "eval/return"}
+    result.log(writer, step=7)
+    metrics = ("score", "success_final", "success_any", "return", "length")
+    expected_tags = {f"eval/{env}/{m}" for env in ("reach-v3", "push-v3") for m in metrics}
+    expected_tags |= {f"eval/{m}" for m in metrics}
     assert set(writer.scalars) == expected_tags
-    assert writer.scalars["eval/return"] == (result["return_mean"], 7)
+    assert writer.scalars["eval/return"] == (result.mean("return"), 7)
 
     pendulum = tiny_agent(3, 1, horizon=3, targets={"Pendulum-v1": 0.0})
     no_success = evaluate(pendulum, ["Pendulum-v1"], EvalConfig(episodes=1), progress=False)
     writer = Writer()
-    log_to_tensorboard(no_success, writer, step=0, prefix="val")
-    assert set(writer.scalars) == {"val/Pendulum-v1/return", "val/return"}
+    no_success.log(writer, step=0, prefix="val")
+    assert set(writer.scalars) == {
+        f"val{env}/{m}" for env in ("", "/Pendulum-v1") for m in ("score", "return", "length")
+    }
 
 
-def test_chunked_evaluation_equals_all_at_once():
-    """max_envs bounds memory without changing a single episode."""
+def test_reference_returns_make_the_score_a_normalised_return():
+    agent = tiny_agent(3, 1, horizon=5, targets={"Pendulum-v1": 0.0})
+    agent.meta.reference_returns = {"Pendulum-v1": [-1000.0, 0.0]}
+    result = evaluate(agent, ["Pendulum-v1"], EvalConfig(episodes=2), progress=False)
+    ret = result.mean("return")
+    assert result.score_name == "normalized_return"
+    assert result.mean("score") == pytest.approx(100 * (ret + 1000) / 1000)
+
+
+def test_slots_reused_and_worker_processes_give_the_same_episodes():
+    """Two slots for five episodes per env (each slot plays several), several evaluations on
+    one Evaluator, and env stepping in two worker processes: every episode as when each
+    episode has its own env in this process."""
     agent = tiny_agent(39, 4, horizon=15, targets={"push-v3": 1500.0, "reach-v3": 1800.0})
     envs = ["push-v3", "reach-v3"]
-    whole = evaluate(agent, envs, EvalConfig(episodes=3, max_envs=0), progress=False)
-    chunked = evaluate(agent, envs, EvalConfig(episodes=3, max_envs=2), progress=False)
-    assert whole["envs"] == chunked["envs"]
+    whole = evaluate(agent, envs, EvalConfig(episodes=5, max_envs=10, workers=1), progress=False)
+    with Evaluator(agent, envs, EvalConfig(episodes=5, max_envs=2, workers=1), False) as ev:
+        first, again = ev.run(), ev.run(3)
+    assert [episodes_of(first, n) for n in envs] == [episodes_of(whole, n) for n in envs]
+    assert [episodes_of(again, n) for n in envs] == [episodes_of(whole, n)[:3] for n in envs]
+    workers = evaluate(agent, envs, EvalConfig(episodes=5, max_envs=4, workers=2), False)
+    assert [episodes_of(workers, n) for n in envs] == [episodes_of(whole, n) for n in envs]
     with pytest.raises(UserError, match="max_envs must be >= 0"):
         EvalConfig(max_envs=-1)
+
+
+def test_bf16_actions_close_to_fp32_and_forced_bf16_without_hardware_warns(checkpoint, mw_root):
+    """On a (tiny) trained DT and real segments, bf16 autocast moves actions by < 0.05."""
+    from eva_rl.data.segments import load_trajectories
+    from eva_rl.runtime import autocast, native_bf16, resolve_precision
+
+    agent = Agent.load(checkpoint)
+    batch = agent.segment_sampler(load_trajectories([PUSH], mw_root), seed=0).sample(16)
+    inputs = [batch[k] for k in ("states", "actions", "returns_to_go", "timesteps")]
+    mask = batch["attention_mask"]
+    cpu = torch.device("cpu")
+    full = agent.predict(*inputs, mask)
+    with autocast(cpu, "bf16"):
+        half = agent.predict(*inputs, mask)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), full, atol=0.05, rtol=0)
+    assert not torch.equal(half.float(), full)  # it did run in bf16
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    if not native_bf16(cpu):
+        with pytest.warns(UserWarning, match="no native bfloat16.*slower than fp32"):
+            resolve_precision("bf16", cpu)
+    with pytest.warns(UserWarning) if not native_bf16(cpu) else contextlib.nullcontext():
+        result = evaluate(agent, ["push-v3"], EvalConfig(episodes=2, precision="bf16"), False)
+    assert result.config["precision"] == "bf16"

@@ -15,7 +15,7 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.finetune import FinetuneConfig, finetune, load_agent
 from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
-from eva_rl.report import read_scalars
+from eva_rl.report.tensorboard import read_scalars
 from eva_rl.train import action_loss, action_preds
 
 
@@ -82,7 +82,7 @@ def test_every_method_starts_at_the_base_model_trains_and_reloads(
     summary = finetune(tiny_finetune(checkpoint, mw_root, out, method, *extra), progress=False)
     tuned = load_agent(out / "agent")
     assert mean_loss(tuned.model, batches) < 0.9 * mean_loss(base.model, batches)
-    assert summary["trainable_parameters"] > 0 and summary["gradient_signal"] > 0
+    assert summary.trainable_parameters > 0 and summary.gradient_signal > 0
     assert "hammer-v3" in tuned.meta.target_returns and tuned.meta.provenance["method"] == method
 
 
@@ -188,11 +188,14 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "eva" and summary["rho"] == 1.5 and summary["seed"] == 3
     assert [e["step"] for e in summary["eval"]] == [0, 10, 20]
-    assert summary["initial_success_any"] == summary["eval"][0]["success_any"]
+    assert summary["initial"] == {k: v for k, v in summary["eval"][0].items() if k != "step"
+                                  and k != "episodes"}
+    assert len(summary["eval"][0]["episodes"]["hammer-v3"]) == 1  # every episode kept
     assert summary["collector_seconds"] > 0 and summary["total_rank"] == 2 * 8
     assert set(summary["ranks"]) == set(json.loads((out / "eva/eva.json").read_text())["layers"])
     config = load_config(FinetuneConfig, out / "config.yaml")
-    assert config.method.rho == 1.5 and config.collector.rho == 1.5 and config.loop.steps == 20
+    assert config.method.rho == 1.5 and config.collector_config().rho == 1.5
+    assert config.loop.steps == 20
     scalars = read_scalars(out / "tb")
     for tag in (
         "train/loss",
@@ -203,7 +206,8 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
         "init/trainable_parameters",
         "init/gradient_signal",
         "init/collector_seconds",
-        "hparam/final_success",
+        "eval/score",
+        "hparam/final_score",
     ):
         assert tag in scalars, tag
     assert scalars["init/trainable_parameters"][0][1] == summary["trainable_parameters"]

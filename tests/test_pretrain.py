@@ -63,11 +63,11 @@ def test_pretrain_writes_a_loadable_agent_and_logs(mw_root, tmp_path):
     acc = EventAccumulator(str(out / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "eval/success_any", "eval/return_mean"} <= tags
+    assert {"train/loss", "train/lr", "eval/success_any", "eval/score", "eval/return"} <= tags
     assert [e.step for e in acc.Scalars("eval/success_any")] == [3, 6]
-    from eva_rl.report import plot_training_curve
+    from eva_rl.report import plot_curve
 
-    plot_training_curve(out, tmp_path / "curve.png")
+    plot_curve(out, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,6 +139,6 @@ def test_same_code_on_hopper_with_a_plain_transformers_checkpoint(tmp_path):
     (tmp_path / "stats.json").write_text(json.dumps(stats))
     agent = Agent.load(tmp_path / "plain", stats=tmp_path / "stats.json")
     result = evaluate(agent, ["Hopper-v5"], EvalConfig(episodes=2, device="cpu"), progress=False)
-    assert result["success_any"] is None and result["success_final"] is None
-    assert len(result["envs"]["Hopper-v5"]["episodes"]) == 2
-    assert np.isfinite(result["return_mean"])
+    assert result.mean("success_any") is None and result.mean("success_final") is None
+    assert len(result.envs["Hopper-v5"].episodes) == 2
+    assert np.isfinite(result.mean("return")) and result.score_name == "return"

@@ -1,14 +1,24 @@
 """Report statistics against hand-computed values, and the report files from run summaries."""
 
 import csv
+import itertools
 import json
 
 import numpy as np
 import pytest
 
 from eva_rl.cli import main
-from eva_rl.report import aggregate, collect_runs
-from eva_rl.stats import interval, success_auc
+from eva_rl.report.aggregate import aggregate, compare
+from eva_rl.report.runs import collect_runs
+from eva_rl.report.tensorboard import read_scalars
+from eva_rl.stats import (
+    curve_auc,
+    holm,
+    interval,
+    minimum_detectable_difference,
+    paired_bootstrap_ci,
+    sign_flip_test,
+)
 
 
 def test_iqm_and_mean_of_a_known_matrix():
@@ -28,75 +38,141 @@ def test_bootstrap_interval_narrows_with_more_seeds():
     assert np.ptp(interval(many)[1:]) < np.ptp(interval(few)[1:]) / 4
 
 
-def test_success_auc_is_the_trapezoid_area_over_the_span():
-    evals = [{"step": 0, "success_any": 0.0}, {"step": 100, "success_any": 0.5}]
-    evals.append({"step": 300, "success_any": 1.0})
-    assert success_auc(evals, 300) == pytest.approx((100 * 0.25 + 200 * 0.75) / 300)
-    assert success_auc(evals[:1], 300) is None
+def test_auc_is_the_trapezoid_area_over_the_span():
+    points = [(0, 0.0), (100, 0.5), (300, 1.0)]
+    assert curve_auc(points) == pytest.approx((100 * 0.25 + 200 * 0.75) / 300)
+    assert curve_auc(points[:1]) is None
 
 
-def write_run(root, task, method, rank, seed, finals, trainable=1000):
-    """A finetune summary.json with evaluations at 0, 50, 100 ending in `finals`."""
+def test_sign_flip_test_is_exact_against_enumeration():
+    diffs = np.array([0.3, -0.1, 0.2, 0.4, 0.1, -0.2, 0.5])
+    observed = abs(diffs.mean())
+    flips = [np.array(s) * diffs for s in itertools.product([1, -1], repeat=len(diffs))]
+    expected = np.mean([abs(f.mean()) >= observed - 1e-12 for f in flips])
+    p, exact = sign_flip_test(diffs)
+    assert exact and p == pytest.approx(expected)
+    p_mc, exact = sign_flip_test(np.tile(diffs, 4))  # 28 pairs: Monte Carlo
+    assert not exact and p_mc < p
+    assert sign_flip_test(np.zeros(5)) == (1.0, True)
+
+
+def test_holm_paired_interval_and_detectable_difference():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    low, high = paired_bootstrap_ci([0.1] * 10, strata=[0] * 5 + [1] * 5)
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)  # no spread, no width
+    low, high = paired_bootstrap_ci(np.r_[np.zeros(20), np.ones(20)], strata=[0] * 20 + [1] * 20)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # per-task means are fixed
+    # (t_.975 + t_.8) with 9 df times sd / sqrt(n): 2.262 + 0.883 = 3.145
+    assert minimum_detectable_difference(0.3, 10) == pytest.approx(3.1449 * 0.3 / 10**0.5, 1e-3)
+    assert minimum_detectable_difference(0.3, 1) is None
+
+
+def write_run(root, task, method, rank, seed, scores, trainable=1000, heldout=True):
+    """A finetune summary.json with evaluations at 50 and 100 (scores = final-step success)."""
     run = root / f"{task}/{method}-r{rank}-s{seed}"
     run.mkdir(parents=True)
-    pairs = zip((0, 50, 100), finals, strict=True)
-    evals = [{"step": s, "success_any": v, "return": 10.0 * v} for s, v in pairs]
+    evals = []
+    for step, v in zip((50, 100), scores, strict=True):
+        point = {"step": step, "score": v, "success_final": v, "success_any": min(1, v + 0.2)}
+        point |= {"return": 10.0 * v, "length": 200.0}
+        if heldout:
+            point["heldout_loss"] = 0.2 - 0.1 * v
+        point["episodes"] = {task: [{"seed": 1000, "return": 10.0 * v, "length": 200,
+                                     "success_any": 1.0, "success_final": v}]}  # fmt: skip
+        evals.append(point)
     summary = {
         "method": method, "task": task, "datasets": [f"metaworld/{task}/scripted-v0"],
-        "rank": rank, "rho": 2.0, "seed": seed, "steps": 100,
-        "final": {k: v for k, v in evals[-1].items() if k != "step"},
-        "best_success_any": max(finals), "initial_success_any": finals[0], "final_loss": 0.1,
+        "rank": rank, "rho": 2.0, "seed": seed, "steps": 100, "precision": "fp32",
+        "score_name": "success_final", "final_loss": 0.1,
         "trainable_parameters": trainable, "total_parameters": 10_000,
         "gradient_signal": 0.5 + seed, "collector_seconds": 1.0 if method == "eva" else None,
         "ranks": {"encoder.h.0.attn.c_attn": rank, "encoder.h.0.mlp.c_fc": rank + seed},
-        "total_rank": 2 * rank + seed, "train_seconds": 9.0, "wall_seconds": 10.0 + seed,
-        "eval": evals,
+        "processes": 1, "effective_batch_size": 64, "train_seconds": 9.0,
+        "wall_seconds": 10.0 + seed, "eval": evals,
         "config": {"checkpoint": "ckpt", "loop": {"steps": 100, "eval_every": 50},
-                   "optim": {"batch_size": 64, "lr": 3e-4}, "eval": {"episodes": 10, "seed": 1000}},
+                   "optim": {"batch_size": 64, "lr": 3e-4},
+                   "eval": {"episodes": 10, "final_episodes": 100, "seed": 1000}},
     }  # fmt: skip
     (run / "summary.json").write_text(json.dumps(summary))
+
+
+def write_baseline(root, task, score):
+    episodes = [{"seed": 1000 + i, "return": 1.0, "length": 200, "success_any": 1.0,
+                 "success_final": float(i < score * 4)} for i in range(4)]  # fmt: skip
+    result = {"config": {"task": task, "baseline": True},
+              "envs": {task: {"target_return": 1.0, "episodes": episodes}}}  # fmt: skip
+    (root / "_baseline").mkdir(parents=True, exist_ok=True)
+    (root / "_baseline" / f"{task}.json").write_text(json.dumps(result))
 
 
 @pytest.fixture
 def runs(tmp_path):
     root = tmp_path / "runs"
-    for seed, (a, b) in enumerate([(0.2, 0.6), (0.4, 0.8)]):
-        write_run(root, "hammer-v3", "eva", 8, seed, (0.0, 0.1, a), trainable=500)
-        write_run(root, "push-v3", "eva", 8, seed, (0.0, 0.5, b), trainable=500)
-        write_run(root, "hammer-v3", "fft", 8, seed, (0.0, 0.0, 0.0), trainable=9000)
-        write_run(root, "push-v3", "fft", 8, seed, (0.0, 1.0, 1.0), trainable=9000)
+    eva_lora = [(0.2, 0.6, 0.1, 0.5), (0.4, 0.8, 0.3, 0.7), (0.3, 0.7, 0.2, 0.6)]
+    for seed, (a, b, c, d) in enumerate(eva_lora):
+        write_run(root, "hammer-v3", "eva", 8, seed, (0.1, a), trainable=500)
+        write_run(root, "push-v3", "eva", 8, seed, (0.5, b), trainable=500)
+        write_run(root, "hammer-v3", "lora", 8, seed, (0.1, c), trainable=600)
+        write_run(root, "push-v3", "lora", 8, seed, (0.5, d), trainable=600)
+        write_run(root, "hammer-v3", "fft", 8, seed, (0.0, 0.0), trainable=9000)
+        write_run(root, "push-v3", "fft", 8, seed, (1.0, 1.0), trainable=9000)
+    write_baseline(root, "hammer-v3", 0.25)
+    write_baseline(root, "push-v3", 0.5)
     return root
 
 
-def test_aggregate_per_task_and_over_tasks(runs):
-    stats = {s["label"]: s for s in aggregate(collect_runs(runs))}
+def test_aggregate_per_task_over_tasks_and_auc_from_the_baseline(runs):
+    stats = {s.label: s for s in aggregate(collect_runs(runs))}
+    assert list(stats) == ["fft", "lora r8", "eva r8 rho2"]  # registry order
     eva = stats["eva r8 rho2"]
-    assert eva["seeds"] == 2 and eva["tasks"] == 2
-    assert eva["per_task"]["hammer-v3"][0] == pytest.approx(0.3)
-    assert eva["per_task"]["push-v3"][0] == pytest.approx(0.7)
-    assert eva["mean"][0] == pytest.approx(0.5)
-    assert eva["iqm"][0] == pytest.approx(0.5)  # middle of 0.2, 0.4, 0.6, 0.8
-    assert stats["fft"]["mean"][0] == pytest.approx(0.5) and stats["fft"]["auc"] == 0.375
+    assert eva.seeds == 3 and eva.tasks == ["hammer-v3", "push-v3"]
+    assert eva.per_task["hammer-v3"][0] == pytest.approx(0.3)
+    assert eva.per_task["push-v3"][0] == pytest.approx(0.7)
+    assert eva.mean[0] == pytest.approx(0.5)
+    assert eva.iqm[0] == pytest.approx(0.5)  # middle of 0.2 .. 0.8
+    # fft on hammer: base 0.25 at step 0 (no step-0 evaluation), then 0, 0: area 0.25*50/2
+    fft_hammer = [r.auc for r in stats["fft"].rows if r.task == "hammer-v3"]
+    assert fft_hammer == pytest.approx([0.25 * 50 / 2 / 100] * 3)
+    assert eva.means["heldout_loss"] == pytest.approx(0.2 - 0.1 * 0.5)
 
 
-def test_report_command_writes_csv_plots_and_readme(runs, tmp_path, capsys):
+def test_paired_comparison_of_a_constant_improvement(runs):
+    comparisons = {c.label: c for c in compare(aggregate(collect_runs(runs)), "lora")}
+    eva = comparisons["eva r8 rho2"]
+    assert eva.reference == "lora r8" and eva.n == 6 and eva.tasks == 2
+    assert eva.mean_diff == pytest.approx(0.1)
+    assert eva.ci == pytest.approx((0.1, 0.1))
+    assert eva.p == pytest.approx(2 / 2**6) and eva.exact  # all +: only the two extremes
+    assert eva.p_holm == pytest.approx(min(1, 2 * eva.p))  # two comparisons
+    # per task: U counts eva > lora over the 3 x 3 run pairs, ties half: 7 of 9
+    assert eva.poi == pytest.approx(7 / 9)
+    assert eva.mde == pytest.approx(0.0, abs=1e-9)  # no spread
+    assert set(comparisons) == {"fft", "eva r8 rho2"}
+
+
+def test_report_command_writes_csv_plots_tensorboard_and_readme(runs, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()
     (out / "notes.md").write_text("## Discussion\n\nEVA ties with fft here.")
     assert main(["report", str(runs), "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "runs.csv").open()))
-    assert len(rows) == 8 and {r["method"] for r in rows} == {"eva", "fft"}
-    plots = ("success_vs_steps", "success_vs_parameters", "loss_vs_parameters", "rank_allocation")
-    for name in (*plots, "gradient_signal"):
+    assert len(rows) == 18 and {r["method"] for r in rows} == {"eva", "fft", "lora"}
+    for name in ("learning_curves", "per_task", "budget", "forest", "rank_allocation",
+                 "gradient_signal"):  # fmt: skip
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     readme = (out / "README.md").read_text()
     assert f"eva-rl report {runs} --out {out}" in readme
-    eva_row = next(
-        line for line in readme.splitlines() if line.startswith("| eva r8 rho2 | 0.50 [")
-    )
-    assert "| 0.90 | 0.85 | 2 x 2 |" in eva_row  # the paper's EVA average and its rank-8 figure
-    assert "| 0.1000 | 1 | 500 |" in eva_row  # train loss, mean gradient signal (0.5, 1.5)
+    eva_row = next(r for r in readme.splitlines() if r.startswith("| eva r8 rho2 | 0.50 ["))
+    assert "| 0.90 | 0.85 | 2 x 3 |" in eva_row  # the paper's EVA average and its rank-8 figure
+    assert "| base agent (no fine-tuning) | 0.25 | 0.50 |" in readme
+    assert "| eva r8 rho2 | lora r8 | 6 (2) | +0.100 [+0.100, +0.100] |" in readme
     assert readme.rstrip().endswith("EVA ties with fft here.")
+    # method-level TensorBoard: the mean of the per-run scalars, per configuration and task
+    mean = read_scalars(out / "tensorboard/mean/eva_r08_rho2")
+    assert dict(mean["eval/score"]) == pytest.approx({50: 0.3, 100: 0.5})
+    hammer = read_scalars(out / "tensorboard/hammer-v3/lora_r08")
+    assert dict(hammer["eval/success_final"]) == pytest.approx({50: 0.1, 100: 0.2})
     assert main(["report", str(runs), "--out", str(out)]) == 2  # no silent overwrite
     assert "already holds a report" in capsys.readouterr().err
     assert main(["report", str(runs), "--out", str(out), "--overwrite"]) == 0
@@ -106,7 +182,7 @@ def test_report_on_a_subset_of_tasks(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out), "--tasks", "push-v3"]) == 0
     rows = list(csv.DictReader((out / "runs.csv").open()))
-    assert {r["task"] for r in rows} == {"push-v3"} and len(rows) == 4
+    assert {r["task"] for r in rows} == {"push-v3"} and len(rows) == 9
     assert "--tasks push-v3" in (out / "README.md").read_text()
     assert main(["report", str(runs), "--out", str(out), "--tasks", "nope-v3"]) == 2
 
@@ -118,3 +194,15 @@ def test_report_errors(tmp_path, capsys, runs):
     assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
     assert "different seeds per task" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_committed_reports_are_reproduced_from_their_runs(tmp_path):
+    """A fresh `eva-rl report` on a committed result's runs gives its committed tables."""
+    from pathlib import Path
+
+    result = Path(__file__).resolve().parents[1] / "results" / "cw10-methods-cpu"
+    out = tmp_path / "again"
+    assert main(["report", str(result / "runs"), "--out", str(out)]) == 0
+    committed = (result / "runs.csv").read_text()
+    assert (out / "runs.csv").read_text() == committed

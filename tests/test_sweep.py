@@ -6,11 +6,12 @@ import os
 import sys
 
 import pytest
+import torch
 import yaml
 
 from eva_rl.cli import main
 from eva_rl.errors import UserError
-from eva_rl.sweep import expand, load_sweep, plan, run_name, sweep
+from eva_rl.sweep import expand, gpu_slots, load_sweep, plan, run_name, sweep
 
 
 def test_grid_expansion_is_the_full_product_first_key_slowest():
@@ -112,7 +113,9 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     (restarted / "stale.txt").write_text("half-written run")
     capsys.readouterr()
     assert main(["sweep", str(path), "workers=1"]) == 0
-    assert "4 runs (2 run now, 2 already finished)" in capsys.readouterr().out
+    assert "4 runs (2 run now, 2 already finished) and 1 baseline" in capsys.readouterr().out
+    baseline = json.loads((runs / "_baseline/hammer-v3.json").read_text())
+    assert baseline["config"]["baseline"] and len(baseline["envs"]["hammer-v3"]["episodes"]) == 1
     assert finished.stat().st_mtime_ns == mtime
     assert (runs / "method=eva,seed=0/summary.json").is_file()
     assert (restarted / "summary.json").is_file() and not (restarted / "stale.txt").exists()
@@ -139,16 +142,26 @@ def test_a_changed_base_config_is_refused(checkpoint, mw_root, tmp_path, capsys)
     assert sorted(os.listdir(runs)) == ["base_config.yaml"]
 
 
-def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tmp_path, capsys):
+def test_a_run_without_its_dataset_is_refused_before_any_starts(
+    checkpoint, mw_root, tmp_path, capsys
+):
     path = write_sweep(
         tmp_path, checkpoint, mw_root, grid={"task": ["hammer-v3", "shelf-place-v3"]}
     )  # the test data has no shelf-place dataset
-    assert main(["sweep", str(path)]) == 1
+    assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "1 of 2 runs failed" in err and "task=shelf-place-v3" in err
-    assert (tmp_path / "runs/task=hammer-v3/summary.json").is_file()
-    log = (tmp_path / "runs/_logs/task=shelf-place-v3.log").read_text()
-    assert "shelf-place-v3" in log
+    assert "run task=shelf-place-v3: Minari dataset 'metaworld/shelf-place-v3/scripted-v0' " in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tmp_path, capsys):
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"optim.lr": [3e-3, 1e15]})
+    assert main(["sweep", str(path)]) == 1  # lr 1e15: the loss becomes NaN
+    err = capsys.readouterr().err
+    assert "1 of 3 runs failed" in err and "optim.lr=1000000000000000.0" in err  # + baseline
+    assert (tmp_path / "runs/optim.lr=0.003/summary.json").is_file()
+    log = (tmp_path / "runs/_logs/optim.lr=1000000000000000.0.log").read_text()
+    assert "loss became nan" in log
 
 
 def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
@@ -174,13 +187,27 @@ def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
 def test_executor_settings_are_checked_before_anything_is_written(checkpoint, mw_root, tmp_path):
     for extra, message in [
         ({"executor": "slurm"}, r"unknown executor 'slurm' \(valid: local, ray\)"),
-        ({"address": "auto"}, "address and gpus are Ray settings"),
+        ({"address": "auto"}, "address is a Ray setting"),
         ({"gpus": -1}, "gpus must be >= 0"),
+        ({"gpus": 1.5}, "gpus per run must be a fraction <= 1 or whole"),
     ]:
         path = write_sweep(tmp_path, checkpoint, mw_root, **extra)
         with pytest.raises(UserError, match=message):
             sweep(load_sweep(path), progress=False)
+    if not torch.cuda.is_available():
+        path = write_sweep(tmp_path, checkpoint, mw_root, gpus=0.25)
+        with pytest.raises(UserError, match="gpus=0.25 per run, but no CUDA device is visible"):
+            sweep(load_sweep(path), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_gpu_slots_share_gpus_by_fraction_and_whole_numbers():
+    assert gpu_slots(0, 2) == []
+    assert gpu_slots(0.25, 2) == ["cuda:0"] * 4 + ["cuda:1"] * 4
+    assert gpu_slots(1, 3) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert gpu_slots(2, 5) == ["cuda:0", "cuda:2"]
+    with pytest.raises(UserError, match="only 1 CUDA device"):
+        gpu_slots(2, 1)
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(

@@ -1,0 +1,97 @@
+"""Reports from runs' own outputs: `write_report` turns every finished fine-tuning run under a
+directory (and the sweep's baseline evaluations) into a CSV, tables with bootstrap intervals
+and paired tests (README.md), plots and method-level TensorBoard runs; `plot_curve` draws one
+run. Stages: `runs` (read) -> `aggregate` (pure statistics) -> `plots` / `render` /
+`tensorboard` (write)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+
+from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_text, check_writable
+from eva_rl.report import plots, render
+from eva_rl.report.aggregate import aggregate, compare
+from eva_rl.report.runs import Row, collect_runs, read_baselines
+from eva_rl.report.tensorboard import read_scalars, write_aggregates
+
+REPORT_FILES = ("README.md", "runs.csv")
+TENSORBOARD_DIR = "tensorboard"
+
+
+def write_report(
+    runs_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    command: str,
+    overwrite: bool = False,
+    tasks: list[str] | None = None,
+    reference: str = "lora",
+) -> dict:
+    """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
+    `runs_dir` (only `tasks`, if given). A hand-written `notes.md` in `out` is kept and
+    appended to the README."""
+    runs_dir, out = Path(runs_dir), Path(out)
+    if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
+        raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
+    check_writable(out, directory=True)
+    baselines = read_baselines(runs_dir)
+    rows = collect_runs(runs_dir, baselines)
+    if tasks:
+        missing = sorted(set(tasks) - {r.task for r in rows})
+        if missing:
+            raise UserError(f"no finished runs of {', '.join(missing)} under {runs_dir}")
+        rows = [r for r in rows if r.task in tasks]
+        baselines = {t: b for t, b in baselines.items() if t in tasks}
+    stats = aggregate(rows)
+    comparisons = compare(stats, reference)
+    score = rows[0].score_name
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "runs.csv")
+    figures = [
+        ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
+        ("per_task.png", "final score per task, seeds as dots"),
+        ("budget.png", "score, loss and AUC vs trainable parameters"),
+        ("gradient_signal.png", "gradient signal at initialisation"),
+    ]
+    plots.learning_curves(stats, baselines, out / figures[0][0], score)
+    plots.per_task(stats, baselines, out / figures[1][0], score)
+    plots.budget(stats, out / figures[2][0], score)
+    plots.gradient_signal(stats, out / figures[3][0])
+    if comparisons:
+        plots.forest(comparisons, out / "forest.png", score)
+        figures.insert(0, ("forest.png", "paired differences against the reference"))
+    if plots.rank_allocation(stats, out / "rank_allocation.png"):
+        figures.append(("rank_allocation.png", "EVA rank allocation"))
+    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+    write_aggregates(stats, runs_dir, out / TENSORBOARD_DIR)
+    notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
+    text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, baselines,
+                         figures, notes)  # fmt: skip
+    atomic_write_text(out / "README.md", text)
+    return {
+        "runs": len(rows),
+        "configs": len(stats),
+        "out": out,
+        "table": render.configuration_table(stats, score),
+        "comparisons": comparisons,
+    }
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=Row.CSV)
+    writer.writeheader()
+    writer.writerows(r.csv_row() for r in rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def plot_curve(run_dir: str | os.PathLike, out: str | os.PathLike, title: str = "") -> None:
+    """A pretrain/finetune run's loss and evaluation curves as one PNG."""
+    scalars = read_scalars(Path(run_dir) / "tb")
+    if "train/loss" not in scalars:
+        raise UserError(f"{run_dir} has no train/loss scalars; is it a training run?")
+    plots.training_curve(scalars, Path(out), title)

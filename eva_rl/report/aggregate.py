@@ -1,0 +1,169 @@
+"""Aggregation of finished runs, as pure functions: per configuration (method, rank, rho) the
+score per task and over tasks x seeds with stratified-bootstrap intervals, and each
+configuration against a reference on the same (task, seed) pairs with the paired statistics of
+`eva_rl.stats`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eva_rl.errors import UserError
+from eva_rl.methods import METHODS
+from eva_rl.report.runs import Row
+from eva_rl.stats import (
+    holm,
+    interval,
+    minimum_detectable_difference,
+    paired_bootstrap_ci,
+    probability_of_improvement,
+    sign_flip_test,
+)
+
+
+def config_label(method: str, rank: int, rho: float) -> str:
+    """`eva r8 rho2`: the rank only where an adapter has one, rho only where it matters."""
+    spec = METHODS.get(method)
+    if spec is not None and spec.trains_full_model:
+        return method
+    label = f"{method} r{rank}"
+    return label + (f" rho{rho:g}" if spec is not None and spec.uses_rho else "")
+
+
+def config_key(row: Row) -> tuple:
+    """Sort order: registry order of methods, then rank and rho numerically."""
+    order = list(METHODS)
+    return (order.index(row.method) if row.method in order else len(order), row.rank, row.rho)
+
+
+def mean_or_none(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+@dataclass
+class ConfigStats:
+    method: str
+    rank: int
+    rho: float
+    label: str
+    rows: list[Row]
+    tasks: list[str]
+    seeds: int
+    per_task: dict[str, tuple[float, float, float]]  # task -> score mean over seeds, 95% CI
+    mean: tuple[float, float, float]  # over tasks x seeds, stratified-bootstrap 95% CI
+    iqm: tuple[float, float, float]
+    means: dict[str, float | None] = field(default_factory=dict)  # other metrics, plain means
+
+    def matrix(self, tasks: list[str], seeds: list[int]) -> np.ndarray:
+        """Scores as a (seeds x tasks) matrix for the given (task, seed) grid."""
+        by = {(r.task, r.seed): r.score for r in self.rows}
+        return np.array([[by[(t, s)] for t in tasks] for s in seeds], dtype=np.float64)
+
+
+def aggregate(rows: list[Row]) -> list[ConfigStats]:
+    """One entry per (method, rank, rho), in registry then numeric order. Within a
+    configuration every task needs the same seeds (the bootstrap resamples seeds per task)."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in sorted(rows, key=config_key):
+        groups.setdefault((row.method, row.rank, row.rho), []).append(row)
+    out = []
+    for (method, rank, rho), group in groups.items():
+        label = config_label(method, rank, rho)
+        if any(r.score is None for r in group):
+            raise UserError(f"{label} has runs without a final evaluation; finish or remove them")
+        tasks = sorted({r.task for r in group})
+        seeds = {t: sorted(r.seed for r in group if r.task == t) for t in tasks}
+        if len({tuple(s) for s in seeds.values()}) != 1:
+            raise UserError(
+                f"{label} has different seeds per task ({seeds}); finish or remove the missing runs"
+            )
+        stats = ConfigStats(method, rank, rho, label, group, tasks, len(seeds[tasks[0]]),
+                            {}, (0, 0, 0), (0, 0, 0))  # fmt: skip
+        matrix = stats.matrix(tasks, seeds[tasks[0]])
+        stats.per_task = {t: interval(matrix[:, [i]]) for i, t in enumerate(tasks)}
+        stats.mean, stats.iqm = interval(matrix, "mean"), interval(matrix, "iqm")
+        for key in (
+            "success_final",
+            "success_any",
+            "ret",
+            "auc",
+            "heldout_loss",
+            "final_loss",
+            "trainable_parameters",
+            "gradient_signal",
+            "wall_seconds",
+            "best_score",
+        ):
+            stats.means[key] = mean_or_none(getattr(r, key) for r in group)  # fmt: skip
+        out.append(stats)
+    return out
+
+
+@dataclass
+class Comparison:
+    """A configuration minus the reference, on their common (task, seed) pairs."""
+
+    label: str
+    reference: str
+    n: int
+    tasks: int
+    mean_diff: float
+    ci: tuple[float, float]  # paired bootstrap, stratified by task
+    sd: float  # of the paired differences
+    p: float  # sign-flip permutation test
+    exact: bool
+    p_holm: float = 1.0  # Holm-adjusted over every comparison of the report
+    poi: float | None = None  # rliable's probability of improvement
+    mde: float | None = None  # smallest true difference detected with 80% power at 5%
+
+    @property
+    def verdict(self) -> str:
+        if self.p_holm < 0.05:
+            return "higher" if self.mean_diff > 0 else "lower"
+        return "no difference detected"
+
+
+def compare(stats: list[ConfigStats], reference: str) -> list[Comparison]:
+    """Every configuration against the reference method at the same rank (or its only
+    configuration), paired by (task, seed); Holm's correction over all of them."""
+    refs = [s for s in stats if s.method == reference]
+    if not refs:
+        return []
+    out = []
+    for s in stats:
+        if s.method == reference:
+            continue
+        ref = next((r for r in refs if r.rank == s.rank), refs[0] if len(refs) == 1 else None)
+        if ref is None:
+            continue
+        mine = {(r.task, r.seed): r.score for r in s.rows}
+        theirs = {(r.task, r.seed): r.score for r in ref.rows}
+        pairs = sorted(set(mine) & set(theirs))
+        if len(pairs) < 2:
+            continue
+        diffs = np.array([mine[p] - theirs[p] for p in pairs])
+        tasks = sorted({t for t, _ in pairs})
+        p, exact = sign_flip_test(diffs)
+        comparison = Comparison(
+            label=s.label,
+            reference=ref.label,
+            n=len(pairs),
+            tasks=len(tasks),
+            mean_diff=float(diffs.mean()),
+            ci=paired_bootstrap_ci(diffs, [t for t, _ in pairs]),
+            sd=float(diffs.std(ddof=1)),
+            p=p,
+            exact=exact,
+            mde=minimum_detectable_difference(float(diffs.std(ddof=1)), len(pairs)),
+        )
+        seeds = sorted({seed for _, seed in pairs})
+        if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
+            comparison.poi = probability_of_improvement(
+                s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
+            )
+        out.append(comparison)
+    for c, adjusted in zip(out, holm([c.p for c in out]), strict=True):
+        c.p_holm = adjusted
+    return out

@@ -1,0 +1,267 @@
+"""Report figures (matplotlib, Agg): learning curves with seed bands per task, a forest plot of
+paired differences, per-task bars with per-seed dots, score/held-out loss/AUC against
+trainable parameters, EVA's rank allocation, the gradient signal at initialisation, and one
+training run's curves. One hue per method, lighter for smaller ranks; legends in the report's
+(registry, then numeric) order. Every PNG is written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sps
+
+from eva_rl.methods import METHODS
+from eva_rl.results import EvalResult
+
+SCORE_LABEL = {
+    "success_final": "success rate (final step)",
+    "normalized_return": "normalised return",
+    "return": "return",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> None:
+    """Write the figure beside `path` and rename it into place."""
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def colours(stats) -> dict[str, tuple]:
+    """Configuration label -> colour: a hue per method, lighter for its smaller ranks."""
+    plt = _plt()
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
+    order = list(METHODS)
+    out = {}
+    for method in dict.fromkeys(s.method for s in stats):
+        index = order.index(method) if method in order else len(order)
+        base = np.array(palette[index % len(palette)])
+        mine = [s for s in stats if s.method == method]
+        for i, s in enumerate(mine):
+            light = 0.55 * (len(mine) - 1 - i) / max(len(mine) - 1, 1)  # largest rank: full hue
+            out[s.label] = tuple(base + (1 - base) * light)
+    return out
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over seeds (the band of a learning curve)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def learning_curves(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
+    """One panel per task: score vs updates, mean over seeds with its 95% band; the base agent
+    (step 0 when the runs did not evaluate there) dashed."""
+    plt = _plt()
+    tasks = sorted({t for s in stats for t in s.tasks})
+    cols = min(len(tasks), 3)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    colour = colours(stats)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        base = baselines.get(task)
+        for s in stats:
+            runs = [r for r in s.rows if r.task == task]
+            if not runs:
+                continue
+            by_step: dict[int, list[float]] = {}
+            for r in runs:
+                for step, metrics in r.curve:
+                    if "score" in metrics:
+                        by_step.setdefault(step, []).append(metrics["score"])
+            if base is not None and 0 not in by_step:
+                by_step[0] = [base.mean("score")] * len(runs)
+            steps = sorted(by_step)
+            mean, low, high = zip(*(_mean_ci(by_step[x]) for x in steps), strict=True)
+            ax.plot(steps, mean, marker="o", ms=3, color=colour[s.label], label=s.label)
+            ax.fill_between(steps, low, high, color=colour[s.label], alpha=0.15, lw=0)
+        if base is not None:
+            ax.axhline(base.mean("score"), color="k", ls="--", lw=1, label="base agent")
+        ax.set(title=task, xlabel="fine-tuning updates", ylabel=SCORE_LABEL.get(score, score))
+        if score == "success_final":
+            ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    save(fig, path)
+
+
+def forest(comparisons, path: Path, score: str) -> None:
+    """Each configuration minus its reference: mean paired difference, 95% paired bootstrap
+    interval, Holm-adjusted p and the number of pairs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
+    ys = np.arange(len(comparisons))[::-1]
+    for y, c in zip(ys, comparisons, strict=True):
+        ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - c.ci[0]], [c.ci[1] - c.mean_diff]],
+                    fmt="o", color="k" if c.p_holm < 0.05 else "0.5", capsize=3)  # fmt: skip
+        ax.annotate(f"p_holm {c.p_holm:.2g}, n {c.n}", (c.ci[1], y), xytext=(4, -3),
+                    textcoords="offset points", fontsize=7)  # fmt: skip
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(ys, [f"{c.label} - {c.reference}" for c in comparisons], fontsize=8)
+    ax.set_xlabel(f"paired difference in {SCORE_LABEL.get(score, score)} (95% CI)")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
+    """Bars: mean final score per task and configuration; dots: the seeds; dashes: the base."""
+    plt = _plt()
+    tasks = sorted({t for s in stats for t in s.tasks})
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * len(tasks) * max(len(stats), 2) / 3), 4.5))
+    width = 0.8 / len(stats)
+    colour = colours(stats)
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(stats):
+        xs = np.arange(len(tasks)) + (i - (len(stats) - 1) / 2) * width
+        for x, task in zip(xs, tasks, strict=True):
+            values = [r.score for r in s.rows if r.task == task]
+            if not values:
+                continue
+            ax.bar(x, np.mean(values), width, color=colour[s.label],
+                   label=s.label if task == tasks[0] else None)  # fmt: skip
+            jitter = rng.uniform(-width / 4, width / 4, len(values))
+            ax.scatter(x + jitter, values, s=6, color="k", alpha=0.6, zorder=3)
+    for j, task in enumerate(tasks):
+        if task in baselines:
+            ax.hlines(baselines[task].mean("score"), j - 0.45, j + 0.45, colors="k",
+                      linestyles="--", lw=1, label="base agent" if j == 0 else None)  # fmt: skip
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
+    ax.set_ylabel(f"final {SCORE_LABEL.get(score, score)}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def budget(stats, path: Path, score: str) -> None:
+    """Final score, held-out loss (training loss where runs had no held-out split) and AUC
+    against trainable parameters: one line per method (and rho) through its ranks."""
+    plt = _plt()
+    loss = "heldout_loss" if all(s.means["heldout_loss"] is not None for s in stats) else None
+    panels = [
+        ("score", f"final {SCORE_LABEL.get(score, score)}"),
+        (loss or "final_loss", "held-out action loss" if loss else "training action loss"),
+        ("auc", "area under the score curve / updates"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colour = colours(stats)
+    series: dict[str, list] = {}
+    for s in stats:
+        spec = METHODS.get(s.method)
+        key = s.method + (f" rho{s.rho:g}" if spec and spec.uses_rho else "")
+        series.setdefault(key, []).append(s)
+    for ax, (metric, ylabel) in zip(axes, panels, strict=True):
+        for name, items in series.items():
+            items = sorted(items, key=lambda s: s.means["trainable_parameters"])
+            xs = [s.means["trainable_parameters"] for s in items]
+            if metric == "score":
+                ys = [s.mean[0] for s in items]
+                err = [
+                    [s.mean[0] - s.mean[1] for s in items],
+                    [s.mean[2] - s.mean[0] for s in items],
+                ]
+            else:
+                ys = [s.means[metric] for s in items]
+                err = None
+            if any(y is None for y in ys):
+                continue
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name,
+                        color=colour[items[-1].label])  # fmt: skip
+            for s, x, y in zip(items, xs, ys, strict=True):
+                if not METHODS.get(s.method) or not METHODS[s.method].trains_full_model:
+                    ax.annotate(f"r{s.rank}", (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")  # fmt: skip
+        ax.set(xscale="log", xlabel="trainable parameters", ylabel=ylabel)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def rank_allocation(stats, path: Path) -> bool:
+    """Mean rank per layer of the EVA-initialised runs; False (nothing drawn) if there are none."""
+    plt = _plt()
+    eva = [s for s in stats if s.method.startswith("eva") and s.rows[0].ranks]
+    if not eva:
+        return False
+    layers = list(eva[0].rows[0].ranks)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    width = 0.8 / len(eva)
+    colour = colours(stats)
+    for i, s in enumerate(eva):
+        means = [np.mean([r.ranks.get(n, 0) for r in s.rows]) for n in layers]
+        ax.bar(
+            np.arange(len(layers)) + i * width, means, width, label=s.label, color=colour[s.label]
+        )
+    ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
+    ax.set_xticklabels([n.removeprefix("encoder.") for n in layers], rotation=70, fontsize=7)
+    ax.set(ylabel="allocated rank (mean over tasks x seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+    return True
+
+
+def gradient_signal(stats, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colour = colours(stats)
+    for i, s in enumerate(stats):
+        values = [r.gradient_signal for r in s.rows]
+        ax.scatter([i] * len(values), values, s=12, alpha=0.7, color=colour[s.label])
+        ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="k")
+    ax.set_xticks(range(len(stats)))
+    ax.set_xticklabels([s.label for s in stats], rotation=60, fontsize=7)
+    ax.set(yscale="log", ylabel="||grad of loss wrt trainable params|| at init")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def training_curve(scalars: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    """One run: training (and held-out) loss, and every evaluation score it logged."""
+    plt = _plt()
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    for tag, label in (("train/loss", "training"), ("eval/heldout_loss", "held-out")):
+        if tag in scalars:
+            steps, values = zip(*scalars[tag], strict=True)
+            ax_loss.plot(steps, values, lw=1, marker="o" if tag.startswith("eval") else None,
+                         label=label)  # fmt: skip
+    ax_loss.set(xlabel="update", ylabel="action MSE", yscale="log", title="loss")
+    ax_loss.legend()
+    success = [t for t in ("eval/success_final", "eval/success_any") if t in scalars]
+    tags = success or [t for t in ("eval/normalized_return", "eval/return") if t in scalars][:1]
+    for tag in tags:
+        s, v = zip(*scalars[tag], strict=True)
+        ax_eval.plot(s, v, marker="o", label=tag.removeprefix("eval/"))
+    ylabel = "success rate" if success else (tags[0].removeprefix("eval/") if tags else "")
+    ax_eval.set(xlabel="update", ylabel=ylabel, title="evaluation")
+    if success:
+        ax_eval.set_ylim(0, 1)
+    ax_eval.set_xlim(ax_loss.get_xlim())
+    if tags:
+        ax_eval.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)

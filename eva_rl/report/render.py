@@ -1,0 +1,165 @@
+"""Markdown for reports: the tables of configurations, tasks and paired comparisons, and the
+report's README around them. Pure text from aggregated numbers."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from eva_rl.report.plots import SCORE_LABEL
+from eva_rl.results import EvalResult
+
+
+@cache
+def paper() -> dict:
+    """The paper's figures (`paper.yaml`): context for the tables."""
+    return yaml.safe_load((Path(__file__).with_name("paper.yaml")).read_text())
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ci(est, spec: str) -> str:
+    return f"{est[0]:{spec}} [{est[1]:{spec}}, {est[2]:{spec}}]"
+
+
+def score_spec(score: str) -> str:
+    return ".2f" if score == "success_final" else ".1f"
+
+
+def configuration_table(stats, score: str) -> str:
+    spec = score_spec(score)
+    success = score == "success_final"
+    lines = [
+        f"| configuration | {SCORE_LABEL[score]}: mean [95% CI] | IQM [95% CI] "
+        + ("| any-step success " if success else "")
+        + "| AUC | held-out loss | train loss | grad signal | trainable params | wall s/run "
+        + ("| paper: method | paper: this rank " if success else "")
+        + "| tasks x seeds |",
+    ]
+    lines.append("|" + "---|" * (lines[0].count("|") - 1))
+    for s in stats:
+        m = s.means
+        cells = [s.label, _ci(s.mean, spec), _ci(s.iqm, spec)]
+        if success:
+            cells.append(_fmt(m["success_any"], ".2f"))
+        cells += [
+            _fmt(m["auc"], spec),
+            _fmt(m["heldout_loss"], ".4f"),
+            _fmt(m["final_loss"], ".4f"),
+            _fmt(m["gradient_signal"], ".3g"),
+            f"{m['trainable_parameters']:,.0f}",
+            f"{m['wall_seconds']:.0f}",
+        ]
+        if success:
+            by_rank = paper()["ranks"].get(s.method, {}).get(s.rank)
+            cells += [_fmt(paper()["methods"].get(s.method), ".2f"), _fmt(by_rank, ".2f")]
+        cells.append(f"{len(s.tasks)} x {s.seeds}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_table(stats, baselines: dict[str, EvalResult], score: str) -> str:
+    spec = score_spec(score)
+    tasks = sorted({t for s in stats for t in s.tasks})
+    lines = ["| configuration | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    if any(t in baselines for t in tasks):
+        cells = [_fmt(baselines[t].mean("score"), spec) if t in baselines else "-" for t in tasks]
+        lines.append("| base agent (no fine-tuning) | " + " | ".join(cells) + " |")
+    for s in stats:
+        cells = [_ci(s.per_task[t], spec) if t in s.per_task else "-" for t in tasks]
+        lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(comparisons, score: str) -> str:
+    spec = ".3f" if score == "success_final" else ".1f"
+    lines = [
+        "| configuration | reference | pairs (tasks) | mean difference [95% paired CI] "
+        "| sign-flip p | Holm p | P(improvement) | detectable at 80% power | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        p = f"{c.p:.3g}" + ("" if c.exact else " (MC)")
+        lines.append(
+            f"| {c.label} | {c.reference} | {c.n} ({c.tasks}) | {c.mean_diff:+{spec}} "
+            f"[{c.ci[0]:+{spec}}, {c.ci[1]:+{spec}}] | {p} | {c.p_holm:.3g} | "
+            f"{_fmt(c.poi, '.2f')} | {_fmt(c.mde, spec)} | {c.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def readme(
+    name: str, command: str, runs_dir: Path, rows, stats, comparisons, baselines, plots, notes
+) -> str:
+    score = rows[0].score_name
+    first = rows[0].summary.config
+    loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
+    tasks = sorted({r.task for r in rows})
+    seeds = sorted({r.seed for r in rows})
+    sweep = runs_dir / "sweep.yaml"
+    final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
+    parts = [f"# {name}", ""]
+    parts.append(
+        f"Made by `{command}` from {len(rows)} finished runs under `{runs_dir}`"
+        + (
+            f", produced by `eva-rl sweep` with this sweep file (`{sweep}`):"
+            if sweep.is_file()
+            else "."
+        )  # fmt: skip
+    )
+    if sweep.is_file():
+        parts += ["", "```yaml", sweep.read_text().strip(), "```"]
+    precisions = ", ".join(sorted({r.precision for r in rows}))
+    parts += [
+        "",
+        f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {loop['steps']} "
+        f"updates of batch {optim['batch_size']} per run (lr {optim['lr']:g}, {precisions}), "
+        f"evaluations every {loop['eval_every']} updates on {evaluation['episodes']} episodes "
+        f"and at the end on {final_eps} (seeds {evaluation['seed']}+i, the same episodes for "
+        f"every run of a task), checkpoint `{first['checkpoint']}`.",
+        "",
+        f"**Score** = {SCORE_LABEL[score]} at the end of fine-tuning"
+        + (
+            " (the paper's metric; success at any step of the episode beside it)."
+            if score == "success_final"
+            else "."
+        )  # fmt: skip
+        + " AUC = area under the score curve from update 0 (the base agent's score where a "
+        "run did not evaluate there) divided by the updates: higher = faster adaptation. "
+        "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
+        "logged training MSE; grad signal = gradient norm at initialisation (mean over runs). "
+        "Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds resampled within "
+        "tasks; IQM = interquartile mean over tasks x seeds.",
+        "",
+        configuration_table(stats, score),
+        "",
+        "Final score per task (mean over seeds [95% bootstrap CI over seeds]; the base agent on "
+        "the same evaluation episodes):",
+        "",
+        task_table(stats, baselines, score),
+    ]
+    if comparisons:
+        parts += [
+            "",
+            f"**Paired comparisons** against {comparisons[0].reference.split(' ')[0]} at the "
+            "same rank, on the (task, seed) pairs both ran (same training batches, same "
+            "evaluation episodes): mean difference with a 95% paired bootstrap interval "
+            "(pairs resampled within tasks), two-sided sign-flip permutation test (exact up to "
+            "16 pairs, else 100,000 random sign patterns: MC), Holm's correction over the "
+            "comparisons below, rliable's probability of improvement, and the smallest true "
+            "difference a paired t-test at 5% would detect with 80% power given the observed "
+            "spread of the differences. A verdict other than 'no difference detected' needs "
+            "Holm p < 0.05.",
+            "",
+            comparison_table(comparisons, score),
+        ]
+    parts += ["", *[f"![{title}]({file})" for file, title in plots]]
+    parts += ["", "Per-run numbers: `runs.csv`. Method-level TensorBoard runs (means over tasks "
+              "x seeds, and per task): `tensorboard --logdir tensorboard`."]  # fmt: skip
+    if notes:
+        parts += ["", notes.strip()]
+    return "\n".join(parts) + "\n"
