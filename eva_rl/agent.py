@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,13 @@ class Agent:
         from eva_rl.data.segments import SegmentSampler
 
         self.check_dims(traj.state_dim, traj.act_dim, f"dataset {', '.join(traj.dataset_ids)}")
+        longest = int(traj.episode_length.max())
+        if longest < self.meta.context_length:
+            warnings.warn(
+                f"every episode of {', '.join(traj.dataset_ids)} is shorter than the context "
+                f"({longest} < {self.meta.context_length} steps): segments are mostly padding",
+                stacklevel=2,
+            )
         return SegmentSampler(
             traj,
             self.meta.context_length,
@@ -208,9 +216,52 @@ class Agent:
                 f"{path} has no {META_FILE} (a plain transformers checkpoint?); pass --stats FILE "
                 "with state_mean, state_std, return_scale, context_length, horizon"
             )
-        meta = from_dict(AgentMeta, json.loads(meta_path.read_text()))
-        model = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
+        meta = read_meta(meta_path)
+        try:
+            model = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # safetensors, JSON, transformers: a damaged checkpoint
+            raise UserError(
+                f"checkpoint {path} cannot be loaded ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); restore or retrain it"
+            ) from None
         return cls(model.to(device).eval(), meta)
+
+
+def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device = "cpu") -> Agent:
+    """Any agent directory: a checkpoint, or a fine-tuned adapter (`agent/` of a finetune run,
+    PEFT's format) merged into the base checkpoint it names; the adapter's `eva_rl.json` holds
+    the stats of its base, so it needs no `stats`."""
+    from peft import PeftModel
+
+    path = Path(path)
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.is_file():
+        return Agent.load(path, stats=stats, device=device)
+    try:
+        base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise UserError(f"{adapter_config} is not a readable adapter config ({e!r})") from None
+    if not Path(base_path, "config.json").is_file():
+        raise UserError(
+            f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
+            "restore the base checkpoint at that path"
+        )
+    base = Agent.load(base_path, stats=stats, device=device)
+    meta = read_meta(path / META_FILE) if (path / META_FILE).is_file() else base.meta
+    merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+    return Agent(merged.eval(), meta)
+
+
+def read_meta(path: Path) -> AgentMeta:
+    """An `eva_rl.json`-shaped file (a checkpoint's, or a `--stats` file), checked."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable JSON stats file ({e}); fix it") from None
+    try:
+        return from_dict(AgentMeta, data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def save_checkpoint_dir(path: str | os.PathLike, write) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,15 +89,17 @@ def _target_returns(items: list[str]) -> dict[str, float]:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    from eva_rl.agent import load_agent
     from eva_rl.envs import load_suite
     from eva_rl.evaluate import EvalConfig, evaluate
-    from eva_rl.finetune import load_agent
-    from eva_rl.io import atomic_write_json
+    from eva_rl.io import atomic_write_json, check_writable
     from eva_rl.runtime import resolve_device
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite or choose another --out")
+    check_writable(out)
+    check_writable(args.tb or out.with_suffix("").as_posix() + "_tb", directory=True)
     cfg = EvalConfig(
         episodes=args.episodes,
         seed=args.seed,
@@ -133,11 +136,13 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from eva_rl.config import save_config
     from eva_rl.distributed import is_main, world_size
     from eva_rl.eva import META_FILE, log_to_tensorboard, save_result
+    from eva_rl.io import check_writable
     from eva_rl.runtime import resolve_device
 
     out = Path(args.out)
     if (out / META_FILE).exists() and not args.overwrite:
         raise UserError(f"{out} already holds an EVA result; pass --overwrite or another --out")
+    check_writable(out, directory=True)
     cfg = _config(
         CollectorConfig,
         args,
@@ -438,8 +443,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # key=value, dotted key
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argparse, with `key=value` overrides recognised wherever they stand (after a flag that
+    takes several values too: `--tasks hammer-v3 episodes=5`)."""
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = parser().parse_args([a for a in argv if not OVERRIDE.match(a)])
+    if overrides and not hasattr(args, "overrides"):
+        raise UserError(f"eva-rl {args.command} takes no key=value overrides: {overrides[0]}")
+    if hasattr(args, "overrides"):
+        args.overrides = overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parse(sys.argv[1:] if argv is None else list(argv))
+    except UserError as e:
+        print(f"eva-rl: error: {e}", file=sys.stderr)
+        return 2
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # checked here: torch loads slowly
     try:
         if torchrun:

@@ -76,6 +76,15 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key in data:
         if key not in fields:
             raise UserError(_unknown_key_message(prefix + str(key), key, list(fields)))
+    missing = [
+        prefix + name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise UserError(f"missing config key(s): {', '.join(missing)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -96,6 +105,29 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
             value = _merge(merged[key], value)
         merged[key] = value
     return merged
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: a config as dotted keys."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore=()) -> list[tuple]:
+    """(dotted key, old value, new value) for every key whose value differs, except `ignore`d
+    keys and those below them."""
+    a, b = flatten(old), flatten(new)
+    skip = tuple(ignore)
+    return [
+        (key, a.get(key), b.get(key))
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key) and not any(key == k or key.startswith(k + ".") for k in skip)
+    ]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

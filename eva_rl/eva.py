@@ -72,7 +72,11 @@ def load_state(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise UserError(
             f"{directory} holds no EVA result ({STATE_FILE} + {META_FILE}); run `eva-rl collect`"
         )
-    return load_file(str(directory / STATE_FILE)), json.loads((directory / META_FILE).read_text())
+    try:
+        state = load_file(str(directory / STATE_FILE))
+        return state, json.loads((directory / META_FILE).read_text())
+    except Exception as e:  # safetensors or JSON: a damaged result
+        raise UserError(f"EVA result in {directory} cannot be read ({e}); collect again") from None
 
 
 def apply_eva(

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
-import os
 import re
 import time
 import warnings
@@ -30,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from eva_rl import distributed
 from eva_rl.agent import META_FILE, Agent, AgentMeta, save_checkpoint_dir
 from eva_rl.collector import TOKEN_TYPES, CollectorConfig
-from eva_rl.config import from_dict, save_config, to_dict
+from eva_rl.config import to_dict
 from eva_rl.data.build import dataset_id
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
@@ -41,7 +39,6 @@ from eva_rl.methods import (
     MethodConfig,
     build_method,
     export_adapted,
-    load_adapted_model,
     save_initial_adapter,
     trainable_parameters,
 )
@@ -51,6 +48,7 @@ from eva_rl.train import (
     LoopConfig,
     OptimConfig,
     action_loss,
+    discard_on_failure,
     git_commit,
     gradient_signal,
     heldout_loss,
@@ -175,10 +173,15 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
     traj, heldout = data.split(cfg.split.heldout, cfg.split.seed)
     # refuses data of other shapes; each rank of a torchrun job draws its own batches
     sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
-    prepare_run_dir(out, cfg.resume)  # only after every input was checked
+    prepare_run_dir(out, to_dict(cfg), cfg.resume)  # only after every input was checked
+    with discard_on_failure(out, cfg.resume):
+        return _train(cfg, agent, data, traj, heldout, sampler, precision, started, progress)
+
+
+def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progress) -> RunSummary:
+    """Everything after the run folder exists: build, measure, train, evaluate, export."""
+    out, device = Path(cfg.out), agent.device
     main = distributed.is_main()
-    if main:
-        save_config(cfg, out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -402,21 +405,3 @@ def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: RunSummary) -> Non
         for name, rank in summary.ranks.items():
             writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
         writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)
-
-
-def load_agent(path: str | os.PathLike, stats=None, device="cpu") -> Agent:
-    """Any agent directory: a checkpoint, or a fine-tuned adapter (`agent/` of a finetune run)
-    merged into the base checkpoint it names."""
-    path = Path(path)
-    adapter_config = path / "adapter_config.json"
-    if not adapter_config.is_file():
-        return Agent.load(path, stats=stats, device=device)
-    base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    if not Path(base_path, "config.json").is_file():
-        raise UserError(
-            f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
-            "restore the base checkpoint at that path"
-        )
-    base = Agent.load(base_path, stats=stats, device=device)
-    meta = from_dict(AgentMeta, json.loads((path / META_FILE).read_text()))
-    return Agent(load_adapted_model(path, base.model).eval(), meta)

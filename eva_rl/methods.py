@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,11 +364,3 @@ def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, init
     config = json.loads(config_path.read_text())
     config["fan_in_fan_out"] = True  # the plain DT's block matrices are Conv1D
     atomic_write_json(config_path, config)
-
-
-def load_adapted_model(directory: str | os.PathLike, base: torch.nn.Module) -> torch.nn.Module:
-    """A plain DT with the adapter in `directory` merged into (a copy of) `base`."""
-    from peft import PeftModel
-
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(directory))
-    return peft_model.merge_and_unload()

@@ -14,7 +14,7 @@ import torch
 
 from eva_rl import distributed
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
-from eva_rl.config import save_config, to_dict
+from eva_rl.config import to_dict
 from eva_rl.data.build import dataset_id
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.distributed import is_main
@@ -22,7 +22,14 @@ from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import resolve_device, resolve_precision
-from eva_rl.train import LoopConfig, OptimConfig, git_commit, prepare_run_dir, train_loop
+from eva_rl.train import (
+    LoopConfig,
+    OptimConfig,
+    discard_on_failure,
+    git_commit,
+    prepare_run_dir,
+    train_loop,
+)
 
 
 @dataclass
@@ -60,14 +67,18 @@ class PretrainConfig:
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
-    from eva_rl.evaluate import EvalConfig, Evaluator
-
     out = Path(cfg.out)
     ids = cfg.datasets or [dataset_id(t) for t in load_suite(cfg.suite).tasks]
     traj = load_trajectories(ids, cfg.data_root)  # before touching `out`: bad ids fail first
-    prepare_run_dir(out, cfg.resume)
-    if distributed.is_main():
-        save_config(cfg, out / "config.yaml")
+    prepare_run_dir(out, to_dict(cfg), cfg.resume)
+    with discard_on_failure(out, cfg.resume):
+        return _train(cfg, traj, ids, progress)
+
+
+def _train(cfg: PretrainConfig, traj, ids: list[str], progress: bool) -> dict[str, Any]:
+    from eva_rl.evaluate import EvalConfig, Evaluator
+
+    out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

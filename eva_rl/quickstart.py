@@ -36,6 +36,11 @@ class QuickstartConfig:
                 )
         if self.steps < 1 or self.eval_every < 1:
             raise UserError("steps and eval_every must be >= 1")
+        from eva_rl.methods import METHODS, unknown_method
+
+        for method in self.methods:  # before any dataset is built
+            if method not in METHODS:
+                raise UserError(unknown_method(method))
 
 
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:

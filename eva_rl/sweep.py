@@ -24,11 +24,9 @@ import contextlib
 import copy
 import itertools
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -224,10 +222,8 @@ def run_config(run: Run, threads: int, device: str | None = None):
     evaluation = data.setdefault("eval", {})
     if not evaluation.get("workers"):  # env processes within this run's share of the cores
         evaluation["workers"] = max(1, threads // 2)
-    if (run.out / "checkpoints" / "latest" / "state.pt").is_file():
-        data["resume"] = True
-    elif run.out.exists():  # died before its first checkpoint: start again from nothing
-        shutil.rmtree(run.out)
+    # a run killed before its first checkpoint is restarted by finetune itself
+    data["resume"] = (run.out / "checkpoints" / "latest" / "state.pt").is_file()
     return from_dict(FinetuneConfig, data)
 
 
@@ -276,10 +272,20 @@ def gpu_slots(gpus_per_run: float, devices: int) -> list[str]:
     return [f"cuda:{i}" for i in range(0, devices - need + 1, need)]
 
 
+def _child(run: Run, threads: int, log: str, device: str | None, conn) -> None:
+    """Entry point of a run's own process: the result goes back through `conn`."""
+    conn.send(_run_one(run, threads, log, device))
+    conn.close()
+
+
 def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
-    """Each run in a spawned process: a fresh interpreter, no torch/MuJoCo state shared with
-    this one; yields runs and results as they finish. With `gpus`, each run gets a device from
-    the GPU slots (fractions share a GPU), so a GPU node runs as many runs as fit."""
+    """Each run in its own spawned process (a fresh interpreter, no torch/MuJoCo state shared),
+    at most `workers` at once; yields runs and results as they finish. A process that dies
+    without a result (killed, out of memory) is a failed run whose log says how it ended; the
+    others go on. With `gpus`, each run gets a device from the GPU slots (fractions share one
+    GPU), so a GPU node runs as many runs as fit."""
+    from multiprocessing.connection import wait as wait_for
+
     slots = []
     if cfg.gpus:
         import torch
@@ -289,26 +295,37 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
     if slots:
         workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    ctx = get_context("spawn")
     free, queue = list(slots), list(todo)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending: dict[Any, tuple[Run, str | None]] = {}
-
-        def submit() -> None:
-            while queue and len(pending) < workers:
+    running: dict[int, tuple[Any, Run, str | None, Any]] = {}  # sentinel -> process, run, ...
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
                 run = queue.pop(0)
                 device = free.pop(0) if slots else None
+                receive, send = ctx.Pipe(duplex=False)
                 log = str(logs / f"{run.name}.log")
-                pending[pool.submit(_run_one, run, threads, log, device)] = (run, device)
-
-        submit()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                run, device = pending.pop(future)
+                process = ctx.Process(target=_child, args=(run, threads, log, device, send))
+                process.start()
+                send.close()
+                running[process.sentinel] = (process, run, device, receive)
+            for sentinel in wait_for(list(running)):
+                process, run, device, receive = running.pop(sentinel)
+                result = receive.recv() if receive.poll() else None
+                process.join()
                 if device is not None:
                     free.append(device)
-                yield run, future.result()
-            submit()
+                if result is None:
+                    code = process.exitcode  # negative: killed by that signal
+                    with open(logs / f"{run.name}.log", "a") as f:
+                        print(f"the run's process ended with exit code {code} before it "
+                              "reported a result", file=f)  # fmt: skip
+                    result = {"ok": False}
+                yield run, result
+    finally:
+        for process, *_ in running.values():  # interrupted: stop the runs still going
+            process.terminate()
+            process.join()
 
 
 def _import_ray():

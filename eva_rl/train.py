@@ -13,15 +13,19 @@ batches (its sampler is seeded per rank), gradients are averaged, so the effecti
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -29,6 +33,7 @@ from eva_rl import distributed
 from eva_rl.agent import save_checkpoint_dir
 from eva_rl.data.segments import SegmentSampler
 from eva_rl.errors import RunError, UserError
+from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
 
@@ -75,18 +80,101 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to clobber a run; `resume` needs one. Under torchrun every rank checks before
-    rank 0 creates the directory, so all of them fail (or go on) together."""
+RUN_FILES = {"config.yaml", "tb", "eva", "initial_adapter", "checkpoints"}  # what a run writes
+# Settings a resume may change: where and how fast it runs, never what it computes.
+RESUME_MAY_CHANGE = ("resume", "threads", "device", "data_root", "eval.workers", "eval.max_envs")
+
+
+def _stopped_before_checkpoint(out: Path) -> bool:
+    """A run folder that holds only what a run writes before its first checkpoint (killed
+    with -9, or from an older eva_rl that did not clean up)."""
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    has_state = (out / "checkpoints" / "latest" / STATE_FILE).is_file()
+    return "config.yaml" in names and names <= RUN_FILES and not has_state
+
+
+def prepare_run_dir(out: Path, cfg: dict[str, Any], resume: bool) -> None:
+    """Refuse to clobber a run; `resume` needs a checkpoint and the same config (up to
+    `RESUME_MAY_CHANGE`). A folder left by a run that stopped before its first checkpoint is
+    replaced, so the same command simply runs again. Under torchrun every rank checks before
+    rank 0 writes, so all of them fail (or go on) together. Writes `config.yaml` for a new run;
+    a resumed run keeps its own."""
+    from eva_rl.config import changed_keys, read_yaml
+
     latest = out / "checkpoints" / "latest" / STATE_FILE
     if resume and not latest.is_file():
-        raise UserError(f"nothing to resume in {out} (no checkpoints/latest); drop resume=true")
-    if not resume and out.exists() and any(out.iterdir()):
+        why = "it stopped before its first checkpoint" if out.is_dir() else "it does not exist"
+        raise UserError(f"nothing to resume in {out} ({why}); run the command without resume")
+    if resume:
+        changes = changed_keys(read_yaml(out / "config.yaml"), cfg, ignore=RESUME_MAY_CHANGE)
+        if changes:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
+            raise UserError(
+                f"resuming {out} with a different config ({listed}); a resume continues the "
+                "same run: drop those changes, or start a new run with another out"
+            )
+    stale = not resume and out.is_dir() and _stopped_before_checkpoint(out)
+    if not resume and out.exists() and any(out.iterdir()) and not stale:
         raise UserError(f"output directory {out} exists; pass resume=true or choose another out=")
+    check_writable(out, directory=True)
     distributed.barrier()
     if distributed.is_main():
+        if stale:
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     distributed.barrier()
+
+
+@contextlib.contextmanager
+def discard_on_failure(out: Path, resume: bool) -> Iterator[None]:
+    """A new run that fails or is interrupted before its first checkpoint leaves nothing: its
+    folder is removed, so the same command can simply be run again."""
+    try:
+        yield
+    except BaseException:
+        if not resume and distributed.is_main() and out.is_dir():
+            if not (out / "checkpoints" / "latest" / STATE_FILE).is_file():
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A training state, unpickling nothing but tensors and plain containers (a checkpoint
+    someone else wrote cannot run code here)."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path} holds objects other than tensors and plain data (eva_rl never writes "
+            "those); refusing to load it: it could run code"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} is not a readable checkpoint ({e}); start the run again") from None
+
+
+def purge_events(log_dir: Path, step: int) -> None:
+    """Drop every TensorBoard event after `step` (those a resumed run will log again), rewriting
+    each event file atomically; TensorBoard then shows one point per step."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        keep = [r for r in records if Event.FromString(r).step <= step]
+        if len(keep) == len(records):
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for record in keep:
+                writer.write(record)
+            writer.flush()
+        os.replace(tmp, path)
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -194,7 +282,7 @@ def train_loop(
     step = 0
     history: dict[str, Any] = {"eval": []}
     if resume:
-        state = torch.load(latest / STATE_FILE, weights_only=False)
+        state = load_state(latest / STATE_FILE)
         if "processes" not in state:
             raise UserError(f"{latest} was written by an older eva_rl; start this run again")
         if len(state["processes"]) != processes:
@@ -245,7 +333,9 @@ def train_loop(
         save_checkpoint_dir(latest, write)
         history["saved_step"] = step
 
-    writer = SummaryWriter(run_dir / "tb", purge_step=step if resume else None) if main else None
+    if resume and main:
+        purge_events(run_dir / "tb", step)
+    writer = SummaryWriter(run_dir / "tb") if main else None
 
     def scalar(tag: str, value: float) -> None:
         if writer is not None:
@@ -279,14 +369,16 @@ def train_loop(
                 loss = action_loss(forward, batch)
             extra = penalty(model) if penalty is not None else None
             if not torch.isfinite(loss):
-                where = (
-                    f"the last good checkpoint (step {history['saved_step']}) is kept in {latest}"
-                    if "saved_step" in history
-                    else "no checkpoint was saved yet"
-                )
+                if "saved_step" in history:
+                    where = (
+                        f"the last good checkpoint (step {history['saved_step']}) is kept in "
+                        f"{latest}; a resume would repeat the same updates, so start a new run"
+                    )
+                else:
+                    where = "nothing was kept; run again"
                 raise RunError(
-                    f"loss became {loss.item()} at step {step + 1}; {where}; "
-                    "lower optim.lr or raise optim.warmup_steps and resume"
+                    f"loss became {loss.item()} at step {step + 1}; {where} with a lower "
+                    "optim.lr or more optim.warmup_steps"
                 )
             optimizer.zero_grad(set_to_none=True)
             (loss if extra is None else loss + extra).backward()

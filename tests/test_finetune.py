@@ -8,12 +8,12 @@ from peft import PeftModel
 from transformers import DecisionTransformerModel
 
 from conftest import HAMMER, tiny_finetune_overrides
-from eva_rl.agent import Agent
+from eva_rl.agent import Agent, load_agent
 from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.finetune import FinetuneConfig, finetune, load_agent
+from eva_rl.finetune import FinetuneConfig, finetune
 from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
 from eva_rl.report.tensorboard import read_scalars
 from eva_rl.train import action_loss, action_preds

@@ -25,7 +25,7 @@ from eva_rl.config import save_config
 from eva_rl.data import catalog
 from eva_rl.envs import NoiseMixture, Suite, load_suite, make_task_env, unknown_name_message
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json
+from eva_rl.io import atomic_write_json, check_writable
 
 ALGORITHM = "metaworld-scripted-expert+gaussian-action-noise"
 
@@ -76,6 +76,7 @@ def plan(cfg: DataBuildConfig) -> Plan:
         if task not in suite.tasks:
             raise UserError(unknown_name_message(f"task for suite {suite.name}", task, suite.tasks))
     root = catalog.datasets_root(cfg.root)
+    check_writable(root, directory=True)
     existing = [t for t in tasks if catalog.exists(root, dataset_id(t))]
     if existing and not (cfg.overwrite or cfg.skip_existing):
         raise UserError(

@@ -123,7 +123,19 @@ def load(dataset_id: str, root: Path | None = None):
             "`eva-rl data build` or set MINARI_DATASETS_PATH"
         )
     with minari_root(root):
-        return minari.load_dataset(dataset_id)
+        try:
+            dataset = minari.load_dataset(dataset_id)
+            if dataset.total_episodes:
+                dataset[dataset.total_episodes - 1]  # opens the data file: HDF5 finds truncation
+        except Exception as e:  # h5py, JSON and Minari's own errors: a damaged dataset
+            raise UserError(
+                f"Minari dataset {dataset_id!r} under {root} cannot be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); rebuild it (eva-rl data build "
+                "--overwrite) or delete it"
+            ) from None
+    if dataset.total_episodes == 0:
+        raise UserError(f"Minari dataset {dataset_id!r} under {root} has no episodes; rebuild it")
+    return dataset
 
 
 def summarize(dataset) -> dict[str, Any]:
@@ -150,29 +162,56 @@ def summarize(dataset) -> dict[str, Any]:
     }
 
 
-def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every local dataset with its statistics (read from our summary file when present)."""
-    import minari
+def local_ids(root: Path) -> list[str]:
+    """Every dataset id under `root`: each folder holding a `data/` folder (what Minari lists,
+    and also the datasets too damaged for Minari to list), hidden folders skipped."""
+    ids = []
+    for data in sorted(root.rglob("data")):
+        relative = data.parent.relative_to(root)
+        if data.is_dir() and not any(part.startswith(".") for part in relative.parts):
+            ids.append(relative.as_posix())
+    return ids
 
+
+def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every local dataset with its statistics; a dataset that cannot be read is listed with
+    `broken` saying why, instead of stopping the listing."""
     root = datasets_root(root)
     if not root.is_dir():
         return []
-    with minari_root(root):
-        ids = list(minari.list_local_datasets())
-    return [read_summary(dataset_id, root) for dataset_id in ids]
+    out = []
+    for dataset_id in local_ids(root):
+        try:
+            out.append(read_summary(dataset_id, root))
+        except UserError as e:
+            out.append({"dataset_id": dataset_id, "broken": str(e)})
+    return out
 
 
 def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
-    """A dataset's statistics: our summary file when present, else computed from the data."""
+    """A dataset's statistics: our summary file when present (checked against the data: the
+    dataset must open and hold as many episodes), else computed from the data."""
     root = datasets_root(root)
+    dataset = load(dataset_id, root)
     summary_path = dataset_dir(root, dataset_id) / SUMMARY_FILE
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
-    return summarize(load(dataset_id, root))
+    if not summary_path.is_file():
+        return summarize(dataset)
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return summarize(dataset)  # our cache is damaged; the data are the truth
+    if summary.get("episodes") != dataset.total_episodes:
+        raise UserError(
+            f"Minari dataset {dataset_id!r} holds {dataset.total_episodes} episodes but its "
+            f"summary says {summary.get('episodes')}; rebuild it (eva-rl data build --overwrite)"
+        )
+    return summary
 
 
 def format_summary(s: dict[str, Any]) -> str:
     """One line per dataset, as `data build` and `data list` print it."""
+    if "broken" in s:
+        return f"{s['dataset_id']}: BROKEN: {s['broken']}"
     success = (
         ""
         if s.get("success_any") is None

@@ -107,12 +107,31 @@ class Trajectories:
         }
 
 
+def _dims(dataset) -> tuple[int, int]:
+    """(state_dim, act_dim) of a Minari dataset with Box spaces."""
+    obs, act = dataset.observation_space, dataset.action_space
+    if not hasattr(obs, "shape") or not hasattr(act, "shape") or obs.shape is None:
+        raise UserError(
+            f"dataset {dataset.spec.dataset_id} has spaces {obs} / {act}; a Decision "
+            "Transformer needs Box observations and actions"
+        )
+    return int(np.prod(obs.shape)), int(np.prod(act.shape))
+
+
 def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) -> Trajectories:
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "g", "t")}
     lengths, env_index, envs = [], [], []
+    shapes: dict[str, tuple[int, int]] = {}
     for ds_id in dataset_ids:
         dataset = catalog.load(ds_id, root)
         name = env_name(dataset)
+        shapes[ds_id] = _dims(dataset)
+        if len(set(shapes.values())) > 1:
+            (first, a), (_, b) = next(iter(shapes.items())), (ds_id, shapes[ds_id])
+            raise UserError(
+                f"datasets of different shapes cannot train one model: {first} has "
+                f"(state_dim, act_dim) = {a}, {ds_id} has {b}"
+            )
         if name not in envs:
             envs.append(name)
         for ep in dataset.iterate_episodes():
