@@ -30,13 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(method: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
+def child(method: str, variant: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
     from eva_rl.agent import Agent
     from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.data.build import dataset_id
     from eva_rl.data.segments import load_trajectories
     from eva_rl.methods import MethodConfig, build_method, trainable_parameters
-    from eva_rl.runtime import resolve_device
+    from eva_rl.runtime import autocast, resolve_device
     from eva_rl.train import action_loss
 
     device = resolve_device("auto")
