@@ -36,7 +36,7 @@ AGENT = ROOT / "results/pretrained/mt40-cpu/agent"
 def shards(task: str, batch: int):
     """An endless iterator of each rank's batches (rank r seeded with rank_seed(0, r))."""
     from eva_rl.agent import Agent
-    from eva_rl.data.build import dataset_id
+    from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
     from eva_rl.distributed import rank_seed
 

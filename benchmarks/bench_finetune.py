@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(method: str, variant: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
     from eva_rl.agent import Agent
     from eva_rl.collector import CollectorConfig, collect_on_datasets
-    from eva_rl.data.build import dataset_id
+    from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
     from eva_rl.methods import MethodConfig, build_method, trainable_parameters
     from eva_rl.runtime import autocast, resolve_device

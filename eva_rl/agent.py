@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -52,6 +53,14 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def horizon_message(horizon: int, max_ep_len: int) -> str:
+    """The one rule for horizons, in pretraining configs and in stats files alike."""
+    return (
+        f"horizon {horizon} does not fit the model's max_ep_len {max_ep_len}: an episode of H "
+        "steps needs timestep embeddings 0..H-1, so horizon must be in [1, max_ep_len]"
+    )
 
 
 def build_model(cfg: ModelConfig, state_dim: int, act_dim: int) -> DecisionTransformerModel:
@@ -121,9 +130,7 @@ class Agent:
                 f"the model was built for {model.config.n_positions}"
             )
         if meta.horizon > model.config.max_ep_len:
-            raise UserError(
-                f"horizon {meta.horizon} exceeds the model's max_ep_len {model.config.max_ep_len}"
-            )
+            raise UserError(horizon_message(meta.horizon, model.config.max_ep_len))
 
     @property
     def state_dim(self) -> int:
@@ -204,27 +211,68 @@ class Agent:
         stats: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
     ) -> Agent:
-        """Load a checkpoint; `stats` is an `eva_rl.json`-shaped file for plain DT checkpoints."""
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"{path} is not a checkpoint directory (no config.json); check the path"
-            )
-        meta_path = Path(stats) if stats is not None else path / META_FILE
+        """Load a checkpoint: a local directory or a Hugging Face hub id (cached by
+        transformers). `stats` is an `eva_rl.json`-shaped file for a plain transformers DT; the
+        public D4RL DTs whose stats ship in `envs/hub/` need none."""
+        source = locate_checkpoint(path)
+        if stats is not None:
+            meta_path = Path(stats)
+        elif isinstance(source, Path):
+            meta_path = source / META_FILE
+        else:
+            meta_path = HUB_STATS / f"{source.split('/')[-1]}.json"
         if not meta_path.is_file():
             raise UserError(
-                f"{path} has no {META_FILE} (a plain transformers checkpoint?); pass --stats FILE "
-                "with state_mean, state_std, return_scale, context_length, horizon"
+                f"{source} has no {META_FILE} (a plain transformers checkpoint?); pass --stats "
+                "FILE with state_mean, state_std, return_scale, context_length, horizon "
+                "(examples: envs/hub/*.json)"
             )
         meta = read_meta(meta_path)
         try:
-            model = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
-        except Exception as e:  # safetensors, JSON, transformers: a damaged checkpoint
+            model = DecisionTransformerModel.from_pretrained(
+                source, local_files_only=isinstance(source, Path)
+            )
+        except Exception as e:  # safetensors, JSON, network, transformers: one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            if isinstance(source, Path):
+                raise UserError(
+                    f"checkpoint {source} cannot be loaded ({type(e).__name__}: {first}); "
+                    "restore or retrain it"
+                ) from None
             raise UserError(
-                f"checkpoint {path} cannot be loaded ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); restore or retrain it"
+                f"cannot load {source!r} from the Hugging Face hub ({type(e).__name__}: {first});"
+                " check the id and the network (offline, only models already in the cache "
+                "load), or pass a local checkpoint directory"
             ) from None
         return cls(model.to(device).eval(), meta)
+
+
+SHIPPED = "results/pretrained/mt40-cpu/agent"  # the default checkpoint of finetune and friends
+REPO = Path(__file__).resolve().parents[1]
+HUB_STATS = REPO / "envs" / "hub"  # stats of public Decision Transformers on the hub
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def locate_checkpoint(path: str | os.PathLike) -> Path | str:
+    """A checkpoint directory (a relative path is also tried against this repository, where the
+    shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
+    local = Path(path)
+    for candidate in (local, REPO / local):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if not local.exists() and HUB_ID.match(str(path)):
+        return str(path)
+    default = " (the default: the shipped agent)" if str(path) == SHIPPED else ""
+    raise UserError(
+        f"{path}{default} is not a checkpoint directory (no config.json) or a hub id; "
+        "check the path or pass --checkpoint"
+    )
+
+
+def checkpoint_ref(path: str | os.PathLike) -> str:
+    """How saved adapters name their base: an absolute directory, or the hub id."""
+    source = locate_checkpoint(path)
+    return str(source.resolve()) if isinstance(source, Path) else source
 
 
 def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device = "cpu") -> Agent:
@@ -241,15 +289,20 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"{adapter_config} is not a readable adapter config ({e!r})") from None
-    if not Path(base_path, "config.json").is_file():
+    if not Path(base_path, "config.json").is_file() and not HUB_ID.match(base_path):
         raise UserError(
             f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
             "restore the base checkpoint at that path"
         )
-    base = Agent.load(base_path, stats=stats, device=device)
+    base = Agent.load(base_path, stats=stats or _own_stats(path), device=device)
     meta = read_meta(path / META_FILE) if (path / META_FILE).is_file() else base.meta
     merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     return Agent(merged.eval(), meta)
+
+
+def _own_stats(adapter: Path) -> Path | None:
+    """An adapter's `eva_rl.json`: its base's stats, so a plain base needs no `--stats`."""
+    return adapter / META_FILE if (adapter / META_FILE).is_file() else None
 
 
 def read_meta(path: Path) -> AgentMeta:

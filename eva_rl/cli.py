@@ -47,6 +47,16 @@ def cmd_data_build(args: argparse.Namespace) -> None:
         print("  " + catalog.format_summary(s))
 
 
+def cmd_data_record(args: argparse.Namespace) -> None:
+    from eva_rl.data import catalog
+    from eva_rl.data.record import RecordConfig, record
+
+    flags = ["env", "id", "episodes", "checkpoint", "stats", "noise", "target_return",
+             "horizon", "seed", "root", "overwrite", "device", "precision"]  # fmt: skip
+    summary = record(_config(RecordConfig, args, flags))
+    print(catalog.format_summary(summary))
+
+
 def cmd_data_list(args: argparse.Namespace) -> None:
     from eva_rl.data import catalog
 
@@ -71,6 +81,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             f"agent saved to {result['agent']} (effective batch {result['effective_batch_size']});"
             f" TensorBoard: tensorboard --logdir {cfg.out}/tb"
         )
+
+
+def _dataset_targets(ids: list[str], envs: list[str]) -> dict[str, float]:
+    """Env -> the best return in the datasets recorded in it (`ids`; none given: each
+    Meta-World env's scripted-expert dataset)."""
+    from eva_rl.data.catalog import dataset_id
+    from eva_rl.data.segments import load_trajectories
+    from eva_rl.envs import metaworld_task_names
+
+    if not ids:
+        ids = [dataset_id(env) for env in envs if env in metaworld_task_names()]
+        if not ids:
+            raise UserError("--targets-from-datasets needs dataset ids for non-Meta-World envs")
+    return load_trajectories(ids).max_returns()
 
 
 def _target_returns(items: list[str]) -> dict[str, float]:
@@ -113,14 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     agent = load_agent(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
     envs = envs or sorted(agent.meta.target_returns)
-    if args.targets_from_datasets:
-        from eva_rl.data import catalog
-        from eva_rl.data.build import dataset_id
-
-        for env in envs:
-            if env not in cfg.target_returns:
-                summary = catalog.read_summary(dataset_id(env))
-                cfg.target_returns[env] = summary["return_max"]
+    if args.targets_from_datasets is not None:
+        cfg.target_returns = {**_dataset_targets(args.targets_from_datasets, envs),
+                              **cfg.target_returns}  # fmt: skip
     result = evaluate(agent, envs, cfg)
     result.config.update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
     atomic_write_json(out, result.to_dict(intervals=True))
@@ -182,7 +201,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     flags = {
         "checkpoint": "checkpoint",
         "stats": "stats",
+        "datasets": "datasets",
         "task": "task",
+        "env": "env",
         "data_root": "data_root",
         "method": "method.name",
         "rank": "method.rank",
@@ -307,6 +328,22 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-existing", action="store_true", help="keep existing datasets")
     _add_config_args(b)
     b.set_defaults(func=cmd_data_build)
+    rec = data_sub.add_parser("record", help="a Minari dataset of an agent's (or random) rollouts")
+    rec.add_argument("--env", help="gymnasium env id (or Meta-World task) to play in")
+    rec.add_argument("--id", help="Minari dataset id to write, e.g. locomotion/hopper/agent-v0")
+    rec.add_argument("--episodes", type=int, help="episodes (default 100)")
+    rec.add_argument("--checkpoint", help="agent directory or hub id (default: random actions)")
+    rec.add_argument("--stats", help="eva_rl.json-style stats for a plain transformers checkpoint")
+    rec.add_argument("--noise", type=float, help="agent's action noise std / half-range (0)")
+    rec.add_argument("--target-return", type=float, help="agent's target return (its own)")
+    rec.add_argument("--horizon", type=int, help="cut episodes here (agent's or env's limit)")
+    rec.add_argument("--seed", type=int, help="episode i is reset with seed+i (default 0)")
+    rec.add_argument("--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH)")
+    rec.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    rec.add_argument("--device", help="auto (default), cpu, cuda")
+    _add_precision(rec)
+    _add_config_args(rec)
+    rec.set_defaults(func=cmd_data_record)
     ls = data_sub.add_parser("list", help="local Minari datasets with their statistics")
     ls.add_argument("--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH)")
     ls.add_argument("--json", action="store_true", help="print JSON instead of lines")
@@ -342,9 +379,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--targets-from-datasets",
-        action="store_true",
-        help="target = best return in each task's metaworld/<task>/scripted-v0 "
-        "dataset (e.g. zero-shot on tasks the checkpoint was not trained on)",
+        nargs="*",
+        metavar="ID",
+        help="target = best return in these Minari datasets, per env they recorded (no ids: "
+        "each Meta-World task's scripted-expert data); e.g. zero-shot on unseen envs",
     )
     ev.add_argument("--target-scale", type=float, default=1.0, help="multiply every target")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -383,9 +421,13 @@ def parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_collect)
 
     ft = sub.add_parser("finetune", help="fine-tune a pretrained agent on a task with a method")
-    ft.add_argument("--checkpoint", help="pretrained checkpoint (default: the shipped agent)")
+    ft.add_argument(
+        "--checkpoint", help="checkpoint directory or Hugging Face hub id (default: shipped agent)"
+    )
     ft.add_argument("--stats", help="eva_rl.json-style stats for a plain transformers checkpoint")
-    ft.add_argument("--task", help="Meta-World task; data: metaworld/<task>/scripted-v0")
+    ft.add_argument("--datasets", nargs="+", metavar="ID", help="downstream Minari dataset ids")
+    ft.add_argument("--task", help="or a Meta-World task: its metaworld/<task>/scripted-v0 data")
+    ft.add_argument("--env", help="evaluate in this env (default: the datasets' own envs)")
     ft.add_argument("--data-root", help="Minari root (default: $MINARI_DATASETS_PATH)")
     ft.add_argument("--method", help="initialisation method (`eva-rl methods`; default eva)")
     ft.add_argument("--rank", type=int, help="LoRA rank r (default 8)")

@@ -110,15 +110,19 @@ def make_task_env(task: str, horizon: int = 200, **kwargs: Any) -> gym.Env:
     return gym.make(ENV_ID, task=task, horizon=horizon, **kwargs)
 
 
-def make_env(name: str, horizon: int, render_mode: str | None = None) -> gym.Env:
+def make_env(
+    name: str, horizon: int, render_mode: str | None = None, cut: bool = False
+) -> gym.Env:
     """A Meta-World v3 task (truncated at `horizon`) or, for any other name, `gymnasium.make`.
 
-    Generic envs keep their own time limit; evaluation also stops every episode at `horizon`.
+    Generic envs keep their own time limit (evaluation also stops every episode at `horizon`),
+    unless `cut`: then their time limit is `horizon` (a recorded dataset's env says so).
     """
     if name in metaworld_task_names():
         return make_task_env(name, horizon, render_mode=render_mode)
     try:
-        return gym.make(name, render_mode=render_mode)
+        limit = {"max_episode_steps": horizon} if cut else {}
+        return gym.make(name, render_mode=render_mode, **limit)
     except gym.error.Error as e:
         raise UserError(
             f"cannot make env {name!r}: not a Meta-World v3 task and gymnasium says: {e}"
@@ -140,9 +144,10 @@ def env_dims(env: gym.Env, name: str) -> tuple[int, int]:
 class EnvSlots(gym.Env):
     """A group of env instances stepped together: one sub-env of a Gymnasium vector env.
 
-    Observations are (slots, obs_dim); an action row of NaN means "this slot is idle". Rewards,
-    ends and success come back per slot in `info`. `reset(options={"assign": {group: {slot:
-    seed}}})` starts a new episode in the named slots of this group (its index is `group`);
+    Observations are (slots, obs_dim); an action row of NaN means "this slot is idle".
+    Rewards, terminations, truncations and success come back per slot in `info`.
+    `reset(options={"assign": {group: {slot: seed}}})` starts a new episode in the named slots
+    of this group (its index is `group`);
     instances are built on first use, so the vector env's throw-away probe of the spaces is
     cheap.
     """
@@ -171,15 +176,16 @@ class EnvSlots(gym.Env):
     def step(self, actions):
         envs, n = self._instances(), len(self.names)
         reward = np.zeros(n)
-        done = np.zeros(n, dtype=bool)
+        terminated, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         success = np.full(n, np.nan)
         for slot in np.flatnonzero(~np.isnan(actions).any(axis=1)):
-            obs, r, terminated, truncated, info = envs[slot].step(actions[slot])
+            obs, r, terminated[slot], truncated[slot], info = envs[slot].step(actions[slot])
             self._obs[slot] = _flat(obs)
-            reward[slot], done[slot] = float(r), bool(terminated or truncated)
+            reward[slot] = float(r)
             if "success" in info:
                 success[slot] = float(info["success"])
-        info = {"reward": reward, "done": done, "success": success}
+        info = {"reward": reward, "terminated": terminated, "truncated": truncated}
+        info["success"] = success
         return self._obs.copy(), 0.0, False, False, info
 
     def close(self):
@@ -225,20 +231,34 @@ class DatasetRecipe:
 
 @dataclass
 class Suite:
+    """Envs evaluated together. `metaworld`: v3 task names, data from `data build` (the
+    scripted-expert `dataset` recipe). `gymnasium`: any registered env ids, data from the
+    `datasets` it names (record them with `eva-rl data record`)."""
+
     name: str
-    family: Literal["metaworld"] = "metaworld"
+    family: Literal["metaworld", "gymnasium"] = "metaworld"
     tasks: list[str] = field(default_factory=list)
     horizon: int = 200
     description: str = ""
     dataset: DatasetRecipe = field(default_factory=DatasetRecipe)
+    datasets: list[str] = field(default_factory=list)  # gymnasium: Minari ids of its data
+    # env -> [random, expert] returns: scores become normalised returns (D4RL's convention)
+    reference_returns: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.tasks:
             raise UserError(f"suite {self.name} lists no tasks")
-        valid = metaworld_task_names()
-        for task in self.tasks:
-            if task not in valid:
-                raise UserError(unknown_name_message(f"task in suite {self.name}", task, valid))
+        if self.family == "metaworld":
+            valid = metaworld_task_names()
+            for task in self.tasks:
+                if task not in valid:
+                    raise UserError(
+                        unknown_name_message(f"task in suite {self.name}", task, valid)
+                    )
+        else:
+            for task in self.tasks:
+                if task not in gym.registry:
+                    raise UserError(f"suite {self.name}: {task!r} is no registered gymnasium env")
 
 
 def suites_dir() -> Path:

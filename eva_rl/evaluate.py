@@ -50,6 +50,9 @@ class EvalConfig:
     # processes stepping the envs; 0 = auto: half the cores from 4 cores up, else 1 (this
     # process: on 2 cores, workers compete with the forward and were measured slower)
     workers: int = 0
+    # Gaussian action noise (std as a fraction of each action's half-range), seeded per
+    # episode: 0 to evaluate; data recording (`eva-rl data record`) uses it for variety
+    noise: float = 0.0
 
     def __post_init__(self):
         if self.max_envs < 0:
@@ -62,6 +65,8 @@ class EvalConfig:
             raise UserError(f"target_scale must be finite, got {self.target_scale}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        if not 0.0 <= self.noise < float("inf"):
+            raise UserError(f"noise must be >= 0, got {self.noise}")
 
 
 def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
@@ -93,12 +98,16 @@ class Evaluator:
         cfg: EvalConfig,
         progress: bool = True,
         max_episodes: int | None = None,
+        record: bool = False,
     ):
+        """`record` keeps every episode's observations, actions, rewards, terminations,
+        truncations and success in `Episode.trajectory` (for writing datasets)."""
         if not envs:
             raise UserError("no envs to evaluate")
         if len(set(envs)) != len(envs):
             raise UserError(f"env names must be unique, got {envs}")
         self.agent, self.names, self.cfg, self.progress = agent, list(envs), cfg, progress
+        self.record = record
         self.targets = {name: target_return(agent, name, cfg) for name in envs}
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -206,6 +215,8 @@ class Evaluator:
         current: list[Episode | None] = [None] * n
         index: list[int] = [0] * n  # episode index of each busy slot
         t = np.zeros(n, dtype=np.int64)
+        rngs: list[np.random.Generator | None] = [None] * n  # action noise, per episode
+        tracks: list[dict[str, list] | None] = [None] * n  # recorded steps, per episode
         bar = tqdm(total=episodes * len(self.names), unit="ep", desc="eval",
                    disable=not self.progress)  # fmt: skip
 
@@ -230,6 +241,11 @@ class Evaluator:
                 buffer[rows] = 0
             at = np.array([self._where[s] for s in started])
             states[rows, pad] = torch.as_tensor(obs[at[:, 0], at[:, 1]], device=dev)
+            for s, (g, j) in zip(started, at, strict=True):
+                rngs[s] = np.random.default_rng([self.cfg.seed + index[s], 0x6E6F697365])
+                if self.record:
+                    tracks[s] = {key: [] for key in TRACK}
+                    tracks[s]["observations"].append(obs[g, j].copy())
             target = [self.targets[names[s]] / meta.return_scale for s in started]
             rtg[rows, pad, 0] = torch.as_tensor(target, dtype=torch.float32, device=dev)
 
@@ -250,7 +266,13 @@ class Evaluator:
                     timesteps[rows[:, None], window],
                     mask,
                 )
-            act = np.clip(pred.float().cpu().numpy(), low[live], high[live])
+            act = pred.float().cpu().numpy()
+            if self.cfg.noise:
+                half = (high[live] - low[live]) / 2
+                act = act + np.stack([rngs[s].standard_normal(agent.act_dim) for s in live]) * (
+                    self.cfg.noise * np.where(np.isfinite(half), half, 1.0)
+                )
+            act = np.clip(act, low[live], high[live]).astype(np.float32, copy=False)
             actions[rows, pad + torch.as_tensor(t[live], device=dev)] = torch.as_tensor(
                 act, device=dev
             )
@@ -259,7 +281,7 @@ class Evaluator:
             batch[at[:, 0], at[:, 1]] = act
             obs, _, _, _, info = self._vec.step(batch)
             free, going = [], []
-            for s in live:
+            for row, s in enumerate(live):
                 g, j = self._where[s]
                 ep, r = current[s], float(info["reward"][g, j])
                 ep.ret += r
@@ -268,7 +290,16 @@ class Evaluator:
                     ep.success_final = float(info["success"][g, j])
                     ep.success_any = max(ep.success_any or 0.0, ep.success_final)
                 t[s] += 1
-                if bool(info["done"][g, j]) or t[s] == horizon:
+                ended = bool(info["terminated"][g, j] or info["truncated"][g, j])
+                if self.record:
+                    step = (obs[g, j].copy(), act[row], r, bool(info["terminated"][g, j]),
+                            bool(info["truncated"][g, j]) or (t[s] == horizon and not ended),
+                            float(info["success"][g, j]))  # fmt: skip
+                    for key, value in zip(TRACK, step, strict=True):
+                        tracks[s][key].append(value)
+                if ended or t[s] == horizon:
+                    if self.record:
+                        ep.trajectory = _as_arrays(tracks[s])
                     done[names[s]][index[s]] = ep
                     current[s] = None
                     free.append(s)
@@ -287,6 +318,20 @@ class Evaluator:
                 refill(free)
         bar.close()
         return {name: [done[name][i] for i in range(episodes)] for name in self.names}
+
+
+TRACK = ("observations", "actions", "rewards", "terminations", "truncations", "success")
+
+
+def _as_arrays(track: dict[str, list]) -> dict:
+    """A recorded episode in Minari's layout: T+1 observations, T of everything else, and
+    `success` as an info (T+1 entries, 0 at reset) where the env reports it."""
+    out = {key: np.asarray(track[key]) for key in TRACK[:5]}
+    out["observations"] = out["observations"].astype(np.float32)
+    out["actions"] = out["actions"].astype(np.float32)
+    success = np.asarray(track["success"], dtype=np.float64)
+    out["infos"] = {} if np.isnan(success).any() else {"success": np.r_[0.0, success]}
+    return out
 
 
 def _plan_slots(names: list[str], episodes: int, max_envs: int) -> list[str]:

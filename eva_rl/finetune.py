@@ -26,10 +26,17 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
-from eva_rl.agent import META_FILE, Agent, AgentMeta, save_checkpoint_dir
+from eva_rl.agent import (
+    META_FILE,
+    SHIPPED,
+    Agent,
+    AgentMeta,
+    checkpoint_ref,
+    save_checkpoint_dir,
+)
 from eva_rl.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.config import to_dict
-from eva_rl.data.build import dataset_id
+from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.evaluate import EvalConfig, Evaluator
@@ -107,10 +114,11 @@ class FinetuneCollectorConfig:
 
 @dataclass
 class FinetuneConfig:
-    checkpoint: str = "results/pretrained/mt40-cpu/agent"
+    checkpoint: str = SHIPPED  # a checkpoint directory or a Hugging Face hub id
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
-    task: str = ""  # Meta-World task: trains on metaworld/<task>/scripted-v0
-    datasets: list[str] = field(default_factory=list)  # Minari ids instead of `task`'s dataset
+    datasets: list[str] = field(default_factory=list)  # Minari ids of the downstream data
+    task: str = ""  # shorthand for a Meta-World task's data: metaworld/<task>/scripted-v0
+    env: str | None = None  # evaluate in this env (default: the env each dataset recorded)
     data_root: str | None = None
     out: str = ""
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -131,7 +139,10 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if not self.task and not self.datasets:
-            raise UserError("name the downstream task (--task push-v3) or datasets=[...]")
+            raise UserError(
+                "name the downstream data: --datasets ID [ID ...] (Minari ids) or --task TASK "
+                "(a Meta-World task's scripted-expert dataset)"
+            )
         if not self.out:
             raise UserError("name the run directory with --out DIR")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -220,7 +231,11 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
     if main and not cfg.resume:
         _log_setup(out / "tb", setup)
 
-    meta = _finetuned_meta(agent.meta, data.max_returns(), cfg, precision)
+    targets = data.max_returns()
+    envs = data.envs
+    if cfg.env is not None:  # one env for all the data: its target is the best return seen
+        envs, targets = [cfg.env], {cfg.env: max(targets.values())}
+    meta = _finetuned_meta(agent.meta, targets, cfg, precision)
     tuned = Agent(adapted.model, meta)
     eval_cfg = EvalConfig(
         episodes=cfg.eval.episodes,
@@ -232,7 +247,7 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
     )
     final_episodes = cfg.eval.final_episodes or cfg.eval.episodes
     evaluator = (
-        Evaluator(tuned, data.envs, eval_cfg, progress=False, max_episodes=final_episodes)
+        Evaluator(tuned, envs, eval_cfg, progress=False, max_episodes=final_episodes)
         if main
         else None
     )
@@ -340,7 +355,7 @@ def _finetuned_meta(
     meta = copy.deepcopy(base)
     meta.target_returns = {**base.target_returns, **targets}
     meta.provenance = {
-        "base_checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "base_checkpoint": checkpoint_ref(cfg.checkpoint),
         "base_provenance": base.provenance,
         "method": cfg.method.name,
         "config": to_dict(cfg),

@@ -357,7 +357,9 @@ def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, init
     if adapted.method == "fft":
         model.save_pretrained(directory)
         return
-    model.peft_config["default"].base_model_name_or_path = str(Path(base_checkpoint).resolve())
+    from eva_rl.agent import checkpoint_ref
+
+    model.peft_config["default"].base_model_name_or_path = checkpoint_ref(base_checkpoint)
     kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
     model.save_pretrained(directory, **kwargs)
     config_path = directory / "adapter_config.json"

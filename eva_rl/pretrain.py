@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from eva_rl import distributed
-from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, horizon_message
 from eva_rl.config import to_dict
-from eva_rl.data.build import dataset_id
+from eva_rl.data.catalog import suite_datasets
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
@@ -42,15 +42,17 @@ class PretrainEvalConfig:
 @dataclass
 class PretrainConfig:
     out: str = "runs/pretrain"
-    suite: str = "mt40"
     datasets: list[str] = field(default_factory=list)  # Minari ids; empty: the suite's datasets
+    suite: str = "mt40"  # the datasets, horizon and reference returns when `datasets` is empty
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
     return_scale: float = 1000.0  # returns-to-go are divided by this
-    horizon: int = 200
+    # episode length at evaluation; None: the suite's, else the longest time limit of the
+    # datasets' envs (else their longest episode)
+    horizon: int | None = None
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
@@ -62,20 +64,24 @@ class PretrainConfig:
             raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
         if self.return_scale <= 0:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
-        if self.horizon >= self.model.max_ep_len:
-            raise UserError(f"horizon {self.horizon} must be < model.max_ep_len")
+        if self.horizon is not None and not 1 <= self.horizon <= self.model.max_ep_len:
+            raise UserError(horizon_message(self.horizon, self.model.max_ep_len))
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
-    ids = cfg.datasets or [dataset_id(t) for t in load_suite(cfg.suite).tasks]
+    suite = None if cfg.datasets else load_suite(cfg.suite)
+    ids = cfg.datasets or suite_datasets(suite)
     traj = load_trajectories(ids, cfg.data_root)  # before touching `out`: bad ids fail first
+    horizon = cfg.horizon or (suite.horizon if suite else traj.horizon())
+    if horizon > cfg.model.max_ep_len:
+        raise UserError(horizon_message(horizon, cfg.model.max_ep_len) + "; set horizon=")
     prepare_run_dir(out, to_dict(cfg), cfg.resume)
     with discard_on_failure(out, cfg.resume):
-        return _train(cfg, traj, ids, progress)
+        return _train(cfg, suite, traj, ids, horizon, progress)
 
 
-def _train(cfg: PretrainConfig, traj, ids: list[str], progress: bool) -> dict[str, Any]:
+def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) -> dict[str, Any]:
     from eva_rl.evaluate import EvalConfig, Evaluator
 
     out = Path(cfg.out)
@@ -91,9 +97,10 @@ def _train(cfg: PretrainConfig, traj, ids: list[str], progress: bool) -> dict[st
         state_std=std.tolist(),
         return_scale=cfg.return_scale,
         context_length=cfg.model.context_length,
-        horizon=cfg.horizon,
+        horizon=horizon,
         target_returns=traj.max_returns(),
-        suite=cfg.suite if not cfg.datasets else None,
+        reference_returns=dict(suite.reference_returns) if suite else {},
+        suite=suite.name if suite else None,
         provenance={
             "config": to_dict(cfg),
             "datasets": ids,

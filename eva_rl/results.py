@@ -28,6 +28,7 @@ class Episode:
     success_any: float | None = None  # None: the env reports no `success`
     success_final: float | None = None
     video: str | None = None  # path of its MP4, when recorded
+    trajectory: dict | None = field(default=None, repr=False, compare=False)  # when recorded
 
     def to_dict(self) -> dict[str, Any]:
         out = {

@@ -142,10 +142,13 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
 
 def _check_inputs(name: str, cfg) -> None:
     """The run's checkpoint and datasets exist (checked for every run before any starts)."""
+    from eva_rl.agent import locate_checkpoint
     from eva_rl.data import catalog
 
-    if not Path(cfg.checkpoint, "config.json").is_file():
-        raise UserError(f"run {name}: checkpoint {cfg.checkpoint} has no config.json; fix the path")
+    try:
+        locate_checkpoint(cfg.checkpoint)
+    except UserError as e:
+        raise UserError(f"run {name}: {e}") from None
     root = catalog.datasets_root(cfg.data_root)
     for ds in cfg.dataset_ids:
         if not catalog.exists(root, ds):

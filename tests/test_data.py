@@ -14,7 +14,8 @@ from minari.data_collector import EpisodeBuffer
 
 from eva_rl.cli import main
 from eva_rl.data import catalog
-from eva_rl.data.build import DataBuildConfig, build, dataset_id
+from eva_rl.data.build import DataBuildConfig, build
+from eva_rl.data.catalog import dataset_id
 
 TASKS = ["push-v3", "hammer-v3"]
 

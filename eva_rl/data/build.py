@@ -21,17 +21,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from eva_rl.config import save_config
 from eva_rl.data import catalog
+from eva_rl.data.catalog import dataset_id
 from eva_rl.envs import NoiseMixture, Suite, load_suite, make_task_env, unknown_name_message
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json, check_writable
+from eva_rl.io import check_writable
 
 ALGORITHM = "metaworld-scripted-expert+gaussian-action-noise"
-
-
-def dataset_id(task: str) -> str:
-    return f"metaworld/{task}/scripted-v0"
 
 
 @dataclass
@@ -71,6 +67,11 @@ class Plan:
 
 def plan(cfg: DataBuildConfig) -> Plan:
     suite = load_suite(cfg.suite)
+    if suite.family != "metaworld":
+        raise UserError(
+            f"suite {suite.name} has no scripted experts to build data from; record datasets "
+            "for its envs with `eva-rl data record` (the suite names them under datasets)"
+        )
     tasks = cfg.tasks or list(suite.tasks)
     for task in tasks:
         if task not in suite.tasks:
@@ -182,55 +183,33 @@ def rollout_episode(task: str, horizon: int, seed: int, index: int, noise: Noise
 
 
 def _write(staged: Path, p: Plan, task: str, episodes, cfg: DataBuildConfig, seconds: float):
-    """Write one task's dataset into the staging root, summarise it, move it into place."""
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    ds_id = dataset_id(task)
-    env = make_task_env(task, p.suite.horizon)
-    buffers = [
-        EpisodeBuffer(
-            id=i,
-            seed=e["seed"],
-            observations=e["observations"],
-            actions=e["actions"],
-            rewards=e["rewards"],
-            terminations=e["terminations"],
-            truncations=e["truncations"],
-            infos=e["infos"],
-        )
-        for i, e in enumerate(episodes)
-    ]
+    """Write one task's dataset into the staging root and move it into place."""
     mixture = p.suite.dataset.noise
-    with catalog.minari_root(staged), warnings.catch_warnings():
-        # Minari nags about a missing e-mail and permalink; the provenance is in the description.
-        warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
-        dataset = minari.create_dataset_from_buffers(
-            ds_id,
-            buffers,
-            env=env,
-            eval_env=env.spec,
-            algorithm_name=ALGORITHM,
-            author="eva_rl",
+    env = make_task_env(task, p.suite.horizon)
+    try:
+        return catalog.write_dataset(
+            staged,
+            p.root,
+            dataset_id(task),
+            episodes,
+            env,
+            algorithm=ALGORITHM,
             description=(
                 f"Meta-World {task}: scripted expert plus per-episode Gaussian action noise, std "
                 f"drawn from {mixture.levels} with weights {mixture.weights}; random object and "
                 f"goal every reset; horizon {p.suite.horizon}; seed {p.seed}."
             ),
             requirements=["metaworld>=3.0", "mujoco>=3.0"],
+            summary={
+                "task": task,
+                "noise_std_per_episode": [e["noise_std"] for e in episodes],
+                "seed": p.seed,
+                "suite": p.suite.name,
+                "horizon": p.suite.horizon,
+                "seconds": round(seconds, 2),
+            },
+            config=cfg,
+            overwrite=cfg.overwrite,
         )
-        summary = {
-            "task": task,
-            **catalog.summarize(dataset),
-            "noise_std_per_episode": [e["noise_std"] for e in episodes],
-            "seed": p.seed,
-            "suite": p.suite.name,
-            "horizon": p.suite.horizon,
-            "seconds": round(seconds, 2),
-        }
-    env.close()
-    target = catalog.dataset_dir(staged, ds_id)
-    atomic_write_json(target / catalog.SUMMARY_FILE, summary)
-    save_config(cfg, target / "eva_rl_build.yaml")
-    catalog.install(staged, p.root, ds_id, overwrite=cfg.overwrite)
-    return summary
+    finally:
+        env.close()

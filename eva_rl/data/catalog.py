@@ -24,6 +24,17 @@ SUMMARY_FILE = "eva_rl_summary.json"
 STAGING_DIR = ".eva_rl-staging"
 
 
+def dataset_id(task: str) -> str:
+    """The id of a Meta-World task's scripted-expert dataset (what `data build` writes)."""
+    return f"metaworld/{task}/scripted-v0"
+
+
+def suite_datasets(suite) -> list[str]:
+    """The Minari ids of a suite's data: Meta-World tasks' scripted-expert datasets, or the
+    datasets a gymnasium suite declares."""
+    return [dataset_id(t) for t in suite.tasks] if suite.family == "metaworld" else suite.datasets
+
+
 def datasets_root(root: str | os.PathLike | None = None) -> Path:
     """The Minari root: `root`, else `$MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
     if root is not None:
@@ -89,6 +100,65 @@ def install(staged_root: Path, root: Path, dataset_id: str, overwrite: bool) -> 
         with minari_root(root):
             if namespace not in list_local_namespaces():
                 create_namespace(namespace)
+
+
+def write_dataset(
+    staged: Path,
+    root: Path,
+    dataset_id: str,
+    episodes: list[dict[str, Any]],
+    env,
+    algorithm: str,
+    description: str,
+    requirements: list[str],
+    summary: dict[str, Any],
+    config,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Write `episodes` (observations T+1, actions, rewards, terminations, truncations, infos,
+    seed) as Minari dataset `dataset_id` in the staging root `staged`, with our summary and
+    the config that made it, then move it into `root` in one rename. Minari's own writer
+    (`create_dataset_from_buffers`), so no jax is needed."""
+    import warnings
+
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from eva_rl.config import save_config
+    from eva_rl.io import atomic_write_json
+
+    buffers = [
+        EpisodeBuffer(
+            id=i,
+            seed=e.get("seed"),
+            observations=e["observations"],
+            actions=e["actions"],
+            rewards=e["rewards"],
+            terminations=e["terminations"],
+            truncations=e["truncations"],
+            infos=e["infos"],
+        )
+        for i, e in enumerate(episodes)
+    ]
+    with minari_root(staged), warnings.catch_warnings():
+        # Minari nags about a missing e-mail and permalink; the provenance is in the description.
+        warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
+        dataset = minari.create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=env,
+            eval_env=env.spec,
+            algorithm_name=algorithm,
+            author="eva_rl",
+            description=description,
+            requirements=requirements,
+        )
+        summary = {**summarize(dataset), **summary}
+    target = dataset_dir(staged, dataset_id)
+    atomic_write_json(target / SUMMARY_FILE, summary)
+    save_config(config, target / "eva_rl_build.yaml")
+    install(staged, root, dataset_id, overwrite=overwrite)
+    return summary
 
 
 def _remove_stale_staging(root: Path) -> None:

@@ -8,7 +8,7 @@ Meta-World: any Minari dataset with Box observations and actions works.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,16 @@ import torch
 from eva_rl.data import catalog
 from eva_rl.envs import ENV_ID
 from eva_rl.errors import UserError
+
+
+def time_limit(dataset) -> int | None:
+    """The episode length limit of the env a dataset recorded (None if it names none)."""
+    spec = dataset.spec.env_spec
+    if spec is None:
+        return None
+    if spec.id == ENV_ID:
+        return spec.kwargs.get("horizon")
+    return spec.max_episode_steps
 
 
 def env_name(dataset) -> str:
@@ -40,6 +50,7 @@ class Trajectories:
     episode_env: np.ndarray  # (E,) int64, index into `envs`
     envs: list[str]  # env name per source dataset
     dataset_ids: list[str]
+    time_limits: dict[str, int | None] = field(default_factory=dict)  # env -> its own limit
 
     @property
     def state_dim(self) -> int:
@@ -75,6 +86,7 @@ class Trajectories:
             episode_env=self.episode_env[episodes],
             envs=self.envs,
             dataset_ids=self.dataset_ids,
+            time_limits=self.time_limits,
         )
 
     def split(self, fraction: float, seed: int) -> tuple[Trajectories, Trajectories | None]:
@@ -99,6 +111,11 @@ class Trajectories:
         mask[held] = True
         return self.select(np.flatnonzero(~mask)), self.select(np.flatnonzero(mask))
 
+    def horizon(self) -> int:
+        """The longest time limit of the recorded envs, else the longest episode."""
+        limits = [limit for limit in self.time_limits.values() if limit]
+        return max(limits) if limits else int(self.episode_length.max())
+
     def max_returns(self) -> dict[str, float]:
         """Best episode return per env: the paper's evaluation target."""
         ep_returns = self.returns_to_go[self.episode_start]
@@ -122,9 +139,11 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "g", "t")}
     lengths, env_index, envs = [], [], []
     shapes: dict[str, tuple[int, int]] = {}
+    limits: dict[str, int | None] = {}
     for ds_id in dataset_ids:
         dataset = catalog.load(ds_id, root)
         name = env_name(dataset)
+        limits[name] = time_limit(dataset)
         shapes[ds_id] = _dims(dataset)
         if len(set(shapes.values())) > 1:
             (first, a), (_, b) = next(iter(shapes.items())), (ds_id, shapes[ds_id])
@@ -154,6 +173,7 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
         episode_env=np.asarray(env_index, dtype=np.int64),
         envs=envs,
         dataset_ids=list(dataset_ids),
+        time_limits=limits,
     )
 
 

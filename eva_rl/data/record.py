@@ -1,0 +1,161 @@
+"""`eva-rl data record`: a Minari dataset of any gymnasium env from an agent's rollouts.
+
+The agent (any checkpoint, adapter or hub DT) plays seeded episodes through the evaluator, with
+optional Gaussian action noise (per-episode seeded) for variety; without a checkpoint the actions
+are uniform random in the action space, to bootstrap data for an env nobody has an agent for yet.
+Episodes are written with Minari's own `create_dataset_from_buffers` (no jax needed), into a
+staging folder first and moved into place in one rename, like `data build`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from eva_rl.data import catalog
+from eva_rl.envs import env_dims, make_env
+from eva_rl.errors import UserError
+from eva_rl.io import check_writable
+
+
+@dataclass
+class RecordConfig:
+    env: str = ""  # a gymnasium env id (or a Meta-World v3 task)
+    id: str = ""  # the Minari dataset id to write, namespace/name-vN
+    episodes: int = 100
+    checkpoint: str | None = None  # the agent that acts; None: uniform random actions
+    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
+    noise: float = 0.0  # agent's Gaussian action noise, as a fraction of each action's range/2
+    target_return: float | None = None  # the agent's target; default: its own for this env
+    horizon: int | None = None  # episode cut; default: the agent's horizon, else the env's limit
+    seed: int = 0  # episode i is reset with seed + i (its noise too)
+    root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari/datasets
+    overwrite: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 0  # env-stepping processes for the agent's rollouts; 0: auto
+
+    def __post_init__(self):
+        if not self.env or not self.id:
+            raise UserError("data record needs --env ENV and --id NAMESPACE/NAME-vN")
+        if self.episodes < 1:
+            raise UserError(f"episodes must be >= 1, got {self.episodes}")
+        if self.noise < 0 or (self.horizon is not None and self.horizon < 1):
+            raise UserError("noise must be >= 0 and horizon >= 1")
+        if self.checkpoint is None and (self.noise or self.target_return is not None):
+            raise UserError("noise and target_return act on an agent: pass --checkpoint DIR")
+        from minari.dataset.minari_dataset import parse_dataset_id
+
+        try:
+            parse_dataset_id(self.id)
+        except Exception as e:  # Minari's own format check
+            raise UserError(f"bad dataset id {self.id!r} ({e}); use namespace/name-v0") from None
+
+
+def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
+    """Roll out, write the dataset, return its summary."""
+    root = catalog.datasets_root(cfg.root)
+    if catalog.exists(root, cfg.id) and not cfg.overwrite:
+        raise UserError(f"dataset {cfg.id} already exists under {root}; pass --overwrite")
+    check_writable(root, directory=True)
+    started = time.perf_counter()
+    if cfg.checkpoint is None:
+        horizon = cfg.horizon or _time_limit(cfg.env)
+        episodes = _random_rollouts(cfg, horizon, progress)
+        policy = "uniform random actions"
+    else:
+        episodes, horizon = _agent_rollouts(cfg, progress)
+        policy = f"the agent {cfg.checkpoint} (action noise {cfg.noise:g} of the half-range)"
+    env = make_env(cfg.env, horizon, cut=True)  # the dataset's env spec names the cut
+    try:
+        with catalog.staging(root) as staged:
+            return catalog.write_dataset(
+                staged,
+                root,
+                cfg.id,
+                episodes,
+                env,
+                algorithm="eva_rl-record",
+                description=(
+                    f"{cfg.env}: {len(episodes)} episodes of {policy}, episode i reset with seed "
+                    f"{cfg.seed}+i, cut at {horizon} steps; recorded by eva-rl data record."
+                ),
+                requirements=["gymnasium[mujoco]>=1.0"],
+                summary={
+                    "env": cfg.env,
+                    "policy": policy,
+                    "seed": cfg.seed,
+                    "horizon": horizon,
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+                config=cfg,
+                overwrite=cfg.overwrite,
+            )
+    finally:
+        env.close()
+
+
+def _time_limit(name: str) -> int:
+    env = make_env(name, 1000)
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    env.close()
+    return limit or 1000
+
+
+def _random_rollouts(cfg: RecordConfig, horizon: int, progress: bool) -> list[dict]:
+    env = make_env(cfg.env, horizon, cut=True)
+    env_dims(env, cfg.env)  # Box spaces only
+    low, high = env.action_space.low, env.action_space.high
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise UserError(f"env {cfg.env} has an unbounded action space: record with an agent")
+    episodes = []
+    for i in tqdm(range(cfg.episodes), desc="record", unit="ep", disable=not progress):
+        rng = np.random.default_rng([cfg.seed + i, 0x72616E64])
+        obs, _ = env.reset(seed=cfg.seed + i)
+        track = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
+                 "truncations": []}  # fmt: skip
+        for t in range(horizon):
+            action = rng.uniform(low, high).astype(env.action_space.dtype)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            cut = t + 1 == horizon and not (terminated or truncated)
+            for key, value in zip(track, (obs, action, reward, terminated, truncated or cut),
+                                  strict=True):  # fmt: skip
+                track[key].append(value)
+            if terminated or truncated:
+                break
+        episode = {k: np.asarray(v) for k, v in track.items()}
+        episodes.append({**episode, "infos": {}, "seed": cfg.seed + i})
+    env.close()
+    return episodes
+
+
+def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]:
+    from eva_rl.agent import load_agent
+    from eva_rl.evaluate import EvalConfig, Evaluator
+    from eva_rl.runtime import resolve_device
+
+    agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.device))
+    if cfg.horizon is not None:
+        if cfg.horizon > agent.model.config.max_ep_len:
+            from eva_rl.agent import horizon_message
+
+            raise UserError(horizon_message(cfg.horizon, agent.model.config.max_ep_len))
+        agent.meta.horizon = cfg.horizon
+    targets = {cfg.env: cfg.target_return} if cfg.target_return is not None else {}
+    eval_cfg = EvalConfig(
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        target_returns=targets,
+        device=cfg.device,
+        precision=cfg.precision,
+        workers=cfg.workers,
+        noise=cfg.noise,
+    )
+    with Evaluator(agent, [cfg.env], eval_cfg, progress=progress, record=True) as evaluator:
+        result = evaluator.run()
+    episodes = [{**e.trajectory, "seed": e.seed} for e in result.envs[cfg.env].episodes]
+    return episodes, agent.meta.horizon
