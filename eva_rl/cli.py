@@ -115,9 +115,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from eva_rl.agent import load_agent
     from eva_rl.envs import load_suite
-    from eva_rl.evaluate import EvalConfig, evaluate
+    from eva_rl.evaluate import EvalConfig, Evaluator
     from eva_rl.io import atomic_write_json, check_writable
     from eva_rl.runtime import resolve_device
+    from eva_rl.video import log_videos
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -133,6 +134,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         precision=args.precision,
         max_envs=args.max_envs,
         workers=args.workers,
+        video=args.video,
+        video_size=args.video_size,
+        video_every=args.video_every,
     )
     agent = load_agent(args.checkpoint, stats=args.stats, device=resolve_device(args.device))
     envs = args.envs or (load_suite(args.suite).tasks if args.suite else [])
@@ -140,13 +144,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.targets_from_datasets is not None:
         cfg.target_returns = {**_dataset_targets(args.targets_from_datasets, envs),
                               **cfg.target_returns}  # fmt: skip
-    result = evaluate(agent, envs, cfg)
+    videos = out.with_suffix("").as_posix() + "_videos"
+    with Evaluator(agent, envs, cfg) as evaluator:
+        result = evaluator.run(video_dir=videos)
     result.config.update(checkpoint=str(args.checkpoint), envs=envs, stats=args.stats)
     atomic_write_json(out, result.to_dict(intervals=True))
-    with SummaryWriter(args.tb or out.with_suffix("").as_posix() + "_tb") as writer:
-        result.log(writer, step=agent.meta.provenance.get("steps", 0))
+    step = agent.meta.provenance.get("steps", 0)
+    tb = args.tb or out.with_suffix("").as_posix() + "_tb"
+    with SummaryWriter(tb) as writer:
+        result.log(writer, step=step)
+    log_videos(result, Path(tb), step)
     print(result.to_markdown())
-    print(f"report: {out}")
+    print(f"report: {out}" + (f"; videos: {videos}" if args.video else ""))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -275,6 +284,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     result = quickstart(cfg)
     print(f"\n{result['table']}\n")
     print(f"report: {result['report']}/README.md (plots beside it)")
+    if result["video"]:
+        print(f"the agents side by side on one episode: {result['video']}")
     print(f"TensorBoard: tensorboard --logdir {result['runs']}")
 
 
@@ -395,6 +406,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--workers", type=int, default=0, help="env-stepping processes (0: auto; 1: in process)"
     )
+    ev.add_argument("--video", type=int, default=0, metavar="K",
+                    help="record the first K episodes per env (MP4 in <out>_videos/, TensorBoard)")
+    ev.add_argument("--video-size", type=int, default=240, help="frame width/height (240)")
+    ev.add_argument("--video-every", type=int, default=2, help="keep every k-th frame (2)")
     _add_precision(ev, "auto")
     ev.add_argument("--out", required=True, help="JSON report path")
     ev.add_argument("--tb", help="TensorBoard dir (default: <out without .json>_tb)")

@@ -53,6 +53,8 @@ class MetaWorldTaskEnv(gym.Env):
         horizon: int = 200,
         render_mode: str | None = None,
         camera_name: str = "corner",
+        width: int = 480,
+        height: int = 480,
     ):
         import metaworld.env_dict
 
@@ -64,7 +66,9 @@ class MetaWorldTaskEnv(gym.Env):
         self.task = task
         self.horizon = horizon
         self.render_mode = render_mode
-        env = classes[task](render_mode=render_mode, camera_name=camera_name)
+        env = classes[task](
+            render_mode=render_mode, camera_name=camera_name, width=width, height=height
+        )
         env._partially_observable = False  # the goal position is part of the observation
         env.__dict__.pop("sawyer_observation_space", None)  # cached with the old observability
         env._set_task_called = True
@@ -111,18 +115,26 @@ def make_task_env(task: str, horizon: int = 200, **kwargs: Any) -> gym.Env:
 
 
 def make_env(
-    name: str, horizon: int, render_mode: str | None = None, cut: bool = False
+    name: str, horizon: int, render_size: int | None = None, cut: bool = False
 ) -> gym.Env:
     """A Meta-World v3 task (truncated at `horizon`) or, for any other name, `gymnasium.make`.
 
     Generic envs keep their own time limit (evaluation also stops every episode at `horizon`),
     unless `cut`: then their time limit is `horizon` (a recorded dataset's env says so).
+    `render_size`: render RGB frames of that width and height (videos).
     """
+    render = {}
+    if render_size is not None:
+        render = {"render_mode": "rgb_array", "width": render_size, "height": render_size}
     if name in metaworld_task_names():
-        return make_task_env(name, horizon, render_mode=render_mode)
+        return make_task_env(name, horizon, **render)
     try:
         limit = {"max_episode_steps": horizon} if cut else {}
-        return gym.make(name, render_mode=render_mode, **limit)
+        try:
+            return gym.make(name, **render, **limit)
+        except TypeError:  # an env without frame-size arguments renders at its own size
+            render.pop("width", None), render.pop("height", None)
+            return gym.make(name, **render, **limit)
     except gym.error.Error as e:
         raise UserError(
             f"cannot make env {name!r}: not a Meta-World v3 task and gymnasium says: {e}"
@@ -146,31 +158,47 @@ class EnvSlots(gym.Env):
 
     Observations are (slots, obs_dim); an action row of NaN means "this slot is idle".
     Rewards, terminations, truncations and success come back per slot in `info`.
-    `reset(options={"assign": {group: {slot: seed}}})` starts a new episode in the named slots
-    of this group (its index is `group`);
-    instances are built on first use, so the vector env's throw-away probe of the spaces is
-    cheap.
+    `reset(options={"assign": {group: {slot: (seed, video)}}})` starts a new episode in the
+    named slots of this group (its index is `group`); `video` (a path, or None) records the
+    episode as an MP4 of every `video_every`-th frame, written when the episode ends, when the
+    slot starts another, or at `flush_videos()`. Instances are built on first use, so the vector
+    env's throw-away probe of the spaces is cheap.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, group: int, names: list[str | None], horizon: int, dims: tuple[int, int]):
+    def __init__(
+        self,
+        group: int,
+        names: list[str | None],
+        horizon: int,
+        dims: tuple[int, int],
+        video_size: int | None = None,
+        video_every: int = 1,
+    ):
         self.group, self.names, self.horizon = group, names, horizon
+        self.video_size, self.video_every = video_size, video_every
         n, (obs_dim, act_dim) = len(names), dims
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n, obs_dim), np.float32)
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (n, act_dim), np.float32)
         self._envs: list[gym.Env | None] | None = None
         self._obs = np.zeros((n, obs_dim), np.float32)
+        self._videos: dict[int, tuple[str, list, int]] = {}  # slot -> path, frames, steps
 
     def _instances(self) -> list[gym.Env | None]:
         if self._envs is None:
-            self._envs = [make_env(n, self.horizon) if n else None for n in self.names]
+            self._envs = [make_env(n, self.horizon, self.video_size) if n else None
+                          for n in self.names]  # fmt: skip
         return self._envs
 
     def reset(self, *, seed=None, options=None):
         envs = self._instances()
-        for slot, episode_seed in (options or {}).get("assign", {}).get(self.group, {}).items():
+        mine = (options or {}).get("assign", {}).get(self.group, {})
+        for slot, (episode_seed, video) in mine.items():
+            self._write_video(slot)
             self._obs[slot] = _flat(envs[slot].reset(seed=int(episode_seed))[0])
+            if video is not None:
+                self._videos[slot] = (video, [envs[slot].render()], 0)
         return self._obs.copy(), {}
 
     def step(self, actions):
@@ -184,9 +212,29 @@ class EnvSlots(gym.Env):
             reward[slot] = float(r)
             if "success" in info:
                 success[slot] = float(info["success"])
+            if slot in self._videos:
+                path, frames, steps = self._videos[slot]
+                if (steps + 1) % self.video_every == 0:
+                    frames.append(envs[slot].render())
+                self._videos[slot] = (path, frames, steps + 1)
+                if terminated[slot] or truncated[slot]:
+                    self._write_video(slot)
         info = {"reward": reward, "terminated": terminated, "truncated": truncated}
         info["success"] = success
         return self._obs.copy(), 0.0, False, False, info
+
+    def _write_video(self, slot: int) -> None:
+        if slot in self._videos:
+            from eva_rl.video import write_mp4
+
+            path, frames, _ = self._videos.pop(slot)
+            fps = self._envs[slot].metadata.get("render_fps", 30) / self.video_every
+            write_mp4(path, frames, fps)
+
+    def flush_videos(self) -> None:
+        """Write the videos of episodes that ended by our horizon, not by the env."""
+        for slot in list(self._videos):
+            self._write_video(slot)
 
     def close(self):
         for env in self._envs or []:

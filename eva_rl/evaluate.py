@@ -9,10 +9,11 @@ which slot, chunk or process played it.
 The slots are stepped in `workers` processes through Gymnasium's vector API (`AsyncVectorEnv`,
 shared memory, autoreset disabled: every reset is ours, with its seed); each sub-env holds a
 group of slots (`EnvSlots`), so 100 episodes cost `workers` processes, not 100. With one worker
-the same group steps in this process (`SyncVectorEnv`). Both paths see the same slots in the same
-order, so they give identical episodes. Env instances are built once per `Evaluator` and reused
-by later episodes and later calls (building a Meta-World env costs ~0.2 s; a training run
-evaluates several times).
+the same group steps in this process (`SyncVectorEnv`), unless episodes are recorded as videos
+(frames are rendered in worker processes, see `eva_rl.video`). Both paths see the same slots in
+the same order, so they give identical episodes. Env instances are built once per `Evaluator`
+and reused by later episodes and later calls (building a Meta-World env costs ~0.2 s; a
+training run evaluates several times).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -53,6 +55,9 @@ class EvalConfig:
     # Gaussian action noise (std as a fraction of each action's half-range), seeded per
     # episode: 0 to evaluate; data recording (`eva-rl data record`) uses it for variety
     noise: float = 0.0
+    video: int = 0  # record the first `video` episodes of each env (MP4 + TensorBoard)
+    video_size: int = 240  # frame width and height, pixels
+    video_every: int = 2  # keep every k-th frame (frame skip)
 
     def __post_init__(self):
         if self.max_envs < 0:
@@ -67,6 +72,8 @@ class EvalConfig:
             raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
         if not 0.0 <= self.noise < float("inf"):
             raise UserError(f"noise must be >= 0, got {self.noise}")
+        if self.video < 0 or self.video_size < 16 or self.video_every < 1:
+            raise UserError("video must be >= 0, video_size >= 16 and video_every >= 1")
 
 
 def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
@@ -108,7 +115,12 @@ class Evaluator:
             raise UserError(f"env names must be unique, got {envs}")
         self.agent, self.names, self.cfg, self.progress = agent, list(envs), cfg, progress
         self.record = record
+        self._video_dir: Path | None = None
         self.targets = {name: target_return(agent, name, cfg) for name in envs}
+        if cfg.video:
+            from eva_rl.video import setup_rendering
+
+            setup_rendering()  # for the worker processes that render
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.horizon = agent.meta.horizon
@@ -145,10 +157,11 @@ class Evaluator:
         groups = [self._slot_names[g::workers] for g in range(workers)]
         groups = [g + [None] * (size - len(g)) for g in groups]  # equal shapes for batching
         dims = (self.agent.state_dim, self.agent.act_dim)
-        fns = [functools.partial(EnvSlots, g, names, self.horizon, dims) for g, names in
-               enumerate(groups)]  # fmt: skip
+        video = (self.cfg.video_size, self.cfg.video_every) if self.cfg.video else (None, 1)
+        fns = [functools.partial(EnvSlots, g, names, self.horizon, dims, *video)
+               for g, names in enumerate(groups)]  # fmt: skip
         mode = gym.vector.AutoresetMode.DISABLED
-        if workers == 1:
+        if workers == 1 and not self.cfg.video:  # frames are rendered in worker processes
             self._vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
         else:
             self._vec = gym.vector.AsyncVectorEnv(
@@ -158,9 +171,12 @@ class Evaluator:
         self._slot_names = [groups[g][j] for g, j in self._where]  # slot s lives at _where[s]
         self._shape = (workers, size)
 
-    def run(self, episodes: int | None = None) -> EvalResult:
-        """`episodes` (default `cfg.episodes`) seeded episodes per env; see the module doc."""
+    def run(self, episodes: int | None = None, video_dir: str | None = None) -> EvalResult:
+        """`episodes` (default `cfg.episodes`) seeded episodes per env; see the module doc.
+        With `cfg.video` and a `video_dir`, the first `cfg.video` episodes of each env are
+        recorded there as `<env>-seed<seed>.mp4` (and named in their `Episode.video`)."""
         episodes = episodes or self.cfg.episodes
+        self._video_dir = Path(video_dir) if video_dir and self.cfg.video else None
         if self._vec is None:
             self._open()
         started = time.perf_counter()
@@ -228,8 +244,13 @@ class Evaluator:
                 if queue[names[s]]:
                     i = queue[names[s]].popleft()
                     index[s], current[s], t[s] = i, Episode(self.cfg.seed + i, 0.0, 0), 0
+                    video = None
+                    if self._video_dir is not None and i < self.cfg.video:
+                        name = f"{names[s]}-seed{self.cfg.seed + i}.mp4"
+                        video = str(self._video_dir / name)
+                        current[s].video = video
                     g, j = self._where[s]
-                    assign.setdefault(g, {})[j] = self.cfg.seed + i
+                    assign.setdefault(g, {})[j] = (self.cfg.seed + i, video)
                     started.append(s)
             if not started:
                 return
@@ -316,6 +337,8 @@ class Evaluator:
                 rtg[rows, steps, 0] = rtg[rows, steps - 1, 0] - scaled
             if free:
                 refill(free)
+        if self._video_dir is not None:
+            self._vec.call("flush_videos")
         bar.close()
         return {name: [done[name][i] for i in range(episodes)] for name in self.names}
 

@@ -62,6 +62,7 @@ from eva_rl.train import (
     prepare_run_dir,
     train_loop,
 )
+from eva_rl.video import log_videos
 
 SUMMARY_FILE = "summary.json"
 QUIET = (  # benign warnings PEFT and transformers raise on every run of these methods
@@ -80,10 +81,13 @@ class FinetuneEvalConfig:
     seed: int = 1000  # episode i is reset with seed + i; the same episodes at every evaluation
     max_envs: int = 0  # env slots alive at once; 0: auto (eva_rl.evaluate.EvalConfig)
     workers: int = 0  # env-stepping processes; 0: auto
+    video: int = 0  # episodes per env recorded at every evaluation (MP4 in videos/, TensorBoard)
+    video_size: int = 240  # frame width and height, pixels
+    video_every: int = 2  # keep every k-th frame
 
     def __post_init__(self):
-        if self.episodes < 1 or self.final_episodes < 0:
-            raise UserError("eval.episodes must be >= 1 and eval.final_episodes >= 0")
+        if self.episodes < 1 or self.final_episodes < 0 or self.video < 0:
+            raise UserError("eval.episodes must be >= 1, eval.final_episodes and video >= 0")
 
 
 @dataclass
@@ -244,6 +248,9 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
         precision=precision,
         max_envs=cfg.eval.max_envs,
         workers=cfg.eval.workers,
+        video=cfg.eval.video,
+        video_size=cfg.eval.video_size,
+        video_every=cfg.eval.video_every,
     )
     final_episodes = cfg.eval.final_episodes or cfg.eval.episodes
     evaluator = (
@@ -257,7 +264,9 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
         extra = {}
         if heldout_batches:
             extra["heldout_loss"] = heldout_loss(adapted.model, heldout_batches, precision)
-        return EvalPoint.of(step, evaluator.run(episodes), **extra)
+        result = evaluator.run(episodes, video_dir=str(out / "videos" / f"step-{step:06d}"))
+        log_videos(result, out / "tb", step)
+        return EvalPoint.of(step, result, **extra)
 
     def write_agent(directory: Path) -> None:
         export_adapted(adapted, directory, cfg.checkpoint, initial)

@@ -268,3 +268,39 @@ def test_bf16_actions_close_to_fp32_and_forced_bf16_without_hardware_warns(check
     with pytest.warns(UserWarning) if not native_bf16(cpu) else contextlib.nullcontext():
         result = evaluate(agent, ["push-v3"], EvalConfig(episodes=2, precision="bf16"), False)
     assert result.config["precision"] == "bf16"
+
+
+def test_videos_decode_to_the_expected_frames_and_change_no_episode(tmp_path):
+    """Recorded episodes (in a worker process, with OSMesa or EGL) are MP4s of 1 + steps/every
+    frames at the asked size, logged to TensorBoard, and every episode is the same as without."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from eva_rl.video import log_videos, read_frames
+
+    agent = tiny_agent(39, 4, horizon=10, targets={"reach-v3": 300.0})
+    plain = evaluate(agent, ["reach-v3"], EvalConfig(episodes=3, workers=1), progress=False)
+    cfg = EvalConfig(episodes=3, video=2, video_size=64, video_every=2)
+    with Evaluator(agent, ["reach-v3"], cfg, progress=False) as ev:
+        filmed = ev.run(video_dir=str(tmp_path / "videos"))
+    assert episodes_of(filmed, "reach-v3") == [
+        {**e, **({"video": str(tmp_path / "videos" / f"reach-v3-seed{e['seed']}.mp4")}
+                 if i < 2 else {})} for i, e in enumerate(episodes_of(plain, "reach-v3"))
+    ]  # fmt: skip
+    frames = read_frames(tmp_path / "videos" / "reach-v3-seed0.mp4")
+    assert frames.shape == (1 + 10 // 2, 64, 64, 3) and frames.std() > 0  # not a blank image
+    assert not (tmp_path / "videos" / "reach-v3-seed2.mp4").exists()
+    log_videos(filmed, tmp_path / "tb", step=5)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Tags()["images"] == ["video/reach-v3/seed0", "video/reach-v3/seed1"]
+
+
+def test_no_renderer_is_one_line_naming_what_to_install(monkeypatch):
+    import ctypes.util
+
+    from eva_rl.video import setup_rendering
+
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)  # a bare machine
+    with pytest.raises(UserError, match=r"apt-get install libosmesa6.*MUJOCO_GL=egl"):
+        setup_rendering()
