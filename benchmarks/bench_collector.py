@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from eva_rl.agent import Agent
-from eva_rl.collector import CollectorConfig, collect, token_mask
 from eva_rl.data.segments import load_trajectories
+from eva_rl.eva.collector import CollectorConfig, collect, token_mask
 
 warnings.filterwarnings("ignore")
 

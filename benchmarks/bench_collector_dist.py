@@ -47,7 +47,7 @@ def shards(task: str, batch: int):
 
 
 def config(batches: int):
-    from eva_rl.collector import CollectorConfig
+    from eva_rl.eva.collector import CollectorConfig
 
     return CollectorConfig(rank=8, tau=1.0, max_batches=batches)
 
@@ -56,7 +56,7 @@ def worker(rank: int, port: int, args, queue) -> None:
     import warnings
 
     from eva_rl import distributed
-    from eva_rl.collector import collect, target_layers, token_mask
+    from eva_rl.eva.collector import collect, target_layers, token_mask
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -122,7 +122,7 @@ def worker(rank: int, port: int, args, queue) -> None:
 def single(args, threads: int) -> float:
     import warnings
 
-    from eva_rl.collector import collect
+    from eva_rl.eva.collector import collect
 
     torch.set_num_threads(threads)
     agent, batches = shards(args.task, args.batch)

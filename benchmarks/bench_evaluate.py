@@ -22,7 +22,7 @@ import torch
 
 from eva_rl.agent import Agent
 from eva_rl.envs import make_env
-from eva_rl.evaluate import EvalConfig, evaluate
+from eva_rl.evaluation import EvalConfig, evaluate
 
 warnings.filterwarnings("ignore")
 

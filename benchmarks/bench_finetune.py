@@ -5,13 +5,13 @@
 
 Each (method, variant, round) runs in a fresh process: load the shipped agent, build the method
 (EVA's collection is not timed), warm-up updates (compilation included for `+compile`), then
-`--steps` timed updates (forward, masked MSE, backward, clip, AdamW) on one fixed batch, the way
-`eva_rl.train.train_loop` does them. Variants: `fp32`, `bf16` (autocast around forward and loss),
-`+fused` (AdamW's fused kernel), `+compile` (torch.compile of the loss function; its compile
-time is printed). Memory is the growth of the process's peak resident set over the set before
-the first update (CPU: /proc peak RSS, reset before timing; CUDA:
-torch.cuda.max_memory_allocated), i.e. gradients, optimizer state and activations. Figures are
-medians over rounds; ratios are against fft in fp32 and against the same method in fp32;
+`--steps` timed updates (forward, masked MSE, backward, clip, AdamW) on one fixed batch, the
+way `eva_rl.training.loop.train_loop` does them. Variants: `fp32`, `bf16` (autocast around
+forward and loss), `+fused` (AdamW's fused kernel), `+compile` (torch.compile of the loss
+function; its compile time is printed). Memory is the growth of the process's peak resident
+set over the set before the first update (CPU: /proc peak RSS, reset before timing; CUDA:
+torch.cuda.max_memory_allocated), i.e. gradients, optimizer state and activations. Figures
+are medians over rounds; ratios are against fft in fp32 and against the same method in fp32;
 rounds interleave to spread machine noise. Needs the dataset: eva-rl data build --tasks hammer-v3
 """
 
@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(method: str, variant: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
+    from eva_rl.adapters.methods import MethodConfig, build_method, trainable_parameters
     from eva_rl.agent import Agent
-    from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
-    from eva_rl.methods import MethodConfig, build_method, trainable_parameters
+    from eva_rl.eva.collector import CollectorConfig, collect_on_datasets
     from eva_rl.runtime import autocast, resolve_device
-    from eva_rl.train import action_loss
+    from eva_rl.training.loop import action_loss
 
     device = resolve_device("auto")
     agent = Agent.load(ROOT / "results/pretrained/mt40-cpu/agent", device=device)

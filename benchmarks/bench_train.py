@@ -21,7 +21,7 @@ import torch
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import SegmentSampler, load_trajectories
-from eva_rl.train import LoopConfig, OptimConfig, action_loss, train_loop
+from eva_rl.training.loop import LoopConfig, OptimConfig, action_loss, train_loop
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from eva_rl.distributed import is_main
-    from eva_rl.pretrain import PretrainConfig, pretrain
+    from eva_rl.training.pretrain import PretrainConfig, pretrain
 
     cfg = _config(PretrainConfig, args, ["out", "resume", "precision"])
     result = pretrain(cfg)
@@ -115,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from eva_rl.agent import load_agent
     from eva_rl.envs import load_suite
-    from eva_rl.evaluate import EvalConfig, Evaluator
+    from eva_rl.evaluation import EvalConfig, Evaluator
     from eva_rl.io import atomic_write_json, check_writable
     from eva_rl.runtime import resolve_device
     from eva_rl.video import log_videos
@@ -160,10 +160,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from eva_rl.agent import Agent
-    from eva_rl.collector import CollectorConfig, collect_on_datasets
     from eva_rl.config import save_config
     from eva_rl.distributed import is_main, world_size
-    from eva_rl.eva import META_FILE, log_to_tensorboard, save_result
+    from eva_rl.eva.collector import CollectorConfig, collect_on_datasets
+    from eva_rl.eva.state import META_FILE, log_to_tensorboard, save_result
     from eva_rl.io import check_writable
     from eva_rl.runtime import resolve_device
 
@@ -205,7 +205,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from eva_rl.distributed import is_main
-    from eva_rl.finetune import FinetuneConfig, finetune
+    from eva_rl.training.finetune import FinetuneConfig, finetune
 
     flags = {
         "checkpoint": "checkpoint",
@@ -245,14 +245,14 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from eva_rl.methods import METHODS
+    from eva_rl.adapters.methods import METHODS
 
     for name, method in METHODS.items():
         print(f"{name:14s} {method.summary}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from eva_rl.sweep import load_sweep, sweep
+    from eva_rl.sweeps import load_sweep, sweep
 
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     cfg = load_sweep(args.config, [*flags, *args.overrides])
@@ -266,7 +266,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from eva_rl.report import write_report
+    from eva_rl.reports import write_report
 
     command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
@@ -291,7 +291,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     from eva_rl.io import check_writable
-    from eva_rl.report import plot_curve
+    from eva_rl.reports import plot_curve
 
     if Path(args.out).exists() and not args.overwrite:
         raise UserError(f"{args.out} exists; pass --overwrite or choose another --out")
@@ -406,8 +406,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--workers", type=int, default=0, help="env-stepping processes (0: auto; 1: in process)"
     )
-    ev.add_argument("--video", type=int, default=0, metavar="K",
-                    help="record the first K episodes per env (MP4 in <out>_videos/, TensorBoard)")
+    ev.add_argument(
+        "--video",
+        type=int,
+        default=0,
+        metavar="K",
+        help="record the first K episodes per env (MP4 in <out>_videos/, TensorBoard)",
+    )
     ev.add_argument("--video-size", type=int, default=240, help="frame width/height (240)")
     ev.add_argument("--video-every", type=int, default=2, help="keep every k-th frame (2)")
     _add_precision(ev, "auto")

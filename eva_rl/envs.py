@@ -114,9 +114,7 @@ def make_task_env(task: str, horizon: int = 200, **kwargs: Any) -> gym.Env:
     return gym.make(ENV_ID, task=task, horizon=horizon, **kwargs)
 
 
-def make_env(
-    name: str, horizon: int, render_size: int | None = None, cut: bool = False
-) -> gym.Env:
+def make_env(name: str, horizon: int, render_size: int | None = None, cut: bool = False) -> gym.Env:
     """A Meta-World v3 task (truncated at `horizon`) or, for any other name, `gymnasium.make`.
 
     Generic envs keep their own time limit (evaluation also stops every episode at `horizon`),
@@ -300,9 +298,7 @@ class Suite:
             valid = metaworld_task_names()
             for task in self.tasks:
                 if task not in valid:
-                    raise UserError(
-                        unknown_name_message(f"task in suite {self.name}", task, valid)
-                    )
+                    raise UserError(unknown_name_message(f"task in suite {self.name}", task, valid))
         else:
             for task in self.tasks:
                 if task not in gym.registry:

@@ -38,7 +38,7 @@ class QuickstartConfig:
                 )
         if self.steps < 1 or self.eval_every < 1:
             raise UserError("steps and eval_every must be >= 1")
-        from eva_rl.methods import METHODS, unknown_method
+        from eva_rl.adapters.methods import METHODS, unknown_method
 
         for method in self.methods:  # before any dataset is built
             if method not in METHODS:
@@ -47,8 +47,8 @@ class QuickstartConfig:
 
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
     from eva_rl.data.build import DataBuildConfig, build
-    from eva_rl.report import write_report
-    from eva_rl.sweep import SweepConfig, sweep
+    from eva_rl.reports import write_report
+    from eva_rl.sweeps import SweepConfig, sweep
 
     build(DataBuildConfig(tasks=[cfg.task], skip_existing=True, root=cfg.data_root))
     out = Path(cfg.out)
@@ -82,8 +82,8 @@ def side_by_side_video(cfg: QuickstartConfig, runs: Path, path: Path) -> str:
     from eva_rl.agent import load_agent
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
-    from eva_rl.evaluate import EvalConfig, Evaluator
-    from eva_rl.finetune import FinetuneConfig
+    from eva_rl.evaluation import EvalConfig, Evaluator
+    from eva_rl.training.finetune import FinetuneConfig
     from eva_rl.video import side_by_side
 
     first = runs / f"method={cfg.methods[0]}" / "config.yaml"

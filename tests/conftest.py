@@ -47,7 +47,7 @@ def write_minari(dataset_id, env, episodes, root):
 def checkpoint(mw_root, tmp_path_factory):
     """A tiny DT pretrained on push-v3 (horizon 30 keeps evaluations short)."""
     from eva_rl.config import load_config
-    from eva_rl.pretrain import PretrainConfig, pretrain
+    from eva_rl.training.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("pretrained") / "run"
     cfg = load_config(PretrainConfig, None, tiny_pretrain_overrides(mw_root, out))

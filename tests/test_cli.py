@@ -146,7 +146,8 @@ def test_evaluate_targets_from_datasets(ckpt, mw_root, tmp_path, monkeypatch):
         == 0
     )
     best = catalog.read_summary("metaworld/hammer-v3/scripted-v0")["return_max"]
-    assert json.loads(out.read_text())["envs"]["hammer-v3"]["target_return"] == best
+    target = json.loads(out.read_text())["envs"]["hammer-v3"]["target_return"]
+    assert target == pytest.approx(best, rel=1e-6)  # float32 returns-to-go of the data
 
 
 def test_stratified_bootstrap_ci_contains_the_mean_and_narrows():

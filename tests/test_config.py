@@ -91,7 +91,7 @@ def test_suites_load_and_validate(tmp_path):
     custom.write_text("tasks: [reach-v9]\n")
     with pytest.raises(UserError, match="unknown task in suite mine 'reach-v9'; valid: .*reach-v3"):
         load_suite(str(custom))
-    with pytest.raises(UserError, match="unknown suite 'cw11'; valid: metaworld/cw10"):
+    with pytest.raises(UserError, match="unknown suite 'cw11'; valid: gym.*, metaworld/cw10"):
         load_suite("cw11")
 
 

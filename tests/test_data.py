@@ -125,7 +125,7 @@ def test_skip_existing_and_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--suite", "cw11"], "unknown suite 'cw11'; valid: metaworld/cw10, metaworld/mt40"),
+        (["--suite", "cw11"], "unknown suite 'cw11'; valid: gymnasium/halfcheetah, metaworld/cw10"),
         (["--tasks", "reach-v3"], "task for suite metaworld/cw10 'reach-v3'; valid: hammer"),
         (["--episodes", "0"], "episodes must be >= 1"),
         (["--overwrite", "--skip-existing"], "contradict each other"),

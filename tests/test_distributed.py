@@ -12,18 +12,18 @@ from safetensors.torch import load_file
 from conftest import HAMMER, tiny_finetune_overrides, tiny_pretrain_overrides
 from eva_rl.agent import Agent
 from eva_rl.cli import main
-from eva_rl.collector import CollectorConfig, collect
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
 from eva_rl.distributed import rank_seed
 from eva_rl.errors import UserError
-from eva_rl.finetune import FinetuneConfig, finetune
-from eva_rl.report.tensorboard import read_scalars
+from eva_rl.eva.collector import CollectorConfig, collect
+from eva_rl.reports.tensorboard import read_scalars
+from eva_rl.training.finetune import FinetuneConfig, finetune
 
 # A torchrun worker that dies on its 15th update, after the checkpoint of update 10.
 CRASH_AT_15 = """
 import sys
-import eva_rl.train as train
+import eva_rl.training.loop as train
 from eva_rl.cli import main
 
 real, calls = train.action_loss, [0]

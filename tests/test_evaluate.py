@@ -12,7 +12,7 @@ import torch
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
 from eva_rl.envs import make_env, make_task_env
 from eva_rl.errors import UserError
-from eva_rl.evaluate import EvalConfig, Evaluator, evaluate
+from eva_rl.evaluation import EvalConfig, Evaluator, evaluate
 from eva_rl.results import EvalResult
 
 PUSH = "metaworld/push-v3/scripted-v0"

@@ -8,15 +8,15 @@ from peft import PeftModel
 from transformers import DecisionTransformerModel
 
 from conftest import HAMMER, tiny_finetune_overrides
+from eva_rl.adapters.methods import METHODS, MethodConfig, build_method, export_adapted
 from eva_rl.agent import Agent, load_agent
 from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.finetune import FinetuneConfig, finetune
-from eva_rl.methods import METHODS, MethodConfig, build_method, export_adapted
-from eva_rl.report.tensorboard import read_scalars
-from eva_rl.train import action_loss, action_preds
+from eva_rl.reports.tensorboard import read_scalars
+from eva_rl.training.finetune import FinetuneConfig, finetune
+from eva_rl.training.loop import action_loss, action_preds
 
 
 def tiny_finetune(checkpoint, mw_root, out, method, *extra):
@@ -46,7 +46,7 @@ def mean_loss(model, batches):
 
 def eva_state(method, model, batches):
     """EVA components from the test batches (None for other methods)."""
-    from eva_rl.collector import CollectorConfig, collect
+    from eva_rl.eva.collector import CollectorConfig, collect
 
     if not method.startswith("eva"):
         return None
@@ -99,7 +99,7 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
         eva_state=eva_state(method, base.model, batches),
         steps=30,
     )
-    from eva_rl.methods import save_initial_adapter
+    from eva_rl.adapters.methods import save_initial_adapter
 
     initial = save_initial_adapter(adapted, tmp_path)
     model = adapted.model
@@ -121,7 +121,7 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
 @pytest.mark.parametrize("method", ["eva", "adalora"])
 def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monkeypatch):
     """EVA reuses its saved collector result; AdaLoRA restores its importance statistics."""
-    import eva_rl.train as train_mod
+    import eva_rl.training.loop as train_mod
 
     finetune(tiny_finetune(checkpoint, mw_root, tmp_path / "a", method), progress=False)
     real, calls = train_mod.action_loss, {"n": 0}
@@ -188,8 +188,9 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "eva" and summary["rho"] == 1.5 and summary["seed"] == 3
     assert [e["step"] for e in summary["eval"]] == [0, 10, 20]
-    assert summary["initial"] == {k: v for k, v in summary["eval"][0].items() if k != "step"
-                                  and k != "episodes"}
+    assert summary["initial"] == {
+        k: v for k, v in summary["eval"][0].items() if k != "step" and k != "episodes"
+    }
     assert len(summary["eval"][0]["episodes"]["hammer-v3"]) == 1  # every episode kept
     assert summary["collector_seconds"] > 0 and summary["total_rank"] == 2 * 8
     assert set(summary["ranks"]) == set(json.loads((out / "eva/eva.json").read_text())["layers"])

@@ -103,8 +103,16 @@ def test_sweep_report_curve_and_evaluate_without_stats(hopper, tmp_path, capsys)
         node[leaf] = yaml.safe_load(value)
     base.write_text(yaml.safe_dump(config))
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"base": str(base), "out": str(tmp_path / "runs"),
-                                     "grid": {"method.name": ["eva", "lora"]}, "workers": 1}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "out": str(tmp_path / "runs"),
+                "grid": {"method.name": ["eva", "lora"]},
+                "workers": 1,
+            }
+        )
+    )
     assert main(["sweep", str(sweep)]) == 0
     assert (tmp_path / "runs" / "_baseline" / f"{DATA.replace('/', '_')}.json").is_file()
     report = tmp_path / "report"
@@ -116,8 +124,10 @@ def test_sweep_report_curve_and_evaluate_without_stats(hopper, tmp_path, capsys)
     assert main(["curve", str(run), "--out", str(tmp_path / "curve.png")]) == 0
     capsys.readouterr()
     out = tmp_path / "eval.json"
-    assert main(["evaluate", "--checkpoint", str(run / "agent"), "--episodes", "2",
-                 "--out", str(out)]) == 0  # no --stats: the adapter carries its base's
+    assert (
+        main(["evaluate", "--checkpoint", str(run / "agent"), "--episodes", "2", "--out", str(out)])
+        == 0
+    )  # no --stats: the adapter carries its base's
     result = json.loads(out.read_text())
     assert result["score_name"] == "normalized_return" and "Hopper-v5" in result["envs"]
 

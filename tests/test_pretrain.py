@@ -13,9 +13,9 @@ from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.evaluate import EvalConfig, evaluate
-from eva_rl.pretrain import PretrainConfig, pretrain
-from eva_rl.train import LoopConfig, OptimConfig, train_loop
+from eva_rl.evaluation import EvalConfig, evaluate
+from eva_rl.training.loop import LoopConfig, OptimConfig, train_loop
+from eva_rl.training.pretrain import PretrainConfig, pretrain
 
 TINY = [
     "model.hidden_size=32",
@@ -65,7 +65,7 @@ def test_pretrain_writes_a_loadable_agent_and_logs(mw_root, tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "eval/success_any", "eval/score", "eval/return"} <= tags
     assert [e.step for e in acc.Scalars("eval/success_any")] == [3, 6]
-    from eva_rl.report import plot_curve
+    from eva_rl.reports import plot_curve
 
     plot_curve(out, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from eva_rl.cli import main
-from eva_rl.report.aggregate import aggregate, compare
-from eva_rl.report.runs import collect_runs
-from eva_rl.report.tensorboard import read_scalars
+from eva_rl.reports.aggregate import aggregate, compare
+from eva_rl.reports.runs import collect_runs
+from eva_rl.reports.tensorboard import read_scalars
 from eva_rl.stats import (
     curve_auc,
     holm,

@@ -11,7 +11,7 @@ import yaml
 
 from eva_rl.cli import main
 from eva_rl.errors import UserError
-from eva_rl.sweep import expand, gpu_slots, load_sweep, plan, run_name, sweep
+from eva_rl.sweeps import expand, gpu_slots, load_sweep, plan, run_name, sweep
 
 
 def test_grid_expansion_is_the_full_product_first_key_slowest():
@@ -25,7 +25,7 @@ def test_grid_expansion_is_the_full_product_first_key_slowest():
 
 def test_a_list_of_grids_pools_their_runs():
     from eva_rl.config import from_dict
-    from eva_rl.sweep import SweepConfig
+    from eva_rl.sweeps import SweepConfig
 
     grids = [{"method.name": ["eva"], "method.rho": [1, 2]}, {"method.name": ["lora"]}]
     cfg = from_dict(SweepConfig, {"out": "x", "grid": grids})

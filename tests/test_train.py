@@ -4,7 +4,7 @@ import torch
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import RunError
-from eva_rl.train import LoopConfig, OptimConfig, lr_lambda, train_loop
+from eva_rl.training.loop import LoopConfig, OptimConfig, lr_lambda, train_loop
 
 TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5, dropout=0.1)
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=2, batch_size=16)
@@ -37,7 +37,7 @@ def test_resume_equals_uninterrupted(mw_root, tmp_path, monkeypatch):
     model_a, sampler_a = setup(mw_root)
     train_loop(model_a, sampler_a, OPTIM, loop, tmp_path / "a", lambda d, s: None, progress=False)
 
-    import eva_rl.train as train_mod
+    import eva_rl.training.loop as train_mod
 
     real_loss, calls = train_mod.action_loss, {"n": 0}
 
@@ -73,7 +73,7 @@ def test_resume_equals_uninterrupted(mw_root, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mw_root, tmp_path, monkeypatch):
-    import eva_rl.train as train_mod
+    import eva_rl.training.loop as train_mod
 
     real_loss, calls = train_mod.action_loss, {"n": 0}
 

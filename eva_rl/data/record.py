@@ -135,7 +135,7 @@ def _random_rollouts(cfg: RecordConfig, horizon: int, progress: bool) -> list[di
 
 def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]:
     from eva_rl.agent import load_agent
-    from eva_rl.evaluate import EvalConfig, Evaluator
+    from eva_rl.evaluation import EvalConfig, Evaluator
     from eva_rl.runtime import resolve_device
 
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.device))

@@ -36,7 +36,7 @@ from transformers.pytorch_utils import Conv1D
 
 from eva_rl import distributed
 from eva_rl.errors import UserError
-from eva_rl.ranks import allocate_ranks
+from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.runtime import autocast, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens

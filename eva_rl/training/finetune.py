@@ -5,7 +5,7 @@ trainable parameters, per-layer ranks, collector seconds, gradient signal at ini
 an HParams entry), `eva/` (EVA's collector result, reused on resume), `agent/` (the final
 adapter in PEFT's format, or a full checkpoint for fft, plus `eva_rl.json`) and `summary.json`.
 
-Under torchrun (data parallel, `eva_rl.train`) every rank builds the same adapter (the
+Under torchrun (data parallel, `eva_rl.training.loop`) every rank builds the same adapter (the
 calibration batches and EVA's collector result are shared), trains on its own batches, and
 rank 0 writes everything.
 """
@@ -26,6 +26,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
+from eva_rl.adapters.methods import (
+    Adapted,
+    MethodConfig,
+    build_method,
+    export_adapted,
+    save_initial_adapter,
+    trainable_parameters,
+)
 from eva_rl.agent import (
     META_FILE,
     SHIPPED,
@@ -34,24 +42,16 @@ from eva_rl.agent import (
     checkpoint_ref,
     save_checkpoint_dir,
 )
-from eva_rl.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.config import to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.evaluate import EvalConfig, Evaluator
+from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
+from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json
-from eva_rl.methods import (
-    Adapted,
-    MethodConfig,
-    build_method,
-    export_adapted,
-    save_initial_adapter,
-    trainable_parameters,
-)
 from eva_rl.results import SCORES, EvalPoint, RunSummary
 from eva_rl.runtime import resolve_device, resolve_precision
-from eva_rl.train import (
+from eva_rl.training.loop import (
     LoopConfig,
     OptimConfig,
     action_loss,
@@ -79,7 +79,7 @@ class FinetuneEvalConfig:
     episodes: int = 10  # per evaluation during training
     final_episodes: int = 0  # at the last evaluation (0: `episodes`); the first `episodes` match
     seed: int = 1000  # episode i is reset with seed + i; the same episodes at every evaluation
-    max_envs: int = 0  # env slots alive at once; 0: auto (eva_rl.evaluate.EvalConfig)
+    max_envs: int = 0  # env slots alive at once; 0: auto (eva_rl.evaluation.EvalConfig)
     workers: int = 0  # env-stepping processes; 0: auto
     video: int = 0  # episodes per env recorded at every evaluation (MP4 in videos/, TensorBoard)
     video_size: int = 240  # frame width and height, pixels
@@ -341,9 +341,9 @@ def _score_name(points: list[EvalPoint]) -> str:
 
 def _eva_result(agent: Agent, traj, cfg: FinetuneConfig, out: Path, progress: bool) -> dict:
     """Collect (or, on resume, reload) EVA's components on the training split into `out/eva`."""
-    from eva_rl.collector import collect_on_trajectories
-    from eva_rl.eva import META_FILE as EVA_META
-    from eva_rl.eva import load_state, log_to_tensorboard, save_result
+    from eva_rl.eva.collector import collect_on_trajectories
+    from eva_rl.eva.state import META_FILE as EVA_META
+    from eva_rl.eva.state import load_state, log_to_tensorboard, save_result
 
     directory = out / "eva"
     collector = cfg.collector_config()

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.pytorch_utils import Conv1D
 
-from eva_rl.collector import CollectorConfig, CollectResult
 from eva_rl.errors import UserError
+from eva_rl.eva.collector import CollectorConfig, CollectResult
 from eva_rl.io import atomic_write_json
 
 STATE_FILE = "eva_state.safetensors"

@@ -255,7 +255,7 @@ def _build_adalora(model, cfg, ctx) -> Adapted:
 
 def _build_eva(use_dora: bool):
     def build(model, cfg, ctx) -> Adapted:
-        from eva_rl.eva import apply_eva
+        from eva_rl.eva.state import apply_eva
 
         peft_model = apply_eva(
             as_linear(model),

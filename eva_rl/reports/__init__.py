@@ -14,10 +14,10 @@ from pathlib import Path
 
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
-from eva_rl.report import plots, render
-from eva_rl.report.aggregate import aggregate, compare
-from eva_rl.report.runs import Row, collect_runs, read_baselines
-from eva_rl.report.tensorboard import read_scalars, write_aggregates
+from eva_rl.reports import plots, render
+from eva_rl.reports.aggregate import aggregate, compare
+from eva_rl.reports.runs import Row, collect_runs, read_baselines
+from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 
 REPORT_FILES = ("README.md", "runs.csv")
 TENSORBOARD_DIR = "tensorboard"

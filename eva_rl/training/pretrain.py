@@ -1,5 +1,5 @@
 """`eva-rl pretrain`: train a Decision Transformer from scratch on a suite's datasets (MT40).
-Data parallel under torchrun (see `eva_rl.train`)."""
+Data parallel under torchrun (see `eva_rl.training.loop`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import resolve_device, resolve_precision
-from eva_rl.train import (
+from eva_rl.training.loop import (
     LoopConfig,
     OptimConfig,
     discard_on_failure,
@@ -82,7 +82,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) -> dict[str, Any]:
-    from eva_rl.evaluate import EvalConfig, Evaluator
+    from eva_rl.evaluation import EvalConfig, Evaluator
 
     out = Path(cfg.out)
     if cfg.threads:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from eva_rl.methods import METHODS
+from eva_rl.adapters.methods import METHODS
 from eva_rl.results import EvalResult
 
 SCORE_LABEL = {

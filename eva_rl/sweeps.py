@@ -120,7 +120,7 @@ def run_name(point: dict[str, Any]) -> str:
 def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     """The runs of a sweep, each config resolved from `base` (default: the base file as it is
     now) and validated, so a bad key fails before anything runs."""
-    from eva_rl.finetune import FinetuneConfig
+    from eva_rl.training.finetune import FinetuneConfig
 
     base = read_yaml(cfg.base) if base is None else base
     runs = []
@@ -164,7 +164,7 @@ BASELINE_DIR = "_baseline"
 def _baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
     """One evaluation of the base checkpoint per distinct (checkpoint, data, evaluation) of the
     runs, with their final evaluation's episodes: the base agent's score on the same episodes."""
-    from eva_rl.finetune import FinetuneConfig
+    from eva_rl.training.finetune import FinetuneConfig
 
     found: dict[str, Run] = {}
     for run in runs:
@@ -192,7 +192,7 @@ def run_baseline(run: Run) -> None:
     """Evaluate the base checkpoint as the runs' final evaluation does; write the JSON."""
     from eva_rl.agent import Agent
     from eva_rl.data.segments import load_trajectories
-    from eva_rl.evaluate import EvalConfig, evaluate
+    from eva_rl.evaluation import EvalConfig, evaluate
     from eva_rl.runtime import resolve_device
 
     key = run.config["key"]
@@ -217,7 +217,7 @@ def run_baseline(run: Run) -> None:
 
 def run_config(run: Run, threads: int, device: str | None = None):
     """The finetune config of one run, resuming it if it has a checkpoint."""
-    from eva_rl.finetune import FinetuneConfig
+    from eva_rl.training.finetune import FinetuneConfig
 
     data = {**copy.deepcopy(run.config), "threads": threads}
     if device is not None:
@@ -236,7 +236,7 @@ def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dic
 
     import torch
 
-    from eva_rl.finetune import finetune
+    from eva_rl.training.finetune import finetune
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -314,7 +314,10 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
                 running[process.sentinel] = (process, run, device, receive)
             for sentinel in wait_for(list(running)):
                 process, run, device, receive = running.pop(sentinel)
-                result = receive.recv() if receive.poll() else None
+                try:  # a process that died mid-run sent nothing: reading finds the pipe closed
+                    result = receive.recv() if receive.poll() else None
+                except EOFError:
+                    result = None
                 process.join()
                 if device is not None:
                     free.append(device)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from eva_rl.report.plots import SCORE_LABEL
+from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.results import EvalResult
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eva_rl.adapters.methods import METHODS
 from eva_rl.errors import UserError
-from eva_rl.methods import METHODS
-from eva_rl.report.runs import Row
+from eva_rl.reports.runs import Row
 from eva_rl.stats import (
     holm,
     interval,
