@@ -31,7 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(method: str, variant: str, task: str, steps: int, batch_size: int, rank: int) -> dict:
-    from eva_rl.adapters.methods import MethodConfig, build_method, trainable_parameters
+    from eva_rl.adapters.methods import (
+        BuildContext,
+        MethodConfig,
+        build_method,
+        trainable_parameters,
+    )
     from eva_rl.agent import Agent
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
@@ -46,7 +51,8 @@ def child(method: str, variant: str, task: str, steps: int, batch_size: int, ran
     if method.startswith("eva"):
         result = collect_on_datasets(agent, ids, CollectorConfig(rank=rank), progress=False)
         eva_state = {name: layer.components for name, layer in result.layers.items()}
-    adapted = build_method(agent.model, MethodConfig(name=method, rank=rank), eva_state=eva_state)
+    context = BuildContext(eva_state=eva_state)
+    adapted = build_method(agent.model, MethodConfig(name=method, rank=rank), context)
     model = adapted.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     parts = variant.split("+")

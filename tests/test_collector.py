@@ -166,7 +166,7 @@ def test_padding_does_not_influence_the_result(dt_setup):
         torch.testing.assert_close(a.components, b.components, atol=1e-5, rtol=0)
 
 
-def test_same_seed_same_result(dt_setup):
+def test_same_batches_same_result(dt_setup):
     model, batches = dt_setup
     cfg = CollectorConfig(rank=2, max_batches=12)
     a = collect(model, iter(batches), cfg, progress=False)
@@ -282,3 +282,16 @@ def test_whiten_scales_like_peft(mw_root, dt_setup):
         mine = ours.layers[name].components
         torch.testing.assert_close(mine.norm(dim=1), comps.float().norm(dim=1), rtol=1e-3, atol=0)
         assert mine.norm(dim=1).max() < 0.5  # really scaled (unit rows otherwise)
+
+
+def test_a_finite_input_is_cycled_with_a_warning(dt_setup):
+    """Three batches cycled give the covariance of the three (each counted once per pass)."""
+    model, batches = dt_setup
+    cfg = CollectorConfig(rank=2, max_batches=12, tau=0.999999)
+    with pytest.warns(UserWarning, match="input ended after 3 batches; cycling over them"):
+        short = collect(model, iter(batches[:3]), cfg, progress=False)
+    once = collect(model, iter(batches[:3] * 4), cfg, progress=False)
+    for name, layer in short.layers.items():
+        torch.testing.assert_close(layer.components, once.layers[name].components)
+    with pytest.raises(UserError, match="got no batches"):
+        collect(model, iter([]), cfg, progress=False)

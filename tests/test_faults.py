@@ -58,6 +58,7 @@ def wait_for(path: Path, process, timeout=120.0):
 # --- run folders: nothing dead-ends -------------------------------------------------------------
 
 
+@pytest.mark.slow  # a process per run
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stopped_before_the_first_checkpoint_then_the_same_command_runs(
     sig, checkpoint, mw_root, tmp_path
@@ -108,6 +109,7 @@ def test_resume_refuses_a_changed_config_and_keeps_its_files(checkpoint, mw_root
     assert main([*resume, "threads=1", "eval.workers=1"]) == 0  # how it runs, not what
 
 
+@pytest.mark.slow  # processes killed for real
 def test_a_resume_replays_no_tensorboard_point_twice(checkpoint, mw_root, tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
@@ -141,6 +143,7 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(checkpoint, mw_root, tmp_pa
 # --- sweeps survive their workers --------------------------------------------------------------
 
 
+@pytest.mark.slow  # processes killed for real
 def test_a_killed_sweep_worker_fails_its_run_only(checkpoint, mw_root, tmp_path):
     import psutil
 

@@ -8,7 +8,8 @@ from peft import PeftModel
 from transformers import DecisionTransformerModel
 
 from conftest import HAMMER, tiny_finetune_overrides
-from eva_rl.adapters.methods import METHODS, MethodConfig, build_method, export_adapted
+from eva_rl.adapters.export import export_adapted, save_initial_adapter
+from eva_rl.adapters.methods import METHODS, BuildContext, MethodConfig, build_method
 from eva_rl.agent import Agent, load_agent
 from eva_rl.cli import main
 from eva_rl.config import load_config
@@ -55,6 +56,7 @@ def eva_state(method, model, batches):
     return {n: layer.components for n, layer in result.layers.items()}
 
 
+@pytest.mark.slow  # eleven fine-tuning runs
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_starts_at_the_base_model_trains_and_reloads(
     method, checkpoint, mw_root, batches, tmp_path
@@ -66,13 +68,15 @@ def test_every_method_starts_at_the_base_model_trains_and_reloads(
     adapted = build_method(
         base.model,
         cfg,
-        calibration=batches[:2],
-        loss=action_loss,
-        eva_state=eva_state(method, base.model, batches),
-        steps=30,
+        BuildContext(
+            calibration=batches[:2],
+            loss=action_loss,
+            eva_state=eva_state(method, base.model, batches),
+            steps=30,
+        ),
     )
     ref = actions(base.model, batches[0])
-    tol = 0.0 if METHODS[method].adapter_output_zero_at_init else 1e-5
+    tol = 0.0 if METHODS[method].zero_output_at_init else 1e-5
     torch.testing.assert_close(actions(adapted.model, batches[0]), ref, atol=tol, rtol=0)
 
     out = tmp_path / "run"
@@ -94,12 +98,13 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
     adapted = build_method(
         base.model,
         MethodConfig(name=method, rank=2, calibration_batches=2),
-        calibration=batches[:2],
-        loss=action_loss,
-        eva_state=eva_state(method, base.model, batches),
-        steps=30,
+        BuildContext(
+            calibration=batches[:2],
+            loss=action_loss,
+            eva_state=eva_state(method, base.model, batches),
+            steps=30,
+        ),
     )
-    from eva_rl.adapters.methods import save_initial_adapter
 
     initial = save_initial_adapter(adapted, tmp_path)
     model = adapted.model

@@ -74,6 +74,7 @@ def test_recorded_data_round_trips_through_plain_minari(hopper):
         assert reward == pytest.approx(episode.rewards[t])
 
 
+@pytest.mark.slow  # four fine-tuning runs
 @pytest.mark.parametrize("method", ["eva", "lora", "dora", "pissa"])
 def test_finetune_with_default_settings_on_a_plain_dt(method, hopper, tmp_path):
     out = tmp_path / method
@@ -90,6 +91,7 @@ def test_finetune_with_default_settings_on_a_plain_dt(method, hopper, tmp_path):
     assert adapter["state_mean"] == json.loads((hopper / "stats.json").read_text())["state_mean"]
 
 
+@pytest.mark.slow  # spawns run processes
 def test_sweep_report_curve_and_evaluate_without_stats(hopper, tmp_path, capsys):
     base = tmp_path / "base.yaml"
     config = {"checkpoint": str(hopper / "plain"), "stats": str(hopper / "stats.json"),

@@ -82,6 +82,7 @@ def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # spawns run processes
 def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     checkpoint, mw_root, tmp_path, capsys
 ):
@@ -155,6 +156,7 @@ def test_a_run_without_its_dataset_is_refused_before_any_starts(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # spawns run processes
 def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tmp_path, capsys):
     path = write_sweep(tmp_path, checkpoint, mw_root, grid={"optim.lr": [3e-3, 1e15]})
     assert main(["sweep", str(path)]) == 1  # lr 1e15: the loss becomes NaN
@@ -165,6 +167,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tm
     assert "loss became nan" in log
 
 
+@pytest.mark.slow  # spawns run processes
 def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
     base = write_base(tmp_path, checkpoint, mw_root)
     out = tmp_path / "qs"

@@ -6,25 +6,26 @@ Every method is built with PEFT's own implementation from a fresh copy of the pr
 the copy's Conv1D layers become equivalent `nn.Linear` layers, one code path for every method.
 Saved adapters are written for the plain DT (`fan_in_fan_out: true`), and base-rewriting methods
 are converted to plain LoRA with PEFT's `path_initial_model_for_weight_conversion`, so any saved
-adapter loads with `PeftModel.from_pretrained` onto `DecisionTransformerModel.from_pretrained`.
+adapter loads with `PeftModel.from_pretrained` onto `DecisionTransformerModel.from_pretrained`
+(`eva_rl.adapters.export`).
+
+Each registry entry declares what its method needs (calibration batches, EVA's components) and
+what it is (zero output at init, rewrites base weights, uses rho, trains the full model, how its
+final ranks are read), so nothing outside this file matches a method by name: adding a method
+is one builder and one entry here.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json
-
-INITIAL_ADAPTER = "initial_adapter"  # PEFT uses the folder name as a temporary adapter name
 
 
 @dataclass
@@ -79,13 +80,30 @@ class Adapted:
 
 
 @dataclass(frozen=True)
+class BuildContext:
+    """What some methods need to be built, gathered by the caller from the task data."""
+
+    calibration: list[dict[str, torch.Tensor]] = field(default_factory=list)  # segment batches
+    loss: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None  # loss(model, batch)
+    eva_state: dict[str, torch.Tensor] | None = None  # EVA's components per layer
+    steps: int = 0  # training updates (AdaLoRA's budget schedule)
+
+
+def built_ranks(adapted: Adapted) -> dict[str, int]:
+    return adapted.ranks
+
+
+@dataclass(frozen=True)
 class Method:
     summary: str
-    build: Callable[..., Adapted]
-    adapter_output_zero_at_init: bool = True  # B = 0: the model acts exactly like the base
+    build: Callable[[torch.nn.Module, MethodConfig, BuildContext], Adapted]
+    zero_output_at_init: bool = True  # B = 0: the model acts exactly like the base
     rewrites_base: bool = False  # needs weight conversion to load onto a plain DT
     uses_rho: bool = False  # rho changes what it builds (EVA's redistribution, AdaLoRA's budget)
     trains_full_model: bool = False  # no adapter: rank means nothing
+    needs_calibration: bool = False  # builds from the loss on `BuildContext.calibration`
+    needs_eva_state: bool = False  # builds from the collector's components
+    final_ranks: Callable[[Adapted], dict[str, int]] = built_ranks  # ranks after training
 
 
 def unknown_method(name: str) -> str:
@@ -146,20 +164,20 @@ def _loss_over(batches, loss_fn) -> Callable[[torch.nn.Module], None]:
     return run
 
 
-def _build_fft(model, cfg, ctx) -> Adapted:
+def _build_fft(model, cfg, ctx: BuildContext) -> Adapted:
     for p in model.parameters():
         p.requires_grad_(True)
     return Adapted(model, {})
 
 
 def _build_lora_variant(init: Any = True, use_dora: bool = False):
-    def build(model, cfg, ctx) -> Adapted:
+    def build(model, cfg, ctx: BuildContext) -> Adapted:
         return _peft(as_linear(model), _lora_config(cfg, init_lora_weights=init, use_dora=use_dora))
 
     return build
 
 
-def _build_lora_ga(model, cfg, ctx) -> Adapted:
+def _build_lora_ga(model, cfg, ctx: BuildContext) -> Adapted:
     from peft import LoraGAConfig
     from peft.tuners.lora.loraga import preprocess_loraga
 
@@ -167,12 +185,12 @@ def _build_lora_ga(model, cfg, ctx) -> Adapted:
     config = _lora_config(cfg, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig())
     was_training = model.training
     model.eval()  # deterministic gradients (no dropout), like the gradient signal
-    preprocess_loraga(model, config, lambda: _loss_over(ctx["calibration"], ctx["loss"])(model))
+    preprocess_loraga(model, config, lambda: _loss_over(ctx.calibration, ctx.loss)(model))
     model.train(was_training)
     return _peft(model, config)
 
 
-def _build_corda(model, cfg, ctx) -> Adapted:
+def _build_corda(model, cfg, ctx: BuildContext) -> Adapted:
     from peft.tuners.lora.config import CordaConfig
     from peft.tuners.lora.corda import preprocess_corda
 
@@ -181,9 +199,9 @@ def _build_corda(model, cfg, ctx) -> Adapted:
 
     @torch.no_grad()
     def run_model():  # PEFT's CorDA hook takes one sequence per forward: unpadded segments
-        for batch in ctx["calibration"]:
+        for batch in ctx.calibration:
             for i, valid in enumerate(batch["attention_mask"].bool()):
-                ctx["loss"](model, {k: v[i : i + 1, valid] for k, v in batch.items()})
+                ctx.loss(model, {k: v[i : i + 1, valid] for k, v in batch.items()})
 
     was_training = model.training
     model.eval()
@@ -215,6 +233,16 @@ class AdaLoraSchedule:
         self.tuner.peft_config["default"].rank_pattern = state["rank_pattern"]
 
 
+def adalora_ranks(adapted: Adapted) -> dict[str, int]:
+    """AdaLoRA's ranks after training: the singular values its allocator kept per layer."""
+    pattern = adapted.model.peft_config["default"].rank_pattern or {}
+    ranks = dict(adapted.ranks)
+    for key, mask in pattern.items():
+        name = key.removeprefix("base_model.model.").rsplit(".lora_E", 1)[0]
+        ranks[name] = int(sum(bool(v) for v in mask))
+    return ranks
+
+
 def adalora_orthogonality(model: torch.nn.Module) -> torch.Tensor:
     """AdaLoRA's penalty ||P P^T - I||_F averaged over its P (A) and Q (B) factors. PEFT adds it
     only when the wrapped model returns a `.loss`, which a DT does not, so it is added here with
@@ -227,10 +255,10 @@ def adalora_orthogonality(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def _build_adalora(model, cfg, ctx) -> Adapted:
+def _build_adalora(model, cfg, ctx: BuildContext) -> Adapted:
     from peft import AdaLoraConfig
 
-    steps = ctx["steps"]
+    steps = ctx.steps
     tinit, tfinal = steps // 10, steps // 5
     if steps - tinit - tfinal < 1:
         raise UserError(f"adalora needs more training steps than {steps} to allocate its budget")
@@ -254,12 +282,12 @@ def _build_adalora(model, cfg, ctx) -> Adapted:
 
 
 def _build_eva(use_dora: bool):
-    def build(model, cfg, ctx) -> Adapted:
+    def build(model, cfg, ctx: BuildContext) -> Adapted:
         from eva_rl.eva.state import apply_eva
 
         peft_model = apply_eva(
             as_linear(model),
-            ctx["eva_state"],
+            ctx.eva_state,
             cfg.rank,
             cfg.lora_alpha,
             cfg.dropout,
@@ -280,26 +308,28 @@ METHODS: dict[str, Method] = {
     "pissa": Method(
         "PiSSA: A, B from the top-r singular vectors of W (residual kept in the base)",
         _build_lora_variant("pissa"),
-        adapter_output_zero_at_init=False,
+        zero_output_at_init=False,
         rewrites_base=True,
     ),
     "olora": Method(
         "OLoRA: A, B from the QR decomposition of W (residual kept in the base)",
         _build_lora_variant("olora"),
-        adapter_output_zero_at_init=False,
+        zero_output_at_init=False,
         rewrites_base=True,
     ),
     "lora-ga": Method(
         "LoRA-GA: A, B from the SVD of the loss gradient on calibration batches",
         _build_lora_ga,
-        adapter_output_zero_at_init=False,
+        zero_output_at_init=False,
         rewrites_base=True,
+        needs_calibration=True,
     ),
     "corda": Method(
         "CorDA (IPM): A, B from W's SVD weighted by the input covariance of the task data",
         _build_corda,
-        adapter_output_zero_at_init=False,
+        zero_output_at_init=False,
         rewrites_base=True,
+        needs_calibration=True,
     ),
     "dora": Method(
         "DoRA: LoRA plus a trained magnitude per output", _build_lora_variant(use_dora=True)
@@ -308,61 +338,35 @@ METHODS: dict[str, Method] = {
         "AdaLoRA: SVD-form adapters, ranks pruned from rho*r to r by importance during training",
         _build_adalora,
         uses_rho=True,
+        final_ranks=adalora_ranks,
     ),
     "eva": Method(
         "EVA: A = top principal directions of each layer's inputs on the task data, ranks "
         "redistributed by explained variance (rho), B = 0",
         _build_eva(use_dora=False),
         uses_rho=True,
+        needs_eva_state=True,
     ),
     "eva-dora": Method(
-        "EVA's initialisation with DoRA's magnitude", _build_eva(use_dora=True), uses_rho=True
+        "EVA's initialisation with DoRA's magnitude",
+        _build_eva(use_dora=True),
+        uses_rho=True,
+        needs_eva_state=True,
     ),
 }
 
 
-def build_method(base: torch.nn.Module, cfg: MethodConfig, **context) -> Adapted:
-    """Adapt a deep copy of `base` with `cfg.name`; `base` is left untouched.
-
-    `context` holds what some methods need: `calibration` (batches) and `loss(model, batch)`
-    for LoRA-GA and CorDA, `eva_state` for EVA, `steps` (total updates) for AdaLoRA.
-    """
-    model = copy.deepcopy(base)
-    adapted = METHODS[cfg.name].build(model, cfg, context)
+def build_method(base: torch.nn.Module, cfg: MethodConfig, ctx: BuildContext) -> Adapted:
+    """Adapt a deep copy of `base` with `cfg.name`; `base` is left untouched."""
+    spec = METHODS[cfg.name]
+    if spec.needs_eva_state and ctx.eva_state is None:
+        raise ValueError(f"{cfg.name} is built from EVA's components: pass eva_state")
+    if spec.needs_calibration and (not ctx.calibration or ctx.loss is None):
+        raise ValueError(f"{cfg.name} is built from calibration batches: pass them and a loss")
+    adapted = spec.build(copy.deepcopy(base), cfg, ctx)
     adapted.method = cfg.name
     return adapted
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
-    """Before training, keep the initial adapter of a base-rewriting method; saving converts
-    against it later. Returns its path (None when the method needs none)."""
-    if not METHODS[adapted.method].rewrites_base:
-        return None
-    path = run_dir / INITIAL_ADAPTER
-    if not (path / "adapter_config.json").is_file():
-        peft_model = adapted.model
-        peft_model.peft_config["default"].init_lora_weights = True  # PEFT's documented recipe
-        peft_model.save_pretrained(path)
-    return path
-
-
-def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
-    """Write the trained weights in a form a plain DT loads: a full checkpoint for fft, else
-    PEFT adapter files whose base is `base_checkpoint`."""
-    model = adapted.model
-    if adapted.method == "fft":
-        model.save_pretrained(directory)
-        return
-    from eva_rl.agent import checkpoint_ref
-
-    model.peft_config["default"].base_model_name_or_path = checkpoint_ref(base_checkpoint)
-    kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
-    model.save_pretrained(directory, **kwargs)
-    config_path = directory / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["fan_in_fan_out"] = True  # the plain DT's block matrices are Conv1D
-    atomic_write_json(config_path, config)

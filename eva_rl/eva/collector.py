@@ -5,11 +5,14 @@ per-timestep attention mask expanded to its interleaved return/state/action toke
 
 - `covariance` (default): exact streaming statistics (token count, sum, X^T X accumulated in
   float64); after each batch the top eigenvectors of each layer's centred scatter matrix are
-  refined from the previous batch's, batched over layers of equal width (see `_refresh`). They
+  refined from the previous batch's, batched over layers of equal width (`top_directions`). They
   are the top right-singular vectors of all centred inputs seen so far; a batch costs one matrix
   product per layer and a few small ones, instead of an SVD of the stacked inputs.
 - `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
   `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
+
+The statistics and decompositions live in `eva_rl.eva.linalg`; the `Collector` object owns the
+hooks and every layer's state, and `collect` drives it over batches.
 
 Under torchrun (`eva_rl.distributed`) every rank records its own shard of the data and the ranks
 sum their `covariance` statistics with one all-reduce per batch, whose size depends on the layer
@@ -24,6 +27,7 @@ when every layer has converged or after `max_batches` (then it warns and still r
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,6 +40,7 @@ from transformers.pytorch_utils import Conv1D
 
 from eva_rl import distributed
 from eva_rl.errors import UserError
+from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
 from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.runtime import autocast, resolve_precision
 
@@ -84,7 +89,6 @@ class LayerResult:
     ratios: list[float]  # explained-variance ratios of all round(rho*r) components
     converged_at: int | None  # batch after which the layer stopped recording (None: never)
     tokens: int
-    shares_with: str | None = None  # the layer whose identical inputs it reuses
 
 
 @dataclass
@@ -116,89 +120,163 @@ def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str
     return found
 
 
-class CovarianceStats:
-    """Token count, sum and X^T X of a layer's inputs, shifted by the first batch's mean.
+class Collector:
+    """Records the inputs of a model's target layers, batch after batch, and keeps each layer's
+    statistics, current top directions and convergence (see the module docstring). Use as a
+    context manager: the hooks are registered on entry and removed (and the model's train/eval
+    mode restored) on exit."""
 
-    The per-batch product runs in float32 (the expensive part: n x d^2) and is accumulated in
-    float64; the shift keeps float32 from cancelling a large mean (the covariance is invariant
-    to it)."""
+    def __init__(self, model: torch.nn.Module, cfg: CollectorConfig):
+        if distributed.active() and cfg.method != "covariance":
+            raise UserError(f"method {cfg.method!r} runs in one process; use method=covariance")
+        self.model, self.cfg = model, cfg
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.layers = target_layers(model, cfg.target_modules)
+        self.names = list(self.layers)
+        self.k = cfg.components
+        self.budget = cfg.rank * len(self.names)
+        self.stats: dict[str, CovarianceStats | IncrementalSVD] = {}
+        self.bases: dict[str, torch.Tensor] = {}  # (d, 2k) Ritz vectors of the last refresh
+        self.current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # top k: vectors, values
+        self.previous: dict[str, torch.Tensor] = {}  # the top k one batch earlier
+        self.stable = {n: torch.zeros(self.k, dtype=torch.bool) for n in self.names}
+        self.converged_at: dict[str, int | None] = dict.fromkeys(self.names)
+        self.recording: set[str] = set(self.names)
+        self.ranks: dict[str, int] = {}
+        self.ratios: dict[str, torch.Tensor] = {}
+        self.batches = 0
+        self._mask: torch.Tensor | None = None
+        self._inputs: dict[str, torch.Tensor] = {}  # this batch's recorded inputs per layer
 
-    def __init__(self, shift: torch.Tensor):
-        d, device = shift.shape[0], shift.device
-        self.n = 0
-        self.basis: torch.Tensor | None = None  # (d, 2k) Ritz vectors of the last decomposition
-        self.shift = shift.float()
-        self.sum = torch.zeros(d, dtype=torch.float64, device=device)
-        self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    def __enter__(self) -> Collector:
+        self._handles = [
+            self.layers[n].register_forward_pre_hook(self._hook(n)) for n in self.names
+        ]
+        self._was_training = self.model.training
+        self.model.eval()
+        return self
 
-    def moments(self, x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """Count, sum and X^T X of one batch, shifted; what `add` accumulates (and ranks sum)."""
-        x = x.float() - self.shift
-        # shifted data: a float32 sum of one batch is exact enough
-        return x.shape[0], x.sum(0).double(), (x.T @ x).double()
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.model.train(self._was_training)
 
-    def add(self, n: int, total: torch.Tensor, gram: torch.Tensor) -> None:
-        self.n += n
-        self.sum += total
-        self.gram += gram
+    def _hook(self, name: str):
+        def pre_hook(_module, args):
+            if name in self.recording:
+                self._inputs[name] = args[0][self._mask]
 
-    def scatter(self) -> torch.Tensor:
-        """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
-        return self.gram - torch.outer(self.sum, self.sum) / max(self.n, 1)
+        return pre_hook
 
+    def step(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Record one batch, update every recording layer's directions and convergence, and
+        reallocate the ranks; True once every layer has converged."""
+        self.batches += 1
+        self._mask = token_mask(batch["attention_mask"], self.cfg.token_types)
+        with torch.no_grad(), autocast(self.device, self.precision):
+            self.model(**batch, return_dict=True)
+        inputs, self._inputs = self._inputs, {}
+        if not self.stats:
+            self._start(inputs)
+        self._record(inputs)
+        self._refresh()
+        for n in self.recording:
+            vectors = self.current[n][0]
+            if n in self.previous:
+                cos = torch.nn.functional.cosine_similarity(vectors, self.previous[n], dim=1)
+                self.stable[n] = (cos >= self.cfg.tau).cpu()
+            self.previous[n] = vectors
+        self.ratios = {n: self._explained(n) for n in self.names}
+        self.ranks = allocate_ranks(self.ratios, self.budget)
+        done = {
+            n: bool(self.stable[n][: self.ranks[n]].all()) and n in self.previous
+            for n in self.names
+        }
+        done = _agree(done)
+        for n in self.names:
+            if done[n] and n in self.recording:
+                self.converged_at[n] = self.batches
+            elif not done[n]:
+                self.converged_at[n] = None
+        self.recording = {n for n in self.names if not done[n]}
+        return not self.recording
 
-class IncrementalSVD:
-    """Ross et al. incremental SVD of mean-centred inputs (the algorithm in PEFT's EVA)."""
+    def _start(self, inputs: dict[str, torch.Tensor]) -> None:
+        """On the first batch: every layer's statistics, shifted by its inputs' mean over all
+        ranks (the covariance does not depend on the shift; float32 products need it)."""
+        for n in self.names:
+            x = inputs[n]
+            if self.cfg.method == "covariance":
+                count = x.new_tensor([x.shape[0]], dtype=torch.float64)
+                moments = distributed.all_reduce_sum_(torch.cat([x.sum(0).double(), count]))
+                self.stats[n] = CovarianceStats((moments[:-1] / moments[-1]).float())
+            else:
+                self.stats[n] = IncrementalSVD(x.shape[1], self.k, x.device)
 
-    def __init__(self, d: int, k: int, device: torch.device):
-        self.k, self.n = k, 0
-        self.mean = torch.zeros(d, dtype=torch.float64, device=device)
-        self.sq = torch.zeros(d, dtype=torch.float64, device=device)  # sum of squared deviations
-        self.components = torch.zeros(0, d, dtype=torch.float64, device=device)
-        self.singular = torch.zeros(0, dtype=torch.float64, device=device)
+    def _record(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Add the batch to each recording layer: incremental-SVD layers update at once;
+        covariance layers add their moments, summed over ranks first in one all-reduce."""
+        moments = {}
+        for n, x in inputs.items():
+            if isinstance(self.stats[n], CovarianceStats):
+                moments[n] = self.stats[n].moments(x)
+            else:
+                self.stats[n].update(x)
+        for n, (count, total, gram) in _sum_over_ranks(moments).items():
+            self.stats[n].add(count, total, gram)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.double()
-        n_new, n_old = x.shape[0], self.n
-        total = n_old + n_new
-        batch_mean = x.mean(0)
-        centred = x - batch_mean
-        delta = batch_mean - self.mean
-        if n_old == 0:
-            stacked = centred
-        else:
-            correction = ((n_old * n_new / total) ** 0.5) * (self.mean - batch_mean)
-            stacked = torch.vstack([self.singular[:, None] * self.components, centred, correction])
-        self.sq += (centred**2).sum(0) + delta**2 * n_old * n_new / total
-        self.mean += delta * n_new / total
-        self.n = total
-        _, s, vt = torch.linalg.svd(stacked, full_matrices=False)
-        self.components, self.singular = _flip(vt[: self.k]), s[: self.k]
+    def _refresh(self) -> None:
+        """The top-k directions of every layer that recorded this batch; covariance layers of
+        equal width, and equally fresh, decomposed as one stack."""
+        groups: dict[tuple[int, bool], list[str]] = {}
+        for n in sorted(self.recording):
+            st = self.stats[n]
+            if isinstance(st, IncrementalSVD):
+                self.current[n] = st.decompose(self.k)
+            else:
+                groups.setdefault((st.sum.shape[0], n not in self.bases), []).append(n)
+        for (_, fresh), names in groups.items():
+            scatters = torch.stack([self.stats[n].scatter() for n in names])
+            previous = None if fresh else torch.stack([self.bases[n] for n in names])
+            basis, values = top_directions(scatters, previous, self.k)
+            for i, n in enumerate(names):
+                self.bases[n] = basis[i]
+                vectors = flip_signs(basis[i, :, : self.k].T.contiguous())
+                self.current[n] = (vectors, values[i, : self.k].clamp_min(0))
 
-    def decompose(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.components[:k], self.singular[:k] ** 2
+    def _explained(self, name: str) -> torch.Tensor:
+        """Explained-variance ratios: component variance / total variance of the inputs."""
+        st, values = self.stats[name], self.current[name][1]
+        total = st.scatter().trace() if isinstance(st, CovarianceStats) else st.sq.sum()
+        return (values / total.clamp_min(1e-30)).cpu()
 
-
-def _refine(s: torch.Tensor, q: torch.Tensor, k: int, tol: float = 1e-7, max_iter: int = 30):
-    """Block power iteration + Rayleigh-Ritz on a stack of symmetric matrices `s` (L, d, d) from
-    bases `q` (L, d, p), until every top-k residual is below `tol` x trace."""
-    scale = s.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
-    for _ in range(max_iter):
-        q, _ = torch.linalg.qr(s @ q)
-        w, u = torch.linalg.eigh(q.transpose(1, 2) @ s @ q)
-        w, q = w.flip(-1), q @ u.flip(-1)
-        top = q[:, :, :k]
-        residual = (s @ top - top * w[:, None, :k]).norm(dim=1).amax(-1) / scale
-        if bool((residual < tol).all()):
-            break
-    return q, w
-
-
-def _flip(v: torch.Tensor) -> torch.Tensor:
-    """Deterministic signs: the largest-magnitude entry of every row is positive."""
-    idx = v.abs().argmax(dim=1)
-    signs = torch.sign(v[torch.arange(v.shape[0], device=v.device), idx])
-    return v * torch.where(signs == 0, 1.0, signs)[:, None]
+    def result(self, seconds: float) -> CollectResult:
+        """Every layer's allocated components (whitened if asked) and its bookkeeping; rank 0's
+        result on every rank of a torchrun job."""
+        layers = {}
+        for n in self.names:
+            vectors, values = self.current[n]
+            r = self.ranks[n]
+            out = vectors[:r].clone()
+            if self.cfg.whiten:  # PEFT divides by sqrt(singular value) = eigenvalue ** 0.25
+                out = out / values[:r].clamp_min(1e-24).pow(0.25)[:, None]
+            layers[n] = LayerResult(
+                components=out.float().cpu(),
+                rank=r,
+                ratios=[float(v) for v in self.ratios[n]],
+                converged_at=self.converged_at[n],
+                tokens=self.stats[n].n,
+            )
+        return CollectResult(
+            layers=distributed.broadcast_object(layers),  # rank 0's, bit for bit, everywhere
+            budget=self.budget,
+            batches=self.batches,
+            seconds=seconds,
+            device=str(self.device),
+            converged=not self.recording,
+            precision=self.precision,
+        )
 
 
 def collect(
@@ -207,176 +285,67 @@ def collect(
     cfg: CollectorConfig,
     progress: bool = True,
 ) -> CollectResult:
-    """Record target-layer inputs over `batches` until convergence or the cap (module docstring).
+    """Record target-layer inputs over `batches` until every layer converged or `max_batches`
+    (then it warns and uses the data seen). A finite input that ends first is cycled over, with
+    a warning (its statistics count every batch once per pass: the covariance is unchanged).
     Under torchrun each rank passes its own shard's batches and gets the same result."""
     started = time.perf_counter()
-    if distributed.active() and cfg.method != "covariance":
-        raise UserError(f"method {cfg.method!r} runs in one process; use method=covariance")
-    device = next(model.parameters()).device
-    precision = resolve_precision(cfg.precision, device)
-    layers = target_layers(model, cfg.target_modules)
-    names = list(layers)
-    k = cfg.components
-    budget = cfg.rank * len(names)
-    primary: dict[str, str] = {}  # layer -> the layer whose stats it uses (itself if unique)
-    stats: dict[str, CovarianceStats | IncrementalSVD] = {}
-    state: dict = {"mask": None, "first": {}, "moments": {}}
-    recording: set[str] = set(names)
-
-    def record(name: str, x: torch.Tensor) -> None:
-        """Covariance layers keep the batch's moments (summed over ranks after the forward);
-        incremental-SVD layers update at once."""
-        if isinstance(stats[name], CovarianceStats):
-            state["moments"][name] = stats[name].moments(x)
-        else:
-            stats[name].update(x)
-
-    def hook(name):
-        def pre_hook(_module, args):
-            if name in recording:
-                x = args[0][state["mask"]]
-                if state["first"] is not None:
-                    state["first"][name] = x.clone()
-                else:
-                    record(name, x)
-
-        return pre_hook
-
-    handles = [layers[n].register_forward_pre_hook(hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    prev: dict[str, torch.Tensor] = {}
-    comp_ok = {n: torch.zeros(k, dtype=torch.bool) for n in names}
-    converged_at: dict[str, int | None] = dict.fromkeys(names)
-    current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen: list[dict[str, torch.Tensor]] | None = []  # replayed if the input ends
+    source = iter(batches)
     bar = tqdm(total=cfg.max_batches, desc="collect", unit="batch", disable=not progress)
-    batch_index = 0
-    try:
-        for batch_index in range(1, cfg.max_batches + 1):
-            batch = next(batches)
-            state["mask"] = token_mask(batch["attention_mask"], cfg.token_types)
-            with torch.no_grad(), autocast(device, precision):
-                model(**batch, return_dict=True)
-            if state["first"] is not None:
-                first, state["first"] = state["first"], None
-                _setup_stats(first, primary, stats, k, cfg.method)
-                recording = {n for n in names if primary[n] == n}
-                for n in recording:
-                    record(n, first[n])
-            _add_moments(stats, state["moments"])
-            state["moments"] = {}
-            _refresh(stats, recording, current, k)
-            for n in recording:
-                comps = current[n][0]
-                if n in prev:
-                    sim = torch.nn.functional.cosine_similarity(comps, prev[n], dim=1)
-                    comp_ok[n] = (sim >= cfg.tau).cpu()
-                prev[n] = comps
-            ratios = {n: _ratios(stats[primary[n]], current[primary[n]][1]) for n in names}
-            ranks = allocate_ranks(ratios, budget)
-            group_rank = {p: max(ranks[n] for n in names if primary[n] == p) for p in stats}
-            done = {p: bool(comp_ok[p][: group_rank[p]].all()) and p in prev for p in stats}
-            done = _agree(done)
-            for p in stats:
-                if done[p] and p in recording:
-                    converged_at[p] = batch_index
-                elif not done[p]:
-                    converged_at[p] = None
-            recording = {p for p in stats if not done[p]}
+    with bar, Collector(model, cfg) as collector:
+        for _ in range(cfg.max_batches):
+            batch = next(source, None)
+            if batch is None:  # a finite input ended: go round it again
+                if not seen:
+                    raise UserError("the collector got no batches; pass a non-empty input")
+                warnings.warn(
+                    f"the collector's input ended after {len(seen)} batches; cycling over them",
+                    stacklevel=2,
+                )
+                source, seen = itertools.cycle(seen), None
+                batch = next(source)
+            elif seen is not None:
+                seen.append(batch)
+            done = collector.step(batch)
             bar.update(1)
-            bar.set_postfix(converged=f"{len(stats) - len(recording)}/{len(stats)}")
-            if not recording:
+            bar.set_postfix(converged=f"{len(collector.names) - len(collector.recording)}"
+                                      f"/{len(collector.names)}")  # fmt: skip
+            if done:
                 break
-    finally:
-        bar.close()
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if recording:
+    if collector.recording:
         warnings.warn(
             f"collector hit max_batches={cfg.max_batches} before convergence (tau={cfg.tau}); "
-            f"not converged: {', '.join(sorted(recording))}. Results use the data seen so far.",
+            f"not converged: {', '.join(sorted(collector.recording))}. Results use the data "
+            "seen so far.",
             stacklevel=2,
         )
-    result_layers = {}
+    return collector.result(time.perf_counter() - started)
+
+
+def _sum_over_ranks(moments: dict[str, tuple]) -> dict[str, tuple]:
+    """This batch's moments summed over the ranks of a torchrun job: one all-reduce of count,
+    sum and the upper triangle of X^T X for every recording layer (sizes fixed by the widths)."""
+    if not moments or not distributed.active():
+        return moments
+    names = sorted(moments)
+    parts = []
     for n in names:
-        p = primary[n]
-        comps, evals = current[p]
-        r = ranks[n]
-        out = comps[:r].clone()
-        if cfg.whiten:  # PEFT divides by sqrt(singular value) = eigenvalue ** 0.25
-            out = out / evals[:r].clamp_min(1e-24).pow(0.25)[:, None]
-        result_layers[n] = LayerResult(
-            components=out.float().cpu(),
-            rank=r,
-            ratios=[float(v) for v in ratios[n]],
-            converged_at=converged_at[p],
-            tokens=stats[p].n,
-            shares_with=None if p == n else p,
-        )
-    return CollectResult(
-        layers=distributed.broadcast_object(result_layers),  # rank 0's, bit for bit, everywhere
-        budget=budget,
-        batches=batch_index,
-        seconds=time.perf_counter() - started,
-        device=str(device),
-        converged=not recording,
-        precision=precision,
-    )
-
-
-def _setup_stats(first, primary, stats, k, method) -> None:
-    """On the first batch: find layers with identical inputs (on every rank), and start each
-    unique layer's statistics, shifted by the first batch's mean over all ranks."""
-    names = list(first)
-    same = torch.tensor(
-        [
-            [first[a].shape == first[b].shape and torch.equal(first[a], first[b]) for b in names]
-            for a in names
-        ],
-        dtype=torch.int64,
-        device=next(iter(first.values())).device,
-    )
-    same = distributed.all_reduce_sum_(same) == distributed.world_size()
-    for i, n in enumerate(names):
-        primary[n] = next((p for j, p in enumerate(names[:i]) if same[i, j] and p in stats), n)
-        if primary[n] != n:
-            continue
-        x = first[n]
-        if method == "covariance":
-            count = x.new_tensor([x.shape[0]], dtype=torch.float64)
-            moments = distributed.all_reduce_sum_(torch.cat([x.sum(0).double(), count]))
-            stats[n] = CovarianceStats((moments[:-1] / moments[-1]).float())
-        else:
-            stats[n] = IncrementalSVD(x.shape[1], k, x.device)
-
-
-def _add_moments(stats, moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]]) -> None:
-    """Add this batch's moments to the statistics, summed over ranks first: one all-reduce of
-    count, sum and the upper triangle of X^T X for every recording layer."""
-    if not moments:
-        return
-    if distributed.active():
-        names = sorted(moments)
-        parts = []
-        for n in names:
-            count, total, gram = moments[n]
-            upper = torch.triu_indices(*gram.shape, device=gram.device)
-            parts += [total.new_tensor([count]), total, gram[upper[0], upper[1]]]
-        flat = distributed.all_reduce_sum_(torch.cat(parts))
-        offset = 0
-        for n in names:
-            d = moments[n][1].shape[0]
-            count = int(flat[offset].round())
-            total = flat[offset + 1 : offset + 1 + d]
-            upper = torch.triu_indices(d, d, device=flat.device)
-            gram = torch.zeros(d, d, dtype=flat.dtype, device=flat.device)
-            gram[upper[0], upper[1]] = flat[offset + 1 + d : offset + 1 + d + upper.shape[1]]
-            gram = gram + gram.triu(1).T
-            moments[n] = (count, total, gram)
-            offset += 1 + d + upper.shape[1]
-    for n, (count, total, gram) in moments.items():
-        stats[n].add(count, total, gram)
+        count, total, gram = moments[n]
+        upper = torch.triu_indices(*gram.shape, device=gram.device)
+        parts += [total.new_tensor([count]), total, gram[upper[0], upper[1]]]
+    flat = distributed.all_reduce_sum_(torch.cat(parts))
+    summed, offset = {}, 0
+    for n in names:
+        d = moments[n][1].shape[0]
+        count = int(flat[offset].round())
+        total = flat[offset + 1 : offset + 1 + d]
+        upper = torch.triu_indices(d, d, device=flat.device)
+        gram = torch.zeros(d, d, dtype=flat.dtype, device=flat.device)
+        gram[upper[0], upper[1]] = flat[offset + 1 + d : offset + 1 + d + upper.shape[1]]
+        summed[n] = (count, total, gram + gram.triu(1).T)
+        offset += 1 + d + upper.shape[1]
+    return summed
 
 
 def _agree(done: dict[str, bool]) -> dict[str, bool]:
@@ -385,39 +354,6 @@ def _agree(done: dict[str, bool]) -> dict[str, bool]:
         return done
     flags = distributed.broadcast_(torch.tensor([done[p] for p in done], dtype=torch.int64))
     return {p: bool(f) for p, f in zip(done, flags.tolist(), strict=True)}
-
-
-def _refresh(stats, recording, current, k) -> None:
-    """Recompute the top-k directions of every layer that recorded this batch.
-
-    Covariance layers of equal width are handled as one batch: a full `eigh` the first time;
-    afterwards the previous 2k-dimensional Ritz basis is refined by block power iteration
-    (`_refine`) to a residual below 1e-7 of the trace: the same vectors as `eigh` for a fraction
-    of its cost, since one batch changes the matrix little."""
-    groups: dict[tuple[int, bool], list[str]] = {}
-    for n in sorted(recording):
-        st = stats[n]
-        if isinstance(st, IncrementalSVD):
-            current[n] = st.decompose(k)
-        else:
-            groups.setdefault((st.sum.shape[0], st.basis is None), []).append(n)
-    for (d, fresh), names in groups.items():
-        s = torch.stack([stats[n].scatter() for n in names])
-        p = min(d, 2 * k)
-        if fresh or p == d:
-            evals, evecs = torch.linalg.eigh(s)
-            basis, vals = evecs.flip(-1)[..., :p], evals.flip(-1)[..., :p]
-        else:
-            basis, vals = _refine(s, torch.stack([stats[n].basis for n in names]), k)
-        for i, n in enumerate(names):
-            stats[n].basis = basis[i]
-            current[n] = (_flip(basis[i, :, :k].T.contiguous()), vals[i, :k].clamp_min(0))
-
-
-def _ratios(stats, evals: torch.Tensor) -> torch.Tensor:
-    """Explained-variance ratios: component variance / total variance of the layer's inputs."""
-    total = stats.scatter().trace() if isinstance(stats, CovarianceStats) else stats.sq.sum()
-    return (evals / total.clamp_min(1e-30)).cpu()
 
 
 def collect_on_datasets(

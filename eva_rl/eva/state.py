@@ -59,7 +59,6 @@ def describe(result: CollectResult, cfg: CollectorConfig, **extra) -> dict[str, 
                 "explained_variance_ratio": layer.ratios,
                 "converged_at_batch": layer.converged_at,
                 "tokens": layer.tokens,
-                "shares_inputs_with": layer.shares_with,
             }
             for name, layer in result.layers.items()
         },

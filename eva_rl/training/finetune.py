@@ -26,12 +26,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
+from eva_rl.adapters.export import export_adapted, save_initial_adapter
 from eva_rl.adapters.methods import (
-    Adapted,
+    METHODS,
+    BuildContext,
     MethodConfig,
     build_method,
-    export_adapted,
-    save_initial_adapter,
     trainable_parameters,
 )
 from eva_rl.agent import (
@@ -212,17 +212,15 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
         heldout_batches = [
             heldout_sampler.sample(cfg.optim.batch_size) for _ in range(cfg.split.batches)
         ]
-    eva_meta = (
-        _eva_result(agent, traj, cfg, out, progress) if cfg.method.name.startswith("eva") else None
-    )
-    adapted = build_method(
-        agent.model,
-        cfg.method,
+    spec = METHODS[cfg.method.name]
+    eva_meta = _eva_result(agent, traj, cfg, out, progress) if spec.needs_eva_state else None
+    context = BuildContext(
         calibration=calibration,
         loss=action_loss,
         eva_state=eva_meta and eva_meta["state"],
         steps=cfg.loop.steps,
     )
+    adapted = build_method(agent.model, cfg.method, context)
     initial = save_initial_adapter(adapted, out) if main else None
     signal = gradient_signal(adapted.model, calibration)
     setup = {
@@ -314,7 +312,7 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
         total_parameters=setup["total_parameters"],
         gradient_signal=setup["gradient_signal"],
         collector_seconds=setup["collector_seconds"],
-        ranks=_final_ranks(adapted),
+        ranks=spec.final_ranks(adapted),
         processes=distributed.world_size(),
         effective_batch_size=history["effective_batch_size"],
         train_seconds=history["seconds"],
@@ -386,18 +384,6 @@ def _log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
             writer.add_scalar("init/collector_seconds", setup["collector_seconds"], 0)
         for name, rank in setup["ranks"].items():
             writer.add_scalar(f"rank_init/{name}", rank, 0)
-
-
-def _final_ranks(adapted: Adapted) -> dict[str, int]:
-    """Ranks after training: AdaLoRA's allocation (non-zero singular values), else as built."""
-    if adapted.method != "adalora":
-        return adapted.ranks
-    pattern = adapted.model.peft_config["default"].rank_pattern or {}
-    ranks = dict(adapted.ranks)
-    for key, mask in pattern.items():
-        name = key.removeprefix("base_model.model.").rsplit(".lora_E", 1)[0]
-        ranks[name] = int(sum(bool(v) for v in mask))
-    return ranks
 
 
 def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: RunSummary) -> None:

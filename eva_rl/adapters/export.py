@@ -1,0 +1,65 @@
+"""Saving adapted models in the form a plain Decision Transformer loads: a full checkpoint for
+methods that train the whole model, else PEFT adapter files of the plain DT. Methods that
+rewrite base weights (PiSSA, OLoRA, CorDA, LoRA-GA) are converted to plain LoRA with PEFT's
+`path_initial_model_for_weight_conversion` against their initial adapter, and every adapter says
+`fan_in_fan_out: true` (the plain DT's block matrices are Conv1D), so
+`PeftModel.from_pretrained(DecisionTransformerModel.from_pretrained(base), DIR)` loads any of
+them. The live model's PEFT config is never modified: saving works on a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from eva_rl.adapters.methods import METHODS, Adapted
+from eva_rl.io import atomic_write_json
+
+INITIAL_ADAPTER = "initial_adapter"  # PEFT uses the folder name as a temporary adapter name
+
+
+@contextlib.contextmanager
+def _config_for_saving(peft_model, **changes) -> Iterator[None]:
+    """The adapter config with `changes` while saving, the original back afterwards."""
+    original = peft_model.peft_config["default"]
+    changed = copy.copy(original)
+    for key, value in changes.items():
+        setattr(changed, key, value)
+    peft_model.peft_config["default"] = changed
+    try:
+        yield
+    finally:
+        peft_model.peft_config["default"] = original
+
+
+def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
+    """Before training, keep the initial adapter of a base-rewriting method; saving converts
+    against it later. Returns its path (None when the method needs none)."""
+    if not METHODS[adapted.method].rewrites_base:
+        return None
+    path = run_dir / INITIAL_ADAPTER
+    if not (path / "adapter_config.json").is_file():
+        with _config_for_saving(adapted.model, init_lora_weights=True):  # PEFT's recipe
+            adapted.model.save_pretrained(path)
+    return path
+
+
+def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
+    """Write the trained weights: a full checkpoint, or PEFT adapter files whose base is
+    `base_checkpoint` (a directory or a hub id)."""
+    from eva_rl.agent import checkpoint_ref
+
+    model = adapted.model
+    if METHODS[adapted.method].trains_full_model:
+        model.save_pretrained(directory)
+        return
+    kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
+    with _config_for_saving(model, base_model_name_or_path=checkpoint_ref(base_checkpoint)):
+        model.save_pretrained(directory, **kwargs)
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["fan_in_fan_out"] = True  # the plain DT's block matrices are Conv1D
+    atomic_write_json(config_path, config)

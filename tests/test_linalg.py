@@ -1,0 +1,64 @@
+"""The collector's linear algebra against exact references: streaming covariance vs the batch
+covariance, the incremental SVD vs an SVD of everything, refinement vs eigh, and the eigh
+fallback when refinement does not converge."""
+
+import torch
+
+from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, refine, top_directions
+
+
+def test_streaming_covariance_equals_the_covariance_of_all_inputs():
+    torch.manual_seed(0)
+    chunks = [torch.randn(50, 6) * torch.arange(1, 7) + 100.0 for _ in range(4)]
+    stats = CovarianceStats(chunks[0].mean(0))
+    for x in chunks:
+        stats.add(*stats.moments(x))
+    everything = torch.cat(chunks).double()
+    centred = everything - everything.mean(0)
+    torch.testing.assert_close(stats.scatter(), centred.T @ centred, rtol=1e-6, atol=1e-4)
+    assert stats.n == 200
+
+
+def test_incremental_svd_keeping_every_direction_is_the_svd_of_everything():
+    torch.manual_seed(1)
+    chunks = [torch.randn(30, 5) for _ in range(3)]
+    svd = IncrementalSVD(5, 5, torch.device("cpu"))
+    for x in chunks:
+        svd.update(x)
+    everything = torch.cat(chunks).double()
+    _, s, vt = torch.linalg.svd(everything - everything.mean(0), full_matrices=False)
+    components, variances = svd.decompose(5)
+    torch.testing.assert_close(variances, s**2)
+    torch.testing.assert_close(components.abs(), flip_signs(vt).abs())
+
+
+def planted(d=12, top=(9.0, 5.0, 3.0)):
+    """A scatter matrix with known top eigenvectors (the first coordinate axes)."""
+    values = torch.cat([torch.tensor(top), torch.linspace(0.5, 0.1, d - len(top))]).double()
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    return q @ torch.diag(values) @ q.T, q
+
+
+def test_refinement_from_a_nearby_basis_finds_eighs_vectors():
+    torch.manual_seed(2)
+    s, q = planted()
+    start = q[:, :6] + 0.05 * torch.randn(12, 6, dtype=torch.float64)
+    basis, values, converged = refine(s[None], start[None], k=3)
+    assert converged
+    torch.testing.assert_close(values[0, :3], torch.tensor([9.0, 5.0, 3.0], dtype=torch.float64))
+    cos = (basis[0, :, :3] * q[:, :3]).sum(0).abs()
+    torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64))
+
+
+def test_top_directions_fall_back_to_eigh_when_refinement_does_not_converge():
+    torch.manual_seed(3)
+    values = torch.linspace(2.0, 1.9, 12).double()  # a flat spectrum: power iteration crawls
+    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    s = q @ torch.diag(values) @ q.T
+    start = torch.randn(1, 12, 6, dtype=torch.float64)
+    _, _, converged = refine(s[None], start, k=3)
+    assert not converged
+    basis, found = top_directions(s[None], start, k=3)
+    exact_values, exact_vectors = torch.linalg.eigh(s)
+    torch.testing.assert_close(found[0], exact_values.flip(-1)[:6])
+    torch.testing.assert_close(basis[0], exact_vectors.flip(-1)[:, :6])

@@ -1,0 +1,56 @@
+"""The method registry: what each method declares holds when it is built (zero output at
+initialisation, what it needs, what it trains), and a missing need is refused."""
+
+import pytest
+import torch
+
+from conftest import HAMMER
+from eva_rl.adapters.methods import METHODS, BuildContext, MethodConfig, build_method
+from eva_rl.agent import Agent
+from eva_rl.data.segments import load_trajectories
+from eva_rl.training.loop import action_loss, action_preds
+
+
+@pytest.fixture(scope="module")
+def setup(checkpoint, mw_root):
+    agent = Agent.load(checkpoint)
+    batches = [agent.segment_sampler(load_trajectories([HAMMER], mw_root), 5).sample(8)]
+    return agent.model, batches
+
+
+def test_every_declared_need_is_refused_when_missing(setup):
+    model, _ = setup
+    for name, spec in METHODS.items():
+        if spec.needs_eva_state:
+            with pytest.raises(ValueError, match="EVA's components"):
+                build_method(model, MethodConfig(name=name, rank=2), BuildContext())
+        if spec.needs_calibration:
+            with pytest.raises(ValueError, match="calibration batches"):
+                build_method(model, MethodConfig(name=name, rank=2), BuildContext())
+
+
+@pytest.mark.parametrize("name", [n for n, s in METHODS.items() if not s.needs_eva_state])
+def test_declarations_hold_once_built(name, setup):
+    model, batches = setup
+    context = BuildContext(calibration=batches, loss=action_loss, steps=50)
+    adapted = build_method(model, MethodConfig(name=name, rank=2, calibration_batches=1), context)
+    spec = METHODS[name]
+    model.eval(), adapted.model.eval()
+    with torch.no_grad():
+        same = torch.equal(action_preds(model, batches[0]), action_preds(adapted.model, batches[0]))
+    assert same == spec.zero_output_at_init or (not same and not spec.zero_output_at_init)
+    trainable = sum(p.numel() for p in adapted.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert (trainable == total) == spec.trains_full_model
+    assert bool(adapted.ranks) != spec.trains_full_model  # adapters have ranks, fft none
+    assert spec.final_ranks(adapted).keys() == adapted.ranks.keys()
+    assert bool(adapted.hooks) == (name == "adalora")  # the only method with a step hook
+
+
+def test_configs_refuse_unknown_methods_and_bad_values():
+    from eva_rl.errors import UserError
+
+    with pytest.raises(UserError, match="unknown method 'lorra'; choose one of: fft, lora"):
+        MethodConfig(name="lorra")
+    with pytest.raises(UserError, match="train_head=true is not supported with pissa"):
+        MethodConfig(name="pissa", train_head=True)
