@@ -8,28 +8,26 @@ directory loads too when those stats are given in a separate JSON file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
-import shutil
-import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
 from eva_rl.config import from_dict
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json
+from eva_rl.io import atomic_write_json, save_checkpoint_dir
 
 META_FILE = "eva_rl.json"
-transformers.utils.logging.disable_progress_bar()  # small single-shard models: bars are noise
 
 
 @dataclass
@@ -229,9 +227,10 @@ class Agent:
             )
         meta = read_meta(meta_path)
         try:
-            model = DecisionTransformerModel.from_pretrained(
-                source, local_files_only=isinstance(source, Path)
-            )
+            with _quiet_loading():
+                model = DecisionTransformerModel.from_pretrained(
+                    source, local_files_only=isinstance(source, Path)
+                )
         except Exception as e:  # safetensors, JSON, network, transformers: one line
             first = str(e).splitlines()[0] if str(e) else ""
             if isinstance(source, Path):
@@ -296,8 +295,24 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
         )
     base = Agent.load(base_path, stats=stats or _own_stats(path), device=device)
     meta = read_meta(path / META_FILE) if (path / META_FILE).is_file() else base.meta
-    merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+    with _quiet_loading():
+        merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     return Agent(merged.eval(), meta)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No weight-loading progress bars (a DT is one small file; the bars are noise), without
+    changing the setting for anything else."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def _own_stats(adapter: Path) -> Path | None:
@@ -315,20 +330,3 @@ def read_meta(path: Path) -> AgentMeta:
         return from_dict(AgentMeta, data)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-
-
-def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_dir)`, then swap `tmp_dir` into `path` with renames."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if path.exists():
-            os.rename(path, old)
-        os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)

@@ -200,3 +200,94 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug, not user input
+
+
+# --- command-line flags derived from configs: one place for every default and help text -----
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the class source (the trailing `# ...` of its line, else the
+    comment lines just above it): the help text of the field's command-line flag."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    docs, above = {}, []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"^\s+(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", line)
+        if match and not stripped.startswith(("def ", "@", "return", "if ", "raise")):
+            docs.setdefault(match.group(1), match.group(2) or " ".join(above))
+        above = []
+    return docs
+
+
+def describe(cls: type, key: str) -> tuple[Any, Any, str]:
+    """(type, default, help) of dotted config key `key` of `cls`; the default is the one this
+    config gives the field (a nested section's defaults may differ from its class's)."""
+    *parents, leaf = key.split(".")
+    owner, instance = cls, None
+    for part in parents:
+        f = {f.name: f for f in dataclasses.fields(owner)}[part]
+        instance = (
+            f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else getattr(instance, part)
+        )
+        owner = type(instance)
+    f = {f.name: f for f in dataclasses.fields(owner)}[leaf]
+    if instance is not None:
+        default = getattr(instance, leaf)
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = f.default
+    return typing.get_type_hints(owner)[leaf], default, field_docs(owner).get(leaf, "")
+
+
+def add_flags(parser, cls: type, flags: dict[str, str]) -> None:
+    """One argparse flag per entry (`--flag` -> dotted key of `cls`), typed, with the field's
+    comment and default as help; unset flags leave the config (file, overrides) alone."""
+    for flag, key in flags.items():
+        tp, default, doc = describe(cls, key)
+        base = _strip_optional(tp)
+        kwargs: dict[str, Any] = {"dest": key, "default": None}
+        if base is not bool:
+            kwargs["metavar"] = key.rsplit(".", 1)[-1].upper()
+        if base is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(base) in (list, tuple):  # an optional list may be given empty
+            kwargs["nargs"] = "*" if base is not tp else "+"
+        elif typing.get_origin(base) is Literal:
+            kwargs["choices"] = list(typing.get_args(base))
+        elif base in (int, float):
+            kwargs["type"] = base
+        shown = "" if default in (None, "", [], False) else f" (default: {default})"
+        kwargs["help"] = (doc or key) + shown
+        parser.add_argument(flag, **kwargs)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_args(cls: type[T], args, keys) -> T:
+    """`--config FILE`, then `key=value` overrides, then the flags that were given."""
+    data: dict[str, Any] = read_yaml(args.config) if getattr(args, "config", None) else {}
+    for item in getattr(args, "overrides", []):
+        apply_override(data, item)
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is not None:
+            set_path(data, key, value)
+    return from_dict(cls, data)

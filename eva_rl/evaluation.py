@@ -19,6 +19,7 @@ training run evaluates several times).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import time
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eva_rl.agent import Agent
+from eva_rl.agent import SHIPPED, Agent
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult
@@ -43,8 +44,8 @@ class EvalConfig:
     seed: int = 0  # episode i is reset with seed + i
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     target_scale: float = 1.0  # multiplies the target (e.g. 1.2 to ask for more than the best)
-    device: str = "auto"
-    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     # env instances alive at once (~25 MB each; building one costs ~0.2 s): 0 = auto, all
     # episodes at once on a GPU (one forward for all), 20 on a CPU (the forward's cost per
     # episode is flat there above ~10, and fewer envs are built)
@@ -374,3 +375,82 @@ def evaluate(agent: Agent, envs: list[str], cfg: EvalConfig, progress: bool = Tr
     """Play `cfg.episodes` seeded episodes per env (see `Evaluator`); workers end with it."""
     with Evaluator(agent, envs, cfg, progress) as evaluator:
         return evaluator.run()
+
+
+@dataclass
+class EvaluateConfig:
+    """What `eva-rl evaluate` does: which agent, which envs, where the results go."""
+
+    checkpoint: str = SHIPPED  # a checkpoint or adapter directory, or a Hugging Face hub id
+    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
+    envs: list[str] = field(default_factory=list)  # gymnasium ids or Meta-World tasks
+    suite: str | None = None  # or every env of a suite (default: the checkpoint's envs)
+    # targets from the best return in these Minari datasets, per env they recorded ([]: each
+    # Meta-World env's scripted-expert data); e.g. zero-shot on envs the agent has no target for
+    targets_from_datasets: list[str] | None = None
+    out: str = ""  # the JSON report
+    tb: str | None = None  # TensorBoard directory (default: <out without .json>_tb)
+    overwrite: bool = False  # replace an existing report
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if not self.out:
+            raise UserError("name the JSON report with --out FILE")
+        if self.envs and self.suite:
+            raise UserError("pass --envs or --suite, not both")
+
+    @property
+    def tb_dir(self) -> Path:
+        return Path(self.tb or Path(self.out).with_suffix("").as_posix() + "_tb")
+
+    @property
+    def video_dir(self) -> Path:
+        return Path(Path(self.out).with_suffix("").as_posix() + "_videos")
+
+
+def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
+    """Evaluate, then write the JSON report (with bootstrap intervals), TensorBoard scalars and
+    any recorded videos; the outputs are checked before the first rollout."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from eva_rl.agent import load_agent
+    from eva_rl.envs import load_suite
+    from eva_rl.io import atomic_write_json, check_writable
+    from eva_rl.video import log_videos
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite or choose another --out")
+    check_writable(out)
+    check_writable(cfg.tb_dir, directory=True)
+    agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.eval.device))
+    envs = cfg.envs or (load_suite(cfg.suite).tasks if cfg.suite else [])
+    envs = envs or sorted(agent.meta.target_returns)
+    eval_cfg = cfg.eval
+    if cfg.targets_from_datasets is not None:
+        found = dataset_targets(cfg.targets_from_datasets, envs)
+        targets = {**found, **eval_cfg.target_returns}  # explicit targets win
+        eval_cfg = dataclasses.replace(eval_cfg, target_returns=targets)
+    with Evaluator(agent, envs, eval_cfg, progress) as evaluator:
+        result = evaluator.run(video_dir=str(cfg.video_dir))
+    result.config.update(checkpoint=str(cfg.checkpoint), envs=envs, stats=cfg.stats)
+    atomic_write_json(out, result.to_dict(intervals=True))
+    step = agent.meta.provenance.get("steps", 0)
+    with SummaryWriter(cfg.tb_dir) as writer:
+        result.log(writer, step=step)
+    log_videos(result, cfg.tb_dir, step)
+    return result
+
+
+def dataset_targets(ids: list[str], envs: list[str]) -> dict[str, float]:
+    """Env -> the best return in the datasets recorded in it (`ids`; none given: each
+    Meta-World env's scripted-expert dataset)."""
+    from eva_rl.data.catalog import dataset_id
+    from eva_rl.data.segments import load_trajectories
+    from eva_rl.envs import metaworld_task_names
+
+    if not ids:
+        ids = [dataset_id(env) for env in envs if env in metaworld_task_names()]
+        if not ids:
+            raise UserError("--targets-from-datasets needs dataset ids for non-Meta-World envs")
+    return load_trajectories(ids).max_returns()

@@ -19,14 +19,14 @@ from eva_rl.errors import UserError
 class QuickstartConfig:
     # one of the paper's hardest CW10 tasks; the shipped agent solves 0.1 of it zero-shot
     task: str = "peg-unplug-side-v3"
-    methods: list[str] = field(default_factory=lambda: ["eva", "lora"])
-    steps: int = 300
+    methods: list[str] = field(default_factory=lambda: ["eva", "lora"])  # compared side by side
+    steps: int = 300  # updates per run
     eval_every: int = 100
     seed: int = 0
     checkpoint: str = "results/pretrained/mt40-cpu/agent"
     base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config of both runs
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
-    out: str = "runs/quickstart"
+    out: str = "runs/quickstart"  # runs, report and video go here
     set: dict[str, Any] = field(default_factory=dict)  # extra finetune overrides
     video: bool = True  # the base agent and every method side by side on one episode (MP4)
 

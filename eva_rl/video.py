@@ -115,16 +115,14 @@ def side_by_side(paths: list[str | os.PathLike], labels: list[str], out: str | o
 
 def _label(frames: np.ndarray, text: str) -> np.ndarray:
     """A white strip with `text` above every frame (matplotlib renders the text once)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     width = frames.shape[2]
-    fig = plt.figure(figsize=(width / 100, 0.3), dpi=100)
+    fig = Figure(figsize=(width / 100, 0.3), dpi=100)
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
-    fig.canvas.draw()
-    strip = np.asarray(fig.canvas.buffer_rgba())[..., :3]
-    plt.close(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    strip = np.asarray(canvas.buffer_rgba())[..., :3]
     strip = np.broadcast_to(strip[None, :, :width], (len(frames), strip.shape[0], width, 3))
     return np.concatenate([strip, frames], axis=1)

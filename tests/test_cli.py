@@ -90,7 +90,7 @@ def test_collect_writes_eva_files(ckpt, mw_root, tmp_path, capsys):
     for name, layer in meta["layers"].items():
         assert state[name].shape[0] == layer["rank"] and layer["tokens"] > 0
     assert meta["datasets"] == ["metaworld/push-v3/scripted-v0"]
-    assert (out / "collector_config.yaml").is_file() and any((out / "tb").iterdir())
+    assert (out / "collect_config.yaml").is_file() and any((out / "tb").iterdir())
     assert main(args) == 2 and "already holds an EVA result" in capsys.readouterr().err
 
 

@@ -116,7 +116,9 @@ def test_ddp_resume_equals_uninterrupted(ddp_run, checkpoint, mw_root, tmp_path)
     assert state["step"] == 10 and len(state["processes"]) == 2
 
     # a 2-process checkpoint is refused by one process, with the command that resumes it
-    one = tiny_finetune_overrides(checkpoint, mw_root, tmp_path / "b", "lora", "resume=true")
+    one = tiny_finetune_overrides(
+        checkpoint, mw_root, tmp_path / "b", "lora", "optim.batch_size=8", "resume=true"
+    )
     with pytest.raises(UserError, match="written by 2 process.*--nproc-per-node 2"):
         finetune(load_config(FinetuneConfig, None, one), progress=False)
 

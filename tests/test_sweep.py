@@ -235,7 +235,9 @@ def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     assert "2 runs (2 run now, 0 already finished)" in capsys.readouterr().out
     runs = tmp_path / "runs"
     index = json.loads((runs / "runs.json").read_text())
-    assert [v["status"] for v in index.values()] == ["done", "done"]
+    assert {k: v["status"] for k, v in index.items()} == {
+        "_baseline.hammer-v3": "done", "seed=0": "done", "seed=1": "done"
+    }
     assert all((runs / f"seed={seed}/summary.json").is_file() for seed in (0, 1))
     cfg = load_sweep(path, ["executor=ray"])
     assert sweep(cfg, progress=False)["ran"] == 0  # finished runs are skipped (no Ray started)

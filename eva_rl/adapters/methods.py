@@ -30,7 +30,7 @@ from eva_rl.errors import UserError
 
 @dataclass
 class MethodConfig:
-    name: str = "eva"
+    name: str = "eva"  # the initialisation method (`eva-rl methods`)
     rank: int = 8  # nominal rank r (AdaLoRA: the average rank it prunes down to)
     rho: float = 2.0  # EVA: components per layer before redistribution; AdaLoRA: initial rank / r
     alpha: float = 0.0  # LoRA alpha; 0 means alpha = rank (scale 1)

@@ -32,13 +32,13 @@ ALGORITHM = "metaworld-scripted-expert+gaussian-action-noise"
 
 @dataclass
 class DataBuildConfig:
-    suite: str = "cw10"
+    suite: str = "cw10"  # a suite name (cw10, mt40, mt50) or a suite YAML file
     tasks: list[str] = field(default_factory=list)  # empty: every task of the suite
     episodes: int | None = None  # per task; None: the suite's recipe
     seed: int | None = None  # None: the suite's recipe
     workers: int = 0  # 0: one per core
     chunk_episodes: int = 5  # episodes per worker job
-    overwrite: bool = False
+    overwrite: bool = False  # replace existing datasets
     skip_existing: bool = False  # keep datasets that exist instead of refusing
     root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari/datasets
 
@@ -117,7 +117,7 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
         tqdm(
             total=len(p.tasks) * p.episodes, unit="ep", desc="data build", disable=not jobs
         ) as bar,
-        mp.get_context("spawn").Pool(workers) as pool,
+        mp.get_context("spawn").Pool(workers, initializer=_quiet_policies) as pool,
     ):
         for task, episodes in pool.imap_unordered(_rollout_chunk, jobs):
             pending[task].extend(episodes)
@@ -132,6 +132,11 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
     return sorted(summaries, key=lambda s: order.get(s["task"], len(order)))
 
 
+def _quiet_policies() -> None:
+    """Meta-World's scripted policies warn on every call that their gains may be too high."""
+    warnings.filterwarnings("ignore", message="Constant.* may be too high")
+
+
 def _rollout_chunk(job) -> tuple[str, list[dict[str, Any]]]:
     task, horizon, seed, indices, noise = job
     return task, [rollout_episode(task, horizon, seed, i, noise) for i in indices]
@@ -144,7 +149,6 @@ def rollout_episode(task: str, horizon: int, seed: int, index: int, noise: Noise
     """One scripted-expert episode with this episode's noise std; returns numpy arrays."""
     from metaworld.policies import ENV_POLICY_MAP
 
-    warnings.filterwarnings("ignore", message="Constant.* may be too high")  # Meta-World policies
     key = (task, horizon)
     if key not in _ENV_CACHE:  # building a MuJoCo env costs ~0.5 s: once per worker and task
         _ENV_CACHE[key] = (make_task_env(task, horizon), ENV_POLICY_MAP[task]())

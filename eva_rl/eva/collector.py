@@ -54,12 +54,13 @@ class CollectorConfig:
     tau: float = 0.99  # cosine threshold for convergence
     whiten: bool = False  # divide components by sqrt of their singular values (as PEFT)
     max_batches: int = 100  # cap: stop (with a warning) even if not every layer converged
-    batch_size: int = 64
+    batch_size: int = 64  # segments per batch
     target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
     token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
+    # covariance: exact streaming statistics; incremental-svd: PEFT's algorithm, for comparison
     method: Literal["covariance", "incremental-svd"] = "covariance"
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # segment sampling
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: str = "auto"  # of the forward passes; the statistics stay fp32/fp64
 
     def __post_init__(self):

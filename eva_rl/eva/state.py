@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from transformers.pytorch_utils import Conv1D
 
+from eva_rl.agent import SHIPPED
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import CollectorConfig, CollectResult
-from eva_rl.io import atomic_write_json
+from eva_rl.io import atomic_write_bytes, atomic_write_json
 
 STATE_FILE = "eva_state.safetensors"
 META_FILE = "eva.json"
@@ -34,9 +36,7 @@ def save_result(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {n: layer.components.contiguous() for n, layer in result.layers.items()}
-    tmp = out / f".{STATE_FILE}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / STATE_FILE)
+    atomic_write_bytes(out / STATE_FILE, save(tensors))
     meta = describe(result, cfg, **extra)
     atomic_write_json(out / META_FILE, meta)
     return meta
@@ -126,13 +126,10 @@ def apply_eva(
     return peft_model
 
 
-def log_to_tensorboard(meta: dict[str, Any], log_dir: str | os.PathLike) -> None:
+def log_collection(meta: dict[str, Any], log_dir: str | os.PathLike) -> None:
     """Explained variance per layer (one curve per layer over component index) and a
     rank-allocation bar chart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from torch.utils.tensorboard import SummaryWriter
 
     layers = meta["layers"]
@@ -141,7 +138,8 @@ def log_to_tensorboard(meta: dict[str, Any], log_dir: str | os.PathLike) -> None
             for i, ratio in enumerate(layer["explained_variance_ratio"]):
                 writer.add_scalar(f"explained_variance_ratio/{name}", ratio, i)
             writer.add_scalar(f"rank/{name}", layer["rank"], 0)
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers)), 4))
+        fig = Figure(figsize=(max(6, 0.5 * len(layers)), 4))  # no pyplot: no global state
+        ax = fig.subplots()
         ax.bar(range(len(layers)), [layer["rank"] for layer in layers.values()])
         ax.axhline(meta["config"]["rank"], color="k", ls="--", lw=1, label="nominal rank r")
         ax.set_xticks(
@@ -155,4 +153,45 @@ def log_to_tensorboard(meta: dict[str, Any], log_dir: str | os.PathLike) -> None
         ax.legend()
         fig.tight_layout()
         writer.add_figure("eva/rank_allocation", fig, 0)
-        plt.close(fig)
+
+
+@dataclass
+class CollectConfig:
+    """What `eva-rl collect` does: the agent, the data, where the result goes."""
+
+    checkpoint: str = SHIPPED  # a checkpoint directory or a Hugging Face hub id
+    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
+    datasets: list[str] = field(default_factory=list)  # downstream Minari dataset ids
+    data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
+    out: str = ""  # the result's directory (eva_state.safetensors, eva.json, tb/)
+    overwrite: bool = False  # replace an existing result
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+
+    def __post_init__(self):
+        if not self.datasets or not self.out:
+            raise UserError("collect needs --datasets ID [ID ...] and --out DIR")
+
+
+def run_collection(cfg: CollectConfig, progress: bool = True) -> CollectResult:
+    """Collect on the datasets and write the result (rank 0 under torchrun); the output is
+    checked before any batch."""
+    from eva_rl.agent import Agent
+    from eva_rl.config import save_config
+    from eva_rl.distributed import is_main, world_size
+    from eva_rl.eva.collector import collect_on_datasets
+    from eva_rl.io import check_writable
+    from eva_rl.runtime import resolve_device
+
+    out = Path(cfg.out)
+    if (out / META_FILE).exists() and not cfg.overwrite:
+        raise UserError(f"{out} already holds an EVA result; pass --overwrite or another --out")
+    check_writable(out, directory=True)
+    device = resolve_device(cfg.collector.device)
+    agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
+    result = collect_on_datasets(agent, cfg.datasets, cfg.collector, cfg.data_root, progress)
+    if is_main():  # every rank holds the same result; rank 0 writes it
+        extra = {"checkpoint": cfg.checkpoint, "datasets": cfg.datasets, "processes": world_size()}
+        meta = save_result(result, cfg.collector, out, **extra)
+        save_config(cfg, out / "collect_config.yaml")
+        log_collection(meta, out / "tb")
+    return result

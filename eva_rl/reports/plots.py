@@ -22,32 +22,30 @@ SCORE_LABEL = {
 }
 
 
-def _plt():
-    import matplotlib
+def figure(rows: int = 1, cols: int = 1, **kwargs):
+    """A figure and its axes, without pyplot (no backend, no global state to close)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=kwargs.pop("figsize", (7.5, 4.5)))
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
 def save(fig, path: Path) -> None:
     """Write the figure beside `path` and rename it into place."""
-    plt = _plt()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
 
 
 def colours(stats) -> dict[str, tuple]:
     """Configuration label -> colour: a hue per method, lighter for its smaller ranks."""
-    plt = _plt()
-    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
+    import matplotlib
+
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Dark2"].colors]
     order = list(METHODS)
     out = {}
     for method in dict.fromkeys(s.method for s in stats):
@@ -73,11 +71,10 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float]:
 def learning_curves(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
     """One panel per task: score vs updates, mean over seeds with its 95% band; the base agent
     (step 0 when the runs did not evaluate there) dashed."""
-    plt = _plt()
     tasks = sorted({t for s in stats for t in s.tasks})
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = figure(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     colour = colours(stats)
     for ax, task in zip(axes.flat, tasks, strict=False):
         base = baselines.get(task)
@@ -112,8 +109,7 @@ def learning_curves(stats, baselines: dict[str, EvalResult], path: Path, score: 
 def forest(comparisons, path: Path, score: str) -> None:
     """Each configuration minus its reference: mean paired difference, 95% paired bootstrap
     interval, Holm-adjusted p and the number of pairs."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
+    fig, ax = figure(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
     ys = np.arange(len(comparisons))[::-1]
     for y, c in zip(ys, comparisons, strict=True):
         ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - c.ci[0]], [c.ci[1] - c.mean_diff]],
@@ -129,9 +125,8 @@ def forest(comparisons, path: Path, score: str) -> None:
 
 def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
     """Bars: mean final score per task and configuration; dots: the seeds; dashes: the base."""
-    plt = _plt()
     tasks = sorted({t for s in stats for t in s.tasks})
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * len(tasks) * max(len(stats), 2) / 3), 4.5))
+    fig, ax = figure(figsize=(max(7.5, 1.1 * len(tasks) * max(len(stats), 2) / 3), 4.5))
     width = 0.8 / len(stats)
     colour = colours(stats)
     rng = np.random.default_rng(0)
@@ -159,14 +154,13 @@ def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) ->
 def budget(stats, path: Path, score: str) -> None:
     """Final score, held-out loss (training loss where runs had no held-out split) and AUC
     against trainable parameters: one line per method (and rho) through its ranks."""
-    plt = _plt()
     loss = "heldout_loss" if all(s.means["heldout_loss"] is not None for s in stats) else None
     panels = [
         ("score", f"final {SCORE_LABEL.get(score, score)}"),
         (loss or "final_loss", "held-out action loss" if loss else "training action loss"),
         ("auc", "area under the score curve / updates"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = figure(1, 3, figsize=(15, 4.2))
     colour = colours(stats)
     series: dict[str, list] = {}
     for s in stats:
@@ -200,14 +194,18 @@ def budget(stats, path: Path, score: str) -> None:
     save(fig, path)
 
 
+def _is_eva(method: str) -> bool:
+    spec = METHODS.get(method)
+    return spec is not None and spec.needs_eva_state
+
+
 def rank_allocation(stats, path: Path) -> bool:
     """Mean rank per layer of the EVA-initialised runs; False (nothing drawn) if there are none."""
-    plt = _plt()
-    eva = [s for s in stats if s.method.startswith("eva") and s.rows[0].ranks]
+    eva = [s for s in stats if _is_eva(s.method) and s.rows[0].ranks]
     if not eva:
         return False
     layers = list(eva[0].rows[0].ranks)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = figure()
     width = 0.8 / len(eva)
     colour = colours(stats)
     for i, s in enumerate(eva):
@@ -225,8 +223,7 @@ def rank_allocation(stats, path: Path) -> bool:
 
 
 def gradient_signal(stats, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = figure()
     colour = colours(stats)
     for i, s in enumerate(stats):
         values = [r.gradient_signal for r in s.rows]
@@ -241,8 +238,7 @@ def gradient_signal(stats, path: Path) -> None:
 
 def training_curve(scalars: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
     """One run: training (and held-out) loss, and every evaluation score it logged."""
-    plt = _plt()
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_eval) = figure(1, 2, figsize=(11, 4))
     for tag, label in (("train/loss", "training"), ("eval/heldout_loss", "held-out")):
         if tag in scalars:
             steps, values = zip(*scalars[tag], strict=True)

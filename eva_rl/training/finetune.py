@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import re
 import time
 import warnings
@@ -40,7 +39,6 @@ from eva_rl.agent import (
     Agent,
     AgentMeta,
     checkpoint_ref,
-    save_checkpoint_dir,
 )
 from eva_rl.config import to_dict
 from eva_rl.data.catalog import dataset_id
@@ -48,7 +46,7 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
-from eva_rl.io import atomic_write_json
+from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
 from eva_rl.runtime import resolve_device, resolve_precision
 from eva_rl.training.loop import (
@@ -56,10 +54,10 @@ from eva_rl.training.loop import (
     OptimConfig,
     action_loss,
     discard_on_failure,
-    git_commit,
     gradient_signal,
     heldout_loss,
     prepare_run_dir,
+    provenance,
     train_loop,
 )
 from eva_rl.video import log_videos
@@ -123,8 +121,8 @@ class FinetuneConfig:
     datasets: list[str] = field(default_factory=list)  # Minari ids of the downstream data
     task: str = ""  # shorthand for a Meta-World task's data: metaworld/<task>/scripted-v0
     env: str | None = None  # evaluate in this env (default: the env each dataset recorded)
-    data_root: str | None = None
-    out: str = ""
+    data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
+    out: str = ""  # the run directory
     method: MethodConfig = field(default_factory=MethodConfig)
     collector: FinetuneCollectorConfig = field(default_factory=FinetuneCollectorConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -135,11 +133,11 @@ class FinetuneConfig:
         )
     )
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
+    seed: int = 0  # of sampling, initialisation and training
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: torch's default
-    resume: bool = False
+    resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
         if not self.task and not self.datasets:
@@ -341,7 +339,7 @@ def _eva_result(agent: Agent, traj, cfg: FinetuneConfig, out: Path, progress: bo
     """Collect (or, on resume, reload) EVA's components on the training split into `out/eva`."""
     from eva_rl.eva.collector import collect_on_trajectories
     from eva_rl.eva.state import META_FILE as EVA_META
-    from eva_rl.eva.state import load_state, log_to_tensorboard, save_result
+    from eva_rl.eva.state import load_state, log_collection, save_result
 
     directory = out / "eva"
     collector = cfg.collector_config()
@@ -349,7 +347,7 @@ def _eva_result(agent: Agent, traj, cfg: FinetuneConfig, out: Path, progress: bo
         result = collect_on_trajectories(agent, traj, collector, progress=progress)
         if distributed.is_main():
             meta = save_result(result, collector, directory, checkpoint=cfg.checkpoint)
-            log_to_tensorboard(meta, out / "tb")
+            log_collection(meta, out / "tb")
         distributed.barrier()
     state, meta = load_state(directory)
     return {"state": state, "seconds": meta["seconds"]}
@@ -361,18 +359,14 @@ def _finetuned_meta(
     """The base agent's normalisation, with the task's target return and the run's provenance."""
     meta = copy.deepcopy(base)
     meta.target_returns = {**base.target_returns, **targets}
-    meta.provenance = {
-        "base_checkpoint": checkpoint_ref(cfg.checkpoint),
-        "base_provenance": base.provenance,
-        "method": cfg.method.name,
-        "config": to_dict(cfg),
-        "datasets": cfg.dataset_ids,
-        "seed": cfg.seed,
-        "precision": precision,
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta.provenance = provenance(
+        cfg,
+        cfg.dataset_ids,
+        precision,
+        base_checkpoint=checkpoint_ref(cfg.checkpoint),
+        base_provenance=base.provenance,
+        method=cfg.method.name,
+    )
     return meta
 
 

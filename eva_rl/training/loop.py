@@ -14,6 +14,7 @@ batches (its sampler is seeded per rank), gradients are averaged, so the effecti
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import shutil
@@ -30,10 +31,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from eva_rl import distributed
-from eva_rl.agent import save_checkpoint_dir
+from eva_rl.config import to_dict
 from eva_rl.data.segments import SegmentSampler
 from eva_rl.errors import RunError, UserError
-from eva_rl.io import atomic_write_text, check_writable
+from eva_rl.io import atomic_write_text, check_writable, save_checkpoint_dir
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
 
@@ -42,11 +43,11 @@ STATE_FILE = "state.pt"
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = 1e-4  # AdamW's peak learning rate
     weight_decay: float = 0.01
-    warmup_steps: int = 1000
-    grad_clip: float = 0.25
-    batch_size: int = 64
+    warmup_steps: int = 1000  # linear warm-up, then cosine decay to 0 at the last step
+    grad_clip: float = 0.25  # gradient norm clip
+    batch_size: int = 64  # segments per update (per process under torchrun)
 
     def __post_init__(self):
         if self.lr <= 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.grad_clip <= 0:
@@ -55,10 +56,10 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    steps: int = 1000
-    log_every: int = 50
-    eval_every: int = 1000  # 0: evaluate only at the end
-    save_every: int = 500
+    steps: int = 1000  # gradient updates
+    log_every: int = 50  # training-loss logging period
+    eval_every: int = 1000  # evaluation period; 0: evaluate only at the end
+    save_every: int = 500  # checkpoint period (what a resume restarts from)
     eval_at_start: bool = False  # also evaluate before the first update (step 0)
 
     def __post_init__(self):
@@ -66,7 +67,21 @@ class LoopConfig:
             raise UserError("steps, log_every, save_every must be >= 1 and eval_every >= 0")
 
 
-def git_commit() -> str | None:
+def provenance(cfg, datasets: list[str], precision: str, **extra) -> dict[str, Any]:
+    """What a saved agent records about the run that made it (pretraining or fine-tuning)."""
+    return {
+        **extra,
+        "config": to_dict(cfg),
+        "datasets": datasets,
+        "seed": cfg.seed,
+        "precision": precision,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -4,7 +4,6 @@ Data parallel under torchrun (see `eva_rl.training.loop`)."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,8 @@ from eva_rl.training.loop import (
     LoopConfig,
     OptimConfig,
     discard_on_failure,
-    git_commit,
     prepare_run_dir,
+    provenance,
     train_loop,
 )
 
@@ -41,7 +40,7 @@ class PretrainEvalConfig:
 
 @dataclass
 class PretrainConfig:
-    out: str = "runs/pretrain"
+    out: str = "runs/pretrain"  # the run directory
     datasets: list[str] = field(default_factory=list)  # Minari ids; empty: the suite's datasets
     suite: str = "mt40"  # the datasets, horizon and reference returns when `datasets` is empty
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
@@ -53,11 +52,11 @@ class PretrainConfig:
     # episode length at evaluation; None: the suite's, else the longest time limit of the
     # datasets' envs (else their longest episode)
     horizon: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | bf16 | fp32 (eva_rl.runtime)
+    seed: int = 0  # of initialisation and sampling
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: torch's default
-    resume: bool = False
+    resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -101,15 +100,7 @@ def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) 
         target_returns=traj.max_returns(),
         reference_returns=dict(suite.reference_returns) if suite else {},
         suite=suite.name if suite else None,
-        provenance={
-            "config": to_dict(cfg),
-            "datasets": ids,
-            "seed": cfg.seed,
-            "precision": precision,
-            "git_commit": git_commit(),
-            "torch": torch.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        },
+        provenance=provenance(cfg, ids, precision),
     )
     agent = Agent(model, meta)
     sampler = SegmentSampler(
