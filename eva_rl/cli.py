@@ -266,7 +266,12 @@ def _report_flags(p) -> None:
     p.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
     p.add_argument("--tasks", nargs="+", help="report only these tasks (default: every task)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    p.add_argument("--reference", default="lora", help="method the others are compared with")
+    p.add_argument(
+        "--reference",
+        default="lora",
+        help="method the others are compared with at the same rank, or a sweep grid value "
+        "each configuration is compared with (precision=fp32)",
+    )
 
 
 def _curve_flags(p) -> None:

@@ -114,8 +114,10 @@ def minimum_detectable_difference(sd: float, n: int, alpha: float = 0.05, power:
     """The smallest true mean paired difference a two-sided paired t-test at level `alpha`
     detects with probability `power`, given the paired differences' standard deviation `sd`
     over `n` pairs: (t_{1-alpha/2} + t_{power}) * sd / sqrt(n), with n - 1 degrees of freedom.
-    None with fewer than two pairs."""
-    if n < 2:
+    None where no difference is detectable or the spread says nothing: with n pairs the two-sided
+    sign-flip test's smallest p is 2 / 2^n (n <= 5 can never reach 5%), and sd 0 (all pairs
+    equal, e.g. every run at 0) is no estimate of the spread."""
+    if 2.0 / 2**n >= alpha or sd <= 1e-12:  # (float noise of equal differences)
         return None
     df = n - 1
     return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * sd / math.sqrt(n))

@@ -11,9 +11,11 @@ from eva_rl.reports.runs import collect_runs
 from eva_rl.reports.tensorboard import read_scalars
 
 
-def write_run(root, task, method, rank, seed, scores, trainable=1000, heldout=True):
+def write_run(
+    root, task, method, rank, seed, scores, trainable=1000, heldout=True, precision="fp32"
+):
     """A finetune summary.json with evaluations at 50 and 100 (scores = final-step success)."""
-    run = root / f"{task}/{method}-r{rank}-s{seed}"
+    run = root / f"{task}/{method}-r{rank}-s{seed}-{precision}"
     run.mkdir(parents=True)
     evals = []
     for step, v in zip((50, 100), scores, strict=True):
@@ -26,7 +28,7 @@ def write_run(root, task, method, rank, seed, scores, trainable=1000, heldout=Tr
         evals.append(point)
     summary = {
         "method": method, "task": task, "datasets": [f"metaworld/{task}/scripted-v0"],
-        "rank": rank, "rho": 2.0, "seed": seed, "steps": 100, "precision": "fp32",
+        "rank": rank, "rho": 2.0, "seed": seed, "steps": 100, "precision": precision,
         "score_name": "success_final", "final_loss": 0.1,
         "trainable_parameters": trainable, "total_parameters": 10_000,
         "gradient_signal": 0.5 + seed, "collector_seconds": 1.0 if method == "eva" else None,
@@ -34,6 +36,7 @@ def write_run(root, task, method, rank, seed, scores, trainable=1000, heldout=Tr
         "processes": 1, "effective_batch_size": 64, "train_seconds": 9.0,
         "wall_seconds": 10.0 + seed, "eval": evals,
         "config": {"checkpoint": "ckpt", "loop": {"steps": 100, "eval_every": 50},
+                   "precision": precision,
                    "optim": {"batch_size": 64, "lr": 3e-4},
                    "eval": {"episodes": 10, "final_episodes": 100, "seed": 1000}},
     }  # fmt: skip
@@ -90,8 +93,36 @@ def test_paired_comparison_of_a_constant_improvement(runs):
     assert eva.p_holm == pytest.approx(min(1, 2 * eva.p))  # two comparisons
     # per task: U counts eva > lora over the 3 x 3 run pairs, ties half: 7 of 9
     assert eva.poi == pytest.approx(7 / 9)
-    assert eva.mde == pytest.approx(0.0, abs=1e-9)  # no spread
+    assert eva.mde is None  # 6 pairs, but no spread: nothing to scale a detectable size by
     assert set(comparisons) == {"fft", "eva r8 rho2"}
+
+
+def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):
+    """A precision grid gives one configuration per value, each method compared with itself."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "sweep.yaml").write_text(
+        "grid:\n  precision: [fp32, bf16]\n  method.name: [eva, lora]\n  seed: [0, 1, 2]\n"
+    )
+    for seed in range(3):
+        for method, fp32, bf16 in (("eva", 0.5, 0.4), ("lora", 0.3, 0.3 + 0.1 * seed)):
+            write_run(root, "hammer-v3", method, 8, seed, (0.1, fp32))
+            write_run(root, "hammer-v3", method, 8, seed, (0.1, bf16), precision="bf16")
+    stats = aggregate(collect_runs(root))
+    assert [s.label for s in stats] == [
+        "lora r8 precision=bf16", "lora r8 precision=fp32",
+        "eva r8 rho2 precision=bf16", "eva r8 rho2 precision=fp32",
+    ]  # fmt: skip
+    by_precision = {c.label: c for c in compare(stats, "precision=fp32")}
+    assert set(by_precision) == {"lora r8 precision=bf16", "eva r8 rho2 precision=bf16"}
+    assert by_precision["eva r8 rho2 precision=bf16"].reference == "eva r8 rho2 precision=fp32"
+    assert by_precision["eva r8 rho2 precision=bf16"].mean_diff == pytest.approx(-0.1)
+    assert by_precision["lora r8 precision=bf16"].mean_diff == pytest.approx(0.1)  # 0, .1, .2
+    by_method = {c.label: c.reference for c in compare(stats, "lora")}
+    assert by_method == {
+        "eva r8 rho2 precision=bf16": "lora r8 precision=bf16",
+        "eva r8 rho2 precision=fp32": "lora r8 precision=fp32",
+    }
 
 
 def test_report_command_writes_csv_plots_tensorboard_and_readme(runs, tmp_path, capsys):
@@ -133,7 +164,7 @@ def test_report_on_a_subset_of_tasks(runs, tmp_path):
 def test_report_errors(tmp_path, capsys, runs):
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     assert "no finished runs" in capsys.readouterr().err
-    (runs / "push-v3/eva-r8-s1/summary.json").unlink()
+    (runs / "push-v3/eva-r8-s1-fp32/summary.json").unlink()
     assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
     assert "different seeds per task" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -61,3 +61,5 @@ def test_holm_paired_interval_and_detectable_difference():
     # (t_.975 + t_.8) with 9 df times sd / sqrt(n): 2.262 + 0.883 = 3.145
     assert minimum_detectable_difference(0.3, 10) == pytest.approx(3.1449 * 0.3 / 10**0.5, 1e-3)
     assert minimum_detectable_difference(0.3, 1) is None
+    assert minimum_detectable_difference(0.3, 5) is None  # sign-flip p >= 2/32: never below 5%
+    assert minimum_detectable_difference(0.0, 10) is None  # no spread to scale by

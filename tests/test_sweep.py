@@ -236,7 +236,9 @@ def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     runs = tmp_path / "runs"
     index = json.loads((runs / "runs.json").read_text())
     assert {k: v["status"] for k, v in index.items()} == {
-        "_baseline.hammer-v3": "done", "seed=0": "done", "seed=1": "done"
+        "_baseline.hammer-v3": "done",
+        "seed=0": "done",
+        "seed=1": "done",
     }
     assert all((runs / f"seed={seed}/summary.json").is_file() for seed in (0, 1))
     cfg = load_sweep(path, ["executor=ray"])
@@ -246,8 +248,10 @@ def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     finished = runs / "seed=1/summary.json"
     mtime = finished.stat().st_mtime_ns
     (runs / "seed=0/summary.json").unlink()
+    config = runs / "seed=0/config.yaml"
+    written = config.stat().st_mtime_ns
     result = sweep(cfg, progress=False)
     assert (result["ran"], result["skipped"]) == (1, 1)
-    assert yaml.safe_load((runs / "seed=0/config.yaml").read_text())["resume"] is True
+    assert config.stat().st_mtime_ns == written  # resumed (a new run would be refused its folder)
     assert (runs / "seed=0/summary.json").is_file() and finished.stat().st_mtime_ns == mtime
     assert "Traceback" not in (runs / "_logs/seed=0.log").read_text()

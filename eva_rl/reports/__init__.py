@@ -69,8 +69,8 @@ def write_report(
     shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
     write_aggregates(stats, runs_dir, out / TENSORBOARD_DIR)
     notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
-    text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, baselines,
-                         figures, notes)  # fmt: skip
+    text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, reference,
+                         baselines, figures, notes)  # fmt: skip
     atomic_write_text(out / "README.md", text)
     return {
         "runs": len(rows),

@@ -32,9 +32,10 @@ def config_label(method: str, rank: int, rho: float) -> str:
 
 
 def config_key(row: Row) -> tuple:
-    """Sort order: registry order of methods, then rank and rho numerically."""
+    """Sort order: registry order of methods, then rank and rho numerically, then variant."""
     order = list(METHODS)
-    return (order.index(row.method) if row.method in order else len(order), row.rank, row.rho)
+    method = order.index(row.method) if row.method in order else len(order)
+    return (method, row.rank, row.rho, row.variant)
 
 
 def mean_or_none(values) -> float | None:
@@ -47,6 +48,7 @@ class ConfigStats:
     method: str
     rank: int
     rho: float
+    variant: str
     label: str
     rows: list[Row]
     tasks: list[str]
@@ -67,10 +69,10 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
     configuration every task needs the same seeds (the bootstrap resamples seeds per task)."""
     groups: dict[tuple, list[Row]] = {}
     for row in sorted(rows, key=config_key):
-        groups.setdefault((row.method, row.rank, row.rho), []).append(row)
+        groups.setdefault((row.method, row.rank, row.rho, row.variant), []).append(row)
     out = []
-    for (method, rank, rho), group in groups.items():
-        label = config_label(method, rank, rho)
+    for (method, rank, rho, variant), group in groups.items():
+        label = config_label(method, rank, rho) + (f" {variant}" if variant else "")
         if any(r.score is None for r in group):
             raise UserError(f"{label} has runs without a final evaluation; finish or remove them")
         tasks = sorted({r.task for r in group})
@@ -79,7 +81,7 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
             raise UserError(
                 f"{label} has different seeds per task ({seeds}); finish or remove the missing runs"
             )
-        stats = ConfigStats(method, rank, rho, label, group, tasks, len(seeds[tasks[0]]),
+        stats = ConfigStats(method, rank, rho, variant, label, group, tasks, len(seeds[tasks[0]]),
                             {}, (0, 0, 0), (0, 0, 0))  # fmt: skip
         matrix = stats.matrix(tasks, seeds[tasks[0]])
         stats.per_task = {t: interval(matrix[:, [i]]) for i, t in enumerate(tasks)}
@@ -125,17 +127,30 @@ class Comparison:
         return "no difference detected"
 
 
+def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
+    """The configuration `s` is compared with: a method name -> that method at the same rank
+    (or its only configuration) and variant; `key=value` -> the same configuration with that
+    value of a variant key (`precision=fp32`). None if `s` is a reference itself or has none."""
+    if "=" in reference:
+        key = reference.split("=")[0]
+        mine = dict(v.split("=", 1) for v in s.variant.split(",") if v)
+        if key not in mine or f"{key}={mine[key]}" == reference:
+            return None
+        want = ",".join(reference if k == key else f"{k}={v}" for k, v in mine.items())
+        same = (s.method, s.rank, s.rho, want)
+        return next((r for r in stats if (r.method, r.rank, r.rho, r.variant) == same), None)
+    if s.method == reference:
+        return None
+    refs = [r for r in stats if r.method == reference and r.variant == s.variant]
+    return next((r for r in refs if r.rank == s.rank), refs[0] if len(refs) == 1 else None)
+
+
 def compare(stats: list[ConfigStats], reference: str) -> list[Comparison]:
-    """Every configuration against the reference method at the same rank (or its only
-    configuration), paired by (task, seed); Holm's correction over all of them."""
-    refs = [s for s in stats if s.method == reference]
-    if not refs:
-        return []
+    """Every configuration against its reference (`reference_of`), paired by (task, seed);
+    Holm's correction over all of them."""
     out = []
     for s in stats:
-        if s.method == reference:
-            continue
-        ref = next((r for r in refs if r.rank == s.rank), refs[0] if len(refs) == 1 else None)
+        ref = reference_of(s, stats, reference)
         if ref is None:
             continue
         mine = {(r.task, r.seed): r.score for r in s.rows}

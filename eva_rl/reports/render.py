@@ -22,7 +22,10 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _ci(est, spec: str) -> str:
+def _ci(est, spec: str, seeds: int) -> str:
+    """Mean [low, high]; one seed has no interval over seeds to show."""
+    if seeds < 2:
+        return f"{est[0]:{spec}} (one seed)"
     return f"{est[0]:{spec}} [{est[1]:{spec}}, {est[2]:{spec}}]"
 
 
@@ -43,7 +46,7 @@ def configuration_table(stats, score: str) -> str:
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for s in stats:
         m = s.means
-        cells = [s.label, _ci(s.mean, spec), _ci(s.iqm, spec)]
+        cells = [s.label, _ci(s.mean, spec, s.seeds), _ci(s.iqm, spec, s.seeds)]
         if success:
             cells.append(_fmt(m["success_any"], ".2f"))
         cells += [
@@ -70,7 +73,7 @@ def task_table(stats, baselines: dict[str, EvalResult], score: str) -> str:
         cells = [_fmt(baselines[t].mean("score"), spec) if t in baselines else "-" for t in tasks]
         lines.append("| base agent (no fine-tuning) | " + " | ".join(cells) + " |")
     for s in stats:
-        cells = [_ci(s.per_task[t], spec) if t in s.per_task else "-" for t in tasks]
+        cells = [_ci(s.per_task[t], spec, s.seeds) if t in s.per_task else "-" for t in tasks]
         lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -93,8 +96,9 @@ def comparison_table(comparisons, score: str) -> str:
 
 
 def readme(
-    name: str, command: str, runs_dir: Path, rows, stats, comparisons, baselines, plots, notes
-) -> str:
+    name: str, command: str, runs_dir: Path, rows, stats, comparisons, reference: str,
+    baselines, plots, notes,
+) -> str:  # fmt: skip
     score = rows[0].score_name
     first = rows[0].summary.config
     loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
@@ -145,15 +149,21 @@ def readme(
     if comparisons:
         parts += [
             "",
-            f"**Paired comparisons** against {comparisons[0].reference.split(' ')[0]} at the "
-            "same rank, on the (task, seed) pairs both ran (same training batches, same "
+            "**Paired comparisons** against "
+            + (
+                f"the same configuration with {reference}"
+                if "=" in reference
+                else f"{reference} at the same rank"
+            )
+            + ", on the (task, seed) pairs both ran (same training batches, same "
             "evaluation episodes): mean difference with a 95% paired bootstrap interval "
             "(pairs resampled within tasks), two-sided sign-flip permutation test (exact up to "
             "16 pairs, else 100,000 random sign patterns: MC), Holm's correction over the "
             "comparisons below, rliable's probability of improvement, and the smallest true "
             "difference a paired t-test at 5% would detect with 80% power given the observed "
-            "spread of the differences. A verdict other than 'no difference detected' needs "
-            "Holm p < 0.05.",
+            "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
+            "sign-flip p cannot fall below 0.05, or the differences have no spread to scale "
+            "by). A verdict other than 'no difference detected' needs Holm p < 0.05.",
             "",
             comparison_table(comparisons, score),
         ]

@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from eva_rl.errors import UserError
 from eva_rl.results import EvalResult, RunSummary
 from eva_rl.stats import curve_auc
 
 BASELINE_DIR = "_baseline"  # where `eva-rl sweep` writes the base agent's evaluations
+# sweep grid keys that are not a variant: the task, the seed and a configuration's own method
+NOT_VARIANT = {"task", "seed", "method.name", "method.rank", "method.rho"}
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Row:
     train_seconds: float
     wall_seconds: float
     precision: str
+    variant: str  # the run's values of the sweep's other grid keys, e.g. "precision=bf16"
     run: str  # path relative to the runs directory
     curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     ranks: dict[str, int] = field(default_factory=dict)
@@ -51,7 +56,7 @@ class Row:
         "task", "method", "rank", "rho", "seed", "steps", "score_name", "score", "success_final",
         "success_any", "ret", "best_score", "auc", "heldout_loss", "final_loss",
         "trainable_parameters", "total_rank", "gradient_signal", "collector_seconds",
-        "train_seconds", "wall_seconds", "precision", "run",
+        "train_seconds", "wall_seconds", "precision", "variant", "run",
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
@@ -82,6 +87,7 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
     if not paths:
         raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
     baselines = read_baselines(runs_dir) if baselines is None else baselines
+    keys = variant_keys(runs_dir)
     rows = []
     for path in paths:
         try:
@@ -118,6 +124,7 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
                 train_seconds=s.train_seconds,
                 wall_seconds=s.wall_seconds,
                 precision=s.precision,
+                variant=",".join(f"{k}={_lookup(s.config, k)}" for k in keys),
                 run=str(path.parent.relative_to(runs_dir)),
                 curve=curve,
                 ranks=s.ranks,
@@ -128,3 +135,20 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
         names = sorted({r.score_name for r in rows})
         raise UserError(f"the runs report different scores ({', '.join(names)}); report apart")
     return rows
+
+
+def variant_keys(runs_dir: Path) -> list[str]:
+    """The grid keys of the sweep that made `runs_dir` (if one did) that tell configurations of
+    the same method apart: an lr or precision grid gives one configuration per value."""
+    path = runs_dir / "sweep.yaml"
+    if not path.is_file():
+        return []
+    grid = yaml.safe_load(path.read_text()).get("grid") or {}
+    grids = grid if isinstance(grid, list) else [grid]
+    return sorted({k for g in grids for k in g} - NOT_VARIANT)
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
