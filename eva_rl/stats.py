@@ -21,14 +21,21 @@ def interval(scores, aggregate: str = "mean", reps: int = 2000, seed: int = 0):
 
     func = {"mean": metrics.aggregate_mean, "iqm": metrics.aggregate_iqm}[aggregate]
     matrix = np.asarray(scores, dtype=np.float64)
-    with warnings.catch_warnings():  # rliable passes arch's deprecated random_state
-        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
-        point, ci = library.get_interval_estimates(
-            {"x": matrix},
-            lambda x: np.array([func(x)]),
-            reps=reps,
-            random_state=np.random.RandomState(seed),
-        )
+    # rliable draws its stratified indices from numpy's global generator (np.random.choice),
+    # whatever random_state says: seed it here, and give the caller's state back afterwards
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # rliable passes arch's deprecated random_state
+            warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+            point, ci = library.get_interval_estimates(
+                {"x": matrix},
+                lambda x: np.array([func(x)]),
+                reps=reps,
+                random_state=np.random.RandomState(seed),
+            )
+    finally:
+        np.random.set_state(saved)
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
@@ -56,9 +63,13 @@ def paired_bootstrap_ci(
     diffs, strata=None, reps: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:
     """95% percentile interval of the mean paired difference, resampling pairs with
-    replacement within each stratum (task), so every task keeps its number of pairs."""
+    replacement within each stratum (task), so every task keeps its number of pairs. A stratum
+    of one pair has no spread to resample, so with any such stratum (one seed per task) the
+    pairs are resampled across strata instead."""
     diffs = np.asarray(diffs, dtype=np.float64)
     strata = np.zeros(len(diffs), int) if strata is None else np.asarray(strata)
+    if np.unique(strata, return_counts=True)[1].min() < 2:
+        strata = np.zeros(len(diffs), int)
     rng = np.random.default_rng(seed)
     means = np.zeros(reps)
     for value in np.unique(strata):

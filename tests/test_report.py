@@ -180,3 +180,8 @@ def test_committed_reports_are_reproduced_from_their_runs(tmp_path):
     assert main(["report", str(result / "runs"), "--out", str(out)]) == 0
     committed = (result / "runs.csv").read_text()
     assert (out / "runs.csv").read_text() == committed
+
+    def tables(path):  # every table row: intervals, tests and verdicts (seeded bootstraps)
+        return [line for line in path.read_text().splitlines() if line.startswith("|")]
+
+    assert tables(out / "README.md") == tables(result / "README.md")

@@ -16,6 +16,16 @@ from eva_rl.stats import (
 )
 
 
+def test_intervals_are_reproducible_and_leave_numpys_generator_alone():
+    scores = np.random.default_rng(0).random((3, 3))
+    np.random.seed(7)
+    expected_draw = np.random.random()
+    np.random.seed(7)
+    first = interval(scores, "iqm")
+    assert np.random.random() == expected_draw  # the caller's global state is restored
+    assert interval(scores, "iqm") == first  # rliable's global-generator draws are seeded
+
+
 def test_iqm_and_mean_of_a_known_matrix():
     scores = np.array([[0.0, 0.1, 0.2, 0.3], [0.4, 0.5, 0.6, 1.0]])  # 2 seeds x 4 tasks
     iqm, low, high = interval(scores, "iqm")
@@ -58,6 +68,9 @@ def test_holm_paired_interval_and_detectable_difference():
     assert low == pytest.approx(0.1) and high == pytest.approx(0.1)  # no spread, no width
     low, high = paired_bootstrap_ci(np.r_[np.zeros(20), np.ones(20)], strata=[0] * 20 + [1] * 20)
     assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # per-task means are fixed
+    # one pair per task (one seed): the pairs are resampled across tasks, so the 0/1 split shows
+    low, high = paired_bootstrap_ci([0.0] * 10 + [1.0] * 10, strata=list(range(20)))
+    assert low < 0.35 and high > 0.65  # binomial: sd of the mean 0.11
     # (t_.975 + t_.8) with 9 df times sd / sqrt(n): 2.262 + 0.883 = 3.145
     assert minimum_detectable_difference(0.3, 10) == pytest.approx(3.1449 * 0.3 / 10**0.5, 1e-3)
     assert minimum_detectable_difference(0.3, 1) is None
