@@ -12,6 +12,7 @@ import numpy as np
 from eva_rl.adapters.methods import METHODS
 from eva_rl.errors import UserError
 from eva_rl.reports.runs import Row
+from eva_rl.results import mean_or_none
 from eva_rl.stats import (
     holm,
     interval,
@@ -36,11 +37,6 @@ def config_key(row: Row) -> tuple:
     order = list(METHODS)
     method = order.index(row.method) if row.method in order else len(order)
     return (method, row.rank, row.rho, row.variant)
-
-
-def mean_or_none(values) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 @dataclass
