@@ -366,12 +366,25 @@ def _command_of(argv: list[str]) -> str | None:
     return joined if joined in COMMANDS else words[0]
 
 
+def _single_value_options(command: str | None) -> set[str]:
+    """The command's options that take exactly one value: a `key=value` right after one of
+    them is that value (`--reference precision=fp32`), not an override."""
+    add_flags = COMMANDS[command][1] if command in COMMANDS else None
+    if add_flags is None:
+        return set()
+    p = argparse.ArgumentParser(add_help=False)
+    add_flags(p)
+    return {o for a in p._actions if a.nargs is None for o in a.option_strings} | {"--config"}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """argparse, with `key=value` overrides recognised wherever they stand (after a flag that
     takes several values too: `--tasks hammer-v3 episodes=5`)."""
-    overrides = [a for a in argv if OVERRIDE.match(a)]
-    rest = [a for a in argv if not OVERRIDE.match(a)]
-    command = _command_of(rest)
+    command = _command_of([a for a in argv if not OVERRIDE.match(a)])
+    single = _single_value_options(command)
+    is_value = [i > 0 and argv[i - 1] in single for i in range(len(argv))]
+    overrides = [a for a, v in zip(argv, is_value, strict=True) if OVERRIDE.match(a) and not v]
+    rest = [a for a, v in zip(argv, is_value, strict=True) if not OVERRIDE.match(a) or v]
     args = parser(command).parse_args(rest)
     takes = command in COMMANDS and COMMANDS[command][2]
     if overrides and not takes:

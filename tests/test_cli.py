@@ -162,3 +162,14 @@ def test_stratified_bootstrap_ci_contains_the_mean_and_narrows():
     low2, high2 = stratified_bootstrap_ci(big)
     assert high2 - low2 < (high - low) / 4
     assert stratified_bootstrap_ci([[1.0, 1.0], [0.0, 0.0]]) == (0.5, 0.5)  # no spread
+
+
+def test_a_key_value_after_a_one_value_option_is_its_value_not_an_override():
+    from eva_rl.cli import parse
+
+    args = parse(["report", "runs", "--out", "r", "--reference", "precision=fp32"])
+    assert args.reference == "precision=fp32" and args.overrides == []
+    args = parse(["finetune", "--task", "hammer-v3", "loop.steps=5"])  # after the value
+    assert args.task == "hammer-v3" and args.overrides == ["loop.steps=5"]
+    args = parse(["evaluate", "--tasks", "reach-v3", "episodes=5", "--checkpoint", "c"])
+    assert args.envs == ["reach-v3"] and args.overrides == ["episodes=5"]  # several values
