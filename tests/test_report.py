@@ -6,6 +6,7 @@ import json
 import pytest
 
 from eva_rl.cli import main
+from eva_rl.errors import UserError
 from eva_rl.reports.aggregate import aggregate, compare
 from eva_rl.reports.runs import collect_runs
 from eva_rl.reports.tensorboard import read_scalars
@@ -118,6 +119,14 @@ def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path
     assert by_precision["eva r8 rho2 precision=bf16"].reference == "eva r8 rho2 precision=fp32"
     assert by_precision["eva r8 rho2 precision=bf16"].mean_diff == pytest.approx(-0.1)
     assert by_precision["lora r8 precision=bf16"].mean_diff == pytest.approx(0.1)  # 0, .1, .2
+    with pytest.raises(
+        UserError,
+        match=r"precision=fp16 matches no configuration \(variants: "
+        r"precision=bf16, precision=fp32\)",
+    ):
+        compare(stats, "precision=fp16")
+    with pytest.raises(UserError, match="'lorra' is not a method"):
+        compare(stats, "lorra")
     by_method = {c.label: c.reference for c in compare(stats, "lora")}
     assert by_method == {
         "eva r8 rho2 precision=bf16": "lora r8 precision=bf16",

@@ -143,7 +143,14 @@ def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
 
 def compare(stats: list[ConfigStats], reference: str) -> list[Comparison]:
     """Every configuration against its reference (`reference_of`), paired by (task, seed);
-    Holm's correction over all of them."""
+    Holm's correction over all of them. A reference that names no method and no configuration
+    of these runs is an error (a typo would otherwise give a report without comparisons)."""
+    variants = {v for s in stats for v in s.variant.split(",") if v}
+    if "=" in reference and reference not in variants:
+        listed = ", ".join(sorted(variants)) or "none: the sweep varies no other key"
+        raise UserError(f"--reference {reference} matches no configuration (variants: {listed})")
+    if "=" not in reference and reference not in METHODS:
+        raise UserError(f"--reference {reference!r} is not a method; see eva-rl methods")
     out = []
     for s in stats:
         ref = reference_of(s, stats, reference)
