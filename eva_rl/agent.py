@@ -302,14 +302,17 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """No weight-loading progress bars (a DT is one small file; the bars are noise), without
-    changing the setting for anything else."""
+    """No weight-loading progress bars (a DT is one small file; the bars are noise), and not
+    PEFT's use of a property transformers deprecates (nothing a user can act on), without
+    changing either setting for anything else."""
     from transformers.utils import logging
 
     was = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+            yield
     finally:
         if was:
             logging.enable_progress_bar()
