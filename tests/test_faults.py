@@ -104,9 +104,13 @@ def test_resume_refuses_a_changed_config_and_keeps_its_files(checkpoint, mw_root
     one_line_error(capsys, "method.name: 'lora' -> 'dora'")
     assert main([*resume, "--rank", "4"]) == 2
     one_line_error(capsys, "method.rank: 2 -> 4")
+    assert main([*resume, "precision=bf16"]) == 2  # the checkpoint's precision is kept
+    one_line_error(capsys, "precision: 'auto' -> 'bf16'")
     assert (out / "config.yaml").read_bytes() == before
     assert (out / "summary.json").read_bytes() == summary
     assert main([*resume, "threads=1", "eval.workers=1"]) == 0  # how it runs, not what
+    precision = json.loads(summary)["precision"]
+    assert json.loads((out / "summary.json").read_text())["precision"] == precision
 
 
 @pytest.mark.slow  # processes killed for real
