@@ -6,8 +6,8 @@ The pipeline's stages as functions taking their config dataclasses and returning
     import eva_rl
 
     agent = eva_rl.load_agent("results/pretrained/mt40-cpu/agent")
-    summary = eva_rl.training.finetune(eva_rl.FinetuneConfig(task="hammer-v3", out="runs/x"))
-    result = eva_rl.evaluation(agent, ["hammer-v3"], eva_rl.EvalConfig(episodes=10))
+    summary = eva_rl.finetune(eva_rl.FinetuneConfig(task="hammer-v3", out="runs/x"))
+    result = eva_rl.evaluate(agent, ["hammer-v3"], eva_rl.EvalConfig(episodes=10))
 
 Names are imported on first use, so `import eva_rl` stays light.
 """

@@ -293,8 +293,10 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
             f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
             "restore the base checkpoint at that path"
         )
-    base = Agent.load(base_path, stats=stats or _own_stats(path), device=device)
-    meta = read_meta(path / META_FILE) if (path / META_FILE).is_file() else base.meta
+    # the adapter's eva_rl.json carries its base's stats, so a plain base needs no `stats`
+    own = path / META_FILE if (path / META_FILE).is_file() else None
+    base = Agent.load(base_path, stats=stats or own, device=device)
+    meta = base.meta if own is None or stats is None else read_meta(own)
     with _quiet_loading():
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     return Agent(merged.eval(), meta)
@@ -316,11 +318,6 @@ def _quiet_loading() -> Iterator[None]:
     finally:
         if was:
             logging.enable_progress_bar()
-
-
-def _own_stats(adapter: Path) -> Path | None:
-    """An adapter's `eva_rl.json`: its base's stats, so a plain base needs no `--stats`."""
-    return adapter / META_FILE if (adapter / META_FILE).is_file() else None
 
 
 def read_meta(path: Path) -> AgentMeta:

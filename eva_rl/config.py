@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -205,6 +206,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 # --- command-line flags derived from configs: one place for every default and help text -----
 
 
+@functools.cache  # one parse of the class's module per process, not one per flag
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its comment in the class source (the trailing `# ...` of its line, else the
     comment lines just above it): the help text of the field's command-line flag."""

@@ -227,6 +227,8 @@ class Evaluator:
         timesteps[:, pad:] = torch.arange(horizon, device=dev).clamp(max=last)
         low = np.stack([self._bounds[name][0] for name in names]).astype(np.float32)
         high = np.stack([self._bounds[name][1] for name in names]).astype(np.float32)
+        half = (high - low) / 2  # action noise scale: a fraction of each half-range
+        noise_scale = self.cfg.noise * np.where(np.isfinite(half), half, 1.0)
         queue = {name: collections.deque(range(episodes)) for name in self.names}
         done: dict[str, dict[int, Episode]] = {name: {} for name in self.names}
         current: list[Episode | None] = [None] * n
@@ -290,10 +292,8 @@ class Evaluator:
                 )
             act = pred.float().cpu().numpy()
             if self.cfg.noise:
-                half = (high[live] - low[live]) / 2
-                act = act + np.stack([rngs[s].standard_normal(agent.act_dim) for s in live]) * (
-                    self.cfg.noise * np.where(np.isfinite(half), half, 1.0)
-                )
+                noise = np.stack([rngs[s].standard_normal(agent.act_dim) for s in live])
+                act = act + noise * noise_scale[live]
             act = np.clip(act, low[live], high[live]).astype(np.float32, copy=False)
             actions[rows, pad + torch.as_tensor(t[live], device=dev)] = torch.as_tensor(
                 act, device=dev

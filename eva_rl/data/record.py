@@ -9,6 +9,7 @@ staging folder first and moved into place in one rename, like `data build`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -134,17 +135,13 @@ def _random_rollouts(cfg: RecordConfig, horizon: int, progress: bool) -> list[di
 
 
 def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]:
-    from eva_rl.agent import load_agent
+    from eva_rl.agent import Agent, load_agent
     from eva_rl.evaluation import EvalConfig, Evaluator
     from eva_rl.runtime import resolve_device
 
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.device))
-    if cfg.horizon is not None:
-        if cfg.horizon > agent.model.config.max_ep_len:
-            from eva_rl.agent import horizon_message
-
-            raise UserError(horizon_message(cfg.horizon, agent.model.config.max_ep_len))
-        agent.meta.horizon = cfg.horizon
+    if cfg.horizon is not None:  # through Agent's own checks (horizon within max_ep_len)
+        agent = Agent(agent.model, dataclasses.replace(agent.meta, horizon=cfg.horizon))
     targets = {cfg.env: cfg.target_return} if cfg.target_return is not None else {}
     eval_cfg = EvalConfig(
         episodes=cfg.episodes,

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from eva_rl.config import flatten, read_yaml
 from eva_rl.errors import UserError
 from eva_rl.results import EvalResult, RunSummary
 from eva_rl.stats import curve_auc
@@ -124,7 +123,7 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
                 train_seconds=s.train_seconds,
                 wall_seconds=s.wall_seconds,
                 precision=s.precision,
-                variant=",".join(f"{k}={_lookup(s.config, k)}" for k in keys),
+                variant=",".join(f"{k}={flatten(s.config).get(k)}" for k in keys),
                 run=str(path.parent.relative_to(runs_dir)),
                 curve=curve,
                 ranks=s.ranks,
@@ -143,12 +142,6 @@ def variant_keys(runs_dir: Path) -> list[str]:
     path = runs_dir / "sweep.yaml"
     if not path.is_file():
         return []
-    grid = yaml.safe_load(path.read_text()).get("grid") or {}
+    grid = read_yaml(path).get("grid") or {}
     grids = grid if isinstance(grid, list) else [grid]
     return sorted({k for g in grids for k in g} - NOT_VARIANT)
-
-
-def _lookup(config: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
