@@ -137,10 +137,15 @@ def cmd_report(args) -> None:
     command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
     command += f" --reference {args.reference}" if args.reference != "lora" else ""
+    command += " --partial" if args.partial else ""
     result = write_report(
-        args.runs, args.out, command, args.overwrite, args.tasks, reference=args.reference
+        args.runs, args.out, command, args.overwrite, args.tasks, args.reference, args.partial
     )
-    print(f"{result['runs']} runs, {result['configs']} configurations -> {result['out']}/README.md")
+    left = f" ({result['left_out']} runs of unfinished seeds left out)" if args.partial else ""
+    print(
+        f"{result['runs']} runs{left}, {result['configs']} configurations -> "
+        f"{result['out']}/README.md"
+    )
 
 
 def cmd_quickstart(args) -> None:
@@ -266,6 +271,11 @@ def _report_flags(p) -> None:
     p.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
     p.add_argument("--tasks", nargs="+", help="report only these tasks (default: every task)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="a sweep still running: report each configuration's seeds finished on every task",
+    )
     p.add_argument(
         "--reference",
         default="lora",

@@ -179,6 +179,25 @@ def test_report_errors(tmp_path, capsys, runs):
     assert not (tmp_path / "r").exists()
 
 
+def test_partial_report_of_a_running_sweep_keeps_whole_seeds(tmp_path, capsys, runs):
+    """A seed not finished on every task is left out of its configuration (and said so); the
+    other configurations keep all their seeds, and pairs are the seeds both have."""
+    (runs / "push-v3/eva-r8-s1-fp32/summary.json").unlink()
+    out = tmp_path / "r"
+    assert main(["report", str(runs), "--out", str(out)]) == 2
+    assert "report the seeds finished on every task with --partial" in capsys.readouterr().err
+    assert main(["report", str(runs), "--out", str(out), "--partial"]) == 0
+    assert "1 runs of unfinished seeds left out" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    eva = {(r["task"], r["seed"]) for r in rows if r["method"] == "eva"}
+    assert eva == {(t, s) for t in ("hammer-v3", "push-v3") for s in ("0", "2")}
+    assert len([r for r in rows if r["method"] == "lora"]) == 6
+    readme = (out / "README.md").read_text()
+    assert "--partial" in readme and "1 finished runs are left out" in readme
+    assert "(eva r8 rho2: seeds [1])" in readme
+    assert "| eva r8 rho2 | lora r8 | 4 (2) |" in readme  # seeds 0 and 2 on both tasks
+
+
 @pytest.mark.slow
 def test_committed_reports_are_reproduced_from_their_runs(tmp_path):
     """A fresh `eva-rl report` on a committed result's runs gives its committed tables."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
-from eva_rl.reports.aggregate import aggregate, compare
+from eva_rl.reports.aggregate import aggregate, compare, finished_seeds
 from eva_rl.reports.runs import Row, collect_runs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 
@@ -30,10 +30,12 @@ def write_report(
     overwrite: bool = False,
     tasks: list[str] | None = None,
     reference: str = "lora",
+    partial: bool = False,
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
-    `runs_dir` (only `tasks`, if given). A hand-written `notes.md` in `out` is kept and
-    appended to the README."""
+    `runs_dir` (only `tasks`, if given; with `partial`, only the seeds of each configuration
+    finished on every task, for a sweep still running). A hand-written `notes.md` in `out` is
+    kept and appended to the README."""
     runs_dir, out = Path(runs_dir), Path(out)
     if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
@@ -46,6 +48,11 @@ def write_report(
             raise UserError(f"no finished runs of {', '.join(missing)} under {runs_dir}")
         rows = [r for r in rows if r.task in tasks]
         baselines = {t: b for t, b in baselines.items() if t in tasks}
+    left_out = []
+    if partial:
+        rows, left_out = finished_seeds(rows)
+        if not rows:
+            raise UserError(f"no configuration under {runs_dir} has a seed finished on every task")
     stats = aggregate(rows)
     comparisons = compare(stats, reference)
     score = rows[0].score_name
@@ -70,7 +77,7 @@ def write_report(
     write_aggregates(stats, runs_dir, out / TENSORBOARD_DIR)
     notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
     text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, reference,
-                         baselines, figures, notes)  # fmt: skip
+                         baselines, figures, notes, left_out)  # fmt: skip
     atomic_write_text(out / "README.md", text)
     return {
         "runs": len(rows),
@@ -78,6 +85,7 @@ def write_report(
         "out": out,
         "table": render.configuration_table(stats, score),
         "comparisons": comparisons,
+        "left_out": len(left_out),
     }
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from eva_rl.adapters.methods import METHODS
 from eva_rl.errors import UserError
-from eva_rl.reports.runs import Row
+from eva_rl.reports.runs import Row, variant_text
 from eva_rl.results import mean_or_none
 from eva_rl.stats import (
     holm,
@@ -32,6 +32,17 @@ def config_label(method: str, rank: int, rho: float) -> str:
     return label + (f" rho{rho:g}" if spec is not None and spec.uses_rho else "")
 
 
+def row_label(row: Row) -> str:
+    """The label of a run's configuration: `eva r8 rho2 precision=bf16`."""
+    label = config_label(row.method, row.rank, row.rho)
+    return label + (f" {variant_text(row.variant)}" if row.variant else "")
+
+
+def config_of(row: Row) -> tuple:
+    """What makes a configuration: (method, rank, rho, variant)."""
+    return (row.method, row.rank, row.rho, row.variant)
+
+
 def config_key(row: Row) -> tuple:
     """Sort order: registry order of methods, then rank and rho numerically, then variant."""
     order = list(METHODS)
@@ -39,12 +50,24 @@ def config_key(row: Row) -> tuple:
     return (method, row.rank, row.rho, row.variant)
 
 
+def finished_seeds(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """For a sweep still running: per configuration, the runs of the seeds it has finished on
+    every task of the report (the bootstrap and the pairing need whole seeds), and the rest.
+    Returns (kept, left out)."""
+    tasks = {r.task for r in rows}
+    done: dict[tuple, set[str]] = {}
+    for r in rows:
+        done.setdefault((config_of(r), r.seed), set()).add(r.task)
+    kept = [r for r in rows if done[(config_of(r), r.seed)] == tasks]
+    return kept, [r for r in rows if done[(config_of(r), r.seed)] != tasks]
+
+
 @dataclass
 class ConfigStats:
     method: str
     rank: int
     rho: float
-    variant: str
+    variant: tuple[tuple[str, str], ...]
     label: str
     rows: list[Row]
     tasks: list[str]
@@ -65,17 +88,18 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
     configuration every task needs the same seeds (the bootstrap resamples seeds per task)."""
     groups: dict[tuple, list[Row]] = {}
     for row in sorted(rows, key=config_key):
-        groups.setdefault((row.method, row.rank, row.rho, row.variant), []).append(row)
+        groups.setdefault(config_of(row), []).append(row)
     out = []
     for (method, rank, rho, variant), group in groups.items():
-        label = config_label(method, rank, rho) + (f" {variant}" if variant else "")
+        label = row_label(group[0])
         if any(r.score is None for r in group):
             raise UserError(f"{label} has runs without a final evaluation; finish or remove them")
         tasks = sorted({r.task for r in group})
         seeds = {t: sorted(r.seed for r in group if r.task == t) for t in tasks}
         if len({tuple(s) for s in seeds.values()}) != 1:
             raise UserError(
-                f"{label} has different seeds per task ({seeds}); finish or remove the missing runs"
+                f"{label} has different seeds per task ({seeds}); finish or remove the missing "
+                "runs, or report the seeds finished on every task with --partial"
             )
         stats = ConfigStats(method, rank, rho, variant, label, group, tasks, len(seeds[tasks[0]]),
                             {}, (0, 0, 0), (0, 0, 0))  # fmt: skip
@@ -128,11 +152,11 @@ def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
     (or its only configuration) and variant; `key=value` -> the same configuration with that
     value of a variant key (`precision=fp32`). None if `s` is a reference itself or has none."""
     if "=" in reference:
-        key = reference.split("=")[0]
-        mine = dict(v.split("=", 1) for v in s.variant.split(",") if v)
-        if key not in mine or f"{key}={mine[key]}" == reference:
+        key, value = reference.split("=", 1)
+        mine = dict(s.variant)
+        if mine.get(key, value) == value:  # s varies no such key, or is the reference itself
             return None
-        want = ",".join(reference if k == key else f"{k}={v}" for k, v in mine.items())
+        want = tuple((k, value if k == key else v) for k, v in s.variant)
         same = (s.method, s.rank, s.rho, want)
         return next((r for r in stats if (r.method, r.rank, r.rho, r.variant) == same), None)
     if s.method == reference:
@@ -145,7 +169,7 @@ def compare(stats: list[ConfigStats], reference: str) -> list[Comparison]:
     """Every configuration against its reference (`reference_of`), paired by (task, seed);
     Holm's correction over all of them. A reference that names no method and no configuration
     of these runs is an error (a typo would otherwise give a report without comparisons)."""
-    variants = {v for s in stats for v in s.variant.split(",") if v}
+    variants = {f"{k}={v}" for s in stats for k, v in s.variant}
     if "=" in reference and reference not in variants:
         listed = ", ".join(sorted(variants)) or "none: the sweep varies no other key"
         raise UserError(f"--reference {reference} matches no configuration (variants: {listed})")

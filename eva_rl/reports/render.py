@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.results import EvalResult
 
@@ -95,9 +96,23 @@ def comparison_table(comparisons, score: str) -> str:
     return "\n".join(lines)
 
 
+def partial_note(left_out) -> str:
+    """What an interim report of a running sweep leaves out: each configuration's seeds not yet
+    finished on every task."""
+    seeds: dict[str, set[int]] = {}
+    for r in left_out:
+        seeds.setdefault(row_label(r), set()).add(r.seed)
+    listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
+    return (
+        f"**Interim report** (`--partial`): {len(left_out)} finished runs are left out because "
+        f"their seed is not yet finished on every task ({listed}). The tables below hold whole "
+        "seeds only; the sweep is still running."
+    )
+
+
 def readme(
     name: str, command: str, runs_dir: Path, rows, stats, comparisons, reference: str,
-    baselines, plots, notes,
+    baselines, plots, notes, left_out=(),
 ) -> str:  # fmt: skip
     score = rows[0].score_name
     first = rows[0].summary.config
@@ -117,6 +132,8 @@ def readme(
     )
     if sweep.is_file():
         parts += ["", "```yaml", sweep.read_text().strip(), "```"]
+    if left_out:
+        parts += ["", partial_note(left_out)]
     precisions = ", ".join(sorted({r.precision for r in rows}))
     parts += [
         "",

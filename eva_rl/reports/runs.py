@@ -45,7 +45,7 @@ class Row:
     train_seconds: float
     wall_seconds: float
     precision: str
-    variant: str  # the run's values of the sweep's other grid keys, e.g. "precision=bf16"
+    variant: tuple[tuple[str, str], ...]  # the sweep's other grid keys: (("precision", "bf16"),)
     run: str  # path relative to the runs directory
     curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     ranks: dict[str, int] = field(default_factory=dict)
@@ -59,7 +59,12 @@ class Row:
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.CSV}
+        return {k: getattr(self, k) for k in self.CSV} | {"variant": variant_text(self.variant)}
+
+
+def variant_text(variant: tuple[tuple[str, str], ...]) -> str:
+    """`precision=bf16,optim.lr=0.001`: a variant as a sweep's grid spells it."""
+    return ",".join(f"{k}={v}" for k, v in variant)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
                 train_seconds=s.train_seconds,
                 wall_seconds=s.wall_seconds,
                 precision=s.precision,
-                variant=",".join(f"{k}={flatten(s.config).get(k)}" for k in keys),
+                variant=tuple((k, str(flatten(s.config).get(k))) for k in keys),
                 run=str(path.parent.relative_to(runs_dir)),
                 curve=curve,
                 ranks=s.ranks,
