@@ -17,6 +17,8 @@ def test_streaming_covariance_equals_the_covariance_of_all_inputs():
     centred = everything - everything.mean(0)
     torch.testing.assert_close(stats.scatter(), centred.T @ centred, rtol=1e-6, atol=1e-4)
     assert stats.n == 200
+    total = centred.square().sum()  # the explained-variance denominator
+    torch.testing.assert_close(stats.total_variance(), total, rtol=1e-6, atol=1e-4)
 
 
 def test_incremental_svd_keeping_every_direction_is_the_svd_of_everything():
@@ -30,6 +32,7 @@ def test_incremental_svd_keeping_every_direction_is_the_svd_of_everything():
     components, variances = svd.decompose(5)
     torch.testing.assert_close(variances, s**2)
     torch.testing.assert_close(components.abs(), flip_signs(vt).abs())
+    torch.testing.assert_close(svd.total_variance(), (s**2).sum())
 
 
 def planted(d=12, top=(9.0, 5.0, 3.0)):

@@ -248,9 +248,8 @@ class Collector:
 
     def _explained(self, name: str) -> torch.Tensor:
         """Explained-variance ratios: component variance / total variance of the inputs."""
-        st, values = self.stats[name], self.current[name][1]
-        total = st.scatter().trace() if isinstance(st, CovarianceStats) else st.sq.sum()
-        return (values / total.clamp_min(1e-30)).cpu()
+        total = self.stats[name].total_variance()
+        return (self.current[name][1] / total.clamp_min(1e-30)).cpu()
 
     def result(self, seconds: float) -> CollectResult:
         """Every layer's allocated components (whitened if asked) and its bookkeeping; rank 0's

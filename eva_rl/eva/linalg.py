@@ -36,6 +36,10 @@ class CovarianceStats:
         """Centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T."""
         return self.gram - torch.outer(self.sum, self.sum) / max(self.n, 1)
 
+    def total_variance(self) -> torch.Tensor:
+        """The scatter's trace, without building the d x d scatter."""
+        return self.gram.diagonal().sum() - self.sum.square().sum() / max(self.n, 1)
+
 
 class IncrementalSVD:
     """Ross et al. incremental SVD of mean-centred inputs (the algorithm in PEFT's EVA)."""
@@ -46,6 +50,10 @@ class IncrementalSVD:
         self.sq = torch.zeros(d, dtype=torch.float64, device=device)  # sum of squared deviations
         self.components = torch.zeros(0, d, dtype=torch.float64, device=device)
         self.singular = torch.zeros(0, dtype=torch.float64, device=device)
+
+    def total_variance(self) -> torch.Tensor:
+        """Sum of squared deviations from the running mean over every input dimension."""
+        return self.sq.sum()
 
     def update(self, x: torch.Tensor) -> None:
         x = x.double()
