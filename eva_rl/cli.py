@@ -136,7 +136,7 @@ def cmd_report(args) -> None:
 
     command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
-    command += f" --reference {args.reference}" if args.reference != "lora" else ""
+    command += " --reference " + " ".join(args.reference) if args.reference != ["lora"] else ""
     command += " --partial" if args.partial else ""
     result = write_report(
         args.runs, args.out, command, args.overwrite, args.tasks, args.reference, args.partial
@@ -278,9 +278,12 @@ def _report_flags(p) -> None:
     )
     p.add_argument(
         "--reference",
-        default="lora",
-        help="method the others are compared with at the same rank, or a sweep grid value "
-        "each configuration is compared with (precision=fp32)",
+        nargs="+",
+        default=["lora"],
+        help="what configurations are compared with, one or more of: a method (every other "
+        "method against it at the same rank), METHOD:REF (that method against REF too, e.g. "
+        "eva-dora:dora), a sweep grid value (precision=fp32: each configuration against itself "
+        "with that value)",
     )
 
 
@@ -378,7 +381,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 def _single_value_options(command: str | None) -> set[str]:
     """The command's options that take exactly one value: a `key=value` right after one of
-    them is that value (`--reference precision=fp32`), not an override."""
+    them is that value (`--out runs/seed=0`), not an override."""
     add_flags = COMMANDS[command][1] if command in COMMANDS else None
     if add_flags is None:
         return set()
@@ -391,14 +394,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """argparse, with `key=value` overrides recognised wherever they stand (after a flag that
     takes several values too: `--tasks hammer-v3 episodes=5`)."""
     command = _command_of([a for a in argv if not OVERRIDE.match(a)])
+    takes = command in COMMANDS and COMMANDS[command][2]
+    if not takes:  # no config: a key=value is a value (`--reference lora precision=fp32`)
+        return parser(command).parse_args(argv)
     single = _single_value_options(command)
     is_value = [i > 0 and argv[i - 1] in single for i in range(len(argv))]
     overrides = [a for a, v in zip(argv, is_value, strict=True) if OVERRIDE.match(a) and not v]
     rest = [a for a, v in zip(argv, is_value, strict=True) if not OVERRIDE.match(a) or v]
     args = parser(command).parse_args(rest)
-    takes = command in COMMANDS and COMMANDS[command][2]
-    if overrides and not takes:
-        raise UserError(f"eva-rl {command} takes no key=value overrides: {overrides[0]}")
     args.overrides = overrides
     return args
 

@@ -167,8 +167,10 @@ def test_stratified_bootstrap_ci_contains_the_mean_and_narrows():
 def test_a_key_value_after_a_one_value_option_is_its_value_not_an_override():
     from eva_rl.cli import parse
 
-    args = parse(["report", "runs", "--out", "r", "--reference", "precision=fp32"])
-    assert args.reference == "precision=fp32" and args.overrides == []
+    args = parse(["report", "runs", "--out", "r", "--reference", "lora", "precision=fp32"])
+    assert args.reference == ["lora", "precision=fp32"] and args.overrides == []
+    args = parse(["finetune", "--out", "runs/seed=0", "loop.steps=5"])
+    assert args.out == "runs/seed=0" and args.overrides == ["loop.steps=5"]
     args = parse(["finetune", "--task", "hammer-v3", "loop.steps=5"])  # after the value
     assert args.task == "hammer-v3" and args.overrides == ["loop.steps=5"]
     args = parse(["evaluate", "--tasks", "reach-v3", "episodes=5", "--checkpoint", "c"])

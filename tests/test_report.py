@@ -134,6 +134,24 @@ def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path
     }
 
 
+def test_several_references_add_comparisons_under_one_holm_correction(runs):
+    """`lora eva:fft`: everything against LoRA, and EVA against full fine-tuning as well."""
+    stats = aggregate(collect_runs(runs))
+    alone = {(c.label, c.reference): c for c in compare(stats, "lora")}
+    both = {(c.label, c.reference): c for c in compare(stats, ["lora", "eva:fft"])}
+    assert set(both) == set(alone) | {("eva r8 rho2", "fft")}
+    eva_fft = both[("eva r8 rho2", "fft")]
+    # eva - fft per pair: hammer +0.2 +0.4 +0.3 (fft 0), push -0.4 -0.2 -0.3 (fft 1)
+    assert eva_fft.n == 6 and eva_fft.mean_diff == pytest.approx(0.0)
+    for key, c in alone.items():  # same tests, Holm over three comparisons instead of two
+        assert both[key].p == c.p and both[key].p_holm >= c.p_holm
+    assert compare(stats, ["lora", "lora"]) == compare(stats, "lora")  # no comparison twice
+    with pytest.raises(UserError, match="these runs have no dora configuration"):
+        compare(stats, ["lora", "dora:lora"])
+    with pytest.raises(UserError, match="'evva' is not a method"):
+        compare(stats, ["evva:lora"])
+
+
 def test_report_command_writes_csv_plots_tensorboard_and_readme(runs, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()

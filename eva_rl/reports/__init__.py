@@ -29,13 +29,14 @@ def write_report(
     command: str,
     overwrite: bool = False,
     tasks: list[str] | None = None,
-    reference: str = "lora",
+    reference: str | list[str] = "lora",
     partial: bool = False,
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
-    `runs_dir` (only `tasks`, if given; with `partial`, only the seeds of each configuration
-    finished on every task, for a sweep still running). A hand-written `notes.md` in `out` is
-    kept and appended to the README."""
+    `runs_dir` (only `tasks`, if given), with paired comparisons under each `reference` entry
+    (see `aggregate.compare`). `partial` (a sweep still running) keeps each configuration's
+    seeds finished on every task. A hand-written `notes.md` in `out` is kept and appended to
+    the README."""
     runs_dir, out = Path(runs_dir), Path(out)
     if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")

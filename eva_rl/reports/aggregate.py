@@ -148,8 +148,9 @@ class Comparison:
 
 
 def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
-    """The configuration `s` is compared with: a method name -> that method at the same rank
-    (or its only configuration) and variant; `key=value` -> the same configuration with that
+    """The configuration `s` is compared with under one `--reference` entry: a method name ->
+    that method at the same rank (or its only configuration) and variant; `METHOD:REF` -> the
+    same, for METHOD's configurations only; `key=value` -> the same configuration with that
     value of a variant key (`precision=fp32`). None if `s` is a reference itself or has none."""
     if "=" in reference:
         key, value = reference.split("=", 1)
@@ -159,53 +160,80 @@ def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
         want = tuple((k, value if k == key else v) for k, v in s.variant)
         same = (s.method, s.rank, s.rho, want)
         return next((r for r in stats if (r.method, r.rank, r.rho, r.variant) == same), None)
-    if s.method == reference:
+    method, _, reference = reference.rpartition(":")
+    if s.method == reference or method not in ("", s.method):
         return None
     refs = [r for r in stats if r.method == reference and r.variant == s.variant]
     return next((r for r in refs if r.rank == s.rank), refs[0] if len(refs) == 1 else None)
 
 
-def compare(stats: list[ConfigStats], reference: str) -> list[Comparison]:
-    """Every configuration against its reference (`reference_of`), paired by (task, seed);
-    Holm's correction over all of them. A reference that names no method and no configuration
-    of these runs is an error (a typo would otherwise give a report without comparisons)."""
-    variants = {f"{k}={v}" for s in stats for k, v in s.variant}
-    if "=" in reference and reference not in variants:
-        listed = ", ".join(sorted(variants)) or "none: the sweep varies no other key"
-        raise UserError(f"--reference {reference} matches no configuration (variants: {listed})")
-    if "=" not in reference and reference not in METHODS:
-        raise UserError(f"--reference {reference!r} is not a method; see eva-rl methods")
-    out = []
-    for s in stats:
-        ref = reference_of(s, stats, reference)
-        if ref is None:
-            continue
-        mine = {(r.task, r.seed): r.score for r in s.rows}
-        theirs = {(r.task, r.seed): r.score for r in ref.rows}
-        pairs = sorted(set(mine) & set(theirs))
-        if len(pairs) < 2:
-            continue
-        diffs = np.array([mine[p] - theirs[p] for p in pairs])
-        tasks = sorted({t for t, _ in pairs})
-        p, exact = sign_flip_test(diffs)
-        comparison = Comparison(
-            label=s.label,
-            reference=ref.label,
-            n=len(pairs),
-            tasks=len(tasks),
-            mean_diff=float(diffs.mean()),
-            ci=paired_bootstrap_ci(diffs, [t for t, _ in pairs]),
-            sd=float(diffs.std(ddof=1)),
-            p=p,
-            exact=exact,
-            mde=minimum_detectable_difference(float(diffs.std(ddof=1)), len(pairs)),
-        )
-        seeds = sorted({seed for _, seed in pairs})
-        if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
-            comparison.poi = probability_of_improvement(
-                s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
+def check_reference(stats: list[ConfigStats], reference: str) -> None:
+    """A `--reference` entry that names no method or no configuration of these runs is an
+    error: a typo would otherwise give a report without its comparisons."""
+    if "=" in reference:
+        variants = {f"{k}={v}" for s in stats for k, v in s.variant}
+        if reference not in variants:
+            listed = ", ".join(sorted(variants)) or "none: the sweep varies no other key"
+            raise UserError(
+                f"--reference {reference} matches no configuration (variants: {listed})"
             )
-        out.append(comparison)
+        return
+    for name in reference.split(":") if reference.count(":") == 1 else [reference]:
+        if name not in METHODS:
+            raise UserError(
+                f"--reference {reference!r}: {name!r} is not a method; give METHOD, "
+                "METHOD:REFERENCE or key=value (see eva-rl methods)"
+            )
+        if ":" in reference and name not in {s.method for s in stats}:
+            raise UserError(f"--reference {reference}: these runs have no {name} configuration")
+
+
+def compare(stats: list[ConfigStats], references: str | list[str]) -> list[Comparison]:
+    """Every configuration against its reference under each entry of `references`
+    (`reference_of`; `["lora", "eva-dora:dora"]`: everything against LoRA, and EVA+DoRA against
+    DoRA too), paired by (task, seed); Holm's correction over all of them."""
+    references = [references] if isinstance(references, str) else list(references)
+    for reference in references:
+        check_reference(stats, reference)
+    out, seen = [], set()
+    for reference in references:
+        for s in stats:
+            ref = reference_of(s, stats, reference)
+            if ref is not None and (s.label, ref.label) not in seen:
+                seen.add((s.label, ref.label))
+                comparison = paired(s, ref)
+                if comparison is not None:
+                    out.append(comparison)
     for c, adjusted in zip(out, holm([c.p for c in out]), strict=True):
         c.p_holm = adjusted
     return out
+
+
+def paired(s: ConfigStats, ref: ConfigStats) -> Comparison | None:
+    """`s` minus `ref` on the (task, seed) pairs both ran; None with fewer than two."""
+    mine = {(r.task, r.seed): r.score for r in s.rows}
+    theirs = {(r.task, r.seed): r.score for r in ref.rows}
+    pairs = sorted(set(mine) & set(theirs))
+    if len(pairs) < 2:
+        return None
+    diffs = np.array([mine[p] - theirs[p] for p in pairs])
+    tasks = sorted({t for t, _ in pairs})
+    p, exact = sign_flip_test(diffs)
+    comparison = Comparison(
+        label=s.label,
+        reference=ref.label,
+        n=len(pairs),
+        tasks=len(tasks),
+        mean_diff=float(diffs.mean()),
+        ci=paired_bootstrap_ci(diffs, [t for t, _ in pairs]),
+        sd=float(diffs.std(ddof=1)),
+        p=p,
+        exact=exact,
+        mde=minimum_detectable_difference(float(diffs.std(ddof=1)), len(pairs)),
+    )
+    seeds = sorted({seed for _, seed in pairs})
+    if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
+        comparison.poi = probability_of_improvement(
+            s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
+        )
+    return comparison

@@ -96,6 +96,20 @@ def comparison_table(comparisons, score: str) -> str:
     return "\n".join(lines)
 
 
+def describe_references(references) -> str:
+    """`--reference` entries in words."""
+    words = []
+    for entry in [references] if isinstance(references, str) else references:
+        if "=" in entry:
+            words.append(f"each configuration against the same one with {entry}")
+        elif ":" in entry:
+            method, reference = entry.split(":")
+            words.append(f"{method} against {reference} at the same rank")
+        else:
+            words.append(f"every method against {entry} at the same rank")
+    return "; ".join(words)
+
+
 def partial_note(left_out) -> str:
     """What an interim report of a running sweep leaves out: each configuration's seeds not yet
     finished on every task."""
@@ -166,13 +180,8 @@ def readme(
     if comparisons:
         parts += [
             "",
-            "**Paired comparisons** against "
-            + (
-                f"the same configuration with {reference}"
-                if "=" in reference
-                else f"{reference} at the same rank"
-            )
-            + ", on the (task, seed) pairs both ran (same training batches, same "
+            f"**Paired comparisons** ({describe_references(reference)}), on the (task, seed) "
+            "pairs both ran (same training batches, same "
             "evaluation episodes): mean difference with a 95% paired bootstrap interval "
             "(pairs resampled within tasks), two-sided sign-flip permutation test (exact up to "
             "16 pairs, else 100,000 random sign patterns: MC), Holm's correction over the "
