@@ -124,7 +124,9 @@ def cmd_sweep(args) -> None:
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     result = sweep(load_sweep(args.sweep, [*flags, *args.overrides]))
     print(
-        f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished)"
+        f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished"
+        + (f", {result['copied']} of them copied from reuse" if result["copied"] else "")
+        + ")"
         f" and {result['baselines']} baseline evaluation(s) under {result['out']}; "
         f"TensorBoard: tensorboard --logdir {result['out']}"
     )

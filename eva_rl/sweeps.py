@@ -7,7 +7,8 @@ compares them all. Every run's config is resolved when the sweep starts, from a 
 config kept in `out/base_config.yaml`: editing config files while a sweep runs changes no run.
 Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
-config changed since the sweep started.
+config changed since the sweep started. `reuse` names other sweeps' directories: a finished run
+there with this run's config (up to where and how fast it ran) is copied in instead of run again.
 
 The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
 tasks (`pip install 'eva_rl[ray]'`) on a local Ray instance or the cluster at `address`, each
@@ -24,6 +25,7 @@ import contextlib
 import copy
 import itertools
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -35,13 +37,22 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from eva_rl.config import apply_override, from_dict, read_yaml, save_config, set_path, to_dict
+from eva_rl.config import (
+    apply_override,
+    flatten,
+    from_dict,
+    read_yaml,
+    save_config,
+    set_path,
+    to_dict,
+)
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import atomic_write_json, atomic_write_text
 
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first read it
 INDEX_FILE = "runs.json"
+COPIED_FILE = "copied_from"  # in a run copied from another sweep (`reuse`): where from
 ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 
 
@@ -60,6 +71,9 @@ class SweepConfig:
     # evaluate the base checkpoint once per task with the runs' final evaluation (same episodes)
     # into out/_baseline/, so reports show the base agent's scores beside every method
     baseline: bool = True
+    # run directories of other sweeps whose finished runs stand in for this sweep's runs of the
+    # same config (up to where and how fast they run): copied instead of run again
+    reuse: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.out:
@@ -79,6 +93,9 @@ class SweepConfig:
             for key, values in grid.items():
                 if not values:
                     raise UserError(f"grid key {key!r} needs a non-empty list of values")
+        for path in self.reuse:
+            if not Path(path).is_dir():
+                raise UserError(f"reuse: {path} is not a directory (another sweep's out)")
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -126,7 +143,9 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     runs = []
     for point in cfg.points:
         name = run_name(point)
-        overrides = {**cfg.set, **point, "out": str(Path(cfg.out) / name)}
+        # `set` as dotted keys: a nested section (`set.method.name=lora` on the command line)
+        # sets its keys, it does not replace the base's whole section
+        overrides = {**flatten(cfg.set), **point, "out": str(Path(cfg.out) / name)}
         data = copy.deepcopy(base)
         for key, value in overrides.items():
             set_path(data, key, value)
@@ -213,6 +232,34 @@ def run_baseline(run: Run) -> None:
         checkpoint=key["checkpoint"], task=key["task"], datasets=key["datasets"], baseline=True
     )
     atomic_write_json(run.out, result.to_dict())
+
+
+def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
+    """Copy into place, for each run not started yet, a finished run under `dirs` whose config
+    equals its own up to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device
+    the same config and seed is the same run. Checkpoints are not copied. Returns run name ->
+    the directory it came from."""
+    from eva_rl.config import changed_keys
+    from eva_rl.training.finetune import FinetuneConfig
+    from eva_rl.training.loop import RESUME_MAY_CHANGE
+
+    ignore = (*RESUME_MAY_CHANGE, "out")
+    todo = [r for r in runs if not r.baseline and not r.out.exists()]
+    finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
+    configs = {s: read_yaml(s / "config.yaml") for s in finished if (s / "config.yaml").is_file()}
+    copied = {}
+    for run in todo:
+        mine = to_dict(from_dict(FinetuneConfig, run.config))
+        src = next((s for s, c in configs.items() if not changed_keys(c, mine, ignore)), None)
+        if src is None:
+            continue
+        staged = run.out.with_name(f".{run.out.name}.copying")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(src, staged, ignore=shutil.ignore_patterns("checkpoints"))
+        (staged / COPIED_FILE).write_text(f"{src}\n")
+        staged.rename(run.out)  # whole or not at all
+        copied[run.name] = str(src)
+    return copied
 
 
 def run_config(run: Run, threads: int, device: str | None = None):
@@ -413,12 +460,16 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
+    copied = reuse_finished(runs, cfg.reuse)
     todo = [r for r in runs if not r.done_file.is_file()]
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
         for r in runs
     }
+    for r in runs:
+        if (r.out / COPIED_FILE).is_file():
+            index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",
@@ -445,6 +496,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         "runs": len(runs) - baselines,
         "ran": sum(not r.baseline for r in todo),
         "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in todo),
+        "copied": len(copied),
         "baselines": baselines,
         "out": out,
     }

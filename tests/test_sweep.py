@@ -72,6 +72,14 @@ def write_sweep(tmp_path, checkpoint, mw_root, **extra):
     return path
 
 
+def test_a_set_override_sets_one_key_and_keeps_the_rest_of_its_section(
+    checkpoint, mw_root, tmp_path
+):
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0]})
+    (run,) = [r for r in plan(load_sweep(path, ["set.method.name=eva"])) if not r.baseline]
+    assert run.config["method"] == {"rank": 2, "calibration_batches": 1, "name": "eva"}
+
+
 def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path):
     path = write_sweep(tmp_path, checkpoint, mw_root, grid={"method.name": ["lora", "lorra"]})
     with pytest.raises(UserError, match="unknown method 'lorra'"):
@@ -123,6 +131,38 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     assert (restarted / "summary.json").is_file()
     log = (runs / "_logs" / "method=eva,seed=0.log").read_text()
     assert "Traceback" not in log
+
+
+@pytest.mark.slow  # spawns run processes
+def test_reuse_copies_finished_runs_of_the_same_config_from_another_sweep(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    first = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0]}, baseline=False)
+    assert main(["sweep", str(first), "set.method.name=lora"]) == 0
+    source = tmp_path / "runs" / "seed=0"
+    spec = yaml.safe_load(first.read_text())
+    spec |= {"out": str(tmp_path / "more"), "grid": {"seed": [0, 1]}, "workers": 1,
+             "set": {"task": "hammer-v3", "method.name": "lora"},
+             "reuse": [str(tmp_path / "runs")]}  # fmt: skip
+    second = tmp_path / "more.yaml"
+    second.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main(["sweep", str(second)]) == 0
+    assert "2 runs (1 run now, 1 already finished, 1 of them copied from reuse)" in (
+        capsys.readouterr().out
+    )
+    copy = tmp_path / "more" / "seed=0"
+    assert (copy / "summary.json").read_text() == (source / "summary.json").read_text()
+    assert not (copy / "checkpoints").exists() and (copy / "agent").is_dir()
+    index = json.loads((tmp_path / "more" / "runs.json").read_text())
+    assert index["seed=0"]["copied_from"] == str(source)
+    assert "copied_from" not in index["seed=1"]  # another seed: run, not copied
+    summary = json.loads((tmp_path / "more" / "seed=1" / "summary.json").read_text())
+    assert summary["seed"] == 1
+    spec["reuse"] = [str(tmp_path / "nowhere")]
+    second.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(second)]) == 2
+    assert "reuse: " in capsys.readouterr().err
 
 
 def test_a_changed_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path, capsys):
