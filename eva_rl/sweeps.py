@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -93,9 +94,6 @@ class SweepConfig:
             for key, values in grid.items():
                 if not values:
                     raise UserError(f"grid key {key!r} needs a non-empty list of values")
-        for path in self.reuse:
-            if not Path(path).is_dir():
-                raise UserError(f"reuse: {path} is not a directory (another sweep's out)")
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -244,6 +242,9 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
     from eva_rl.training.loop import RESUME_MAY_CHANGE
 
     ignore = (*RESUME_MAY_CHANGE, "out")
+    for path in dirs:  # an optimisation, not an input: without it the runs simply run here
+        if not Path(path).is_dir():
+            warnings.warn(f"reuse: {path} is not a directory; its runs will run here", stacklevel=2)
     todo = [r for r in runs if not r.baseline and not r.out.exists()]
     finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
     configs = {s: read_yaml(s / "config.yaml") for s in finished if (s / "config.yaml").is_file()}
@@ -279,8 +280,6 @@ def run_config(run: Run, threads: int, device: str | None = None):
 
 def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
     """Worker: one finetune run (or baseline evaluation), its output and warnings in `log`."""
-    import warnings
-
     import torch
 
     from eva_rl.training.finetune import finetune
