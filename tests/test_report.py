@@ -201,6 +201,7 @@ def test_partial_report_of_a_running_sweep_keeps_whole_seeds(tmp_path, capsys, r
     """A seed not finished on every task is left out of its configuration (and said so); the
     other configurations keep all their seeds, and pairs are the seeds both have."""
     (runs / "push-v3/eva-r8-s1-fp32/summary.json").unlink()
+    write_run(runs / ".copying", "push-v3", "eva", 8, 1, (0.5, 0.8))  # a half-copied run
     out = tmp_path / "r"
     assert main(["report", str(runs), "--out", str(out)]) == 2
     assert "report the seeds finished on every task with --partial" in capsys.readouterr().err

@@ -87,7 +87,11 @@ def read_baselines(runs_dir: str | os.PathLike) -> dict[str, EvalResult]:
 def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] | None = None):
     """One row per finished finetune run (a `summary.json`) anywhere under `runs_dir`."""
     runs_dir = Path(runs_dir)
-    paths = sorted(runs_dir.rglob("summary.json"))
+    paths = sorted(
+        p  # not in hidden folders: a sweep stages a run it copies (`reuse`) in one
+        for p in runs_dir.rglob("summary.json")
+        if not any(part.startswith(".") for part in p.relative_to(runs_dir).parts)
+    )
     if not paths:
         raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
     baselines = read_baselines(runs_dir) if baselines is None else baselines
