@@ -82,6 +82,9 @@ def test_aggregate_per_task_over_tasks_and_auc_from_the_baseline(runs):
     fft_hammer = [r.auc for r in stats["fft"].rows if r.task == "hammer-v3"]
     assert fft_hammer == pytest.approx([0.25 * 50 / 2 / 100] * 3)
     assert eva.means["heldout_loss"] == pytest.approx(0.2 - 0.1 * 0.5)
+    mean, low, high = eva.intervals["heldout_loss"]  # the budget plot's error bars
+    assert mean == pytest.approx(0.15) and low < mean < high
+    assert set(eva.intervals) == {"auc", "heldout_loss", "final_loss"}
 
 
 def test_paired_comparison_of_a_constant_improvement(runs):

@@ -76,10 +76,13 @@ class ConfigStats:
     mean: tuple[float, float, float]  # over tasks x seeds, stratified-bootstrap 95% CI
     iqm: tuple[float, float, float]
     means: dict[str, float | None] = field(default_factory=dict)  # other metrics, plain means
+    # the mean of AUC and losses over tasks x seeds with its 95% stratified-bootstrap interval,
+    # where every run has the metric
+    intervals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
-    def matrix(self, tasks: list[str], seeds: list[int]) -> np.ndarray:
-        """Scores as a (seeds x tasks) matrix for the given (task, seed) grid."""
-        by = {(r.task, r.seed): r.score for r in self.rows}
+    def matrix(self, tasks: list[str], seeds: list[int], metric: str = "score") -> np.ndarray:
+        """A metric (default the score) as a (seeds x tasks) matrix for the (task, seed) grid."""
+        by = {(r.task, r.seed): getattr(r, metric) for r in self.rows}
         return np.array([[by[(t, s)] for t in tasks] for s in seeds], dtype=np.float64)
 
 
@@ -119,6 +122,9 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
             "best_score",
         ):
             stats.means[key] = mean_or_none(getattr(r, key) for r in group)  # fmt: skip
+        for key in ("auc", "heldout_loss", "final_loss"):
+            if all(getattr(r, key) is not None for r in group):
+                stats.intervals[key] = interval(stats.matrix(tasks, seeds[tasks[0]], key))
         out.append(stats)
     return out
 

@@ -153,7 +153,10 @@ def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) ->
 
 def budget(stats, path: Path, score: str) -> None:
     """Final score, held-out loss (training loss where runs had no held-out split) and AUC
-    against trainable parameters: one line per method (and rho) through its ranks."""
+    against trainable parameters, each a mean over tasks x seeds with its 95% interval: one
+    line per method through its ranks (labelled), a line style per rho."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     loss = "heldout_loss" if all(s.means["heldout_loss"] is not None for s in stats) else None
     panels = [
         ("score", f"final {SCORE_LABEL.get(score, score)}"),
@@ -167,28 +170,29 @@ def budget(stats, path: Path, score: str) -> None:
         spec = METHODS.get(s.method)
         key = s.method + (f" rho{s.rho:g}" if spec and spec.uses_rho else "")
         series.setdefault(key, []).append(s)
+    rhos = sorted({s.rho for s in stats if METHODS.get(s.method) and METHODS[s.method].uses_rho})
+    styles = dict(zip(rhos[::-1], ["-", "--", ":", "-."] * len(rhos), strict=False))
     for ax, (metric, ylabel) in zip(axes, panels, strict=True):
-        for name, items in series.items():
+        for k, (name, items) in enumerate(series.items()):
             items = sorted(items, key=lambda s: s.means["trainable_parameters"])
-            xs = [s.means["trainable_parameters"] for s in items]
-            if metric == "score":
-                ys = [s.mean[0] for s in items]
-                err = [
-                    [s.mean[0] - s.mean[1] for s in items],
-                    [s.mean[2] - s.mean[0] for s in items],
-                ]
-            else:
-                ys = [s.means[metric] for s in items]
-                err = None
-            if any(y is None for y in ys):
+            spans = [s.mean if metric == "score" else s.intervals.get(metric) for s in items]
+            if any(span is None for span in spans):
                 continue
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name,
+            xs = [s.means["trainable_parameters"] for s in items]
+            ys = [m for m, _, _ in spans]
+            err = [[m - low for m, low, _ in spans], [high - m for m, _, high in spans]]
+            spec = METHODS.get(items[0].method)
+            style = styles.get(items[0].rho, "-") if spec and spec.uses_rho else "-"
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name, ls=style,
                         color=colour[items[-1].label])  # fmt: skip
             for s, x, y in zip(items, xs, ys, strict=True):
-                if not METHODS.get(s.method) or not METHODS[s.method].trains_full_model:
-                    ax.annotate(f"r{s.rank}", (x, y), fontsize=7, xytext=(3, 3),
+                if not spec or not spec.trains_full_model:
+                    ax.annotate(f"r{s.rank}", (x, y), fontsize=7, xytext=(3, 3 + 7 * (k % 3)),
                                 textcoords="offset points")  # fmt: skip
         ax.set(xscale="log", xlabel="trainable parameters", ylabel=ylabel)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save(fig, path)
