@@ -65,7 +65,9 @@ def paired_bootstrap_ci(
     """95% percentile interval of the mean paired difference, resampling pairs with
     replacement within each stratum (task), so every task keeps its number of pairs. A stratum
     of one pair has no spread to resample, so with any such stratum (one seed per task) the
-    pairs are resampled across strata instead."""
+    pairs are resampled across strata instead. Each stratum's deviations from its mean are
+    scaled by sqrt(n / (n - 1)) first (the rescaled bootstrap): a plain bootstrap of n pairs
+    has variance (n - 1) / n of the unbiased one, half of it with 2 seeds per task."""
     diffs = np.asarray(diffs, dtype=np.float64)
     strata = np.zeros(len(diffs), int) if strata is None else np.asarray(strata)
     if np.unique(strata, return_counts=True)[1].min() < 2:
@@ -74,7 +76,9 @@ def paired_bootstrap_ci(
     means = np.zeros(reps)
     for value in np.unique(strata):
         group = diffs[strata == value]
-        picks = rng.integers(0, len(group), size=(reps, len(group)))
+        n = len(group)
+        group = group.mean() + (group - group.mean()) * np.sqrt(n / (n - 1))
+        picks = rng.integers(0, n, size=(reps, n))
         means += group[picks].sum(axis=1)
     means /= len(diffs)
     low, high = np.percentile(means, [2.5, 97.5])

@@ -68,6 +68,11 @@ def test_holm_paired_interval_and_detectable_difference():
     assert low == pytest.approx(0.1) and high == pytest.approx(0.1)  # no spread, no width
     low, high = paired_bootstrap_ci(np.r_[np.zeros(20), np.ones(20)], strata=[0] * 20 + [1] * 20)
     assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # per-task means are fixed
+    # rescaled: the bootstrap sd of the mean of n pairs is the unbiased sd / sqrt(n), even for 2
+    pairs = np.array([0.0, 1.0])
+    low, high = paired_bootstrap_ci(pairs, reps=200_000)
+    assert low == pytest.approx(0.5 - 0.5 * np.sqrt(2), abs=1e-9)  # values 0.5 -+ 0.707
+    assert high == pytest.approx(0.5 + 0.5 * np.sqrt(2), abs=1e-9)  # (one of 4 draws each)
     # one pair per task (one seed): the pairs are resampled across tasks, so the 0/1 split shows
     low, high = paired_bootstrap_ci([0.0] * 10 + [1.0] * 10, strata=list(range(20)))
     assert low < 0.35 and high > 0.65  # binomial: sd of the mean 0.11
