@@ -215,7 +215,7 @@ def test_partial_report_of_a_running_sweep_keeps_whole_seeds(tmp_path, capsys, r
     assert eva == {(t, s) for t in ("hammer-v3", "push-v3") for s in ("0", "2")}
     assert len([r for r in rows if r["method"] == "lora"]) == 6
     readme = (out / "README.md").read_text()
-    assert "--partial" in readme and "1 finished runs are left out" in readme
+    assert "**Interim report** (`--partial`)" in readme and "1 finished runs are left out" in readme
     assert "(eva r8 rho2: seeds [1])" in readme
     assert "| eva r8 rho2 | lora r8 | 4 (2) |" in readme  # seeds 0 and 2 on both tasks
 

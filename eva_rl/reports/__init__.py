@@ -49,7 +49,7 @@ def write_report(
             raise UserError(f"no finished runs of {', '.join(missing)} under {runs_dir}")
         rows = [r for r in rows if r.task in tasks]
         baselines = {t: b for t, b in baselines.items() if t in tasks}
-    left_out = []
+    left_out = None  # not an interim report
     if partial:
         rows, left_out = finished_seeds(rows)
         if not rows:
@@ -86,7 +86,7 @@ def write_report(
         "out": out,
         "table": render.configuration_table(stats, score),
         "comparisons": comparisons,
-        "left_out": len(left_out),
+        "left_out": len(left_out or []),
     }
 
 

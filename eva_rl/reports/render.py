@@ -3,6 +3,7 @@ report's README around them. Pure text from aggregated numbers."""
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 
@@ -110,23 +111,28 @@ def describe_references(references) -> str:
     return "; ".join(words)
 
 
-def partial_note(left_out) -> str:
-    """What an interim report of a running sweep leaves out: each configuration's seeds not yet
-    finished on every task."""
+def partial_note(left_out, runs_dir: Path) -> str:
+    """What an interim report of a running sweep holds: each configuration's seeds finished on
+    every task; the finished runs it leaves out, and the sweep's progress where its index is."""
     seeds: dict[str, set[int]] = {}
     for r in left_out:
         seeds.setdefault(row_label(r), set()).add(r.seed)
     listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
-    return (
-        f"**Interim report** (`--partial`): {len(left_out)} finished runs are left out because "
-        f"their seed is not yet finished on every task ({listed}). The tables below hold whole "
-        "seeds only; the sweep is still running."
-    )
+    text = "**Interim report** (`--partial`): the tables hold whole seeds only"
+    index = runs_dir / "runs.json"  # written by eva-rl sweep
+    if index.is_file():
+        status = [v.get("status") for k, v in json.loads(index.read_text()).items()
+                  if not k.startswith("_")]  # fmt: skip
+        text += f"; the sweep has finished {status.count('done')} of its {len(status)} runs"
+    if left_out:
+        text += (f"; {len(left_out)} finished runs are left out because their seed is not yet "
+                 f"finished on every task ({listed})")  # fmt: skip
+    return text + "."
 
 
 def readme(
     name: str, command: str, runs_dir: Path, rows, stats, comparisons, reference: str,
-    baselines, plots, notes, left_out=(),
+    baselines, plots, notes, left_out=None,
 ) -> str:  # fmt: skip
     score = rows[0].score_name
     first = rows[0].summary.config
@@ -146,8 +152,8 @@ def readme(
     )
     if sweep.is_file():
         parts += ["", "```yaml", sweep.read_text().strip(), "```"]
-    if left_out:
-        parts += ["", partial_note(left_out)]
+    if left_out is not None:
+        parts += ["", partial_note(left_out, runs_dir)]
     precisions = ", ".join(sorted({r.precision for r in rows}))
     parts += [
         "",
