@@ -53,6 +53,7 @@ from eva_rl.io import atomic_write_json, atomic_write_text
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first read it
 INDEX_FILE = "runs.json"
+BASELINE_DIR = "_baseline"  # the base agent's evaluations, one JSON per task
 COPIED_FILE = "copied_from"  # in a run copied from another sweep (`reuse`): where from
 ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 
@@ -175,9 +176,6 @@ def _check_inputs(name: str, cfg) -> None:
             )
 
 
-BASELINE_DIR = "_baseline"
-
-
 def _baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
     """One evaluation of the base checkpoint per distinct (checkpoint, data, evaluation) of the
     runs, with their final evaluation's episodes: the base agent's score on the same episodes."""
@@ -246,6 +244,8 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
         if not Path(path).is_dir():
             warnings.warn(f"reuse: {path} is not a directory; its runs will run here", stacklevel=2)
     todo = [r for r in runs if not r.baseline and not r.out.exists()]
+    if not todo:  # a resumed sweep with every run started: nothing to look up
+        return {}
     finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
     configs = {s: read_yaml(s / "config.yaml") for s in finished if (s / "config.yaml").is_file()}
     copied = {}

@@ -12,6 +12,7 @@ import yaml
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.results import EvalResult
+from eva_rl.sweeps import INDEX_FILE, SWEEP_FILE
 
 
 @cache
@@ -119,7 +120,7 @@ def partial_note(left_out, runs_dir: Path) -> str:
         seeds.setdefault(row_label(r), set()).add(r.seed)
     listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
     text = "**Interim report** (`--partial`): the tables hold whole seeds only"
-    index = runs_dir / "runs.json"  # written by eva-rl sweep
+    index = runs_dir / INDEX_FILE
     if index.is_file():
         status = [v.get("status") for k, v in json.loads(index.read_text()).items()
                   if not k.startswith("_")]  # fmt: skip
@@ -139,7 +140,7 @@ def readme(
     loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
     tasks = sorted({r.task for r in rows})
     seeds = sorted({r.seed for r in rows})
-    sweep = runs_dir / "sweep.yaml"
+    sweep = runs_dir / SWEEP_FILE
     final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
     parts = [f"# {name}", ""]
     parts.append(

@@ -13,8 +13,8 @@ from eva_rl.config import flatten, read_yaml
 from eva_rl.errors import UserError
 from eva_rl.results import EvalResult, RunSummary
 from eva_rl.stats import curve_auc
+from eva_rl.sweeps import BASELINE_DIR, SWEEP_FILE
 
-BASELINE_DIR = "_baseline"  # where `eva-rl sweep` writes the base agent's evaluations
 # sweep grid keys that are not a variant: the task, the seed and a configuration's own method
 NOT_VARIANT = {"task", "seed", "method.name", "method.rank", "method.rho"}
 
@@ -148,7 +148,7 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
 def variant_keys(runs_dir: Path) -> list[str]:
     """The grid keys of the sweep that made `runs_dir` (if one did) that tell configurations of
     the same method apart: an lr or precision grid gives one configuration per value."""
-    path = runs_dir / "sweep.yaml"
+    path = runs_dir / SWEEP_FILE
     if not path.is_file():
         return []
     grid = read_yaml(path).get("grid") or {}
