@@ -4,10 +4,13 @@
 averaged over tasks and seeds (`<out>/mean/<config>`) and one per task (`<out>/<task>/<config>`):
 the evaluation metrics of the summaries at every evaluated step, and the training loss of the
 runs' own event files at every logged step. Names are short and sort in the report's order
-(`eva_r08_rho2`), so TensorBoard's Time Series page shows one curve per method."""
+(`eva_r08_rho2`), so TensorBoard's Time Series page shows one curve per method. The event
+files carry no wall time, host or process id: a report regenerated from the same runs writes
+the same bytes, so committed reports do not churn."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -16,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_bytes
+
+EVENT_FILE = "events.out.tfevents.0000000000.eva-rl-report"
 
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -46,10 +52,25 @@ def _means(series: list[dict[int, float]]) -> dict[int, float]:
     return {s: float(np.mean([one[s] for one in series if s in one])) for s in steps}
 
 
+def write_scalars(log_dir: Path, scalars: list[tuple[str, float, int]]) -> None:
+    """One event file of (tag, value, step) scalars, with wall time 0 and a fixed name: the
+    same scalars give the same bytes (SummaryWriter stamps the time, host and pid)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard.summary import scalar
+
+    buffer = io.BytesIO()
+    records = RecordWriter(buffer)
+    records.write(Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+    for tag, value, step in scalars:
+        event = Event(wall_time=0.0, step=step, summary=scalar(tag, value))
+        records.write(event.SerializeToString())
+    log_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(log_dir / EVENT_FILE, buffer.getvalue())
+
+
 def write_aggregates(stats, runs_dir: Path, out: Path) -> list[str]:
     """Write the method-level TensorBoard runs under `out`; returns their names."""
-    from torch.utils.tensorboard import SummaryWriter
-
     losses = {}
     for s in stats:
         for r in s.rows:
@@ -61,15 +82,13 @@ def write_aggregates(stats, runs_dir: Path, out: Path) -> list[str]:
         groups = {"mean": s.rows} | {t: [r for r in s.rows if r.task == t] for t in s.tasks}
         for group, rows in groups.items():
             name = f"{group}/{run_name(s.label)}"
-            metrics = sorted({m for r in rows for _, point in r.curve for m in point})
-            with SummaryWriter(out / name) as writer:
-                for metric in metrics:
-                    curves = [{st: p[metric] for st, p in r.curve if metric in p} for r in rows]
-                    for step, value in _means(curves).items():
-                        writer.add_scalar(f"eval/{metric}", value, step)
-                loss = [losses[r.run] for r in rows if losses.get(r.run)]
-                for step, value in _means(loss).items():
-                    writer.add_scalar("train/loss", value, step)
-                writer.add_scalar("runs", len(rows), 0)
+            scalars = []
+            for metric in sorted({m for r in rows for _, point in r.curve for m in point}):
+                curves = [{st: p[metric] for st, p in r.curve if metric in p} for r in rows]
+                scalars += [(f"eval/{metric}", v, st) for st, v in _means(curves).items()]
+            loss = [losses[r.run] for r in rows if losses.get(r.run)]
+            scalars += [("train/loss", v, st) for st, v in _means(loss).items()]
+            scalars.append(("runs", len(rows), 0))
+            write_scalars(out / name, scalars)
             written.append(name)
     return written
