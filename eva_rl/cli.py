@@ -150,6 +150,15 @@ def cmd_report(args) -> None:
     )
 
 
+def cmd_export(args) -> None:
+    from eva_rl.sweeps import export_runs
+
+    result = export_runs(args.runs, args.out, args.overwrite)
+    pending = f"; {result['pending']} runs of the sweep not finished" if result["pending"] else ""
+    print(f"{result['runs']} finished runs -> {result['out']} (no checkpoints or weights){pending}")
+    print(f"report: eva-rl report {result['out']} --out <report dir>")
+
+
 def cmd_quickstart(args) -> None:
     from eva_rl.quickstart import QuickstartConfig, quickstart
 
@@ -289,6 +298,12 @@ def _report_flags(p) -> None:
     )
 
 
+def _export_flags(p) -> None:
+    p.add_argument("runs", help="a sweep's out directory (or any directory of runs)")
+    p.add_argument("--out", required=True, help="destination, e.g. results/<name>/runs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+
+
 def _curve_flags(p) -> None:
     p.add_argument("run", help="run directory (holds tb/)")
     p.add_argument("--out", required=True, help="PNG path")
@@ -334,6 +349,8 @@ COMMANDS = {
               cmd_sweep),
     "report": ("tables with intervals and paired tests, plots, method-level TensorBoard",
                _report_flags, False, cmd_report),
+    "export": ("copy finished runs without checkpoints or weights (to commit or share)",
+               _export_flags, False, cmd_export),
     "quickstart": ("fine-tune the shipped agent with EVA and LoRA, compare", _simple_flags(
         "eva_rl.quickstart", "QuickstartConfig", _names("task", "steps", "out", "methods")),
         True, cmd_quickstart),

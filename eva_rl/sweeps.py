@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import os
 import shutil
 import time
@@ -48,7 +49,7 @@ from eva_rl.config import (
     to_dict,
 )
 from eva_rl.errors import RunError, UserError
-from eva_rl.io import atomic_write_json, atomic_write_text
+from eva_rl.io import atomic_write_json, atomic_write_text, check_writable
 
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first read it
@@ -261,6 +262,46 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
         staged.rename(run.out)  # whole or not at all
         copied[run.name] = str(src)
     return copied
+
+
+# what an exported run leaves behind: resumable state and weights (a report reads none of them)
+HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin")
+
+
+def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Copy what a report reads from the finished runs under `src` (a sweep's directory or any
+    tree of runs) to `dst`, e.g. to commit them under results/: each run's config, summary,
+    TensorBoard logs and JSON records, the sweep's files and its baseline evaluations, without
+    checkpoints, weights, logs or unfinished runs. `dst` appears whole or not at all."""
+    src, dst = Path(src), Path(dst)
+    runs = sorted(
+        p.parent.relative_to(src)
+        for p in src.rglob("summary.json")
+        if not any(part.startswith((".", "_")) for part in p.relative_to(src).parts)
+    )
+    if not runs:
+        raise UserError(f"no finished runs (summary.json) under {src}; is it a sweep's out?")
+    if dst.exists() and not overwrite:
+        raise UserError(f"{dst} already exists; pass --overwrite or choose another destination")
+    check_writable(dst, directory=True)
+    staged = dst.with_name(f".{dst.name}.exporting")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    for name in (SWEEP_FILE, BASE_FILE, INDEX_FILE):
+        if (src / name).is_file():
+            shutil.copy2(src / name, staged / name)
+    if (src / BASELINE_DIR).is_dir():
+        shutil.copytree(src / BASELINE_DIR, staged / BASELINE_DIR)
+    for run in runs:
+        shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*HEAVY))
+    old = dst.with_name(f".{dst.name}.replaced")
+    if dst.exists():
+        dst.rename(old)
+    staged.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+    index = json.loads((src / INDEX_FILE).read_text()) if (src / INDEX_FILE).is_file() else {}
+    pending = sum(entry["status"] != "done" for entry in index.values())
+    return {"runs": len(runs), "pending": pending, "out": dst}
 
 
 def run_config(run: Run, threads: int, device: str | None = None):

@@ -111,6 +111,7 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     assert {v["status"] for v in index.values()} == {"done"}
     summary = json.loads((runs / "method=eva,seed=1/summary.json").read_text())
     assert summary["method"] == "eva" and summary["seed"] == 1 and summary["task"] == "hammer-v3"
+    check_export(runs, tmp_path, capsys)
 
     # interrupted after a checkpoint (no summary) -> resumed; before any checkpoint -> restarted
     finished = runs / "method=lora,seed=0/summary.json"
@@ -131,6 +132,33 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     assert (restarted / "summary.json").is_file()
     log = (runs / "_logs" / "method=eva,seed=0.log").read_text()
     assert "Traceback" not in log
+
+
+def check_export(runs, tmp_path, capsys):
+    """`eva-rl export` of a finished sweep: every file but checkpoints, weights and logs, and
+    the report made from the export is the report made from the sweep."""
+    export = tmp_path / "export"
+    assert main(["export", str(runs), "--out", str(export)]) == 0
+    heavy = ("checkpoints", "_logs")
+    kept = {
+        p.relative_to(runs)
+        for p in runs.rglob("*")
+        if p.is_file()
+        and not set(heavy) & set(p.relative_to(runs).parts)
+        and p.suffix != ".safetensors"
+    }
+    assert {p.relative_to(export) for p in export.rglob("*") if p.is_file()} == kept
+    assert (export / "method=eva,seed=0/eva/eva.json").is_file()
+    assert (export / "_baseline/hammer-v3.json").is_file()
+    capsys.readouterr()
+    assert main(["export", str(runs), "--out", str(export)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "no finished runs (summary.json) under" in capsys.readouterr().err
+    for source in (runs, export):
+        assert main(["report", str(source), "--out", str(tmp_path / f"report-{source.name}")]) == 0
+    report = {n: (tmp_path / n / "runs.csv").read_text() for n in ("report-runs", "report-export")}
+    assert report["report-runs"] == report["report-export"]
 
 
 @pytest.mark.slow  # spawns run processes
