@@ -131,6 +131,12 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore=()) -> list[tu
     ]
 
 
+def as_current(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A config an earlier eva_rl saved, read as this version writes it: keys added since take
+    their defaults, which are what earlier versions did (a new key never changes old runs)."""
+    return to_dict(from_dict(cls, saved))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -234,9 +234,10 @@ def run_baseline(run: Run) -> None:
 def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
     """Copy into place, for each run not started yet, a finished run under `dirs` whose config
     equals its own up to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device
-    the same config and seed is the same run. Checkpoints are not copied. Returns run name ->
+    the same config and seed is the same run (keys an older eva_rl did not have count as their
+    defaults, see `as_current`). Checkpoints are not copied. Returns run name ->
     the directory it came from."""
-    from eva_rl.config import changed_keys
+    from eva_rl.config import as_current, changed_keys
     from eva_rl.training.finetune import FinetuneConfig
     from eva_rl.training.loop import RESUME_MAY_CHANGE
 
@@ -248,7 +249,10 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
     if not todo:  # a resumed sweep with every run started: nothing to look up
         return {}
     finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
-    configs = {s: read_yaml(s / "config.yaml") for s in finished if (s / "config.yaml").is_file()}
+    configs = {}
+    for s in finished:
+        with contextlib.suppress(OSError, UserError):  # unreadable here: not this run's config
+            configs[s] = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
     copied = {}
     for run in todo:
         mine = to_dict(from_dict(FinetuneConfig, run.config))

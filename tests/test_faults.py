@@ -108,6 +108,11 @@ def test_resume_refuses_a_changed_config_and_keeps_its_files(checkpoint, mw_root
     one_line_error(capsys, "precision: 'auto' -> 'bf16'")
     assert (out / "config.yaml").read_bytes() == before
     assert (out / "summary.json").read_bytes() == summary
+    older = yaml.safe_load(before)  # as an eva_rl before videos wrote it: keys added since
+    older["eval"] = {k: v for k, v in older["eval"].items() if not k.startswith("video")}
+    (out / "config.yaml").write_text(yaml.safe_dump(older))  # count as their defaults
+    assert main([*resume, "eval.video=1"]) == 2
+    one_line_error(capsys, "eval.video: 0 -> 1")
     assert main([*resume, "threads=1", "eval.workers=1"]) == 0  # how it runs, not what
     precision = json.loads(summary)["precision"]
     assert json.loads((out / "summary.json").read_text())["precision"] == precision

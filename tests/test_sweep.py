@@ -168,6 +168,9 @@ def test_reuse_copies_finished_runs_of_the_same_config_from_another_sweep(
     first = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0]}, baseline=False)
     assert main(["sweep", str(first), "set.method.name=lora"]) == 0
     source = tmp_path / "runs" / "seed=0"
+    older = yaml.safe_load((source / "config.yaml").read_text())  # as an eva_rl before videos
+    older["eval"] = {k: v for k, v in older["eval"].items() if not k.startswith("video")}
+    (source / "config.yaml").write_text(yaml.safe_dump(older))  # wrote it: still the same run
     spec = yaml.safe_load(first.read_text())
     spec |= {"out": str(tmp_path / "more"), "grid": {"seed": [0, 1]}, "workers": 1,
              "set": {"task": "hammer-v3", "method.name": "lora"},

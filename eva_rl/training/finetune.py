@@ -186,7 +186,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
     traj, heldout = data.split(cfg.split.heldout, cfg.split.seed)
     # refuses data of other shapes; each rank of a torchrun job draws its own batches
     sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
-    prepare_run_dir(out, to_dict(cfg), cfg.resume)  # only after every input was checked
+    prepare_run_dir(out, cfg, cfg.resume)  # only after every input was checked
     with discard_on_failure(out, cfg.resume):
         return _train(cfg, agent, data, traj, heldout, sampler, precision, started, progress)
 

@@ -108,20 +108,21 @@ def _stopped_before_checkpoint(out: Path) -> bool:
     return "config.yaml" in names and names <= RUN_FILES and not has_state
 
 
-def prepare_run_dir(out: Path, cfg: dict[str, Any], resume: bool) -> None:
+def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> None:
     """Refuse to clobber a run; `resume` needs a checkpoint and the same config (up to
     `RESUME_MAY_CHANGE`). A folder left by a run that stopped before its first checkpoint is
     replaced, so the same command simply runs again. Under torchrun every rank checks before
     rank 0 writes, so all of them fail (or go on) together. Writes `config.yaml` for a new run;
-    a resumed run keeps its own."""
-    from eva_rl.config import changed_keys, read_yaml
+    a resumed run keeps its own (one an earlier eva_rl wrote is read with today's defaults)."""
+    from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 
     latest = out / "checkpoints" / "latest" / STATE_FILE
     if resume and not latest.is_file():
         why = "it stopped before its first checkpoint" if out.is_dir() else "it does not exist"
         raise UserError(f"nothing to resume in {out} ({why}); run the command without resume")
     if resume:
-        changes = changed_keys(read_yaml(out / "config.yaml"), cfg, ignore=RESUME_MAY_CHANGE)
+        saved = as_current(type(cfg), read_yaml(out / "config.yaml"))
+        changes = changed_keys(saved, to_dict(cfg), ignore=RESUME_MAY_CHANGE)
         if changes:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
             raise UserError(
@@ -138,7 +139,7 @@ def prepare_run_dir(out: Path, cfg: dict[str, Any], resume: bool) -> None:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     distributed.barrier()
 
 

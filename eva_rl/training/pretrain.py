@@ -13,7 +13,6 @@ import torch
 
 from eva_rl import distributed
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, horizon_message
-from eva_rl.config import to_dict
 from eva_rl.data.catalog import suite_datasets
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.distributed import is_main
@@ -75,7 +74,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     horizon = cfg.horizon or (suite.horizon if suite else traj.horizon())
     if horizon > cfg.model.max_ep_len:
         raise UserError(horizon_message(horizon, cfg.model.max_ep_len) + "; set horizon=")
-    prepare_run_dir(out, to_dict(cfg), cfg.resume)
+    prepare_run_dir(out, cfg, cfg.resume)
     with discard_on_failure(out, cfg.resume):
         return _train(cfg, suite, traj, ids, horizon, progress)
 
