@@ -9,6 +9,7 @@ Re-running the same sweep skips finished runs (those with `summary.json`), resum
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
 config changed since the sweep started. `reuse` names other sweeps' directories: a finished run
 there with this run's config (up to where and how fast it ran) is copied in instead of run again.
+`eva-rl export` copies a sweep's finished runs without checkpoints or weights (to commit them).
 
 The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
 tasks (`pip install 'eva_rl[ray]'`) on a local Ray instance or the cluster at `address`, each
