@@ -300,6 +300,7 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
     for run in runs:
         shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*HEAVY))
     old = dst.with_name(f".{dst.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)  # left by an export that died while swapping
     if dst.exists():
         dst.rename(old)
     staged.rename(dst)
