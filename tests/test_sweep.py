@@ -153,6 +153,10 @@ def check_export(runs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(runs), "--out", str(export)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    (export / "stale.txt").write_text("from an earlier export")
+    assert main(["export", str(runs), "--out", str(export), "--overwrite"]) == 0
+    assert {p.relative_to(export) for p in export.rglob("*") if p.is_file()} == kept
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
     assert main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert "no finished runs (summary.json) under" in capsys.readouterr().err
     for source in (runs, export):
