@@ -305,9 +305,19 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
         dst.rename(old)
     staged.rename(dst)
     shutil.rmtree(old, ignore_errors=True)
-    index = json.loads((src / INDEX_FILE).read_text()) if (src / INDEX_FILE).is_file() else {}
-    pending = sum(entry["status"] != "done" for entry in index.values())
-    return {"runs": len(runs), "pending": pending, "out": dst}
+    done, total = progress(src) or (0, 0)
+    return {"runs": len(runs), "pending": total - done, "out": dst}
+
+
+def progress(out: str | os.PathLike) -> tuple[int, int] | None:
+    """(finished, planned) fine-tuning runs of the sweep at `out` from its index (baselines not
+    counted); None where there is no index."""
+    index = Path(out) / INDEX_FILE
+    if not index.is_file():
+        return None
+    runs = json.loads(index.read_text())
+    status = [entry["status"] for name, entry in runs.items() if not name.startswith(BASELINE_DIR)]
+    return status.count("done"), len(status)
 
 
 def run_config(run: Run, threads: int, device: str | None = None):

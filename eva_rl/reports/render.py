@@ -3,7 +3,6 @@ report's README around them. Pure text from aggregated numbers."""
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import yaml
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.results import EvalResult
-from eva_rl.sweeps import INDEX_FILE, SWEEP_FILE
+from eva_rl.sweeps import SWEEP_FILE, progress
 
 
 @cache
@@ -120,11 +119,8 @@ def partial_note(left_out, runs_dir: Path) -> str:
         seeds.setdefault(row_label(r), set()).add(r.seed)
     listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
     text = "**Interim report** (`--partial`): the tables hold whole seeds only"
-    index = runs_dir / INDEX_FILE
-    if index.is_file():
-        status = [v.get("status") for k, v in json.loads(index.read_text()).items()
-                  if not k.startswith("_")]  # fmt: skip
-        text += f"; the sweep has finished {status.count('done')} of its {len(status)} runs"
+    if counts := progress(runs_dir):
+        text += f"; the sweep has finished {counts[0]} of its {counts[1]} runs"
     if left_out:
         text += (f"; {len(left_out)} finished runs are left out because their seed is not yet "
                  f"finished on every task ({listed})")  # fmt: skip
