@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import time
 import traceback
 import warnings
@@ -379,9 +380,37 @@ def gpu_slots(gpus_per_run: float, devices: int) -> list[str]:
 
 
 def _child(run: Run, threads: int, log: str, device: str | None, conn) -> None:
-    """Entry point of a run's own process: the result goes back through `conn`."""
-    conn.send(_run_one(run, threads, log, device))
+    """Entry point of a run's own process: the result goes back through `conn`. The sweep stops
+    its runs with SIGTERM (they ignore the terminal's Ctrl-C, which the sweep handles once): the
+    run then cleans up as an interrupted finetune does and its log says so."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        result = _run_one(run, threads, log, device)
+    except KeyboardInterrupt:
+        with open(log, "a") as f:
+            print("stopped (SIGTERM): run the sweep again to resume this run", file=f)
+        raise SystemExit(130) from None
+    conn.send(result)
     conn.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A process started in here ignores SIGINT from birth (the disposition survives exec and
+    Python then installs no KeyboardInterrupt handler), so Ctrl-C reaches the sweep alone."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # a sweep started off the main thread: signals are not its to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
@@ -412,7 +441,8 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
                 receive, send = ctx.Pipe(duplex=False)
                 log = str(logs / f"{run.name}.log")
                 process = ctx.Process(target=_child, args=(run, threads, log, device, send))
-                process.start()
+                with _sigint_ignored():
+                    process.start()
                 send.close()
                 running[process.sentinel] = (process, run, device, receive)
             for sentinel in wait_for(list(running)):
@@ -431,10 +461,14 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
                               "reported a result", file=f)  # fmt: skip
                     result = {"ok": False}
                 yield run, result
-    finally:
-        for process, *_ in running.values():  # interrupted: stop the runs still going
+    finally:  # stopped early (Ctrl-C, an error): stop the runs still going, let them clean up
+        for process, *_ in running.values():
             process.terminate()
-            process.join()
+        for process, *_ in running.values():
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _import_ray():

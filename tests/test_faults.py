@@ -187,6 +187,47 @@ def test_a_killed_sweep_worker_fails_its_run_only(checkpoint, mw_root, tmp_path)
     assert "ended with exit code -9 before it reported a result" in log.read_text()
 
 
+@pytest.mark.slow  # a sweep and its runs interrupted for real
+def test_ctrl_c_stops_a_sweep_with_one_message_and_resumable_runs(checkpoint, mw_root, tmp_path):
+    import psutil
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "checkpoint": str(checkpoint), "data_root": str(mw_root), "task": "hammer-v3",
+        "method": {"rank": 2, "calibration_batches": 1}, "collector": {"batch_size": 16},
+        "optim": {"batch_size": 16, "warmup_steps": 2},
+        "loop": {"steps": 20000, "log_every": 3, "eval_every": 0, "save_every": 10},
+        "eval": {"episodes": 1},
+    }))  # fmt: skip
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": str(base), "out": str(tmp_path / "runs"), "workers": 2, "threads": 1,
+        "grid": {"method.name": ["lora", "eva"]}, "baseline": False,
+    }))  # fmt: skip
+    with open(tmp_path / "sweep.log", "w") as f:  # its own process group, as a terminal's job
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from eva_rl.cli import main; sys.exit(main())",
+             "sweep", str(sweep)],
+            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    runs = [tmp_path / "runs" / f"method={m}" for m in ("lora", "eva")]
+    for run in runs:  # both runs past their first checkpoint
+        wait_for(run / "checkpoints" / "latest" / "state.pt", process, timeout=300)
+    children = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+    process.wait(timeout=120)
+    out = (tmp_path / "sweep.log").read_text()
+    assert process.returncode == 130, out
+    assert "Traceback" not in out and out.count("eva-rl: interrupted") == 1, out
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    for run in runs:  # each run stopped cleanly, checkpoint kept: the sweep resumes it
+        log = tmp_path / "runs" / "_logs" / f"{run.name}.log"
+        assert "stopped (SIGTERM): run the sweep again" in log.read_text()
+        assert "Traceback" not in log.read_text()
+        assert (run / "config.yaml").is_file() and any((run / "checkpoints").iterdir())
+
+
 # --- reports, corrupt and empty inputs ---------------------------------------------------------
 
 
