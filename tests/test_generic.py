@@ -74,6 +74,28 @@ def test_recorded_data_round_trips_through_plain_minari(hopper):
         assert reward == pytest.approx(episode.rewards[t])
 
 
+@pytest.mark.parametrize(("env", "steps"), [("hammer-v3", 500), ("Pendulum-v1", 200)])
+def test_random_recording_runs_to_the_envs_own_limit(env, steps, tmp_path):
+    """Without --horizon: Meta-World's episode length (its max_path_length), or the time limit
+    gymnasium registered."""
+    args = ["data", "record", "--env", env, "--id", "test/own-limit-v0", "--episodes", "1"]
+    assert main([*args, "--root", str(tmp_path)]) == 0
+    with minari_root(tmp_path):
+        dataset = minari.load_dataset("test/own-limit-v0")
+    episode = dataset[0]
+    assert len(episode.actions) == steps and episode.truncations[-1]
+    spec = dataset.recover_environment().spec  # the recorded env ends where the data does
+    assert (spec.kwargs.get("horizon") or spec.max_episode_steps) == steps
+
+
+def test_recording_an_unknown_env_is_one_line(tmp_path, capsys):
+    args = ["data", "record", "--env", "NoSuchEnv-v9", "--id", "test/none-v0"]
+    assert main([*args, "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot make env 'NoSuchEnv-v9'" in err, err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 @pytest.mark.slow  # four fine-tuning runs
 @pytest.mark.parametrize("method", ["eva", "lora", "dora", "pissa"])
 def test_finetune_with_default_settings_on_a_plain_dt(method, hopper, tmp_path):

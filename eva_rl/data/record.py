@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
 from eva_rl.data import catalog
-from eva_rl.envs import env_dims, make_env
+from eva_rl.envs import env_dims, make_env, metaworld_task_names
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
 
@@ -65,14 +66,15 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     check_writable(root, directory=True)
     started = time.perf_counter()
     if cfg.checkpoint is None:
-        horizon = cfg.horizon or _time_limit(cfg.env)
-        episodes = _random_rollouts(cfg, horizon, progress)
+        horizon = cfg.horizon or _own_limit(cfg.env)
         policy = "uniform random actions"
     else:
         episodes, horizon = _agent_rollouts(cfg, progress)
         policy = f"the agent {cfg.checkpoint} (action noise {cfg.noise:g} of the half-range)"
-    env = make_env(cfg.env, horizon, cut=True)  # the dataset's env spec names the cut
+    env = make_env(cfg.env, horizon, cut=True)  # the dataset's env (its spec names the cut)
     try:
+        if cfg.checkpoint is None:
+            episodes = _random_rollouts(cfg, env, horizon, progress)
         with catalog.staging(root) as staged:
             return catalog.write_dataset(
                 staged,
@@ -100,15 +102,20 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         env.close()
 
 
-def _time_limit(name: str) -> int:
-    env = make_env(name, 1000)
-    limit = env.spec.max_episode_steps if env.spec is not None else None
-    env.close()
-    return limit or 1000
+def _own_limit(name: str) -> int:
+    """The env's own episode length, read without building it: a Meta-World task's
+    `max_path_length` (500), else its registered time limit (1000 where it has none)."""
+    if name in metaworld_task_names():
+        import metaworld.env_dict
+
+        return metaworld.env_dict.ALL_V3_ENVIRONMENTS[name].max_path_length
+    try:
+        return gym.spec(name).max_episode_steps or 1000
+    except gym.error.Error:
+        return 1000  # not a registered env: building it says so in one line
 
 
-def _random_rollouts(cfg: RecordConfig, horizon: int, progress: bool) -> list[dict]:
-    env = make_env(cfg.env, horizon, cut=True)
+def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bool) -> list[dict]:
     env_dims(env, cfg.env)  # Box spaces only
     low, high = env.action_space.low, env.action_space.high
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
@@ -130,7 +137,6 @@ def _random_rollouts(cfg: RecordConfig, horizon: int, progress: bool) -> list[di
                 break
         episode = {k: np.asarray(v) for k, v in track.items()}
         episodes.append({**episode, "infos": {}, "seed": cfg.seed + i})
-    env.close()
     return episodes
 
 
