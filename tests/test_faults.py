@@ -34,15 +34,16 @@ def one_line_error(capsys, *fragments) -> str:
     return err
 
 
-def start(args, log: Path):
-    """`eva-rl ARGS` in its own process (signals then reach it alone), output to `log` (a pipe
-    nobody reads would fill up and block it)."""
+def start(args, log: Path, group: bool = False):
+    """`eva-rl ARGS` in its own process (signals then reach it alone; with `group`, it and its
+    children, as a terminal's job), output to `log` (a pipe nobody reads would fill and block)."""
     cmd = [sys.executable, "-c", "import sys; from eva_rl.cli import main; sys.exit(main())"]
     with open(log, "w") as f:
         return subprocess.Popen(
             [*cmd, *args],
             stdout=f,
             stderr=subprocess.STDOUT,
+            start_new_session=group,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
@@ -152,23 +153,29 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(checkpoint, mw_root, tmp_pa
 # --- sweeps survive their workers --------------------------------------------------------------
 
 
-@pytest.mark.slow  # processes killed for real
-def test_a_killed_sweep_worker_fails_its_run_only(checkpoint, mw_root, tmp_path):
-    import psutil
-
+def tiny_sweep(tmp_path, checkpoint, mw_root, grid, steps=60, save_every=30) -> Path:
+    """A sweep file of tiny hammer runs over `grid`, two at a time, out in tmp_path/runs."""
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({
         "checkpoint": str(checkpoint), "data_root": str(mw_root), "task": "hammer-v3",
         "method": {"rank": 2, "calibration_batches": 1}, "collector": {"batch_size": 16},
         "optim": {"batch_size": 16, "warmup_steps": 2},
-        "loop": {"steps": 60, "log_every": 3, "eval_every": 0, "save_every": 30},
+        "loop": {"steps": steps, "log_every": 3, "eval_every": 0, "save_every": save_every},
         "eval": {"episodes": 1},
     }))  # fmt: skip
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": str(base), "out": str(tmp_path / "runs"), "workers": 2, "threads": 1,
-        "grid": {"loop.steps": [3000, 60]}, "baseline": False,
+        "grid": grid, "baseline": False,
     }))  # fmt: skip
+    return sweep
+
+
+@pytest.mark.slow  # processes killed for real
+def test_a_killed_sweep_worker_fails_its_run_only(checkpoint, mw_root, tmp_path):
+    import psutil
+
+    sweep = tiny_sweep(tmp_path, checkpoint, mw_root, {"loop.steps": [3000, 60]})
     process = start(["sweep", str(sweep)], tmp_path / "sweep.log")
     log = tmp_path / "runs" / "_logs" / "loop.steps=3000.log"
     wait_for(tmp_path / "runs" / "loop.steps=3000" / "config.yaml", process, timeout=240)
@@ -191,26 +198,9 @@ def test_a_killed_sweep_worker_fails_its_run_only(checkpoint, mw_root, tmp_path)
 def test_ctrl_c_stops_a_sweep_with_one_message_and_resumable_runs(checkpoint, mw_root, tmp_path):
     import psutil
 
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "checkpoint": str(checkpoint), "data_root": str(mw_root), "task": "hammer-v3",
-        "method": {"rank": 2, "calibration_batches": 1}, "collector": {"batch_size": 16},
-        "optim": {"batch_size": 16, "warmup_steps": 2},
-        "loop": {"steps": 20000, "log_every": 3, "eval_every": 0, "save_every": 10},
-        "eval": {"episodes": 1},
-    }))  # fmt: skip
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": str(base), "out": str(tmp_path / "runs"), "workers": 2, "threads": 1,
-        "grid": {"method.name": ["lora", "eva"]}, "baseline": False,
-    }))  # fmt: skip
-    with open(tmp_path / "sweep.log", "w") as f:  # its own process group, as a terminal's job
-        process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from eva_rl.cli import main; sys.exit(main())",
-             "sweep", str(sweep)],
-            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
+    grid = {"method.name": ["lora", "eva"]}
+    sweep = tiny_sweep(tmp_path, checkpoint, mw_root, grid, steps=20000, save_every=10)
+    process = start(["sweep", str(sweep)], tmp_path / "sweep.log", group=True)
     runs = [tmp_path / "runs" / f"method={m}" for m in ("lora", "eva")]
     for run in runs:  # both runs past their first checkpoint
         wait_for(run / "checkpoints" / "latest" / "state.pt", process, timeout=300)
