@@ -1,0 +1,122 @@
+"""`eva-rl sweep`: a grid of fine-tuning runs, run in parallel processes or Ray tasks, resumable.
+
+A sweep file names a base finetune config, fixed overrides (`set`) and a grid of dotted config
+keys to lists of values (tasks x methods x ranks x rho x seeds, or any other field). Every run
+lives under `out/<name>/` (its name spells its grid values), so one `tensorboard --logdir out`
+compares them all. Every run's config is resolved when the sweep starts, from a copy of the base
+config kept in `out/base_config.yaml`: editing config files while a sweep runs changes no run.
+Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
+ones from their last checkpoint, and restarts those that died before one; it refuses if the base
+config changed since the sweep started. `reuse` names other sweeps' directories: a finished run
+there with this run's config (up to where and how fast it ran) is copied in instead of run again.
+`eva-rl export` copies a sweep's finished runs without checkpoints or weights (to commit them).
+
+The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
+tasks (`pip install 'eva_rl[ray]'`) on a local Ray instance or the cluster at `address`, each
+holding its threads as CPUs and `gpus` GPUs. Executor, address, workers, threads and gpus may
+change between invocations: a sweep begun locally can be resumed on a cluster. Ray tasks run in
+the driver's working directory, so relative paths keep their meaning; on a multi-node cluster
+`out`, the checkpoint and the Minari datasets must be on a filesystem every node sees at the same
+path.
+
+The package follows a sweep's life: `config` (the sweep file), `plan` (its runs, `reuse`),
+`baseline` (the base agent's evaluations), `executors` (local processes or Ray), `export` (what
+gets committed); `sweep` below ties them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from eva_rl.config import read_yaml, save_config, to_dict
+from eva_rl.errors import RunError, UserError
+from eva_rl.io import atomic_write_json, atomic_write_text
+from eva_rl.sweeps.config import (
+    BASE_FILE,
+    BASELINE_DIR,
+    COPIED_FILE,
+    INDEX_FILE,
+    SWEEP_FILE,
+    SweepConfig,
+    load_sweep,
+)
+from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
+from eva_rl.sweeps.export import export_runs, progress
+from eva_rl.sweeps.plan import Run, expand, plan, reuse_finished, run_name
+
+__all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "expand", "export_runs",
+           "gpu_slots", "load_sweep", "plan", "progress", "run_name", "sweep"]  # fmt: skip
+
+
+def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished run of the sweep; returns counts and the failed runs."""
+    if cfg.executor == "ray":
+        import_ray()  # fail before anything is written
+    elif cfg.gpus:
+        import torch
+
+        gpu_slots(cfg.gpus, torch.cuda.device_count())
+    out = Path(cfg.out)
+    saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
+    base = read_yaml(cfg.base)
+    same = ("base", "grid", "set")  # the executor and its resources may change between invocations
+    if saved.is_file() and any(read_yaml(saved).get(k) != to_dict(cfg)[k] for k in same):
+        raise UserError(
+            f"{out} holds a different sweep ({saved}); choose another out or delete that one"
+        )
+    if snapshot.is_file() and read_yaml(snapshot) != base:
+        raise UserError(
+            f"{cfg.base} changed since this sweep started (its copy: {snapshot}); restore it, "
+            "or start a new sweep with another out"
+        )
+    runs = plan(cfg, base)  # every run's config is fixed here: later edits of files change none
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
+    logs = out / "_logs"
+    logs.mkdir(exist_ok=True)
+    copied = reuse_finished(runs, cfg.reuse)
+    todo = [r for r in runs if not r.done_file.is_file()]
+    waiting = {r.name for r in todo}
+    index = {
+        r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
+        for r in runs
+    }
+    for r in runs:
+        if (r.out / COPIED_FILE).is_file():
+            index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
+    atomic_write_json(out / INDEX_FILE, index)
+    failed: list[str] = []
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",
+               disable=not progress)  # fmt: skip
+    # closing: an interrupt or error here stops the executor's runs too
+    with bar, contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
+        for run, result in finished:
+            index[run.name]["status"] = "done" if result["ok"] else "failed"
+            if "seconds" in result:  # not known for a run its Ray worker lost
+                index[run.name]["seconds"] = round(result["seconds"], 1)
+            if not result["ok"]:
+                failed.append(run.name)
+            atomic_write_json(out / INDEX_FILE, index)
+            bar.update(1)
+            bar.set_postfix(failed=len(failed), last=run.name[-40:])
+    if failed:
+        raise RunError(
+            f"{len(failed)} of {len(runs)} runs failed (logs in {logs}): {', '.join(failed[:3])}"
+            + ("..." if len(failed) > 3 else "")
+            + "; fix the cause and run the sweep again (finished runs are kept)"
+        )
+    baselines = sum(r.baseline for r in runs)
+    return {
+        "runs": len(runs) - baselines,
+        "ran": sum(not r.baseline for r in todo),
+        "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in todo),
+        "copied": len(copied),
+        "baselines": baselines,
+        "out": out,
+    }

@@ -1,0 +1,72 @@
+"""A sweep's config (the sweep file) and the names of the files it keeps under `out`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from eva_rl.config import apply_override, from_dict, read_yaml
+from eva_rl.errors import UserError
+
+SWEEP_FILE = "sweep.yaml"
+BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first read it
+INDEX_FILE = "runs.json"
+BASELINE_DIR = "_baseline"  # the base agent's evaluations, one JSON per task
+COPIED_FILE = "copied_from"  # in a run copied from another sweep (`reuse`): where from
+ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
+
+
+@dataclass
+class SweepConfig:
+    base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config every run starts from
+    out: str = ""  # root of every run
+    # dotted key -> values; or a list of such grids, whose runs are pooled (e.g. rho only for EVA)
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every run
+    workers: int = 0  # parallel runs; 0: one per CPU core (ray: as many as its resources allow)
+    threads: int = 0  # torch threads (ray: CPUs) per run; 0: cores // workers, within one node
+    executor: str = "local"  # local: processes of this machine; ray: Ray tasks
+    address: str | None = None  # the Ray cluster's address; None: start a local Ray instance
+    gpus: float = 0.0  # GPUs per run; a fraction shares one GPU (0.25: four runs per GPU)
+    # evaluate the base checkpoint once per task with the runs' final evaluation (same episodes)
+    # into out/_baseline/, so reports show the base agent's scores beside every method
+    baseline: bool = True
+    # run directories of other sweeps whose finished runs stand in for this sweep's runs of the
+    # same config (up to where and how fast they run): copied instead of run again
+    reuse: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.out:
+            raise UserError("the sweep needs out: a directory for its runs")
+        if self.workers < 0 or self.threads < 0 or self.gpus < 0:
+            raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
+        from eva_rl.sweeps.executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r} (valid: {', '.join(EXECUTORS)})")
+        if self.executor != "ray" and self.address is not None:
+            raise UserError("address is a Ray setting: add executor=ray, or drop it")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise UserError(f"gpus per run must be a fraction <= 1 or whole, not {self.gpus}")
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        if not grids or not all(grids):
+            raise UserError("the sweep's grid is empty; give at least one key: [values]")
+        for grid in grids:
+            for key, values in grid.items():
+                if not values:
+                    raise UserError(f"grid key {key!r} needs a non-empty list of values")
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        from eva_rl.sweeps.plan import expand
+
+        return [point for grid in grids for point in expand(grid)]
+
+
+def load_sweep(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+    data = read_yaml(path)
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(SweepConfig, data)

@@ -1,0 +1,208 @@
+"""Executors: where a sweep's runs run. `local`: each run in its own spawned process of this
+machine (GPU slots shared out when `gpus` is set); `ray`: each run a Ray task. Both yield runs
+and their results as they finish, and count a run whose worker died as failed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from eva_rl.errors import UserError
+from eva_rl.sweeps.baseline import run_baseline
+from eva_rl.sweeps.config import SweepConfig
+from eva_rl.sweeps.plan import Run, run_config
+
+
+def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
+    """Worker: one finetune run (or baseline evaluation), its output and warnings in `log`."""
+    import torch
+
+    from eva_rl.training.finetune import finetune
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        warnings.simplefilter("default")
+        try:
+            if run.baseline:
+                run_baseline(run)
+            else:
+                finetune(run_config(run, threads, device), progress=False)
+        except Exception:  # reported in the parent; the sweep goes on with the other runs
+            traceback.print_exc(file=f)
+            return {"ok": False, "seconds": time.perf_counter() - started}
+    return {"ok": True, "seconds": time.perf_counter() - started}
+
+
+def _shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
+    """Parallel runs and threads per run on machines with `cores` cores each: by default one
+    run per core and the cores shared out between the runs, no run larger than one machine."""
+    workers = min(cfg.workers or sum(cores), max(1, runs))
+    return workers, cfg.threads or max(1, min(max(cores), sum(cores) // workers))
+
+
+def gpu_slots(gpus_per_run: float, devices: int) -> list[str]:
+    """One entry per run that fits at once: `cuda:i` repeated 1/gpus_per_run times per GPU (a
+    fraction shares a GPU), or every GPU once per whole-number share."""
+    if gpus_per_run <= 0:
+        return []
+    if devices == 0:
+        raise UserError(f"gpus={gpus_per_run:g} per run, but no CUDA device is visible")
+    if gpus_per_run <= 1:
+        return [f"cuda:{i}" for i in range(devices) for _ in range(int(1 / gpus_per_run))]
+    need = int(gpus_per_run)
+    if need > devices:
+        raise UserError(f"gpus={need} per run, but only {devices} CUDA device(s) are visible")
+    return [f"cuda:{i}" for i in range(0, devices - need + 1, need)]
+
+
+def _child(run: Run, threads: int, log: str, device: str | None, conn) -> None:
+    """Entry point of a run's own process: the result goes back through `conn`. The sweep stops
+    its runs with SIGTERM (they ignore the terminal's Ctrl-C, which the sweep handles once): the
+    run then cleans up as an interrupted finetune does and its log says so."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        result = _run_one(run, threads, log, device)
+    except KeyboardInterrupt:
+        with open(log, "a") as f:
+            print("stopped (SIGTERM): run the sweep again to resume this run", file=f)
+        raise SystemExit(130) from None
+    conn.send(result)
+    conn.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A process started in here ignores SIGINT from birth (the disposition survives exec and
+    Python then installs no KeyboardInterrupt handler), so Ctrl-C reaches the sweep alone."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # a sweep started off the main thread: signals are not its to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+    """Each run in its own spawned process (a fresh interpreter, no torch/MuJoCo state shared),
+    at most `workers` at once; yields runs and results as they finish. A process that dies
+    without a result (killed, out of memory) is a failed run whose log says how it ended; the
+    others go on. With `gpus`, each run gets a device from the GPU slots (fractions share one
+    GPU), so a GPU node runs as many runs as fit."""
+    from multiprocessing.connection import wait as wait_for
+
+    slots = []
+    if cfg.gpus:
+        import torch
+
+        slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
+    workers, threads = _shares(cfg, [os.cpu_count() or 1], len(todo))
+    if slots:
+        workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    ctx = get_context("spawn")
+    free, queue = list(slots), list(todo)
+    running: dict[int, tuple[Any, Run, str | None, Any]] = {}  # sentinel -> process, run, ...
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                run = queue.pop(0)
+                device = free.pop(0) if slots else None
+                receive, send = ctx.Pipe(duplex=False)
+                log = str(logs / f"{run.name}.log")
+                process = ctx.Process(target=_child, args=(run, threads, log, device, send))
+                with _sigint_ignored():
+                    process.start()
+                send.close()
+                running[process.sentinel] = (process, run, device, receive)
+            for sentinel in wait_for(list(running)):
+                process, run, device, receive = running.pop(sentinel)
+                try:  # a process that died mid-run sent nothing: reading finds the pipe closed
+                    result = receive.recv() if receive.poll() else None
+                except EOFError:
+                    result = None
+                process.join()
+                if device is not None:
+                    free.append(device)
+                if result is None:
+                    code = process.exitcode  # negative: killed by that signal
+                    with open(logs / f"{run.name}.log", "a") as f:
+                        print(f"the run's process ended with exit code {code} before it "
+                              "reported a result", file=f)  # fmt: skip
+                    result = {"ok": False}
+                yield run, result
+    finally:  # stopped early (Ctrl-C, an error): stop the runs still going, let them clean up
+        for process, *_ in running.values():
+            process.terminate()
+        for process, *_ in running.values():
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray: pip install 'eva_rl[ray]'") from None
+    return ray
+
+
+def _run_in_dir(cwd: str, run: Run, threads: int, log: str) -> dict[str, Any]:
+    """Ray worker: in the driver's directory, where the run's relative paths point."""
+    os.chdir(cwd)
+    return _run_one(run, threads, log)
+
+
+def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+    """Each run as a Ray task holding `threads` CPUs and `gpus` GPUs; at most `workers` in
+    flight (0: all, Ray schedules them as resources free up). Yields runs and results as they
+    finish; a task Ray lost (a crashed or killed worker) is a failed run, not retried."""
+    ray = import_ray()
+    if not todo:
+        return  # no cluster to start
+    local = {"num_cpus": os.cpu_count()} if cfg.address is None else {}
+    ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False, **local)
+    pending: dict[Any, Run] = {}
+    try:
+        cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+        _, threads = _shares(cfg, cores, len(todo))
+        task = ray.remote(num_cpus=threads, num_gpus=cfg.gpus, max_retries=0)(_run_in_dir)
+        # Ray sets CUDA_VISIBLE_DEVICES per task: `auto` then picks the GPU it was given
+        queue, cwd = list(todo), os.getcwd()
+        while queue or pending:
+            while queue and (not cfg.workers or len(pending) < cfg.workers):
+                run = queue.pop(0)
+                pending[task.remote(cwd, run, threads, str(logs / f"{run.name}.log"))] = run
+            [ref], _ = ray.wait(list(pending))
+            run = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                with open(logs / f"{run.name}.log", "a") as f:
+                    print(f"Ray lost this run: {e}", file=f)
+                result = {"ok": False}
+            yield run, result
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+
+
+EXECUTORS = {"local": _local, "ray": _ray}

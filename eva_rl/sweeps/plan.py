@@ -1,0 +1,145 @@
+"""A sweep's runs: one per grid point, each config resolved and validated before any starts;
+finished runs of other sweeps copied in (`reuse`); the finetune config a worker runs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
+from eva_rl.errors import UserError
+from eva_rl.sweeps.config import ALIASES, COPIED_FILE, SweepConfig
+
+
+@dataclass
+class Run:
+    name: str
+    overrides: dict[str, Any]  # dotted key -> value: `set`, then the grid point, then out
+    config: dict[str, Any]  # the base config with the overrides applied (resolved at planning)
+    baseline: bool = False  # an evaluation of the base checkpoint, not a finetune run
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config["out"])
+
+    @property
+    def done_file(self) -> Path:
+        return self.out if self.baseline else self.out / "summary.json"
+
+
+def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, first key slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """`task=hammer-v3,method=eva,rank=8,seed=0`: readable in TensorBoard's run list."""
+    parts = []
+    for key, value in point.items():
+        text = str(value).replace("/", "_").replace(",", "_")
+        parts.append(f"{ALIASES.get(key, key)}={text}")
+    return ",".join(parts)
+
+
+def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
+    """The runs of a sweep, each config resolved from `base` (default: the base file as it is
+    now) and validated, so a bad key fails before anything runs."""
+    from eva_rl.training.finetune import FinetuneConfig
+
+    base = read_yaml(cfg.base) if base is None else base
+    runs = []
+    for point in cfg.points:
+        name = run_name(point)
+        # `set` as dotted keys: a nested section (`set.method.name=lora` on the command line)
+        # sets its keys, it does not replace the base's whole section
+        overrides = {**flatten(cfg.set), **point, "out": str(Path(cfg.out) / name)}
+        data = copy.deepcopy(base)
+        for key, value in overrides.items():
+            set_path(data, key, value)
+        checked = from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
+        _check_inputs(name, checked)
+        runs.append(Run(name, overrides, data))
+    if len({r.name for r in runs}) != len(runs):
+        raise UserError("grid values give two runs the same name; make the values distinct")
+    if cfg.baseline:
+        from eva_rl.sweeps.baseline import baselines
+
+        runs = baselines(cfg, runs) + runs
+    return runs
+
+
+def _check_inputs(name: str, cfg) -> None:
+    """The run's checkpoint and datasets exist (checked for every run before any starts)."""
+    from eva_rl.agent import locate_checkpoint
+    from eva_rl.data import catalog
+
+    try:
+        locate_checkpoint(cfg.checkpoint)
+    except UserError as e:
+        raise UserError(f"run {name}: {e}") from None
+    root = catalog.datasets_root(cfg.data_root)
+    for ds in cfg.dataset_ids:
+        if not catalog.exists(root, ds):
+            raise UserError(
+                f"run {name}: Minari dataset {ds!r} not found under {root}; build it first "
+                "(eva-rl data build) or drop the run from the grid"
+            )
+
+
+def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
+    """Copy into place, for each run not started yet, a finished run under `dirs` whose config
+    equals its own up to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device
+    the same config and seed is the same run (keys an older eva_rl did not have count as their
+    defaults, see `as_current`). Checkpoints are not copied. Returns run name ->
+    the directory it came from."""
+    from eva_rl.config import as_current, changed_keys
+    from eva_rl.training.finetune import FinetuneConfig
+    from eva_rl.training.loop import RESUME_MAY_CHANGE
+
+    ignore = (*RESUME_MAY_CHANGE, "out")
+    for path in dirs:  # an optimisation, not an input: without it the runs simply run here
+        if not Path(path).is_dir():
+            warnings.warn(f"reuse: {path} is not a directory; its runs will run here", stacklevel=2)
+    todo = [r for r in runs if not r.baseline and not r.out.exists()]
+    if not todo:  # a resumed sweep with every run started: nothing to look up
+        return {}
+    finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
+    configs = {}
+    for s in finished:
+        with contextlib.suppress(OSError, UserError):  # unreadable here: not this run's config
+            configs[s] = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
+    copied = {}
+    for run in todo:
+        mine = to_dict(from_dict(FinetuneConfig, run.config))
+        src = next((s for s, c in configs.items() if not changed_keys(c, mine, ignore)), None)
+        if src is None:
+            continue
+        staged = run.out.with_name(f".{run.out.name}.copying")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(src, staged, ignore=shutil.ignore_patterns("checkpoints"))
+        (staged / COPIED_FILE).write_text(f"{src}\n")
+        staged.rename(run.out)  # whole or not at all
+        copied[run.name] = str(src)
+    return copied
+
+
+def run_config(run: Run, threads: int, device: str | None = None):
+    """The finetune config of one run, resuming it if it has a checkpoint."""
+    from eva_rl.training.finetune import FinetuneConfig
+
+    data = {**copy.deepcopy(run.config), "threads": threads}
+    if device is not None:
+        data["device"] = device
+    evaluation = data.setdefault("eval", {})
+    if not evaluation.get("workers"):  # env processes within this run's share of the cores
+        evaluation["workers"] = max(1, threads // 2)
+    # a run killed before its first checkpoint is restarted by finetune itself
+    data["resume"] = (run.out / "checkpoints" / "latest" / "state.pt").is_file()
+    return from_dict(FinetuneConfig, data)
