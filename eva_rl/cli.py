@@ -122,7 +122,18 @@ def cmd_sweep(args) -> None:
     from eva_rl.sweeps import load_sweep, sweep
 
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
-    result = sweep(load_sweep(args.sweep, [*flags, *args.overrides]))
+    cfg = load_sweep(args.sweep, [*flags, *args.overrides])
+    if args.status:
+        from eva_rl.runtime import cpu_count
+        from eva_rl.sweeps import sweep_status
+
+        status = sweep_status(cfg.out)
+        if status is None:
+            print(f"{cfg.out}: not started; eva-rl sweep {args.sweep} starts it")
+        else:
+            print(status.describe(cfg.out, cfg.workers or cpu_count()))
+        return
+    result = sweep(cfg)
     print(
         f"{result['runs']} runs ({result['ran']} run now, {result['skipped']} already finished"
         + (f", {result['copied']} of them copied from reuse" if result["copied"] else "")
@@ -315,6 +326,8 @@ def _sweep_flags(p) -> None:
     p.add_argument("sweep", help="sweep YAML (base, out, grid, set, workers, threads, ...)")
     p.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray tasks")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--status", action="store_true",
+                   help="print how far the sweep is and the time left; run nothing")  # fmt: skip
 
 
 def _list_flags(p) -> None:

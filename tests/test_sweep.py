@@ -95,6 +95,9 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     checkpoint, mw_root, tmp_path, capsys
 ):
     path = write_sweep(tmp_path, checkpoint, mw_root)
+    assert main(["sweep", str(path), "--status"]) == 0  # nothing run, nothing written
+    assert "runs: not started; eva-rl sweep" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
     assert main(["sweep", str(path)]) == 0
     runs = tmp_path / "runs"
     names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("_"))
@@ -123,8 +126,14 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
             child.rmdir() if child.is_dir() else child.unlink()
     (restarted / "tb").mkdir()
     capsys.readouterr()
+    assert main(["sweep", str(path), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "2 of 4 runs finished, 2 started (running, or stopped and resumable), 1 of 1 " in status
+    assert "h left at 2 runs at a time" in status
     assert main(["sweep", str(path), "workers=1"]) == 0
     assert "4 runs (2 run now, 2 already finished) and 1 baseline" in capsys.readouterr().out
+    rerun = json.loads((runs / "runs.json").read_text())  # a finished run keeps its run time
+    assert rerun["method=lora,seed=0"]["seconds"] == index["method=lora,seed=0"]["seconds"]
     baseline = json.loads((runs / "_baseline/hammer-v3.json").read_text())
     assert baseline["config"]["baseline"] and len(baseline["envs"]["hammer-v3"]["episodes"]) == 1
     assert finished.stat().st_mtime_ns == mtime
@@ -237,6 +246,10 @@ def test_a_failing_run_is_reported_and_the_others_finish(checkpoint, mw_root, tm
     assert main(["sweep", str(path)]) == 1  # lr 1e15: the loss becomes NaN
     err = capsys.readouterr().err
     assert "1 of 3 runs failed" in err and "optim.lr=1000000000000000.0" in err  # + baseline
+    assert main(["sweep", str(path), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "1 of 2 runs finished, 1 failed, 1 of 1 baselines" in status
+    assert "failed: optim.lr=1000000000000000.0 (logs in" in status
     assert (tmp_path / "runs/optim.lr=0.003/summary.json").is_file()
     log = (tmp_path / "runs/_logs/optim.lr=1000000000000000.0.log").read_text()
     assert "loss became nan" in log

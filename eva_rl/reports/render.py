@@ -11,7 +11,7 @@ import yaml
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.results import EvalResult
-from eva_rl.sweeps import SWEEP_FILE, progress
+from eva_rl.sweeps import SWEEP_FILE, sweep_status
 
 
 @cache
@@ -119,8 +119,8 @@ def partial_note(left_out, runs_dir: Path) -> str:
         seeds.setdefault(row_label(r), set()).add(r.seed)
     listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
     text = "**Interim report** (`--partial`): the tables hold whole seeds only"
-    if counts := progress(runs_dir):
-        text += f"; the sweep has finished {counts[0]} of its {counts[1]} runs"
+    if status := sweep_status(runs_dir):
+        text += f"; the sweep has finished {len(status.done)} of its {status.total} runs"
     if left_out:
         text += (f"; {len(left_out)} finished runs are left out because their seed is not yet "
                  f"finished on every task ({listed})")  # fmt: skip

@@ -20,13 +20,14 @@ the driver's working directory, so relative paths keep their meaning; on a multi
 path.
 
 The package follows a sweep's life: `config` (the sweep file), `plan` (its runs, `reuse`),
-`baseline` (the base agent's evaluations), `executors` (local processes or Ray), `export` (what
-gets committed); `sweep` below ties them together.
+`baseline` (the base agent's evaluations), `executors` (local processes or Ray), `status` (how
+far it is), `export` (what gets committed); `sweep` below ties them together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ from eva_rl.sweeps.config import (
     load_sweep,
 )
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
-from eva_rl.sweeps.export import export_runs, progress
+from eva_rl.sweeps.export import export_runs
 from eva_rl.sweeps.plan import Run, expand, plan, reuse_finished, run_name
+from eva_rl.sweeps.status import SweepStatus, sweep_status
 
-__all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "expand", "export_runs",
-           "gpu_slots", "load_sweep", "plan", "progress", "run_name", "sweep"]  # fmt: skip
+__all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",
+           "export_runs", "gpu_slots", "load_sweep", "plan", "run_name", "sweep",
+           "sweep_status"]  # fmt: skip
 
 
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
@@ -87,7 +90,10 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
         for r in runs
     }
+    previous = json.loads((out / INDEX_FILE).read_text()) if (out / INDEX_FILE).is_file() else {}
     for r in runs:
+        if r.name not in waiting and "seconds" in previous.get(r.name, {}):  # kept from before
+            index[r.name]["seconds"] = previous[r.name]["seconds"]
         if (r.out / COPIED_FILE).is_file():
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)

@@ -1,9 +1,7 @@
-"""What of a sweep gets committed: `export_runs` copies the finished runs without checkpoints or
-weights; `progress` counts them from the sweep's index."""
+"""What of a sweep gets committed: its finished runs without checkpoints or weights."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
+from eva_rl.sweeps.status import sweep_status
 
 # what an exported run leaves behind: resumable state and weights (a report reads none of them)
 HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin")
@@ -48,16 +47,6 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
         dst.rename(old)
     staged.rename(dst)
     shutil.rmtree(old, ignore_errors=True)
-    done, total = progress(src) or (0, 0)
-    return {"runs": len(runs), "pending": total - done, "out": dst}
-
-
-def progress(out: str | os.PathLike) -> tuple[int, int] | None:
-    """(finished, planned) fine-tuning runs of the sweep at `out` from its index (baselines not
-    counted); None where there is no index."""
-    index = Path(out) / INDEX_FILE
-    if not index.is_file():
-        return None
-    runs = json.loads(index.read_text())
-    status = [entry["status"] for name, entry in runs.items() if not name.startswith(BASELINE_DIR)]
-    return status.count("done"), len(status)
+    status = sweep_status(src)
+    pending = status.total - len(status.done) if status else 0
+    return {"runs": len(runs), "pending": pending, "out": dst}

@@ -1,0 +1,86 @@
+"""Where a sweep stands, read from its files: a run is finished when its summary is there (as the
+sweep itself decides), started when its folder is there without one (running, or stopped and
+resumable), failed when the index says its last attempt failed, else waiting; and how long the
+rest should take at the finished runs' pace (their summaries' wall time)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eva_rl.sweeps.config import BASELINE_DIR, INDEX_FILE
+
+
+@dataclass
+class SweepStatus:
+    done: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    baselines: tuple[int, int] = (0, 0)  # finished, planned
+    seconds: list[float] = field(default_factory=list)  # the finished runs' wall times
+
+    @property
+    def total(self) -> int:
+        return len(self.done) + len(self.started) + len(self.failed) + len(self.waiting)
+
+    @property
+    def median_seconds(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+    def hours_left(self, parallel: int) -> float | None:
+        """The unfinished runs at the finished runs' median time, `parallel` at a time."""
+        if self.median_seconds is None:
+            return None
+        return (self.total - len(self.done)) * self.median_seconds / max(1, parallel) / 3600
+
+    def describe(self, out: str, parallel: int) -> str:
+        """Two lines for a person: the counts, then the time left (where it can be estimated)."""
+        parts = [f"{len(self.done)} of {self.total} runs finished"]
+        for names, label in ((self.started, "started (running, or stopped and resumable)"),
+                             (self.failed, "failed"), (self.waiting, "waiting")):  # fmt: skip
+            if names:
+                parts.append(f"{len(names)} {label}")
+        if self.baselines[1]:
+            parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
+        text = f"{out}: " + ", ".join(parts)
+        if self.failed:
+            text += f"\nfailed: {', '.join(self.failed[:3])}" + (
+                "..." if len(self.failed) > 3 else ""
+            )
+            text += f" (logs in {Path(out) / '_logs'}); running the sweep again retries them"
+        hours = self.hours_left(parallel)
+        if hours is not None and len(self.done) < self.total:
+            text += (f"\nabout {hours:.1f} h left at {parallel} runs at a time and the median "
+                     f"{self.median_seconds:.0f} s of the finished runs")  # fmt: skip
+        return text
+
+
+def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
+    """The fine-tuning runs of the sweep at `out` (baselines apart); None before it has an index."""
+    out = Path(out)
+    if not (out / INDEX_FILE).is_file():
+        return None
+    status, baselines = SweepStatus(), [0, 0]
+    for name, entry in json.loads((out / INDEX_FILE).read_text()).items():
+        if name.startswith(f"{BASELINE_DIR}."):
+            baselines[0] += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
+            baselines[1] += 1
+            continue
+        summary = out / name / "summary.json"
+        if summary.is_file():
+            status.done.append(name)
+            with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
+                status.seconds.append(float(json.loads(summary.read_text())["wall_seconds"]))
+        elif entry["status"] == "failed":
+            status.failed.append(name)
+        elif (out / name).is_dir():
+            status.started.append(name)
+        else:
+            status.waiting.append(name)
+    status.baselines = (baselines[0], baselines[1])
+    return status
