@@ -39,7 +39,7 @@ class SweepStatus:
         return (self.total - len(self.done)) * self.median_seconds / max(1, parallel) / 3600
 
     def describe(self, out: str, parallel: int) -> str:
-        """Two lines for a person: the counts, then the time left (where it can be estimated)."""
+        """For a person: the counts, the failed runs, the time left (where it can be estimated)."""
         parts = [f"{len(self.done)} of {self.total} runs finished"]
         for names, label in ((self.started, "started (running, or stopped and resumable)"),
                              (self.failed, "failed"), (self.waiting, "waiting")):  # fmt: skip
@@ -49,10 +49,9 @@ class SweepStatus:
             parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
         text = f"{out}: " + ", ".join(parts)
         if self.failed:
-            text += f"\nfailed: {', '.join(self.failed[:3])}" + (
-                "..." if len(self.failed) > 3 else ""
-            )
-            text += f" (logs in {Path(out) / '_logs'}); running the sweep again retries them"
+            shown = ", ".join(self.failed[:3]) + ("..." if len(self.failed) > 3 else "")
+            text += f"\nfailed: {shown} (logs in {Path(out) / '_logs'}); running the sweep again "
+            text += "retries them"
         hours = self.hours_left(parallel)
         if hours is not None and len(self.done) < self.total:
             text += (f"\nabout {hours:.1f} h left at {parallel} runs at a time and the median "
@@ -65,11 +64,11 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
     out = Path(out)
     if not (out / INDEX_FILE).is_file():
         return None
-    status, baselines = SweepStatus(), [0, 0]
+    status, baselines, finished = SweepStatus(), 0, 0
     for name, entry in json.loads((out / INDEX_FILE).read_text()).items():
         if name.startswith(f"{BASELINE_DIR}."):
-            baselines[0] += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
-            baselines[1] += 1
+            baselines += 1
+            finished += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
             continue
         summary = out / name / "summary.json"
         if summary.is_file():
@@ -82,5 +81,5 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
             status.started.append(name)
         else:
             status.waiting.append(name)
-    status.baselines = (baselines[0], baselines[1])
+    status.baselines = (finished, baselines)
     return status
