@@ -124,14 +124,15 @@ def cmd_sweep(args) -> None:
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     cfg = load_sweep(args.sweep, [*flags, *args.overrides])
     if args.status:
-        from eva_rl.runtime import cpu_count
         from eva_rl.sweeps import sweep_status
+        from eva_rl.sweeps.executors import shares
 
         status = sweep_status(cfg.out)
         if status is None:
             print(f"{cfg.out}: not started; eva-rl sweep {args.sweep} starts it")
-        else:
-            print(status.describe(cfg.out, cfg.workers or cpu_count()))
+        else:  # as many at once as the local executor would run for what is left
+            left = status.total - len(status.done)
+            print(status.describe(shares(cfg, [os.cpu_count() or 1], left)[0]))
         return
     result = sweep(cfg)
     print(

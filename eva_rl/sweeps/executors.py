@@ -42,7 +42,7 @@ def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dic
     return {"ok": True, "seconds": time.perf_counter() - started}
 
 
-def _shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
+def shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
     """Parallel runs and threads per run on machines with `cores` cores each: by default one
     run per core and the cores shared out between the runs, no run larger than one machine."""
     workers = min(cfg.workers or sum(cores), max(1, runs))
@@ -111,7 +111,7 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
         import torch
 
         slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
-    workers, threads = _shares(cfg, [os.cpu_count() or 1], len(todo))
+    workers, threads = shares(cfg, [os.cpu_count() or 1], len(todo))
     if slots:
         workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
@@ -182,7 +182,7 @@ def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, d
     pending: dict[Any, Run] = {}
     try:
         cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
-        _, threads = _shares(cfg, cores, len(todo))
+        _, threads = shares(cfg, cores, len(todo))
         task = ray.remote(num_cpus=threads, num_gpus=cfg.gpus, max_retries=0)(_run_in_dir)
         # Ray sets CUDA_VISIBLE_DEVICES per task: `auto` then picks the GPU it was given
         queue, cwd = list(todo), os.getcwd()

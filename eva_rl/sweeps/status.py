@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from eva_rl.sweeps.config import BASELINE_DIR, INDEX_FILE
@@ -17,20 +18,26 @@ from eva_rl.sweeps.config import BASELINE_DIR, INDEX_FILE
 
 @dataclass
 class SweepStatus:
+    out: Path
     done: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     baselines: tuple[int, int] = (0, 0)  # finished, planned
-    seconds: list[float] = field(default_factory=list)  # the finished runs' wall times
 
     @property
     def total(self) -> int:
         return len(self.done) + len(self.started) + len(self.failed) + len(self.waiting)
 
-    @property
+    @cached_property
     def median_seconds(self) -> float | None:
-        return statistics.median(self.seconds) if self.seconds else None
+        """The finished runs' median wall time, read from their summaries (only when asked)."""
+        seconds = []
+        for name in self.done:
+            with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
+                summary = json.loads((self.out / name / "summary.json").read_text())
+                seconds.append(float(summary["wall_seconds"]))
+        return statistics.median(seconds) if seconds else None
 
     def hours_left(self, parallel: int) -> float | None:
         """The unfinished runs at the finished runs' median time, `parallel` at a time."""
@@ -38,7 +45,7 @@ class SweepStatus:
             return None
         return (self.total - len(self.done)) * self.median_seconds / max(1, parallel) / 3600
 
-    def describe(self, out: str, parallel: int) -> str:
+    def describe(self, parallel: int) -> str:
         """For a person: the counts, the failed runs, the time left (where it can be estimated)."""
         parts = [f"{len(self.done)} of {self.total} runs finished"]
         for names, label in ((self.started, "started (running, or stopped and resumable)"),
@@ -47,10 +54,10 @@ class SweepStatus:
                 parts.append(f"{len(names)} {label}")
         if self.baselines[1]:
             parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
-        text = f"{out}: " + ", ".join(parts)
+        text = f"{self.out}: " + ", ".join(parts)
         if self.failed:
             shown = ", ".join(self.failed[:3]) + ("..." if len(self.failed) > 3 else "")
-            text += f"\nfailed: {shown} (logs in {Path(out) / '_logs'}); running the sweep again "
+            text += f"\nfailed: {shown} (logs in {self.out / '_logs'}); running the sweep again "
             text += "retries them"
         hours = self.hours_left(parallel)
         if hours is not None and len(self.done) < self.total:
@@ -64,17 +71,14 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
     out = Path(out)
     if not (out / INDEX_FILE).is_file():
         return None
-    status, baselines, finished = SweepStatus(), 0, 0
+    status, baselines, finished = SweepStatus(out), 0, 0
     for name, entry in json.loads((out / INDEX_FILE).read_text()).items():
         if name.startswith(f"{BASELINE_DIR}."):
             baselines += 1
             finished += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
             continue
-        summary = out / name / "summary.json"
-        if summary.is_file():
+        if (out / name / "summary.json").is_file():
             status.done.append(name)
-            with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
-                status.seconds.append(float(json.loads(summary.read_text())["wall_seconds"]))
         elif entry["status"] == "failed":
             status.failed.append(name)
         elif (out / name).is_dir():
