@@ -152,14 +152,16 @@ def cmd_report(args) -> None:
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
     command += " --reference " + " ".join(args.reference) if args.reference != ["lora"] else ""
     command += " --partial" if args.partial else ""
-    result = write_report(
-        args.runs, args.out, command, args.overwrite, args.tasks, args.reference, args.partial
-    )
+    command += f" --hypotheses {args.hypotheses}" if args.hypotheses else ""
+    result = write_report(args.runs, args.out, command, args.overwrite, args.tasks,
+                          args.reference, args.partial, args.hypotheses)  # fmt: skip
     left = f" ({result['left_out']} runs of unfinished seeds left out)" if args.partial else ""
     print(
         f"{result['runs']} runs{left}, {result['configs']} configurations -> "
         f"{result['out']}/README.md"
     )
+    for test in result["hypotheses"]:
+        print(f"{test.hypothesis.name}: {test.verdict}")
 
 
 def cmd_export(args) -> None:
@@ -307,6 +309,11 @@ def _report_flags(p) -> None:
         "method against it at the same rank), METHOD:REF (that method against REF too, e.g. "
         "eva-dora:dora), a sweep grid value (precision=fp32: each configuration against itself "
         "with that value)",
+    )
+    p.add_argument(
+        "--hypotheses",
+        help="a YAML file of hypotheses registered before the runs (configs/hypotheses/): "
+        "each is tested once all its planned pairs have finished",
     )
 
 

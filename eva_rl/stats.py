@@ -85,10 +85,13 @@ def paired_bootstrap_ci(
     return float(low), float(high)
 
 
-def sign_flip_test(diffs, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0):
-    """Two-sided p-value of the paired sign-flip permutation test of mean difference 0: exact
-    (all 2^n sign patterns) for n <= `exact_up_to`, else `resamples` random patterns.
-    Returns (p, exact)."""
+def sign_flip_test(
+    diffs, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0, alternative="two-sided"
+):
+    """p-value of the paired sign-flip permutation test of mean difference 0 against
+    `alternative` ("two-sided", or "less" / "greater": a mean below / above 0, for a direction
+    fixed before the data): exact (all 2^n sign patterns) for n <= `exact_up_to`, else
+    `resamples` random patterns. Returns (p, exact)."""
     diffs = np.asarray(diffs, dtype=np.float64)
     n = len(diffs)
     if n == 0 or not np.any(diffs):
@@ -98,7 +101,7 @@ def sign_flip_test(diffs, exact_up_to: int = 16, resamples: int = 100_000, seed:
         (diffs,),
         np.mean,
         permutation_type="samples",
-        alternative="two-sided",
+        alternative=alternative,
         n_resamples=np.inf if exact else resamples,
         rng=np.random.default_rng(seed),
     )

@@ -99,6 +99,11 @@ def test_paired_comparison_of_a_constant_improvement(runs):
     assert eva.poi == pytest.approx(7 / 9)
     assert eva.mde is None  # 6 pairs, but no spread: nothing to scale a detectable size by
     assert set(comparisons) == {"fft", "eva r8 rho2"}
+    # per task (exploratory): 3 pairs of +0.1 each, two-sided p 2/8, Holm over the 2 tasks
+    assert [(t.task, t.n) for t in eva.per_task] == [("hammer-v3", 3), ("push-v3", 3)]
+    assert [v for t in eva.per_task for v in (t.p, t.p_holm)] == pytest.approx([0.25, 0.5] * 2)
+    fft = comparisons["fft"]  # hammer: 0 - (0.1, 0.3, 0.2); push: 1 - (0.5, 0.7, 0.6)
+    assert [t.mean_diff for t in fft.per_task] == pytest.approx([-0.2, 0.4])
 
 
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):
@@ -171,6 +176,7 @@ def test_report_command_writes_csv_plots_tensorboard_and_readme(runs, tmp_path, 
     assert "| 0.90 | 0.85 | 2 x 3 |" in eva_row  # the paper's EVA average and its rank-8 figure
     assert "| base agent (no fine-tuning) | 0.25 | 0.50 |" in readme
     assert "| eva r8 rho2 | lora r8 | 6 (2) | +0.100 [+0.100, +0.100] |" in readme
+    assert "| eva r8 rho2 | lora r8 | +0.100 (3; p 0.25, Holm 0.5) | +0.100 (3; p 0.25, " in readme
     assert readme.rstrip().endswith("EVA ties with fft here.")
     # method-level TensorBoard: the mean of the per-run scalars, per configuration and task
     mean = read_scalars(out / "tensorboard/mean/eva_r08_rho2")
@@ -223,15 +229,86 @@ def test_partial_report_of_a_running_sweep_keeps_whole_seeds(tmp_path, capsys, r
     assert "| eva r8 rho2 | lora r8 | 4 (2) |" in readme  # seeds 0 and 2 on both tasks
 
 
+HYPOTHESES = """\
+hypotheses:
+  - name: H1
+    claim: EVA beats LoRA
+    method: eva
+    reference: lora
+    tasks: [hammer-v3, push-v3]
+    seeds: [0, 1, 2]
+    ranks: [8]
+    alternative: greater
+  - name: H2
+    claim: EVA loses to LoRA on hammer
+    method: eva
+    reference: lora
+    tasks: [hammer-v3]
+    seeds: [0, 1, 2]
+    ranks: [8]
+    alternative: less
+    alpha: 0.025
+  - name: H3
+    claim: EVA beats LoRA with a fourth seed
+    method: eva
+    reference: lora
+    tasks: [hammer-v3]
+    seeds: [0, 1, 2, 3]
+    ranks: [8]
+    alternative: greater
+"""
+
+
+def test_preregistered_hypotheses_are_tested_once_their_pairs_are_complete(runs, tmp_path, capsys):
+    """One-sided exact tests on the planned pairs; a hypothesis with a pair still missing waits
+    untested (no p, no verdict) instead of being looked at while its data come in."""
+    path = tmp_path / "hypotheses.yaml"
+    path.write_text(HYPOTHESES)
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--hypotheses", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "H1: supported (p < 0.05)\nH2: not supported\nH3: waiting: 3 of 4 pairs" in printed
+    readme = (out / "README.md").read_text()
+    assert f"--hypotheses {path}" in readme and "claim: EVA loses to LoRA on hammer" in readme
+    rows = {r.split(" | ")[0][2:]: r for r in readme.splitlines() if r.startswith("| H")}
+    # six pairs all +0.1: only the all-plus pattern reaches the mean, p = 1/64 one-sided
+    assert "| 6 of 6 | +0.100 [+0.100, +0.100] | 0.0156 (greater) | 0.05 | supported" in rows["H1"]
+    assert "| 3 of 3 | +0.100 [+0.100, +0.100] | 1 (less) | 0.025 | not supported |" in rows["H2"]
+    assert "| 3 of 4 | - | - (greater) | 0.05 | waiting: 3 of 4 pairs finished |" in rows["H3"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("alpha: 0.025", "alfa: 0.025"), "unknown config key 'hypotheses[1].alfa'"),
+        (("method: eva\n", "method: evo\n", 1), "hypothesis H1: unknown method 'evo'"),
+        (("tasks: [hammer-v3]", "tasks: [hamer-v3]", 1), "H2 names task(s) no run has: hamer-v3"),
+        (("alternative: less", "alternative: lower"), "must be one of ['less', 'greater', 'two"),
+        (("name: H2", "name: H1"), "hypothesis names repeat (H1, H1, H3)"),
+    ],
+)
+def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
+    runs, tmp_path, capsys, edit, message
+):
+    path = tmp_path / "hypotheses.yaml"
+    path.write_text(HYPOTHESES.replace(*edit))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--hypotheses", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cw10-pilot-cpu", "cw10-study-cpu", "cw10-methods-cpu"])
-def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path):
+def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
     """A fresh `eva-rl report` on a committed result's runs, with the options its README names,
     gives its committed CSV, tables and method-level TensorBoard files."""
     import re
     from pathlib import Path
 
-    result = Path(__file__).resolve().parents[1] / "results" / name
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the README names files (--hypotheses) from the repository root
+    result = root / "results" / name
     command = re.search(r"Made by `eva-rl report ([^`]*)`", (result / "README.md").read_text())
     options = command.group(1).split()[3:]  # after RUNS --out OUT: --partial, --reference ...
     out = tmp_path / "again"

@@ -81,3 +81,13 @@ def test_holm_paired_interval_and_detectable_difference():
     assert minimum_detectable_difference(0.3, 1) is None
     assert minimum_detectable_difference(0.3, 5) is None  # sign-flip p >= 2/32: never below 5%
     assert minimum_detectable_difference(0.0, 10) is None  # no spread to scale by
+
+
+def test_one_sided_sign_flip_test_counts_one_tail():
+    diffs = np.array([-0.3, -0.1, -0.2, -0.4, 0.1, -0.2, -0.5])
+    flips = [np.array(s) * diffs for s in itertools.product([1, -1], repeat=len(diffs))]
+    below = np.mean([f.mean() <= diffs.mean() + 1e-12 for f in flips])
+    assert sign_flip_test(diffs, alternative="less")[0] == pytest.approx(below)
+    above = np.mean([f.mean() >= diffs.mean() - 1e-12 for f in flips])
+    assert sign_flip_test(diffs, alternative="greater")[0] == pytest.approx(above)
+    assert sign_flip_test(-np.ones(10), alternative="less")[0] == pytest.approx(1 / 1024)

@@ -16,6 +16,7 @@ from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
 from eva_rl.reports.aggregate import aggregate, compare, finished_seeds
+from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
 from eva_rl.reports.runs import Row, collect_runs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 
@@ -31,18 +32,22 @@ def write_report(
     tasks: list[str] | None = None,
     reference: str | list[str] = "lora",
     partial: bool = False,
+    hypotheses: str | os.PathLike | None = None,
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
     `runs_dir` (only `tasks`, if given), with paired comparisons under each `reference` entry
     (see `aggregate.compare`). `partial` (a sweep still running) keeps each configuration's
-    seeds finished on every task. A hand-written `notes.md` in `out` is kept and appended to
-    the README."""
+    seeds finished on every task. `hypotheses`: a file of pre-registered hypotheses, tested on
+    every finished run once their pairs are complete. A hand-written `notes.md` in `out` is
+    kept and appended to the README."""
     runs_dir, out = Path(runs_dir), Path(out)
     if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
     check_writable(out, directory=True)
+    registered = load_hypotheses(hypotheses) if hypotheses is not None else None
     baselines = read_baselines(runs_dir)
     rows = collect_runs(runs_dir, baselines)
+    tested = None if registered is None else (hypotheses, evaluate_hypotheses(rows, registered))
     if tasks:
         missing = sorted(set(tasks) - {r.task for r in rows})
         if missing:
@@ -78,7 +83,7 @@ def write_report(
     write_aggregates(stats, runs_dir, out / TENSORBOARD_DIR)
     notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
     text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, reference,
-                         baselines, figures, notes, left_out)  # fmt: skip
+                         baselines, figures, notes, left_out, tested)  # fmt: skip
     atomic_write_text(out / "README.md", text)
     return {
         "runs": len(rows),
@@ -87,6 +92,7 @@ def write_report(
         "table": render.configuration_table(stats, score),
         "comparisons": comparisons,
         "left_out": len(left_out or []),
+        "hypotheses": [] if tested is None else tested[1],
     }
 
 

@@ -130,6 +130,16 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
 
 
 @dataclass
+class TaskDifference:
+    task: str
+    n: int
+    mean_diff: float
+    p: float  # two-sided sign-flip test
+    exact: bool
+    p_holm: float = 1.0  # over the tasks of one comparison
+
+
+@dataclass
 class Comparison:
     """A configuration minus the reference, on their common (task, seed) pairs."""
 
@@ -145,6 +155,9 @@ class Comparison:
     p_holm: float = 1.0  # Holm-adjusted over every comparison of the report
     poi: float | None = None  # rliable's probability of improvement
     mde: float | None = None  # smallest true difference detected with 80% power at 5%
+    # per task with 2+ pairs, where the comparison spans several tasks: exploratory, since no
+    # per-task test is fixed before the data (Holm over this comparison's tasks only)
+    per_task: list[TaskDifference] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -237,9 +250,23 @@ def paired(s: ConfigStats, ref: ConfigStats) -> Comparison | None:
         exact=exact,
         mde=minimum_detectable_difference(float(diffs.std(ddof=1)), len(pairs)),
     )
+    if len(tasks) > 1:
+        comparison.per_task = task_differences(pairs, diffs)
     seeds = sorted({seed for _, seed in pairs})
     if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
         comparison.poi = probability_of_improvement(
             s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
         )
     return comparison
+
+
+def task_differences(pairs: list[tuple[str, int]], diffs: np.ndarray) -> list[TaskDifference]:
+    """The paired differences split by task (tasks with 2+ pairs), Holm over those tasks."""
+    out = []
+    for task in sorted({t for t, _ in pairs}):
+        mine = diffs[[t == task for t, _ in pairs]]
+        if len(mine) >= 2:
+            out.append(TaskDifference(task, len(mine), float(mine.mean()), *sign_flip_test(mine)))
+    for t, adjusted in zip(out, holm([t.p for t in out]), strict=True):
+        t.p_holm = adjusted
+    return out

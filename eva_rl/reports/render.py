@@ -97,6 +97,53 @@ def comparison_table(comparisons, score: str) -> str:
     return "\n".join(lines)
 
 
+def task_difference_table(comparisons, score: str) -> str:
+    """Each comparison's mean difference per task, its sign-flip p and Holm over its tasks;
+    empty where no comparison spans several tasks with 2+ pairs each."""
+    spec = ".3f" if score == "success_final" else ".1f"
+    tasks = sorted({t.task for c in comparisons for t in c.per_task})
+    if not tasks:
+        return ""
+    lines = [
+        "| configuration | reference | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for c in (c for c in comparisons if c.per_task):
+        by = {t.task: t for t in c.per_task}
+        cells = [
+            f"{by[t].mean_diff:+{spec}} ({by[t].n}; p {by[t].p:.2g}"
+            + ("" if by[t].exact else " MC") + f", Holm {by[t].p_holm:.2g})"
+            if t in by else "-"
+            for t in tasks
+        ]  # fmt: skip
+        lines.append(f"| {c.label} | {c.reference} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hypothesis_table(tests, score: str) -> str:
+    spec = ".3f" if score == "success_final" else ".1f"
+    lines = [
+        "| hypothesis | claim | comparison (metric) | tasks; ranks; seeds | pairs "
+        "| mean difference [95% paired CI] | p (alternative) | alpha | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in tests:
+        h = t.hypothesis
+        metric = score if h.metric == "score" else h.metric
+        where = f"{', '.join(h.tasks)}; r {', '.join(map(str, h.ranks))}; {len(h.seeds)} seeds"
+        diff = (
+            f"{t.mean_diff:+{spec}} [{t.ci[0]:+{spec}}, {t.ci[1]:+{spec}}]"
+            if t.p is not None else "-"
+        )  # fmt: skip
+        p = "-" if t.p is None else f"{t.p:.3g}" + ("" if t.exact else " MC")
+        lines.append(
+            f"| {h.name} | {h.claim} | {h.method} - {h.reference} ({metric}) | {where} | "
+            f"{t.finished} of {len(h.planned)} | {diff} | {p} ({h.alternative}) | {h.alpha:g} | "
+            f"{t.verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def describe_references(references) -> str:
     """`--reference` entries in words."""
     words = []
@@ -129,7 +176,7 @@ def partial_note(left_out, runs_dir: Path) -> str:
 
 def readme(
     name: str, command: str, runs_dir: Path, rows, stats, comparisons, reference: str,
-    baselines, plots, notes, left_out=None,
+    baselines, plots, notes, left_out=None, hypotheses=None,
 ) -> str:  # fmt: skip
     score = rows[0].score_name
     first = rows[0].summary.config
@@ -195,6 +242,32 @@ def readme(
             "by). A verdict other than 'no difference detected' needs Holm p < 0.05.",
             "",
             comparison_table(comparisons, score),
+        ]
+        if per_task := task_difference_table(comparisons, score):
+            parts += [
+                "",
+                "Per task (exploratory: no per-task test was fixed before the data, so these "
+                "suggest hypotheses for a next study, they do not confirm any): mean difference "
+                "(pairs; two-sided sign-flip p, Holm over the comparison's tasks). n pairs "
+                "cannot give a p below 2 / 2^n (0.25 with 3).",
+                "",
+                per_task,
+            ]
+    if hypotheses is not None:
+        path, tests = hypotheses
+        parts += [
+            "",
+            f"**Pre-registered hypotheses** (`{path}`, written before the runs that test them "
+            "had finished): each is tested once, when all its planned (task, seed, rank) "
+            "pairs have finished, with the sign-flip permutation test of the mean paired "
+            "difference in the direction it names (exact up to 16 pairs) at its own level; "
+            "until then it waits, untested. The file:",
+            "",
+            "```yaml",
+            Path(path).read_text().strip(),
+            "```",
+            "",
+            hypothesis_table(tests, score),
         ]
     parts += ["", *[f"![{title}]({file})" for file, title in plots]]
     parts += ["", "Per-run numbers: `runs.csv`. Method-level TensorBoard runs (means over tasks "

@@ -1,0 +1,121 @@
+"""Pre-registered hypotheses: a YAML file, committed before the runs that test it have finished,
+names paired comparisons with a direction and a level. The report tests each one once, when all
+its planned pairs have finished, and lists it as waiting until then: a confirmatory test that is
+looked at while its data come in is no longer one (optional stopping)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from eva_rl.adapters.methods import METHODS
+from eva_rl.config import load_config
+from eva_rl.errors import UserError
+from eva_rl.reports.runs import Row
+from eva_rl.stats import paired_bootstrap_ci, sign_flip_test
+
+
+@dataclass
+class Hypothesis:
+    name: str  # H1: how notes cite it
+    claim: str  # in words, what a rejection of "no difference" in `alternative`'s direction says
+    method: str
+    reference: str  # `method` minus `reference`, paired by (task, seed, rank)
+    tasks: list[str]
+    seeds: list[int]
+    ranks: list[int]  # adapter ranks (both methods at the same rank)
+    alternative: Literal["less", "greater", "two-sided"] = "two-sided"  # of the mean difference
+    alpha: float = 0.05  # the level of this one test (any correction over a family included)
+    metric: Literal["score", "success_final", "success_any", "ret", "auc", "heldout_loss"] = "score"
+
+    def __post_init__(self):
+        for name in (self.method, self.reference):
+            if name not in METHODS:
+                raise UserError(f"hypothesis {self.name}: unknown method {name!r} (eva-rl methods)")
+        if self.method == self.reference:
+            raise UserError(f"hypothesis {self.name}: method and reference are both {self.method}")
+        if not (self.tasks and self.seeds and self.ranks):
+            raise UserError(f"hypothesis {self.name}: tasks, seeds and ranks must not be empty")
+        if not 0 < self.alpha < 1:
+            raise UserError(f"hypothesis {self.name}: alpha must be in (0, 1), not {self.alpha}")
+
+    @property
+    def planned(self) -> list[tuple[str, int, int]]:
+        """The (task, seed, rank) pairs the test waits for."""
+        return [(t, s, r) for t in self.tasks for s in self.seeds for r in self.ranks]
+
+
+@dataclass
+class HypothesesFile:
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.hypotheses:
+            raise UserError("the hypotheses file lists no hypotheses")
+        names = [h.name for h in self.hypotheses]
+        if len(set(names)) != len(names):
+            raise UserError(f"hypothesis names repeat ({', '.join(names)}); give each its own")
+
+
+def load_hypotheses(path: str | Path) -> list[Hypothesis]:
+    return load_config(HypothesesFile, path).hypotheses
+
+
+@dataclass
+class HypothesisTest:
+    hypothesis: Hypothesis
+    finished: int  # planned pairs with both runs finished
+    mean_diff: float | None = None  # the rest only once every planned pair has finished
+    ci: tuple[float, float] | None = None  # paired bootstrap, stratified by task
+    p: float | None = None
+    exact: bool = True
+
+    @property
+    def verdict(self) -> str:
+        h = self.hypothesis
+        if self.p is None:
+            return f"waiting: {self.finished} of {len(h.planned)} pairs finished"
+        return f"supported (p < {h.alpha:g})" if self.p < h.alpha else "not supported"
+
+
+def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[HypothesisTest]:
+    """Each hypothesis on its planned pairs among `rows` (every finished run, whatever the
+    tables hold): tested once all have finished, else counted."""
+    tasks = {r.task for r in rows}
+    out = []
+    for h in hypotheses:
+        unknown = sorted(set(h.tasks) - tasks)
+        if unknown:
+            raise UserError(f"hypothesis {h.name} names task(s) no run has: {', '.join(unknown)}")
+        mine, theirs = _by_pair(rows, h, h.method), _by_pair(rows, h, h.reference)
+        pairs = [p for p in h.planned if p in mine and p in theirs]
+        test = HypothesisTest(h, finished=len(pairs))
+        if len(pairs) == len(h.planned):
+            diffs = np.array([mine[p] - theirs[p] for p in pairs])
+            test.mean_diff = float(diffs.mean())
+            test.ci = paired_bootstrap_ci(diffs, [t for t, _, _ in pairs])
+            test.p, test.exact = sign_flip_test(diffs, alternative=h.alternative)
+        out.append(test)
+    return out
+
+
+def _by_pair(rows: list[Row], h: Hypothesis, method: str) -> dict[tuple[str, int, int], float]:
+    """`method`'s finished runs of the hypothesis's pairs: (task, seed, rank) -> metric."""
+    planned, out = set(h.planned), {}
+    for r in rows:
+        key = (r.task, r.seed, r.rank)
+        if r.method != method or key not in planned:
+            continue
+        if key in out:
+            raise UserError(
+                f"hypothesis {h.name}: {method} has several runs of task {r.task}, seed {r.seed}, "
+                f"rank {r.rank} (sweep variants); report the variant's runs apart"
+            )
+        value = getattr(r, h.metric)
+        if value is None:
+            raise UserError(f"hypothesis {h.name}: the run {r.run} has no {h.metric}")
+        out[key] = value
+    return out
