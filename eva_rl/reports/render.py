@@ -35,6 +35,11 @@ def score_spec(score: str) -> str:
     return ".2f" if score == "success_final" else ".1f"
 
 
+def difference_spec(score: str) -> str:
+    """Differences of success rates carry a third decimal (0.049 vs 0.05 matters in a test)."""
+    return ".3f" if score == "success_final" else ".1f"
+
+
 def configuration_table(stats, score: str) -> str:
     spec = score_spec(score)
     success = score == "success_final"
@@ -81,7 +86,7 @@ def task_table(stats, baselines: dict[str, EvalResult], score: str) -> str:
 
 
 def comparison_table(comparisons, score: str) -> str:
-    spec = ".3f" if score == "success_final" else ".1f"
+    spec = difference_spec(score)
     lines = [
         "| configuration | reference | pairs (tasks) | mean difference [95% paired CI] "
         "| sign-flip p | Holm p | P(improvement) | detectable at 80% power | verdict |",
@@ -100,7 +105,7 @@ def comparison_table(comparisons, score: str) -> str:
 def task_difference_table(comparisons, score: str) -> str:
     """Each comparison's mean difference per task, its sign-flip p and Holm over its tasks;
     empty where no comparison spans several tasks with 2+ pairs each."""
-    spec = ".3f" if score == "success_final" else ".1f"
+    spec = difference_spec(score)
     tasks = sorted({t.task for c in comparisons for t in c.per_task})
     if not tasks:
         return ""
@@ -121,7 +126,7 @@ def task_difference_table(comparisons, score: str) -> str:
 
 
 def hypothesis_table(tests, score: str) -> str:
-    spec = ".3f" if score == "success_final" else ".1f"
+    spec = difference_spec(score)
     lines = [
         "| hypothesis | claim | comparison (metric) | tasks; ranks; seeds | pairs "
         "| mean difference [95% paired CI] | p (alternative) | alpha | verdict |",
