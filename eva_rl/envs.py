@@ -97,7 +97,21 @@ class MetaWorldTaskEnv(gym.Env):
         return obs, float(reward), bool(terminated), self._t >= self.horizon, info
 
     def render(self):
-        return self._env.render()
+        """The camera's frame, turned 180 degrees where the camera is mounted upside down (its up
+        axis points at the floor: Meta-World's corner cameras), so the table is below the robot
+        and the scene is not mirrored, as a flip of the rows alone would leave it."""
+        frame = self._env.render()
+        if frame is not None and self._camera_upside_down():
+            frame = np.ascontiguousarray(frame[::-1, ::-1])
+        return frame
+
+    def _camera_upside_down(self) -> bool:
+        renderer = self._env.mujoco_renderer
+        camera = renderer.camera_id
+        if camera is None or camera < 0:  # the free camera is level
+            return False
+        up = self._env.data.cam_xmat[camera].reshape(3, 3)[:, 1]  # the camera's y axis (world)
+        return bool(up[2] < 0)
 
     def close(self):
         self._env.close()

@@ -304,3 +304,49 @@ def test_no_renderer_is_one_line_naming_what_to_install(monkeypatch):
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)  # a bare machine
     with pytest.raises(UserError, match=r"apt-get install libosmesa6.*MUJOCO_GL=egl"):
         setup_rendering()
+
+
+UPRIGHT_CHECK = """
+import json, mujoco, numpy as np
+from eva_rl.envs import MetaWorldTaskEnv
+out = {}
+for camera in ("corner", "behindGripper"):
+    env = MetaWorldTaskEnv("stick-pull-v3", render_mode="rgb_array", camera_name=camera,
+                           width=120, height=120)
+    env.reset(seed=1002)
+    frame, raw = env.render(), env._env.render()
+    model, data = env._env.model, env._env.data
+    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    rot, pos = data.cam_xmat[cam].reshape(3, 3), data.cam_xpos[cam]
+    focal = 60 / np.tan(np.deg2rad(model.cam_fovy[cam] / 2))
+    def pixel(body):  # where the camera's own image shows a body: (row, col)
+        v = rot.T @ (data.body(body).xpos - pos)
+        return [int(60 - focal * v[1] / -v[2]), int(60 + focal * v[0] / -v[2])]
+    out[camera] = {"hand": pixel("right_hand"), "stick": pixel("stick"),
+                   "frame": frame.tolist(), "raw": raw.tolist()}
+print(json.dumps(out))
+"""
+
+
+def test_meta_world_frames_are_upright_where_the_camera_is_mounted_upside_down():
+    """Meta-World's corner camera looks at the scene upside down (the hand is drawn below the
+    stick on the table): its frames come turned 180 degrees, the hand (red) where the camera's
+    geometry puts it, turned, and above the stick; an upright camera's frames are unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
+    done = subprocess.run([sys.executable, "-c", UPRIGHT_CHECK], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    views = json.loads(done.stdout)
+    corner = views["corner"]
+    frame, raw = np.array(corner["frame"]), np.array(corner["raw"])
+    (hand_row, hand_col), (stick_row, _) = corner["hand"], corner["stick"]
+    assert hand_row > stick_row  # the camera's own image: the hand below the table
+    assert np.array_equal(frame, raw[::-1, ::-1])
+    red, green, _ = frame[119 - hand_row, 119 - hand_col]
+    assert red > 2 * green  # the robot's red hand, where the turned image puts it
+    assert 119 - hand_row < 119 - stick_row  # now above the stick
+    gripper = views["behindGripper"]
+    assert gripper["frame"] == gripper["raw"]
