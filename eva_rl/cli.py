@@ -184,6 +184,17 @@ def cmd_quickstart(args) -> None:
     print(f"TensorBoard: tensorboard --logdir {result['runs']}")
 
 
+def cmd_video(args) -> None:
+    from eva_rl.video import CompareConfig, compare_agents
+
+    cfg = _config(CompareConfig, args)
+    cfg.eval.target_returns.update(_target_returns(args.target_return))
+    for path, captions in compare_agents(cfg):
+        print(path)
+        for caption in captions:
+            print(f"  {caption}")
+
+
 def cmd_curve(args) -> None:
     from eva_rl.io import check_writable
     from eva_rl.reports import plot_curve
@@ -260,6 +271,22 @@ def _evaluate_flags(p) -> None:
     p.add_argument("--tasks", dest="envs", nargs="+", help="the same as --envs")
     p.add_argument("--target-return", nargs="+", default=[], metavar="ENV=R",
                    help="override the agent's target return for an env")  # fmt: skip
+
+
+def _video_flags(p) -> None:
+    from eva_rl.config import add_flags
+    from eva_rl.video import CompareConfig
+
+    p.add_argument("checkpoints", nargs="+", help="agent directories (a finetune run's agent/), "
+                   "checkpoints or hub ids, one film each")  # fmt: skip
+    add_flags(p, CompareConfig, {
+        **_names("labels", "env", "out", "overwrite"), "--episodes": "eval.episodes",
+        "--seed": "eval.seed", "--target-scale": "eval.target_scale", "--device": "eval.device",
+        "--precision": "eval.precision", "--video-size": "eval.video_size",
+        "--video-every": "eval.video_every",
+    })  # fmt: skip
+    p.add_argument("--target-return", nargs="+", default=[], metavar="ENV=R",
+                   help="override the agents' target return for an env")  # fmt: skip
 
 
 def _collect_flags(p) -> None:
@@ -375,6 +402,8 @@ COMMANDS = {
     "quickstart": ("fine-tune the shipped agent with EVA and LoRA, compare", _simple_flags(
         "eva_rl.quickstart", "QuickstartConfig", _names("task", "steps", "out", "methods")),
         True, cmd_quickstart),
+    "video": ("agents side by side on the same episodes (MP4 per episode)", _video_flags, True,
+              cmd_video),
     "curve": ("a training run's loss and evaluation curves (PNG)", _curve_flags, False,
               cmd_curve),
     "suites": ("the environment suites in envs/", None, False, cmd_suites),

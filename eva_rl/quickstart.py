@@ -72,34 +72,32 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
     report = out / "report"
     command = f"eva-rl quickstart --task {cfg.task} --steps {cfg.steps} --out {cfg.out}"
     result = write_report(runs, report, command, overwrite=True)
-    video = side_by_side_video(cfg, runs, out / "side_by_side.mp4") if cfg.video else None
+    video = side_by_side_video(cfg, runs, out / "videos") if cfg.video else None
     return {"runs": runs, "report": report, "table": result["table"], "video": video}
 
 
-def side_by_side_video(cfg: QuickstartConfig, runs: Path, path: Path) -> str:
+def side_by_side_video(cfg: QuickstartConfig, runs: Path, out: Path) -> str:
     """The base agent and each fine-tuned agent on the same episode (the evaluation's first
-    seed), next to each other in one MP4; a machine without a renderer gets the reason."""
-    from eva_rl.agent import load_agent
+    seed), next to each other in one MP4 in `out`; a machine without a renderer gets the reason."""
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
-    from eva_rl.evaluation import EvalConfig, Evaluator
+    from eva_rl.evaluation import EvalConfig
     from eva_rl.training.finetune import FinetuneConfig
-    from eva_rl.video import side_by_side
+    from eva_rl.video import CompareConfig, compare_agents
 
     first = runs / f"method={cfg.methods[0]}" / "config.yaml"
     run_cfg = from_dict(FinetuneConfig, read_yaml(first))
     targets = load_trajectories([dataset_id(cfg.task)], cfg.data_root).max_returns()
-    eval_cfg = EvalConfig(episodes=1, seed=run_cfg.eval.seed, target_returns=targets, video=1)
-    agents = [("base agent", cfg.checkpoint)]
-    agents += [(m, str(runs / f"method={m}" / "agent")) for m in cfg.methods]
-    paths, labels = [], []
+    compare = CompareConfig(
+        checkpoints=[cfg.checkpoint, *(str(runs / f"method={m}" / "agent") for m in cfg.methods)],
+        labels=["base agent", *cfg.methods],
+        env=cfg.task,
+        out=str(out),
+        overwrite=True,
+        eval=EvalConfig(episodes=1, seed=run_cfg.eval.seed, target_returns=targets),
+    )
     try:
-        for label, directory in agents:
-            with Evaluator(load_agent(directory), [cfg.task], eval_cfg, progress=False) as ev:
-                episode = ev.run(video_dir=str(path.parent / "videos" / label)).envs[cfg.task]
-            paths.append(episode.episodes[0].video)
-            labels.append(f"{label}: success {episode.episodes[0].success_final:.0f}")
-        side_by_side(paths, labels, path, fps=40)
+        ((path, _),) = compare_agents(compare, progress=False)
     except UserError as e:  # no renderer: the quickstart's numbers still stand
         return f"no video ({e})"
     return str(path)

@@ -350,3 +350,43 @@ def test_meta_world_frames_are_upright_where_the_camera_is_mounted_upside_down()
     assert 119 - hand_row < 119 - stick_row  # now above the stick
     gripper = views["behindGripper"]
     assert gripper["frame"] == gripper["raw"]
+
+
+def test_video_command_films_the_agents_side_by_side_on_the_same_episodes(tmp_path, capsys):
+    """One MP4 per episode seed with a column per agent under a caption strip; each caption is
+    that agent's own outcome on that episode (the same as a plain evaluation of it); existing
+    videos are kept unless --overwrite; a label count that does not match is one line."""
+    from eva_rl.cli import main
+    from eva_rl.video import read_frames
+
+    agents, outcomes = [], []
+    for seed in (0, 1):
+        agent = tiny_agent(39, 4, horizon=10, targets={"reach-v3": 300.0}, seed=seed)
+        agent.save(tmp_path / f"agent{seed}")
+        agents.append(str(tmp_path / f"agent{seed}"))
+        plain = evaluate(agent, ["reach-v3"], EvalConfig(episodes=2, seed=5), progress=False)
+        outcomes.append([(e["success_final"], e["return"]) for e in episodes_of(plain, "reach-v3")])
+    out = tmp_path / "videos"
+    args = ["video", *agents, "--env", "reach-v3", "--episodes", "2", "--seed", "5",
+            "--video-size", "64", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    paths = [out / "reach-v3-seed5.mp4", out / "reach-v3-seed6.mp4"]
+    assert sorted(out.iterdir()) == paths  # the single films are gone
+    assert capsys.readouterr().out.splitlines() == [
+        line
+        for k, path in enumerate(paths)
+        for line in [str(path)]
+        + [
+            f"  agent{i}: success {o[k][0]:.0f}, return {o[k][1]:.0f}"
+            for i, o in enumerate(outcomes)
+        ]
+    ]
+    assert outcomes[0] != outcomes[1]  # two different agents, told apart by their captions
+    frames = read_frames(paths[1])
+    assert frames.shape[0] == 1 + 10 // 2 and frames.shape[2] == 128 and frames.shape[1] > 64
+    assert frames[:, -64:, :64].std() > 0 and frames[:, -64:, 64:].std() > 0  # two films
+    written = paths[0].read_bytes()
+    assert main(args) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert paths[0].read_bytes() == written
+    assert main([*args, "--labels", "one"]) == 2
+    assert "1 labels for 2 checkpoints" in capsys.readouterr().err

@@ -265,6 +265,8 @@ def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| eva r2 rho2 |" in printed and "| lora r2 |" in printed
     assert f"tensorboard --logdir {out / 'runs'}" in printed
+    (video,) = (out / "videos").glob("hammer-v3-seed*.mp4")  # base agent, EVA, LoRA
+    assert f"the agents side by side on one episode: {video}" in printed
     readme = (out / "report" / "README.md").read_text()
     assert "eva-rl quickstart --task hammer-v3 --steps 4" in readme
     for method in ("eva", "lora"):
