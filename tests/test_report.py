@@ -8,8 +8,9 @@ import pytest
 from eva_rl.cli import main
 from eva_rl.errors import UserError
 from eva_rl.reports.aggregate import aggregate, compare
-from eva_rl.reports.runs import collect_runs
+from eva_rl.reports.runs import collect_runs, planned_configs
 from eva_rl.reports.tensorboard import read_scalars
+from eva_rl.stats import holm
 
 
 def write_run(
@@ -104,6 +105,33 @@ def test_paired_comparison_of_a_constant_improvement(runs):
     assert [v for t in eva.per_task for v in (t.p, t.p_holm)] == pytest.approx([0.25, 0.5] * 2)
     fft = comparisons["fft"]  # hammer: 0 - (0.1, 0.3, 0.2); push: 1 - (0.5, 0.7, 0.6)
     assert [t.mean_diff for t in fft.per_task] == pytest.approx([-0.2, 0.4])
+
+
+def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(runs, tmp_path):
+    """An interim report of a sweep that also plans DoRA and EVA+DoRA (no run finished yet)
+    adjusts over every comparison of the design, the three without runs at p = 1, so its Holm
+    p-values hold for the whole family; a reference only the plan has is not a typo."""
+    (runs / "sweep.yaml").write_text(
+        "grid:\n  task: [hammer-v3, push-v3]\n  seed: [0, 1, 2]\n"
+        "  method.name: [lora, eva, fft, dora, eva-dora]\n"
+    )
+    stats = aggregate(collect_runs(runs))
+    planned = planned_configs(runs, stats[0].rows)
+    assert len(planned) == 5
+    comparisons = {c.label: c for c in compare(stats, ["lora", "eva-dora:dora"], planned)}
+    ps = [comparisons["fft"].p, comparisons["eva r8 rho2"].p]
+    assert [comparisons[k].p_holm for k in ("fft", "eva r8 rho2")] == pytest.approx(
+        holm([*ps, 1.0, 1.0, 1.0])[:2]  # dora, eva-dora - lora and eva-dora - dora: no runs
+    )
+    assert {c.family for c in comparisons.values()} == {5}
+    out = tmp_path / "report"
+    assert (
+        main(["report", str(runs), "--out", str(out), "--reference", "lora", "eva-dora:dora"]) == 0
+    )
+    readme = (out / "README.md").read_text()
+    assert "and the 3 more the sweep plans, whose runs have not finished" in readme
+    with pytest.raises(UserError, match="these runs have no pissa configuration"):
+        compare(stats, ["lora", "pissa:dora"], planned)
 
 
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):

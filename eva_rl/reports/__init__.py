@@ -17,7 +17,7 @@ from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
 from eva_rl.reports.aggregate import aggregate, compare, finished_seeds
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
-from eva_rl.reports.runs import Row, collect_runs, read_baselines
+from eva_rl.reports.runs import Row, collect_runs, planned_configs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 
 REPORT_FILES = ("README.md", "runs.csv")
@@ -60,7 +60,7 @@ def write_report(
         if not rows:
             raise UserError(f"no configuration under {runs_dir} has a seed finished on every task")
     stats = aggregate(rows)
-    comparisons = compare(stats, reference)
+    comparisons = compare(stats, reference, planned_configs(runs_dir, rows))
     score = rows[0].score_name
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "runs.csv")

@@ -23,19 +23,20 @@ from eva_rl.stats import (
 )
 
 
-def config_label(method: str, rank: int, rho: float) -> str:
-    """`eva r8 rho2`: the rank only where an adapter has one, rho only where it matters."""
+def config_label(method: str, rank: int, rho: float, variant=()) -> str:
+    """`eva r8 rho2 precision=bf16`: the rank only where an adapter has one, rho only where it
+    matters, then the values of the sweep's other grid keys."""
     spec = METHODS.get(method)
     if spec is not None and spec.trains_full_model:
-        return method
-    label = f"{method} r{rank}"
-    return label + (f" rho{rho:g}" if spec is not None and spec.uses_rho else "")
+        label = method
+    else:
+        label = f"{method} r{rank}"
+        label += f" rho{rho:g}" if spec is not None and spec.uses_rho else ""
+    return label + (f" {variant_text(variant)}" if variant else "")
 
 
 def row_label(row: Row) -> str:
-    """The label of a run's configuration: `eva r8 rho2 precision=bf16`."""
-    label = config_label(row.method, row.rank, row.rho)
-    return label + (f" {variant_text(row.variant)}" if row.variant else "")
+    return config_label(row.method, row.rank, row.rho, row.variant)
 
 
 def config_of(row: Row) -> tuple:
@@ -152,7 +153,8 @@ class Comparison:
     sd: float  # of the paired differences
     p: float  # sign-flip permutation test
     exact: bool
-    p_holm: float = 1.0  # Holm-adjusted over every comparison of the report
+    p_holm: float = 1.0  # Holm-adjusted over the family (every comparison the sweep plans)
+    family: int = 1  # comparisons under Holm's correction, those without runs yet included
     poi: float | None = None  # rliable's probability of improvement
     mde: float | None = None  # smallest true difference detected with 80% power at 5%
     # per task with 2+ pairs, where the comparison spans several tasks: exploratory, since no
@@ -186,9 +188,10 @@ def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
     return next((r for r in refs if r.rank == s.rank), refs[0] if len(refs) == 1 else None)
 
 
-def check_reference(stats: list[ConfigStats], reference: str) -> None:
-    """A `--reference` entry that names no method or no configuration of these runs is an
-    error: a typo would otherwise give a report without its comparisons."""
+def check_reference(stats: list[ConfigStats], reference: str, planned=()) -> None:
+    """A `--reference` entry that names no method or no configuration of these runs (or of
+    the `planned` ones of their sweep) is an error: a typo would otherwise give a report
+    without its comparisons."""
     if "=" in reference:
         variants = {f"{k}={v}" for s in stats for k, v in s.variant}
         if reference not in variants:
@@ -203,17 +206,22 @@ def check_reference(stats: list[ConfigStats], reference: str) -> None:
                 f"--reference {reference!r}: {name!r} is not a method; give METHOD, "
                 "METHOD:REFERENCE or key=value (see eva-rl methods)"
             )
-        if ":" in reference and name not in {s.method for s in stats}:
+        if ":" in reference and name not in {s.method for s in [*stats, *planned]}:
             raise UserError(f"--reference {reference}: these runs have no {name} configuration")
 
 
-def compare(stats: list[ConfigStats], references: str | list[str]) -> list[Comparison]:
+def compare(
+    stats: list[ConfigStats], references: str | list[str], planned: list[tuple] = ()
+) -> list[Comparison]:
     """Every configuration against its reference under each entry of `references`
     (`reference_of`; `["lora", "eva-dora:dora"]`: everything against LoRA, and EVA+DoRA against
-    DoRA too), paired by (task, seed); Holm's correction over all of them."""
+    DoRA too), paired by (task, seed); Holm's correction over all of them and over those the
+    sweep plans (`planned` configurations) that have no runs yet, at p = 1: an interim report's
+    adjusted p-values then hold for the whole family the design fixed."""
     references = [references] if isinstance(references, str) else list(references)
+    configs = [Planned(m, rank, rho, variant) for m, rank, rho, variant in planned]
     for reference in references:
-        check_reference(stats, reference)
+        check_reference(stats, reference, configs)
     out, seen = [], set()
     for reference in references:
         for s in stats:
@@ -223,9 +231,30 @@ def compare(stats: list[ConfigStats], references: str | list[str]) -> list[Compa
                 comparison = paired(s, ref)
                 if comparison is not None:
                     out.append(comparison)
-    for c, adjusted in zip(out, holm([c.p for c in out]), strict=True):
-        c.p_holm = adjusted
+    pending = {
+        (c.label, ref.label)
+        for reference in references
+        for c in configs
+        if (ref := reference_of(c, configs, reference)) is not None
+    } - seen
+    adjusted = holm([c.p for c in out] + [1.0] * len(pending))
+    for c, p in zip(out, adjusted, strict=False):
+        c.p_holm, c.family = p, len(adjusted)
     return out
+
+
+@dataclass
+class Planned:
+    """A configuration a sweep plans, as `reference_of` sees configurations."""
+
+    method: str
+    rank: int
+    rho: float
+    variant: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return config_label(self.method, self.rank, self.rho, self.variant)
 
 
 def paired(s: ConfigStats, ref: ConfigStats) -> Comparison | None:

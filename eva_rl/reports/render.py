@@ -233,14 +233,20 @@ def readme(
         task_table(stats, baselines, score),
     ]
     if comparisons:
+        pending = comparisons[0].family - len(comparisons)
+        family = "the comparisons below" + (
+            f" and the {pending} more the sweep plans, whose runs have not finished (counted "
+            "as p = 1, so these adjusted p-values hold for the whole family)"
+            if pending else ""
+        )  # fmt: skip
         parts += [
             "",
             f"**Paired comparisons** ({describe_references(reference)}), on the (task, seed) "
             "pairs both ran (same training batches, same "
             "evaluation episodes): mean difference with a 95% paired bootstrap interval "
             "(pairs resampled within tasks), two-sided sign-flip permutation test (exact up to "
-            "16 pairs, else 100,000 random sign patterns: MC), Holm's correction over the "
-            "comparisons below, rliable's probability of improvement, and the smallest true "
+            f"16 pairs, else 100,000 random sign patterns: MC), Holm's correction over {family}, "
+            "rliable's probability of improvement, and the smallest true "
             "difference a paired t-test at 5% would detect with 80% power given the observed "
             "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
             "sign-flip p cannot fall below 0.05, or the differences have no spread to scale "

@@ -145,6 +145,28 @@ def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] |
     return rows
 
 
+def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, float, tuple]]:
+    """The (method, rank, rho, variant) configurations the sweep that made `runs_dir` plans,
+    finished or not: its grid points, the rest of each config as the finished runs have it.
+    Empty without a sweep file."""
+    from eva_rl.sweeps.plan import expand
+
+    path = runs_dir / SWEEP_FILE
+    if not path.is_file() or not rows:
+        return []
+    grid = read_yaml(path).get("grid") or {}
+    first = rows[0]
+    base = {"method.name": first.method, "method.rank": first.rank, "method.rho": first.rho}
+    base |= flatten(first.summary.config)
+    keys = variant_keys(runs_dir)
+    planned = set()
+    for point in (p for g in (grid if isinstance(grid, list) else [grid]) for p in expand(g)):
+        value = {**base, **point}
+        variant = tuple((k, str(value.get(k))) for k in keys)
+        planned.add((value["method.name"], value["method.rank"], value["method.rho"], variant))
+    return sorted(planned, key=str)
+
+
 def variant_keys(runs_dir: Path) -> list[str]:
     """The grid keys of the sweep that made `runs_dir` (if one did) that tell configurations of
     the same method apart: an lr or precision grid gives one configuration per value."""
