@@ -90,6 +90,26 @@ def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_time_left_takes_each_methods_own_pace(tmp_path):
+    """Unfinished runs count at their method's median finished time; a method with none
+    finished yet at the median of all finished runs."""
+    from eva_rl.sweeps import sweep_status
+
+    index = {}
+    for name, method, seconds in [("a0", "lora", 100), ("a1", "lora", 120), ("a2", "lora", None),
+                                  ("b0", "dora", 300), ("b1", "dora", None), ("b2", "dora", None),
+                                  ("c0", "fft", None)]:  # fmt: skip
+        index[name] = {"overrides": {"method.name": method}, "status": "pending"}
+        if seconds is not None:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "summary.json").write_text(json.dumps({"wall_seconds": seconds}))
+    (tmp_path / "runs.json").write_text(json.dumps(index))
+    status = sweep_status(tmp_path)
+    assert (len(status.done), len(status.waiting), status.median_seconds) == (3, 4, 120)
+    assert status.hours_left(parallel=2) == pytest.approx((110 + 2 * 300 + 120) / 2 / 3600)
+    assert "its method's median time so far" in status.describe(parallel=2)
+
+
 @pytest.mark.slow  # spawns run processes
 def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     checkpoint, mw_root, tmp_path, capsys

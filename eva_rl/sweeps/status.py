@@ -1,7 +1,9 @@
 """Where a sweep stands, read from its files: a run is finished when its summary is there (as the
 sweep itself decides), started when its folder is there without one (running, or stopped and
 resumable), failed when the index says its last attempt failed, else waiting; and how long the
-rest should take at the finished runs' pace (their summaries' wall time)."""
+rest should take at the finished runs' pace (their summaries' wall time), method by method: a
+DoRA run takes about twice a LoRA run, so one pace for all would misjudge a sweep whose methods
+run in blocks."""
 
 from __future__ import annotations
 
@@ -24,26 +26,38 @@ class SweepStatus:
     failed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     baselines: tuple[int, int] = (0, 0)  # finished, planned
+    methods: dict[str, str] = field(default_factory=dict)  # run -> its grid's method, if any
 
     @property
     def total(self) -> int:
         return len(self.done) + len(self.started) + len(self.failed) + len(self.waiting)
 
     @cached_property
-    def median_seconds(self) -> float | None:
-        """The finished runs' median wall time, read from their summaries (only when asked)."""
-        seconds = []
+    def seconds(self) -> dict[str, float]:
+        """The finished runs' wall times, read from their summaries (only when asked)."""
+        out = {}
         for name in self.done:
             with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
                 summary = json.loads((self.out / name / "summary.json").read_text())
-                seconds.append(float(summary["wall_seconds"]))
-        return statistics.median(seconds) if seconds else None
+                out[name] = float(summary["wall_seconds"])
+        return out
+
+    @property
+    def median_seconds(self) -> float | None:
+        return statistics.median(self.seconds.values()) if self.seconds else None
 
     def hours_left(self, parallel: int) -> float | None:
-        """The unfinished runs at the finished runs' median time, `parallel` at a time."""
+        """The unfinished runs, `parallel` at a time, each at the median time of its method's
+        finished runs (of all finished runs where its method has none yet)."""
         if self.median_seconds is None:
             return None
-        return (self.total - len(self.done)) * self.median_seconds / max(1, parallel) / 3600
+        paces: dict[str | None, list[float]] = {}
+        for name, seconds in self.seconds.items():
+            paces.setdefault(self.methods.get(name), []).append(seconds)
+        median = {method: statistics.median(times) for method, times in paces.items()}
+        unfinished = [*self.started, *self.failed, *self.waiting]
+        total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
+        return total / max(1, parallel) / 3600
 
     def describe(self, parallel: int) -> str:
         """For a person: the counts, the failed runs, the time left (where it can be estimated)."""
@@ -61,8 +75,9 @@ class SweepStatus:
             text += "retries them"
         hours = self.hours_left(parallel)
         if hours is not None and len(self.done) < self.total:
-            text += (f"\nabout {hours:.1f} h left at {parallel} runs at a time and the median "
-                     f"{self.median_seconds:.0f} s of the finished runs")  # fmt: skip
+            text += (f"\nabout {hours:.1f} h left at {parallel} runs at a time, each run at "
+                     "its method's median time so far (a method with no finished run yet at "
+                     f"{self.median_seconds:.0f} s, the median of all)")  # fmt: skip
         return text
 
 
@@ -77,6 +92,9 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
             baselines += 1
             finished += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
             continue
+        method = entry.get("overrides", {}).get("method.name")
+        if method is not None:
+            status.methods[name] = method
         if (out / name / "summary.json").is_file():
             status.done.append(name)
         elif entry["status"] == "failed":
