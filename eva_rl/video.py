@@ -10,6 +10,7 @@ the simulation, never steps it: episodes are the same with and without video (te
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import io
 import os
@@ -173,6 +174,7 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
     from tqdm import tqdm
 
     from eva_rl.agent import load_agent
+    from eva_rl.envs import make_env
     from eva_rl.evaluation import Evaluator
 
     out = Path(cfg.out)
@@ -180,13 +182,12 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
     paths = [out / f"{cfg.env}-seed{s}.mp4" for s in seeds]
     if not cfg.overwrite and any(p.exists() for p in paths):
         raise UserError(f"{out} already holds these videos; pass --overwrite or another --out")
+    make_env(cfg.env, horizon=1).close()  # a wrong name or path fails before any film
+    agents = [load_agent(c) for c in cfg.checkpoints]
     scratch = out / ".films"  # each agent's own films, removed once combined
     films: list[list] = []
     try:
-        for i in tqdm(
-            range(len(cfg.checkpoints)), desc="video", unit="agent", disable=not progress
-        ):
-            agent = load_agent(cfg.checkpoints[i])
+        for i, agent in enumerate(tqdm(agents, desc="video", unit="agent", disable=not progress)):
             with Evaluator(agent, [cfg.env], cfg.eval, progress=False) as evaluator:
                 result = evaluator.run(video_dir=str(scratch / str(i)))
             films.append(result.envs[cfg.env].episodes)
@@ -197,6 +198,8 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
             videos.append((path, captions))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a folder this call made and left empty
+            out.rmdir()
     return videos
 
 

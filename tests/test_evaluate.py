@@ -390,3 +390,11 @@ def test_video_command_films_the_agents_side_by_side_on_the_same_episodes(tmp_pa
     assert paths[0].read_bytes() == written
     assert main([*args, "--labels", "one"]) == 2
     assert "1 labels for 2 checkpoints" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"
+    for wrong, message in [
+        ([*args[:-1], str(elsewhere), "--env", "reach-v4"], "cannot make env 'reach-v4'"),
+        (["video", str(tmp_path / "missing"), *args[1:-1], str(elsewhere)], "missing"),
+    ]:
+        assert main(wrong) == 2  # nothing filmed, nothing made
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and not elsewhere.exists()
