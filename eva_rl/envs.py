@@ -173,8 +173,10 @@ class EnvSlots(gym.Env):
     `reset(options={"assign": {group: {slot: (seed, video)}}})` starts a new episode in the
     named slots of this group (its index is `group`); `video` (a path, or None) records the
     episode as an MP4 of every `video_every`-th frame, written when the episode ends, when the
-    slot starts another, or at `flush_videos()`. Instances are built on first use, so the vector
-    env's throw-away probe of the spaces is cheap.
+    slot starts another, or at `flush_videos()`. Each episode's last `info` (its numbers: for
+    Meta-World the distance of the object to the goal, grasp flags, ...) is kept and handed over
+    by `end_infos()`. Instances are built on first use, so the vector env's throw-away probe of
+    the spaces is cheap.
     """
 
     metadata = {"render_modes": []}
@@ -196,6 +198,9 @@ class EnvSlots(gym.Env):
         self._envs: list[gym.Env | None] | None = None
         self._obs = np.zeros((n, obs_dim), np.float32)
         self._videos: dict[int, tuple[str, list, int]] = {}  # slot -> path, frames, steps
+        self._seeds: list[int | None] = [None] * n  # the episode each slot plays
+        self._last: list[dict[str, float]] = [{} for _ in range(n)]  # its latest info numbers
+        self._ended: dict[tuple[str, int], dict[str, float]] = {}  # (env, seed) -> last info
 
     def _instances(self) -> list[gym.Env | None]:
         if self._envs is None:
@@ -208,6 +213,9 @@ class EnvSlots(gym.Env):
         mine = (options or {}).get("assign", {}).get(self.group, {})
         for slot, (episode_seed, video) in mine.items():
             self._write_video(slot)
+            if self._seeds[slot] is not None:
+                self._ended[(self.names[slot], self._seeds[slot])] = self._last[slot]
+            self._seeds[slot], self._last[slot] = int(episode_seed), {}
             self._obs[slot] = _flat(envs[slot].reset(seed=int(episode_seed))[0])
             if video is not None:
                 self._videos[slot] = (video, [envs[slot].render()], 0)
@@ -224,6 +232,7 @@ class EnvSlots(gym.Env):
             reward[slot] = float(r)
             if "success" in info:
                 success[slot] = float(info["success"])
+            self._last[slot] = _numbers(info)
             if slot in self._videos:
                 path, frames, steps = self._videos[slot]
                 if (steps + 1) % self.video_every == 0:
@@ -243,6 +252,16 @@ class EnvSlots(gym.Env):
             fps = self._envs[slot].metadata.get("render_fps", 30) / self.video_every
             write_mp4(path, frames, fps)
 
+    def end_infos(self) -> dict[tuple[str, int], dict[str, float]]:
+        """The last info numbers of every episode played since the previous call, by (env,
+        seed); the slots then forget their episodes (the next run may replay the same seeds)."""
+        ended = dict(self._ended)
+        for slot, seed in enumerate(self._seeds):
+            if seed is not None:
+                ended[(self.names[slot], seed)] = self._last[slot]
+        self._ended, self._seeds = {}, [None] * len(self.names)
+        return ended
+
     def flush_videos(self) -> None:
         """Write the videos of episodes that ended by our horizon, not by the env."""
         for slot in list(self._videos):
@@ -253,6 +272,18 @@ class EnvSlots(gym.Env):
             if env is not None:
                 env.close()
         self._envs = None
+
+
+def _numbers(info: dict) -> dict[str, float]:
+    """The scalar numbers of a step's info (flags as 0/1) to 6 significant digits (they are
+    stored with every episode); arrays and strings are left out."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, (bool, int, float, np.number)) or (
+            isinstance(value, np.ndarray) and value.size == 1
+        ):
+            out[key] = float(f"{float(value):.6g}")
+    return out
 
 
 def _flat(obs) -> np.ndarray:

@@ -341,6 +341,9 @@ class Evaluator:
         if self._video_dir is not None:
             self._vec.call("flush_videos")
         bar.close()
+        for ended in self._vec.call("end_infos"):
+            for (name, seed), info in ended.items():
+                done[name][seed - self.cfg.seed].final_info = info
         return {name: [done[name][i] for i in range(episodes)] for name in self.names}
 
 

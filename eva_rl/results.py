@@ -29,6 +29,9 @@ class Episode:
     success_final: float | None = None
     video: str | None = None  # path of its MP4, when recorded
     trajectory: dict | None = field(default=None, repr=False, compare=False)  # when recorded
+    # the env's info numbers at the last step (Meta-World: obj_to_target, grasp_success, ...):
+    # how close an unsuccessful episode came, a finer outcome than success
+    final_info: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -40,6 +43,8 @@ class Episode:
         }
         if self.video is not None:
             out["video"] = self.video
+        if self.final_info:
+            out["final_info"] = self.final_info
         return out
 
     @classmethod
@@ -51,6 +56,7 @@ class Episode:
             success_any=d.get("success_any"),
             success_final=d.get("success_final"),
             video=d.get("video"),
+            final_info=d.get("final_info", {}),
         )
 
 

@@ -398,3 +398,29 @@ def test_video_command_films_the_agents_side_by_side_on_the_same_episodes(tmp_pa
         assert main(wrong) == 2  # nothing filmed, nothing made
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and not elsewhere.exists()
+
+
+def test_each_episode_keeps_its_last_info_numbers_as_a_replay_of_its_actions_gives_them():
+    """`final_info` is the env's info at the episode's last step (Meta-World: the distance of
+    the object to the goal, ...), for every episode of every slot, across reused slots and
+    repeated runs of one evaluator, in process and in worker processes."""
+    agent = tiny_agent(39, 4, horizon=12, targets={"reach-v3": 300.0, "push-v3": 300.0})
+    for workers in (1, 2):
+        cfg = EvalConfig(episodes=3, seed=7, max_envs=2, workers=workers)  # slots reused
+        with Evaluator(agent, ["reach-v3", "push-v3"], cfg, progress=False, record=True) as ev:
+            first, again = ev.run(), ev.run()
+        for name in ("reach-v3", "push-v3"):
+            assert episodes_of(first, name) == episodes_of(again, name)
+            for episode in first.envs[name].episodes:
+                env = make_env(name, horizon=12)
+                env.reset(seed=episode.seed)
+                for action in episode.trajectory["actions"]:
+                    *_, info = env.step(action)
+                env.close()
+                assert episode.final_info == pytest.approx(info, rel=1e-5)  # 6 digits
+                assert set(info) >= {"obj_to_target", "success", "grasp_success"}
+    result = EvalResult.from_dict(json.loads(json.dumps(first.to_dict())))
+    assert (
+        result.envs["push-v3"].episodes[2].final_info
+        == first.envs["push-v3"].episodes[2].final_info
+    )
