@@ -97,6 +97,13 @@ class EnvResult:
     def mean(self, metric: str) -> float | None:
         return mean_or_none(self.values(metric))
 
+    def final_info(self) -> dict[str, float]:
+        """The mean over episodes of each last-step info number every episode has."""
+        if not self.episodes:
+            return {}
+        keys = set.intersection(*(set(e.final_info) for e in self.episodes))
+        return {k: float(np.mean([e.final_info[k] for e in self.episodes])) for k in sorted(keys)}
+
     @property
     def score_name(self) -> str:
         if any(e.success_final is not None for e in self.episodes):
@@ -118,6 +125,8 @@ class EnvResult:
         if self.reference is not None:
             out["reference_returns"] = list(self.reference)
             out["normalized_return"] = self.mean("normalized_return")
+        if final := self.final_info():
+            out["final_info"] = final
         out["episodes"] = [e.to_dict() for e in self.episodes]
         return out
 
@@ -230,6 +239,10 @@ class EvalResult:
                 f"\nmean {metric}: 95% CI [{low:.3f}, {high:.3f}] "
                 "(stratified bootstrap over episodes)"
             )
+        for name, r in self.envs.items():
+            if final := r.final_info():
+                means = ", ".join(f"{k} {v:.3g}" for k, v in final.items())
+                lines.append(f"\n{name} at the last step (mean over episodes): {means}")
         return "\n".join(lines)
 
 

@@ -419,6 +419,10 @@ def test_each_episode_keeps_its_last_info_numbers_as_a_replay_of_its_actions_giv
                 env.close()
                 assert episode.final_info == pytest.approx(info, rel=1e-5)  # 6 digits
                 assert set(info) >= {"obj_to_target", "success", "grasp_success"}
+    push = first.envs["push-v3"]
+    mean = np.mean([e.final_info["obj_to_target"] for e in push.episodes])
+    assert push.to_dict()["final_info"]["obj_to_target"] == pytest.approx(mean)
+    assert "push-v3 at the last step (mean over episodes): " in first.to_markdown()
     result = EvalResult.from_dict(json.loads(json.dumps(first.to_dict())))
     assert (
         result.envs["push-v3"].episodes[2].final_info
