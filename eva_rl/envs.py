@@ -199,7 +199,7 @@ class EnvSlots(gym.Env):
         self._obs = np.zeros((n, obs_dim), np.float32)
         self._videos: dict[int, tuple[str, list, int]] = {}  # slot -> path, frames, steps
         self._seeds: list[int | None] = [None] * n  # the episode each slot plays
-        self._last: list[dict[str, float]] = [{} for _ in range(n)]  # its latest info numbers
+        self._last: list[dict] = [{} for _ in range(n)]  # its latest info (read at its end)
         self._ended: dict[tuple[str, int], dict[str, float]] = {}  # (env, seed) -> last info
 
     def _instances(self) -> list[gym.Env | None]:
@@ -214,7 +214,7 @@ class EnvSlots(gym.Env):
         for slot, (episode_seed, video) in mine.items():
             self._write_video(slot)
             if self._seeds[slot] is not None:
-                self._ended[(self.names[slot], self._seeds[slot])] = self._last[slot]
+                self._ended[(self.names[slot], self._seeds[slot])] = _numbers(self._last[slot])
             self._seeds[slot], self._last[slot] = int(episode_seed), {}
             self._obs[slot] = _flat(envs[slot].reset(seed=int(episode_seed))[0])
             if video is not None:
@@ -232,7 +232,7 @@ class EnvSlots(gym.Env):
             reward[slot] = float(r)
             if "success" in info:
                 success[slot] = float(info["success"])
-            self._last[slot] = _numbers(info)
+            self._last[slot] = info  # its numbers are taken once the episode has ended
             if slot in self._videos:
                 path, frames, steps = self._videos[slot]
                 if (steps + 1) % self.video_every == 0:
@@ -258,7 +258,7 @@ class EnvSlots(gym.Env):
         ended = dict(self._ended)
         for slot, seed in enumerate(self._seeds):
             if seed is not None:
-                ended[(self.names[slot], seed)] = self._last[slot]
+                ended[(self.names[slot], seed)] = _numbers(self._last[slot])
         self._ended, self._seeds = {}, [None] * len(self.names)
         return ended
 

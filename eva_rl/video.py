@@ -184,6 +184,7 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
         raise UserError(f"{out} already holds these videos; pass --overwrite or another --out")
     make_env(cfg.env, horizon=1).close()  # a wrong name or path fails before any film
     agents = [load_agent(c) for c in cfg.checkpoints]
+    made = not out.exists()
     scratch = out / ".films"  # each agent's own films, removed once combined
     films: list[list] = []
     try:
@@ -198,8 +199,9 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
             videos.append((path, captions))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        with contextlib.suppress(OSError):  # a folder this call made and left empty
-            out.rmdir()
+        if made:
+            with contextlib.suppress(OSError):  # the folder this call made, if left empty
+                out.rmdir()
     return videos
 
 
