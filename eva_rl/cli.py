@@ -124,15 +124,16 @@ def cmd_sweep(args) -> None:
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     cfg = load_sweep(args.sweep, [*flags, *args.overrides])
     if args.status:
-        from eva_rl.sweeps import sweep_status
+        from eva_rl.sweeps import planned_status
+        from eva_rl.sweeps.config import INDEX_FILE
         from eva_rl.sweeps.executors import shares
 
-        status = sweep_status(cfg.out)
-        if status is None:
-            print(f"{cfg.out}: not started; eva-rl sweep {args.sweep} starts it")
-        else:  # as many at once as the local executor would run for what is left
-            left = status.total - len(status.done)
-            print(status.describe(shares(cfg, [os.cpu_count() or 1], left)[0]))
+        status = planned_status(cfg)
+        left = status.total - len(status.done) - len(status.reused)
+        # as many at once as the local executor would run for what is left
+        print(status.describe(shares(cfg, [os.cpu_count() or 1], left)[0]))
+        if not (Path(cfg.out) / INDEX_FILE).is_file():
+            print(f"not started; eva-rl sweep {args.sweep} starts it")
         return
     result = sweep(cfg)
     print(

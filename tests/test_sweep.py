@@ -107,7 +107,28 @@ def test_time_left_takes_each_methods_own_pace(tmp_path):
     status = sweep_status(tmp_path)
     assert (len(status.done), len(status.waiting), status.median_seconds) == (3, 4, 120)
     assert status.hours_left(parallel=2) == pytest.approx((110 + 2 * 300 + 120) / 2 / 3600)
-    assert "its method's median time so far" in status.describe(parallel=2)
+    assert "the median time of its method's finished runs" in status.describe(parallel=2)
+
+
+def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """A finished run elsewhere with a waiting run's config is counted as copied, not run: the
+    time left leaves it out and takes its method's pace from it; nothing is written."""
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0, 1]}, baseline=False)
+    spec = yaml.safe_load(path.read_text()) | {"reuse": [str(tmp_path / "earlier")]}
+    path.write_text(yaml.safe_dump(spec))
+    source = tmp_path / "earlier" / "seed=0"  # as an earlier sweep left the same run
+    run = next(r for r in plan(load_sweep(path)) if r.name == "seed=0")
+    source.mkdir(parents=True)
+    (source / "config.yaml").write_text(yaml.safe_dump({**run.config, "out": str(source)}))
+    (source / "summary.json").write_text(json.dumps({"wall_seconds": 720}))
+    assert main(["sweep", str(path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 2 runs finished, 2 waiting (1 of them finished in a `reuse` sweep" in out
+    assert "about 0.2 h left at 1 run at a time" in out  # seed 1 at seed 0's 720 s
+    assert f"not started; eva-rl sweep {path} starts it" in out
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow  # spawns run processes
@@ -116,7 +137,9 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
 ):
     path = write_sweep(tmp_path, checkpoint, mw_root)
     assert main(["sweep", str(path), "--status"]) == 0  # nothing run, nothing written
-    assert "runs: not started; eva-rl sweep" in capsys.readouterr().out
+    assert "0 of 4 runs finished, 4 waiting, 0 of 1 baselines\nnot started; eva-rl sweep" in (
+        capsys.readouterr().out
+    )
     assert not (tmp_path / "runs").exists()
     assert main(["sweep", str(path)]) == 0
     runs = tmp_path / "runs"

@@ -49,11 +49,11 @@ from eva_rl.sweeps.config import (
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
 from eva_rl.sweeps.export import export_runs
 from eva_rl.sweeps.plan import Run, expand, plan, reuse_finished, run_name
-from eva_rl.sweeps.status import SweepStatus, sweep_status
+from eva_rl.sweeps.status import SweepStatus, planned_status, sweep_status
 
 __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",
-           "export_runs", "gpu_slots", "load_sweep", "plan", "run_name", "sweep",
-           "sweep_status"]  # fmt: skip
+           "export_runs", "gpu_slots", "load_sweep", "plan", "planned_status", "run_name",
+           "sweep", "sweep_status"]  # fmt: skip
 
 
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:

@@ -93,12 +93,11 @@ def _check_inputs(name: str, cfg) -> None:
             )
 
 
-def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
-    """Copy into place, for each run not started yet, a finished run under `dirs` whose config
-    equals its own up to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device
-    the same config and seed is the same run (keys an older eva_rl did not have count as their
-    defaults, see `as_current`). Checkpoints are not copied. Returns run name ->
-    the directory it came from."""
+def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
+    """For each run not started yet, a finished run under `dirs` whose config equals its own up
+    to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device the same config
+    and seed is the same run (keys an older eva_rl did not have count as their defaults, see
+    `as_current`). Finds them only: run name -> that run's directory."""
     from eva_rl.config import as_current, changed_keys
     from eva_rl.training.finetune import FinetuneConfig
     from eva_rl.training.loop import RESUME_MAY_CHANGE
@@ -115,18 +114,28 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
     for s in finished:
         with contextlib.suppress(OSError, UserError):  # unreadable here: not this run's config
             configs[s] = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
-    copied = {}
+    found = {}
     for run in todo:
         mine = to_dict(from_dict(FinetuneConfig, run.config))
         src = next((s for s, c in configs.items() if not changed_keys(c, mine, ignore)), None)
-        if src is None:
-            continue
-        staged = run.out.with_name(f".{run.out.name}.copying")
+        if src is not None:
+            found[run.name] = src
+    return found
+
+
+def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
+    """Copy the `reusable` runs into place, without their checkpoints. Returns run name -> the
+    directory it came from."""
+    by_name = {r.name: r for r in runs}
+    copied = {}
+    for name, src in reusable(runs, dirs).items():
+        out = by_name[name].out
+        staged = out.with_name(f".{out.name}.copying")
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(src, staged, ignore=shutil.ignore_patterns("checkpoints"))
         (staged / COPIED_FILE).write_text(f"{src}\n")
-        staged.rename(run.out)  # whole or not at all
-        copied[run.name] = str(src)
+        staged.rename(out)  # whole or not at all
+        copied[name] = str(src)
     return copied
 
 

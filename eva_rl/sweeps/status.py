@@ -1,9 +1,10 @@
 """Where a sweep stands, read from its files: a run is finished when its summary is there (as the
 sweep itself decides), started when its folder is there without one (running, or stopped and
-resumable), failed when the index says its last attempt failed, else waiting; and how long the
-rest should take at the finished runs' pace (their summaries' wall time), method by method: a
-DoRA run takes about twice a LoRA run, so one pace for all would misjudge a sweep whose methods
-run in blocks."""
+resumable), failed when the index says its last attempt failed, else waiting (before the sweep
+starts, every run of its plan); a waiting run that `reuse` would copy is counted apart. How long
+the rest should take comes from the finished runs' pace (their summaries' wall time, a reusable
+run's from its source), method by method: a DoRA run takes about twice a LoRA run, so one pace
+for all would misjudge a sweep whose methods run in blocks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from eva_rl.sweeps.config import BASELINE_DIR, INDEX_FILE
+from eva_rl.config import read_yaml
+from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SweepConfig
 
 
 @dataclass
@@ -27,6 +29,7 @@ class SweepStatus:
     waiting: list[str] = field(default_factory=list)
     baselines: tuple[int, int] = (0, 0)  # finished, planned
     methods: dict[str, str] = field(default_factory=dict)  # run -> its grid's method, if any
+    reused: dict[str, Path] = field(default_factory=dict)  # waiting run -> a finished copy
 
     @property
     def total(self) -> int:
@@ -36,9 +39,10 @@ class SweepStatus:
     def seconds(self) -> dict[str, float]:
         """The finished runs' wall times, read from their summaries (only when asked)."""
         out = {}
-        for name in self.done:
+        sources = {**{n: self.out / n for n in self.done}, **self.reused}
+        for name, directory in sources.items():
             with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
-                summary = json.loads((self.out / name / "summary.json").read_text())
+                summary = json.loads((directory / "summary.json").read_text())
                 out[name] = float(summary["wall_seconds"])
         return out
 
@@ -55,7 +59,7 @@ class SweepStatus:
         for name, seconds in self.seconds.items():
             paces.setdefault(self.methods.get(name), []).append(seconds)
         median = {method: statistics.median(times) for method, times in paces.items()}
-        unfinished = [*self.started, *self.failed, *self.waiting]
+        unfinished = [*self.started, *self.failed, *set(self.waiting) - set(self.reused)]
         total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
         return total / max(1, parallel) / 3600
 
@@ -66,6 +70,9 @@ class SweepStatus:
                              (self.failed, "failed"), (self.waiting, "waiting")):  # fmt: skip
             if names:
                 parts.append(f"{len(names)} {label}")
+        if self.reused:
+            parts[-1] += (f" ({len(self.reused)} of them finished in a `reuse` sweep: copied "
+                          "when the sweep runs, not run again)")  # fmt: skip
         if self.baselines[1]:
             parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
         text = f"{self.out}: " + ", ".join(parts)
@@ -74,9 +81,10 @@ class SweepStatus:
             text += f"\nfailed: {shown} (logs in {self.out / '_logs'}); running the sweep again "
             text += "retries them"
         hours = self.hours_left(parallel)
-        if hours is not None and len(self.done) < self.total:
-            text += (f"\nabout {hours:.1f} h left at {parallel} runs at a time, each run at "
-                     "its method's median time so far (a method with no finished run yet at "
+        if hours is not None and len(self.done) + len(self.reused) < self.total:
+            runs = f"{parallel} run{'s' * (parallel > 1)}"
+            text += (f"\nabout {hours:.1f} h left at {runs} at a time, each run at the median "
+                     "time of its method's finished runs (a method with none yet at "
                      f"{self.median_seconds:.0f} s, the median of all)")  # fmt: skip
         return text
 
@@ -104,4 +112,25 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
         else:
             status.waiting.append(name)
     status.baselines = (finished, baselines)
+    return status
+
+
+def planned_status(cfg: SweepConfig) -> SweepStatus:
+    """`sweep_status` of the sweep's out or, before it starts, its plan with every run waiting;
+    either way the waiting runs its `reuse` would copy are marked."""
+    from eva_rl.sweeps.plan import plan, reusable
+
+    out = Path(cfg.out)
+    status = sweep_status(out)
+    if status is not None and not (cfg.reuse and status.waiting):
+        return status
+    snapshot = out / BASE_FILE  # a started sweep's runs are planned from its copy of the base
+    runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None)
+    if status is None:
+        status = SweepStatus(out, waiting=[r.name for r in runs if not r.baseline],
+                             baselines=(0, sum(r.baseline for r in runs)))  # fmt: skip
+        status.methods = {r.name: r.overrides["method.name"] for r in runs
+                          if "method.name" in r.overrides}  # fmt: skip
+    waiting = set(status.waiting)
+    status.reused = reusable([r for r in runs if r.name in waiting], cfg.reuse)
     return status
