@@ -35,7 +35,7 @@ from eva_rl.agent import SHIPPED, Agent
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult
-from eva_rl.runtime import autocast, cpu_count, resolve_device, resolve_precision
+from eva_rl.runtime import Precision, autocast, cpu_count, resolve_device, resolve_precision
 
 
 @dataclass
@@ -45,7 +45,7 @@ class EvalConfig:
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     target_scale: float = 1.0  # multiplies the target (e.g. 1.2 to ask for more than the best)
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
+    precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     # env instances alive at once (~25 MB each; building one costs ~0.2 s): 0 = auto, all
     # episodes at once on a GPU (one forward for all), 20 on a CPU (the forward's cost per
     # episode is flat there above ~10, and fewer envs are built)

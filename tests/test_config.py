@@ -56,6 +56,24 @@ def test_unknown_key_names_the_nearest_valid_ones():
         load_config(Outer, None, ["zzzz=3"])
 
 
+def test_a_precision_typo_is_refused_when_the_config_loads():
+    """Every config with a precision (finetune, pretrain, evaluation, collector) checks it while
+    loading, before a run folder exists."""
+    from eva_rl.eva.collector import CollectorConfig
+    from eva_rl.evaluation import EvalConfig
+    from eva_rl.training.finetune import FinetuneConfig
+    from eva_rl.training.pretrain import PretrainConfig
+
+    required = {FinetuneConfig: ["task=hammer-v3", "out=runs/x"]}  # the others have defaults
+    for cls in (FinetuneConfig, PretrainConfig, EvalConfig, CollectorConfig):
+        rest = required.get(cls, [])
+        with pytest.raises(
+            UserError, match=r"'precision' must be one of \['auto', 'bf16', 'fp32'\]"
+        ):
+            load_config(cls, None, [*rest, "precision=bf61"])
+        assert load_config(cls, None, [*rest, "precision=fp32"]).precision == "fp32"
+
+
 def test_override_syntax_errors():
     with pytest.raises(UserError, match="must look like key=value"):
         apply_override({}, "steps")

@@ -38,7 +38,7 @@ class RecordConfig:
     root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari/datasets
     overwrite: bool = False
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (checked by the agent's run: no torch here)
     workers: int = 0  # env-stepping processes for the agent's rollouts; 0: auto
 
     def __post_init__(self):

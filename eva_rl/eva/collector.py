@@ -42,7 +42,7 @@ from eva_rl import distributed
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
 from eva_rl.eva.ranks import allocate_ranks
-from eva_rl.runtime import autocast, resolve_precision
+from eva_rl.runtime import Precision, autocast, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
 
@@ -61,7 +61,7 @@ class CollectorConfig:
     method: Literal["covariance", "incremental-svd"] = "covariance"
     seed: int = 0  # segment sampling
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: str = "auto"  # of the forward passes; the statistics stay fp32/fp64
+    precision: Precision = "auto"  # of the forward passes; the statistics stay fp32/fp64
 
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):

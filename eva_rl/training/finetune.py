@@ -48,7 +48,7 @@ from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
-from eva_rl.runtime import resolve_device, resolve_precision
+from eva_rl.runtime import Precision, resolve_device, resolve_precision
 from eva_rl.training.loop import (
     LoopConfig,
     OptimConfig,
@@ -135,7 +135,7 @@ class FinetuneConfig:
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     seed: int = 0  # of sampling, initialisation and training
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
+    precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: torch's default
     resume: bool = False  # continue from checkpoints/latest (same config)
 

@@ -19,7 +19,7 @@ from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import resolve_device, resolve_precision
+from eva_rl.runtime import Precision, resolve_device, resolve_precision
 from eva_rl.training.loop import (
     LoopConfig,
     OptimConfig,
@@ -53,7 +53,7 @@ class PretrainConfig:
     horizon: int | None = None
     seed: int = 0  # of initialisation and sampling
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
+    precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: torch's default
     resume: bool = False  # continue from checkpoints/latest (same config)
 
