@@ -59,6 +59,17 @@ def curve_auc(points: list[tuple[int, float]]) -> float | None:
     return area / (points[-1][0] - points[0][0])
 
 
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of the mean (a learning curve's band over seeds); one value: no
+    width."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
 def paired_bootstrap_ci(
     diffs, strata=None, reps: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:

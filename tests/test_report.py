@@ -88,6 +88,23 @@ def test_aggregate_per_task_over_tasks_and_auc_from_the_baseline(runs):
     assert set(eva.intervals) == {"auc", "heldout_loss", "final_loss"}
 
 
+def test_curve_points_are_seed_means_with_t_intervals_from_the_base_agent(runs):
+    """curves.csv and the learning-curve plot: step 0 is the base agent (no width), then each
+    evaluation's mean over seeds with a 95% t-interval (t_0.975 with 2 df x sd / sqrt 3)."""
+    from eva_rl.reports.aggregate import curves
+
+    stats = aggregate(collect_runs(runs))
+    points = curves(stats, {"hammer-v3": 0.25, "push-v3": 0.5})
+    eva = [p for p in points if p.config == "eva r8 rho2" and p.task == "hammer-v3"]
+    assert [(p.step, p.runs) for p in eva] == [(0, 3), (50, 3), (100, 3)]
+    assert (eva[0].mean, eva[0].low, eva[0].high) == (0.25, 0.25, 0.25)
+    assert (eva[1].mean, eva[1].low, eva[1].high) == pytest.approx((0.1, 0.1, 0.1))
+    half = 4.302653 * 0.1 / 3**0.5  # seeds at 0.2, 0.4, 0.3
+    assert (eva[2].mean, eva[2].low, eva[2].high) == pytest.approx((0.3, 0.3 - half, 0.3 + half))
+    assert len(points) == 3 * 2 * 3  # configs x tasks x steps
+    assert [p.step for p in curves(stats, {})][:2] == [50, 100]  # no baseline: no step 0
+
+
 def test_paired_comparison_of_a_constant_improvement(runs):
     comparisons = {c.label: c for c in compare(aggregate(collect_runs(runs)), "lora")}
     eva = comparisons["eva r8 rho2"]
@@ -195,6 +212,12 @@ def test_report_command_writes_csv_plots_tensorboard_and_readme(runs, tmp_path, 
     assert main(["report", str(runs), "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "runs.csv").open()))
     assert len(rows) == 18 and {r["method"] for r in rows} == {"eva", "fft", "lora"}
+    points = list(csv.DictReader((out / "curves.csv").open()))  # base agent, then steps 50, 100
+    assert [(p["task"], p["step"], float(p["mean"])) for p in points[:3]] == [
+        ("hammer-v3", "0", 0.25),
+        ("hammer-v3", "50", 0.0),
+        ("hammer-v3", "100", 0.0),
+    ] and points[0]["config"] == "fft"
     for name in ("learning_curves", "per_task", "budget", "forest", "rank_allocation",
                  "gradient_signal"):  # fmt: skip
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
@@ -330,7 +353,7 @@ def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
 @pytest.mark.parametrize("name", ["cw10-pilot-cpu", "cw10-study-cpu", "cw10-methods-cpu"])
 def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
     """A fresh `eva-rl report` on a committed result's runs, with the options its README names,
-    gives its committed CSV, tables and method-level TensorBoard files."""
+    gives its committed CSVs, tables and method-level TensorBoard files."""
     import re
     from pathlib import Path
 
@@ -344,7 +367,8 @@ def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkey
         out.mkdir()
         (out / "notes.md").write_text((result / "notes.md").read_text())
     assert main(["report", str(result / "runs"), "--out", str(out), *options]) == 0
-    assert (out / "runs.csv").read_text() == (result / "runs.csv").read_text()
+    for table in ("runs.csv", "curves.csv"):
+        assert (out / table).read_text() == (result / table).read_text()
 
     def tables(path):  # every table row: intervals, tests and verdicts (seeded bootstraps)
         return [line for line in path.read_text().splitlines() if line.startswith("|")]

@@ -1,12 +1,13 @@
 """Reports from runs' own outputs: `write_report` turns every finished fine-tuning run under a
-directory (and the sweep's baseline evaluations) into a CSV, tables with bootstrap intervals
-and paired tests (README.md), plots and method-level TensorBoard runs; `plot_curve` draws one
-run. Stages: `runs` (read) -> `aggregate` (pure statistics) -> `plots` / `render` /
-`tensorboard` (write)."""
+directory (and the sweep's baseline evaluations) into CSVs (runs, learning-curve points), tables
+with bootstrap intervals and paired tests (README.md), plots and method-level TensorBoard runs;
+`plot_curve` draws one run. Stages: `runs` (read) -> `aggregate` (pure statistics) -> `plots` /
+`render` / `tensorboard` (write)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
-from eva_rl.reports.aggregate import aggregate, compare, finished_seeds
+from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, finished_seeds
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
 from eva_rl.reports.runs import Row, collect_runs, planned_configs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
@@ -63,7 +64,10 @@ def write_report(
     comparisons = compare(stats, reference, planned_configs(runs_dir, rows))
     score = rows[0].score_name
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "runs.csv")
+    write_csv(Row.CSV, [r.csv_row() for r in rows], out / "runs.csv")
+    base = {task: result.mean("score") for task, result in baselines.items()}
+    points = [dataclasses.asdict(p) for p in curves(stats, base)]
+    write_csv(CurvePoint.CSV, points, out / "curves.csv")
     figures = [
         ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
         ("per_task.png", "final score per task, seeds as dots"),
@@ -96,11 +100,11 @@ def write_report(
     }
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
+def write_csv(fields, records: list[dict], path: Path) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=Row.CSV)
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(r.csv_row() for r in rows)
+    writer.writerows(records)
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -20,6 +20,7 @@ from eva_rl.stats import (
     paired_bootstrap_ci,
     probability_of_improvement,
     sign_flip_test,
+    t_interval,
 )
 
 
@@ -85,6 +86,43 @@ class ConfigStats:
         """A metric (default the score) as a (seeds x tasks) matrix for the (task, seed) grid."""
         by = {(r.task, r.seed): getattr(r, metric) for r in self.rows}
         return np.array([[by[(t, s)] for t in tasks] for s in seeds], dtype=np.float64)
+
+
+@dataclass
+class CurvePoint:
+    """One configuration's score on one task at one evaluation: mean over its runs (seeds) with
+    a 95% t-interval."""
+
+    config: str
+    task: str
+    step: int
+    runs: int
+    mean: float
+    low: float
+    high: float
+
+    CSV = ("config", "task", "step", "runs", "mean", "low", "high")
+
+
+def curves(stats: list[ConfigStats], base: dict[str, float]) -> list[CurvePoint]:
+    """Every configuration's score curve per task, a point per evaluation step; where its runs
+    did not evaluate at step 0, the base agent's score on that task (`base`, task -> score)
+    starts the curve, with no width."""
+    out = []
+    for s in stats:
+        for task in s.tasks:
+            runs = [r for r in s.rows if r.task == task]
+            by_step: dict[int, list[float]] = {}
+            for r in runs:
+                for step, metrics in r.curve:
+                    if "score" in metrics:
+                        by_step.setdefault(step, []).append(metrics["score"])
+            if task in base and 0 not in by_step:
+                by_step[0] = [base[task]]
+            for step in sorted(by_step):
+                mean, low, high = t_interval(by_step[step])
+                out.append(CurvePoint(s.label, task, step, len(runs), mean, low, high))
+    return out
 
 
 def aggregate(rows: list[Row]) -> list[ConfigStats]:

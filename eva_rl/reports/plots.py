@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as sps
 
 from eva_rl.adapters.methods import METHODS
+from eva_rl.reports.aggregate import curves
 from eva_rl.results import EvalResult
 
 SCORE_LABEL = {
@@ -58,43 +58,28 @@ def colours(stats) -> dict[str, tuple]:
     return out
 
 
-def _mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds (the band of a learning curve)."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
-
-
 def learning_curves(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
-    """One panel per task: score vs updates, mean over seeds with its 95% band; the base agent
-    (step 0 when the runs did not evaluate there) dashed."""
+    """One panel per task: score vs updates, mean over seeds with its 95% band (`curves`); the
+    base agent (step 0 when the runs did not evaluate there) dashed."""
     tasks = sorted({t for s in stats for t in s.tasks})
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
     fig, axes = figure(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     colour = colours(stats)
+    base = {task: result.mean("score") for task, result in baselines.items()}
+    points = curves(stats, base)
     for ax, task in zip(axes.flat, tasks, strict=False):
-        base = baselines.get(task)
         for s in stats:
-            runs = [r for r in s.rows if r.task == task]
-            if not runs:
+            mine = [p for p in points if p.config == s.label and p.task == task]
+            if not mine:
                 continue
-            by_step: dict[int, list[float]] = {}
-            for r in runs:
-                for step, metrics in r.curve:
-                    if "score" in metrics:
-                        by_step.setdefault(step, []).append(metrics["score"])
-            if base is not None and 0 not in by_step:
-                by_step[0] = [base.mean("score")] * len(runs)
-            steps = sorted(by_step)
-            mean, low, high = zip(*(_mean_ci(by_step[x]) for x in steps), strict=True)
-            ax.plot(steps, mean, marker="o", ms=3, color=colour[s.label], label=s.label)
-            ax.fill_between(steps, low, high, color=colour[s.label], alpha=0.15, lw=0)
-        if base is not None:
-            ax.axhline(base.mean("score"), color="k", ls="--", lw=1, label="base agent")
+            steps = [p.step for p in mine]
+            ax.plot(steps, [p.mean for p in mine], marker="o", ms=3, color=colour[s.label],
+                    label=s.label)  # fmt: skip
+            ax.fill_between(steps, [p.low for p in mine], [p.high for p in mine],
+                            color=colour[s.label], alpha=0.15, lw=0)  # fmt: skip
+        if task in base:
+            ax.axhline(base[task], color="k", ls="--", lw=1, label="base agent")
         ax.set(title=task, xlabel="fine-tuning updates", ylabel=SCORE_LABEL.get(score, score))
         if score == "success_final":
             ax.set_ylim(-0.02, 1.02)

@@ -281,8 +281,10 @@ def readme(
             hypothesis_table(tests, score),
         ]
     parts += ["", *[f"![{title}]({file})" for file, title in plots]]
-    parts += ["", "Per-run numbers: `runs.csv`. Method-level TensorBoard runs (means over tasks "
-              "x seeds, and per task): `tensorboard --logdir tensorboard`."]  # fmt: skip
+    parts += ["", "Per-run numbers: `runs.csv`; the learning curves' points (per configuration, "
+              "task and evaluation: mean over seeds with a 95% t-interval): `curves.csv`. "
+              "Method-level TensorBoard runs (means over tasks x seeds, and per task): "
+              "`tensorboard --logdir tensorboard`."]  # fmt: skip
     if notes:
         parts += ["", notes.strip()]
     return "\n".join(parts) + "\n"
