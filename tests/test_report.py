@@ -89,14 +89,14 @@ def test_aggregate_per_task_over_tasks_and_auc_from_the_baseline(runs):
 
 
 def test_curve_points_are_seed_means_with_t_intervals_from_the_base_agent(runs):
-    """curves.csv and the learning-curve plot: step 0 is the base agent (no width), then each
-    evaluation's mean over seeds with a 95% t-interval (t_0.975 with 2 df x sd / sqrt 3)."""
+    """curves.csv and the learning-curve plot: step 0 is the base agent (no width, no runs),
+    then each evaluation's mean over seeds with a 95% t-interval (t_0.975, 2 df, x sd / sqrt 3)."""
     from eva_rl.reports.aggregate import curves
 
     stats = aggregate(collect_runs(runs))
     points = curves(stats, {"hammer-v3": 0.25, "push-v3": 0.5})
     eva = [p for p in points if p.config == "eva r8 rho2" and p.task == "hammer-v3"]
-    assert [(p.step, p.runs) for p in eva] == [(0, 3), (50, 3), (100, 3)]
+    assert [(p.step, p.runs) for p in eva] == [(0, 0), (50, 3), (100, 3)]
     assert (eva[0].mean, eva[0].low, eva[0].high) == (0.25, 0.25, 0.25)
     assert (eva[1].mean, eva[1].low, eva[1].high) == pytest.approx((0.1, 0.1, 0.1))
     half = 4.302653 * 0.1 / 3**0.5  # seeds at 0.2, 0.4, 0.3

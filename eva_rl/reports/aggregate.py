@@ -91,7 +91,7 @@ class ConfigStats:
 @dataclass
 class CurvePoint:
     """One configuration's score on one task at one evaluation: mean over its runs (seeds) with
-    a 95% t-interval."""
+    a 95% t-interval; `runs` 0: the base agent's score, before fine-tuning."""
 
     config: str
     task: str
@@ -105,9 +105,9 @@ class CurvePoint:
 
 
 def curves(stats: list[ConfigStats], base: dict[str, float]) -> list[CurvePoint]:
-    """Every configuration's score curve per task, a point per evaluation step; where its runs
-    did not evaluate at step 0, the base agent's score on that task (`base`, task -> score)
-    starts the curve, with no width."""
+    """Every configuration's score curve per task, a point per evaluation step over the runs
+    that evaluated there; where they did not evaluate at step 0, the base agent's score on that
+    task (`base`, task -> score) starts the curve, with no width and `runs` 0."""
     out = []
     for s in stats:
         for task in s.tasks:
@@ -118,10 +118,10 @@ def curves(stats: list[ConfigStats], base: dict[str, float]) -> list[CurvePoint]
                     if "score" in metrics:
                         by_step.setdefault(step, []).append(metrics["score"])
             if task in base and 0 not in by_step:
-                by_step[0] = [base[task]]
+                out.append(CurvePoint(s.label, task, 0, 0, *[base[task]] * 3))
             for step in sorted(by_step):
-                mean, low, high = t_interval(by_step[step])
-                out.append(CurvePoint(s.label, task, step, len(runs), mean, low, high))
+                out.append(CurvePoint(s.label, task, step, len(by_step[step]),
+                                      *t_interval(by_step[step])))  # fmt: skip
     return out
 
 
