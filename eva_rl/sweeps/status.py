@@ -72,7 +72,7 @@ class SweepStatus:
                 parts.append(f"{len(names)} {label}")
         if self.reused:
             parts[-1] += (f" ({len(self.reused)} of them finished in a `reuse` sweep: copied "
-                          "when the sweep runs, not run again)")  # fmt: skip
+                          "when the sweep (re)starts, not run again)")  # fmt: skip
         if self.baselines[1]:
             parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
         text = f"{self.out}: " + ", ".join(parts)
