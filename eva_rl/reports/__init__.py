@@ -66,15 +66,15 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     write_csv(Row.CSV, [r.csv_row() for r in rows], out / "runs.csv")
     base = {task: result.mean("score") for task, result in baselines.items()}
-    points = [dataclasses.asdict(p) for p in curves(stats, base)]
-    write_csv(CurvePoint.CSV, points, out / "curves.csv")
+    points = curves(stats, base)
+    write_csv(CurvePoint.CSV, [dataclasses.asdict(p) for p in points], out / "curves.csv")
     figures = [
         ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
         ("per_task.png", "final score per task, seeds as dots"),
         ("budget.png", "score, loss and AUC vs trainable parameters"),
         ("gradient_signal.png", "gradient signal at initialisation"),
     ]
-    plots.learning_curves(stats, baselines, out / figures[0][0], score)
+    plots.learning_curves(stats, points, base, out / figures[0][0], score)
     plots.per_task(stats, baselines, out / figures[1][0], score)
     plots.budget(stats, out / figures[2][0], score)
     plots.gradient_signal(stats, out / figures[3][0])

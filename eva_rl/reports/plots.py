@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from eva_rl.adapters.methods import METHODS
-from eva_rl.reports.aggregate import curves
 from eva_rl.results import EvalResult
 
 SCORE_LABEL = {
@@ -58,16 +57,14 @@ def colours(stats) -> dict[str, tuple]:
     return out
 
 
-def learning_curves(stats, baselines: dict[str, EvalResult], path: Path, score: str) -> None:
-    """One panel per task: score vs updates, mean over seeds with its 95% band (`curves`); the
-    base agent (step 0 when the runs did not evaluate there) dashed."""
+def learning_curves(stats, points, base: dict[str, float], path: Path, score: str) -> None:
+    """One panel per task: score vs updates, mean over seeds with its 95% band (`points`, from
+    `aggregate.curves`); the base agent's score (`base`, task -> score) dashed."""
     tasks = sorted({t for s in stats for t in s.tasks})
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
     fig, axes = figure(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     colour = colours(stats)
-    base = {task: result.mean("score") for task, result in baselines.items()}
-    points = curves(stats, base)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for s in stats:
             mine = [p for p in points if p.config == s.label and p.task == task]
