@@ -107,10 +107,10 @@ def together(k: int, args) -> list[dict]:
     for p in procs:  # go
         p.stdin.write("go\n")
         p.stdin.flush()
-    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    outputs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
-        raise RuntimeError("a run process failed inside the window")
-    return results
+        raise RuntimeError("a run process failed inside the window (its traceback is above)")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
 
 def main() -> None:
