@@ -91,23 +91,28 @@ def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path
 
 
 def test_time_left_takes_each_methods_own_pace(tmp_path):
-    """Unfinished runs count at their method's median finished time; a method with none
+    """Unfinished runs count at the median time of their method's last five finished runs (the
+    machine's present pace: four older, slower LoRA runs no longer count); a method with none
     finished yet at the median of all finished runs."""
     from eva_rl.sweeps import sweep_status
 
     index = {}
-    for name, method, seconds in [("a0", "lora", 100), ("a1", "lora", 120), ("a2", "lora", None),
-                                  ("b0", "dora", 300), ("b1", "dora", None), ("b2", "dora", None),
-                                  ("c0", "fft", None)]:  # fmt: skip
+    lora = [(f"a{i}", "lora", 1000 if i < 5 else 100) for i in range(9)]  # 5 slow, then 4 fast
+    others = [("a9", "lora", None), ("b0", "dora", 300), ("b1", "dora", None),
+              ("b2", "dora", None), ("c0", "fft", None)]  # fmt: skip
+    for order, (name, method, seconds) in enumerate(lora + others):
         index[name] = {"overrides": {"method.name": method}, "status": "pending"}
         if seconds is not None:
             (tmp_path / name).mkdir()
-            (tmp_path / name / "summary.json").write_text(json.dumps({"wall_seconds": seconds}))
+            summary = tmp_path / name / "summary.json"
+            summary.write_text(json.dumps({"wall_seconds": seconds}))
+            os.utime(summary, (1e9 + order, 1e9 + order))  # finished in this order
     (tmp_path / "runs.json").write_text(json.dumps(index))
     status = sweep_status(tmp_path)
-    assert (len(status.done), len(status.waiting), status.median_seconds) == (3, 4, 120)
-    assert status.hours_left(parallel=2) == pytest.approx((110 + 2 * 300 + 120) / 2 / 3600)
-    assert "the median time of its method's finished runs" in status.describe(parallel=2)
+    assert (len(status.done), len(status.waiting), status.median_seconds) == (10, 4, 650)
+    # a9 at LoRA's last five (1000, 100, 100, 100, 100): 100; b1, b2 at 300; c0 at all's 650
+    assert status.hours_left(parallel=2) == pytest.approx((100 + 2 * 300 + 650) / 2 / 3600)
+    assert "the median time of its method's last 5 finished runs" in status.describe(parallel=2)
 
 
 def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(

@@ -4,7 +4,9 @@ resumable), failed when the index says its last attempt failed, else waiting (be
 starts, every run of its plan); a waiting run that `reuse` would copy is counted apart. How long
 the rest should take comes from the finished runs' pace (their summaries' wall time, a reusable
 run's from its source), method by method: a DoRA run takes about twice a LoRA run, so one pace
-for all would misjudge a sweep whose methods run in blocks."""
+for all would misjudge a sweep whose methods run in blocks. Each method's pace is that of its
+last `RECENT` runs to finish: runs slowed by other work on the machine earlier (or sped up by a
+quieter one) stop counting once newer runs show the machine's present pace."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from eva_rl.config import read_yaml
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SweepConfig
+
+RECENT = 5  # finished runs per method whose median wall time is its pace
 
 
 @dataclass
@@ -37,14 +41,16 @@ class SweepStatus:
 
     @cached_property
     def seconds(self) -> dict[str, float]:
-        """The finished runs' wall times, read from their summaries (only when asked)."""
-        out = {}
+        """The finished runs' wall times, read from their summaries (only when asked), in the
+        order they finished (their summaries' modification times)."""
+        found = []
         sources = {**{n: self.out / n for n in self.done}, **self.reused}
         for name, directory in sources.items():
             with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
-                summary = json.loads((directory / "summary.json").read_text())
-                out[name] = float(summary["wall_seconds"])
-        return out
+                path = directory / "summary.json"
+                seconds = float(json.loads(path.read_text())["wall_seconds"])
+                found.append((path.stat().st_mtime, name, seconds))
+        return {name: seconds for _, name, seconds in sorted(found)}
 
     @property
     def median_seconds(self) -> float | None:
@@ -52,13 +58,13 @@ class SweepStatus:
 
     def hours_left(self, parallel: int) -> float | None:
         """The unfinished runs, `parallel` at a time, each at the median time of its method's
-        finished runs (of all finished runs where its method has none yet)."""
+        last `RECENT` finished runs (of all finished runs where its method has none yet)."""
         if self.median_seconds is None:
             return None
         paces: dict[str | None, list[float]] = {}
         for name, seconds in self.seconds.items():
             paces.setdefault(self.methods.get(name), []).append(seconds)
-        median = {method: statistics.median(times) for method, times in paces.items()}
+        median = {method: statistics.median(times[-RECENT:]) for method, times in paces.items()}
         unfinished = [*self.started, *self.failed, *set(self.waiting) - set(self.reused)]
         total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
         return total / max(1, parallel) / 3600
@@ -84,8 +90,8 @@ class SweepStatus:
         if hours is not None and len(self.done) + len(self.reused) < self.total:
             runs = f"{parallel} run{'s' * (parallel > 1)}"
             text += (f"\nabout {hours:.1f} h left at {runs} at a time, each run at the median "
-                     "time of its method's finished runs (a method with none yet at "
-                     f"{self.median_seconds:.0f} s, the median of all)")  # fmt: skip
+                     f"time of its method's last {RECENT} finished runs (a method with none yet "
+                     f"at {self.median_seconds:.0f} s, the median of all)")  # fmt: skip
         return text
 
 
