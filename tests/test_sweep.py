@@ -3,6 +3,7 @@ executors (local processes, Ray)."""
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from eva_rl.cli import main
 from eva_rl.errors import UserError
+from eva_rl.runtime import resolve_precision
 from eva_rl.sweeps import expand, gpu_slots, load_sweep, plan, run_name, sweep
 
 
@@ -127,7 +129,8 @@ def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
     run = next(r for r in plan(load_sweep(path)) if r.name == "seed=0")
     source.mkdir(parents=True)
     (source / "config.yaml").write_text(yaml.safe_dump({**run.config, "out": str(source)}))
-    (source / "summary.json").write_text(json.dumps({"wall_seconds": 720}))
+    ran = resolve_precision("auto", torch.device("cpu"))  # as this machine runs it: reusable
+    (source / "summary.json").write_text(json.dumps({"wall_seconds": 720, "precision": ran}))
     assert main(["sweep", str(path), "--status"]) == 0
     out = capsys.readouterr().out
     assert "0 of 2 runs finished, 2 waiting (1 of them finished in a `reuse` sweep" in out
@@ -393,3 +396,33 @@ def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     assert config.stat().st_mtime_ns == written  # resumed (a new run would be refused its folder)
     assert (runs / "seed=0/summary.json").is_file() and finished.stat().st_mtime_ns == mtime
     assert "Traceback" not in (runs / "_logs/seed=0.log").read_text()
+
+
+def test_a_sweep_resumed_where_auto_means_another_precision_refuses_until_pinned(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    here = resolve_precision("auto", torch.device("cpu"))
+    other = {"fp32": "bf16", "bf16": "fp32"}[here]
+    path = write_sweep(
+        tmp_path, checkpoint, mw_root, grid={"seed": [0, 1]}, baseline=False, workers=1
+    )
+    assert main(["sweep", str(path)]) == 0
+    shutil.rmtree(tmp_path / "runs" / "seed=1")  # not run yet, as it were
+    done = tmp_path / "runs" / "seed=0" / "summary.json"
+    summary = json.loads(done.read_text())
+    assert summary["precision"] == here
+    done.write_text(json.dumps(summary | {"precision": other}))  # as made on another machine
+    spec = yaml.safe_load(path.read_text())
+    before = sorted(os.listdir(tmp_path / "runs"))
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"would mix precisions (1 in {min(here, other)}, 1 in {max(here, other)}" in err
+    assert "add `precision: <that of the finished runs>` to the sweep file" in err
+    assert sorted(os.listdir(tmp_path / "runs")) == before  # nothing started, nothing written
+    path.write_text(yaml.safe_dump(spec | {"precision": other}))
+    assert main(["sweep", str(path)]) == 0
+    new = json.loads((tmp_path / "runs" / "seed=1" / "summary.json").read_text())
+    assert new["precision"] == other
+    with pytest.raises(UserError, match="sweep precision must be fp32 or bf16, not 'fp16'"):
+        load_sweep(path, ["precision=fp16"])

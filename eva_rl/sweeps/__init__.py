@@ -9,6 +9,8 @@ Re-running the same sweep skips finished runs (those with `summary.json`), resum
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
 config changed since the sweep started. `reuse` names other sweeps' directories: a finished run
 there with this run's config (up to where and how fast it ran) is copied in instead of run again.
+One sweep keeps one precision: `precision` pins what `auto` means for its runs, and a sweep
+resumed on a machine where `auto` would resolve otherwise refuses until it is set.
 `eva-rl export` copies a sweep's finished runs without checkpoints or weights (to commit them).
 
 The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
@@ -48,7 +50,7 @@ from eva_rl.sweeps.config import (
 )
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
 from eva_rl.sweeps.export import export_runs
-from eva_rl.sweeps.plan import Run, expand, plan, reuse_finished, run_name
+from eva_rl.sweeps.plan import Run, check_precision, expand, plan, reuse_finished, run_name
 from eva_rl.sweeps.status import SweepStatus, planned_status, sweep_status
 
 __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",
@@ -78,6 +80,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
             "or start a new sweep with another out"
         )
     runs = plan(cfg, base)  # every run's config is fixed here: later edits of files change none
+    check_precision(cfg, runs)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))

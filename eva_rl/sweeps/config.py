@@ -35,10 +35,15 @@ class SweepConfig:
     # run directories of other sweeps whose finished runs stand in for this sweep's runs of the
     # same config (up to where and how fast they run): copied instead of run again
     reuse: list[str] = field(default_factory=list)
+    # what `precision: auto` means for this sweep's runs (fp32 or bf16); None: each machine's
+    # choice. A sweep resumed on a machine that would choose otherwise refuses and names this
+    precision: str | None = None
 
     def __post_init__(self):
         if not self.out:
             raise UserError("the sweep needs out: a directory for its runs")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise UserError(f"sweep precision must be fp32 or bf16, not {self.precision!r}")
         if self.workers < 0 or self.threads < 0 or self.gpus < 0:
             raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
         from eva_rl.sweeps.executors import EXECUTORS

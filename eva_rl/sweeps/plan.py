@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
         data = copy.deepcopy(base)
         for key, value in overrides.items():
             set_path(data, key, value)
+        if cfg.precision and data.get("precision", "auto") == "auto":
+            data["precision"] = cfg.precision
         checked = from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
         _check_inputs(name, checked)
         runs.append(Run(name, overrides, data))
@@ -93,11 +96,45 @@ def _check_inputs(name: str, cfg) -> None:
             )
 
 
+def ran_as(run: Run) -> str:
+    """The precision a run ran in (its summary) or will run in here (`auto` resolved)."""
+    if run.done_file.is_file():
+        return json.loads(run.done_file.read_text()).get("precision", "fp32")  # before bf16
+    return resolved_precision(run.config)
+
+
+def resolved_precision(config: dict[str, Any]) -> str:
+    from eva_rl.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(config.get("device", "auto"))
+    return resolve_precision(config.get("precision", "auto"), device)
+
+
+def check_precision(cfg: SweepConfig, runs: list[Run]) -> None:
+    """A sweep that does not choose precision per run (grid or `set`) keeps one for all its
+    runs: `auto` resolves by hardware, so a sweep resumed on another machine could mix them."""
+    keys = {k for grid in (cfg.grid if isinstance(cfg.grid, list) else [cfg.grid]) for k in grid}
+    if "precision" in keys | set(flatten(cfg.set)):
+        return
+    seen: dict[str, list[str]] = {}
+    for run in runs:
+        if not run.baseline:
+            seen.setdefault(ran_as(run), []).append(run.name)
+    if len(seen) > 1:
+        kinds = ", ".join(f"{len(names)} in {p}" for p, names in sorted(seen.items()))
+        raise UserError(
+            f"{cfg.out}: its runs would mix precisions ({kinds}: precision auto resolves by "
+            "hardware, and this machine chooses differently from the one that made the finished "
+            "runs); add `precision: <that of the finished runs>` to the sweep file"
+        )
+
+
 def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     """For each run not started yet, a finished run under `dirs` whose config equals its own up
-    to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`): on one device the same config
-    and seed is the same run (keys an older eva_rl did not have count as their defaults, see
-    `as_current`). Finds them only: run name -> that run's directory."""
+    to where and how fast it runs (`RESUME_MAY_CHANGE`, `out`) and that ran in the precision it
+    would run in here (`auto` compared as resolved): on one device the same config and seed is
+    the same run (keys an older eva_rl did not have count as their defaults, see `as_current`).
+    Finds them only: run name -> that run's directory."""
     from eva_rl.config import as_current, changed_keys
     from eva_rl.training.finetune import FinetuneConfig
     from eva_rl.training.loop import RESUME_MAY_CHANGE
@@ -113,10 +150,14 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     configs = {}
     for s in finished:
         with contextlib.suppress(OSError, UserError):  # unreadable here: not this run's config
-            configs[s] = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
+            config = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
+            summary = json.loads((s / "summary.json").read_text())
+            config["precision"] = summary.get("precision", "fp32")  # none: before bf16 existed
+            configs[s] = config
     found = {}
     for run in todo:
         mine = to_dict(from_dict(FinetuneConfig, run.config))
+        mine["precision"] = resolved_precision(mine)
         src = next((s for s, c in configs.items() if not changed_keys(c, mine, ignore)), None)
         if src is not None:
             found[run.name] = src
