@@ -418,7 +418,7 @@ def test_a_sweep_resumed_where_auto_means_another_precision_refuses_until_pinned
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"would mix precisions (1 in {min(here, other)}, 1 in {max(here, other)}" in err
-    assert "add `precision: <that of the finished runs>` to the sweep file" in err
+    assert f"add `precision: {other}` (the finished runs') to the sweep file" in err
     assert sorted(os.listdir(tmp_path / "runs")) == before  # nothing started, nothing written
     path.write_text(yaml.safe_dump(spec | {"precision": other}))
     assert main(["sweep", str(path)]) == 0

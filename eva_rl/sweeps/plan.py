@@ -122,10 +122,11 @@ def check_precision(cfg: SweepConfig, runs: list[Run]) -> None:
             seen.setdefault(ran_as(run), []).append(run.name)
     if len(seen) > 1:
         kinds = ", ".join(f"{len(names)} in {p}" for p, names in sorted(seen.items()))
+        done = sorted({ran_as(r) for r in runs if not r.baseline and r.done_file.is_file()})
         raise UserError(
             f"{cfg.out}: its runs would mix precisions ({kinds}: precision auto resolves by "
             "hardware, and this machine chooses differently from the one that made the finished "
-            "runs); add `precision: <that of the finished runs>` to the sweep file"
+            f"runs); add `precision: {' or '.join(done)}` (the finished runs') to the sweep file"
         )
 
 
@@ -149,7 +150,7 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
     configs = {}
     for s in finished:
-        with contextlib.suppress(OSError, UserError):  # unreadable here: not this run's config
+        with contextlib.suppress(OSError, ValueError, UserError):  # unreadable: not this run's
             config = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
             summary = json.loads((s / "summary.json").read_text())
             config["precision"] = summary.get("precision", "fp32")  # none: before bf16 existed
