@@ -9,6 +9,7 @@ import itertools
 import json
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,14 +97,13 @@ def _check_inputs(name: str, cfg) -> None:
             )
 
 
-def ran_as(run: Run) -> str:
-    """The precision a run ran in (its summary) or will run in here (`auto` resolved)."""
-    if run.done_file.is_file():
-        return json.loads(run.done_file.read_text()).get("precision", "fp32")  # before bf16
-    return resolved_precision(run.config)
+def ran_in(summary: Path) -> str:
+    """The precision a finished run ran in (a summary without one predates bf16: fp32)."""
+    return json.loads(summary.read_text()).get("precision", "fp32")
 
 
 def resolved_precision(config: dict[str, Any]) -> str:
+    """The precision a run's config would run in on this machine (`auto` resolved)."""
     from eva_rl.runtime import resolve_device, resolve_precision
 
     device = resolve_device(config.get("device", "auto"))
@@ -113,20 +113,24 @@ def resolved_precision(config: dict[str, Any]) -> str:
 def check_precision(cfg: SweepConfig, runs: list[Run]) -> None:
     """A sweep that does not choose precision per run (grid or `set`) keeps one for all its
     runs: `auto` resolves by hardware, so a sweep resumed on another machine could mix them."""
-    keys = {k for grid in (cfg.grid if isinstance(cfg.grid, list) else [cfg.grid]) for k in grid}
-    if "precision" in keys | set(flatten(cfg.set)):
+    if "precision" in {k for point in cfg.points for k in point} | set(flatten(cfg.set)):
         return
-    seen: dict[str, list[str]] = {}
+    seen, done = Counter(), set()  # precision -> runs; those of the finished runs
     for run in runs:
-        if not run.baseline:
-            seen.setdefault(ran_as(run), []).append(run.name)
+        if run.baseline:
+            continue
+        finished = run.done_file.is_file()
+        precision = ran_in(run.done_file) if finished else resolved_precision(run.config)
+        seen[precision] += 1
+        if finished:
+            done.add(precision)
     if len(seen) > 1:
-        kinds = ", ".join(f"{len(names)} in {p}" for p, names in sorted(seen.items()))
-        done = sorted({ran_as(r) for r in runs if not r.baseline and r.done_file.is_file()})
+        kinds = ", ".join(f"{n} in {p}" for p, n in sorted(seen.items()))
         raise UserError(
             f"{cfg.out}: its runs would mix precisions ({kinds}: precision auto resolves by "
             "hardware, and this machine chooses differently from the one that made the finished "
-            f"runs); add `precision: {' or '.join(done)}` (the finished runs') to the sweep file"
+            f"runs); add `precision: {' or '.join(sorted(done))}` (the finished runs') to the "
+            "sweep file"
         )
 
 
@@ -152,8 +156,7 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     for s in finished:
         with contextlib.suppress(OSError, ValueError, UserError):  # unreadable: not this run's
             config = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
-            summary = json.loads((s / "summary.json").read_text())
-            config["precision"] = summary.get("precision", "fp32")  # none: before bf16 existed
+            config["precision"] = ran_in(s / "summary.json")
             configs[s] = config
     found = {}
     for run in todo:
