@@ -149,13 +149,14 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from eva_rl.reports import write_report
 
-    command = " ".join(["eva-rl", "report", args.runs, "--out", args.out])
+    command = " ".join(["eva-rl", "report", *args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
+    command += " --by " + " ".join(args.by) if args.by else ""
     command += " --reference " + " ".join(args.reference) if args.reference != ["lora"] else ""
     command += " --partial" if args.partial else ""
     command += f" --hypotheses {args.hypotheses}" if args.hypotheses else ""
     result = write_report(args.runs, args.out, command, args.overwrite, args.tasks,
-                          args.reference, args.partial, args.hypotheses)  # fmt: skip
+                          args.reference, args.partial, args.hypotheses, args.by or [])  # fmt: skip
     left = f" ({result['left_out']} runs of unfinished seeds left out)" if args.partial else ""
     print(
         f"{result['runs']} runs{left}, {result['configs']} configurations -> "
@@ -320,9 +321,18 @@ def _names(*keys: str) -> dict[str, str]:
 
 
 def _report_flags(p) -> None:
-    p.add_argument("runs", help="directory holding run folders (summary.json) below it")
+    p.add_argument(
+        "runs", nargs="+", help="directories holding run folders (summary.json) below them"
+    )
     p.add_argument("--out", required=True, help="report directory, e.g. results/<name>")
     p.add_argument("--tasks", nargs="+", help="report only these tasks (default: every task)")
+    p.add_argument(
+        "--by",
+        nargs="+",
+        metavar="KEY",
+        help="config keys that split configurations besides the sweeps' grids, e.g. precision "
+        "(as each run ran) or optim.lr; then --reference KEY=VALUE compares with that value",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument(
         "--partial",
@@ -335,8 +345,8 @@ def _report_flags(p) -> None:
         default=["lora"],
         help="what configurations are compared with, one or more of: a method (every other "
         "method against it at the same rank), METHOD:REF (that method against REF too, e.g. "
-        "eva-dora:dora), a sweep grid value (precision=fp32: each configuration against itself "
-        "with that value)",
+        "eva-dora:dora), a value of a sweep grid or --by key (precision=fp32: each "
+        "configuration against itself with that value, and all of them pooled)",
     )
     p.add_argument(
         "--hypotheses",

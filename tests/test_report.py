@@ -14,9 +14,11 @@ from eva_rl.stats import holm
 
 
 def write_run(
-    root, task, method, rank, seed, scores, trainable=1000, heldout=True, precision="fp32"
-):
-    """A finetune summary.json with evaluations at 50 and 100 (scores = final-step success)."""
+    root, task, method, rank, seed, scores, trainable=1000, heldout=True, precision="fp32",
+    configured=None,
+):  # fmt: skip
+    """A finetune summary.json with evaluations at 50 and 100 (scores = final-step success);
+    `precision` as the run ran, `configured` as its config says (default the same)."""
     run = root / f"{task}/{method}-r{rank}-s{seed}-{precision}"
     run.mkdir(parents=True)
     evals = []
@@ -38,7 +40,7 @@ def write_run(
         "processes": 1, "effective_batch_size": 64, "train_seconds": 9.0,
         "wall_seconds": 10.0 + seed, "eval": evals,
         "config": {"checkpoint": "ckpt", "loop": {"steps": 100, "eval_every": 50},
-                   "precision": precision,
+                   "precision": configured or precision,
                    "optim": {"batch_size": 64, "lr": 3e-4},
                    "eval": {"episodes": 10, "final_episodes": 100, "seed": 1000}},
     }  # fmt: skip
@@ -168,7 +170,11 @@ def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path
         "eva r8 rho2 precision=bf16", "eva r8 rho2 precision=fp32",
     ]  # fmt: skip
     by_precision = {c.label: c for c in compare(stats, "precision=fp32")}
-    assert set(by_precision) == {"lora r8 precision=bf16", "eva r8 rho2 precision=bf16"}
+    assert set(by_precision) == {
+        "lora r8 precision=bf16", "eva r8 rho2 precision=bf16",
+        "all 2 configurations precision=bf16",  # the two pooled: -0.1 x 3 and 0, .1, .2
+    }  # fmt: skip
+    assert by_precision["all 2 configurations precision=bf16"].mean_diff == pytest.approx(0.0)
     assert by_precision["eva r8 rho2 precision=bf16"].reference == "eva r8 rho2 precision=fp32"
     assert by_precision["eva r8 rho2 precision=bf16"].mean_diff == pytest.approx(-0.1)
     assert by_precision["lora r8 precision=bf16"].mean_diff == pytest.approx(0.1)  # 0, .1, .2
@@ -185,6 +191,77 @@ def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path
         "eva r8 rho2 precision=bf16": "lora r8 precision=bf16",
         "eva r8 rho2 precision=fp32": "lora r8 precision=fp32",
     }
+
+
+def test_two_directories_split_by_precision_as_run_and_pool_the_setting_over_methods(
+    tmp_path, capsys
+):
+    """A study in fp32 and its twins from a machine where `precision: auto` meant bf16, reported
+    together with --by precision: each configuration against its fp32 self, and the two pooled
+    (6 pairs; exact sign-flip p by enumeration); run names keep their directory."""
+    import itertools
+
+    study, twins = tmp_path / "study", tmp_path / "twins"
+    for seed in range(3):
+        for method, fp32, bf16 in (("eva", 0.5, 0.4), ("lora", 0.3, 0.4 + 0.1 * seed)):
+            write_run(study, "hammer-v3", method, 8, seed, (0.1, fp32))
+            write_run(twins, "hammer-v3", method, 8, seed, (0.1, bf16), precision="bf16",
+                      configured="auto")  # fmt: skip
+    (study / "sweep.yaml").write_text("grid:\n  method.name: [eva, lora]\n  seed: [0, 1, 2]\n")
+    out = tmp_path / "report"
+    dirs = [str(study), str(twins)]
+    assert main(["report", *dirs, "--out", str(out), "--reference", "lora"]) == 2
+    assert "are both lora r8 on hammer-v3, seed 0; remove one, or tell them apart with --by" in (
+        capsys.readouterr().err
+    )
+    argv = ["report", *dirs, "--out", str(out), "--by", "precision", "--reference",
+            "precision=fp32"]  # fmt: skip
+    assert main(argv) == 0
+    stats = aggregate(collect_runs(dirs, by=["precision"]))
+    comparisons = {c.label: c for c in compare(stats, "precision=fp32")}
+    assert set(comparisons) == {
+        "lora r8 precision=bf16", "eva r8 rho2 precision=bf16",
+        "all 2 configurations precision=bf16",
+    }  # fmt: skip
+    both = comparisons["all 2 configurations precision=bf16"]
+    diffs = [0.1, 0.2, 0.3, -0.1, -0.1, -0.1]  # lora then eva, seeds 0-2
+    patterns = list(itertools.product((1, -1), repeat=6))
+    extreme = [abs(sum(s * d for s, d in zip(p, diffs, strict=True))) >= abs(sum(diffs)) - 1e-12
+               for p in patterns]  # fmt: skip
+    assert (both.reference, both.n) == ("precision=fp32", 6)
+    assert both.mean_diff == pytest.approx(0.05)
+    assert both.p == pytest.approx(sum(extreme) / len(patterns)) and both.exact
+    assert both.p_holm == pytest.approx(holm([c.p for c in comparisons.values()])[-1])
+    readme = (out / "README.md").read_text()
+    assert f"from 12 finished runs under `{study}` and `{twins}`." in readme
+    assert f"The 6 under `{study}` were produced by `eva-rl sweep`" in readme
+    assert "| all 2 configurations precision=bf16 | precision=fp32 | 6 (1) | +0.050" in readme
+    with open(out / "runs.csv") as f:
+        runs = {r["run"]: r for r in csv.DictReader(f)}
+    assert runs[f"{twins}/hammer-v3/eva-r8-s0-bf16"]["variant"] == "precision=bf16"
+
+
+@pytest.mark.parametrize(
+    "setup, argv, message",
+    [
+        (None, ["--by", "task"], "--by task: tasks, seeds and methods are always apart"),
+        (None, ["--by", "optim.lrr"], "--by optim.lrr: no run has that config key"),
+        ("baseline", [], "the base agent's evaluations of hammer-v3 differ between"),
+    ],
+)
+def test_report_of_two_directories_errors_name_the_fix_and_write_nothing(
+    tmp_path, capsys, setup, argv, message
+):
+    study, twins = tmp_path / "study", tmp_path / "twins"
+    write_run(study, "hammer-v3", "lora", 8, 0, (0.1, 0.2))
+    write_run(twins, "hammer-v3", "lora", 8, 1, (0.1, 0.3))
+    if setup == "baseline":
+        write_baseline(study, "hammer-v3", 0.5)
+        write_baseline(twins, "hammer-v3", 0.25)
+    out = tmp_path / "report"
+    assert main(["report", str(study), str(twins), "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_several_references_add_comparisons_under_one_holm_correction(runs):
@@ -350,7 +427,9 @@ def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cw10-pilot-cpu", "cw10-study-cpu", "cw10-methods-cpu"])
+@pytest.mark.parametrize(
+    "name", ["cw10-pilot-cpu", "cw10-study-cpu", "cw10-methods-cpu", "precision-parity-cpu"]
+)
 def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
     """A fresh `eva-rl report` on a committed result's runs, with the options its README names,
     gives its committed CSVs, tables and method-level TensorBoard files."""
@@ -361,12 +440,13 @@ def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkey
     monkeypatch.chdir(root)  # the README names files (--hypotheses) from the repository root
     result = root / "results" / name
     command = re.search(r"Made by `eva-rl report ([^`]*)`", (result / "README.md").read_text())
-    options = command.group(1).split()[3:]  # after RUNS --out OUT: --partial, --reference ...
+    words = command.group(1).split()  # RUNS... --out OUT, then --partial, --reference ...
+    runs, options = words[: words.index("--out")], words[words.index("--out") + 2 :]
     out = tmp_path / "again"
     if (result / "notes.md").is_file():  # the hand-written part of the README (may hold tables)
         out.mkdir()
         (out / "notes.md").write_text((result / "notes.md").read_text())
-    assert main(["report", str(result / "runs"), "--out", str(out), *options]) == 0
+    assert main(["report", *runs, "--out", str(out), *options]) == 0
     for table in ("runs.csv", "curves.csv"):
         assert (out / table).read_text() == (result / table).read_text()
 

@@ -18,7 +18,7 @@ from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
 from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, finished_seeds
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
-from eva_rl.reports.runs import Row, collect_runs, planned_configs, read_baselines
+from eva_rl.reports.runs import Row, as_dirs, collect_runs, planned_configs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 
 REPORT_FILES = ("README.md", "runs.csv")
@@ -26,7 +26,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def write_report(
-    runs_dir: str | os.PathLike,
+    runs_dir: str | os.PathLike | list[str | os.PathLike],
     out: str | os.PathLike,
     command: str,
     overwrite: bool = False,
@@ -34,34 +34,40 @@ def write_report(
     reference: str | list[str] = "lora",
     partial: bool = False,
     hypotheses: str | os.PathLike | None = None,
+    by: list[str] = (),
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
-    `runs_dir` (only `tasks`, if given), with paired comparisons under each `reference` entry
-    (see `aggregate.compare`). `partial` (a sweep still running) keeps each configuration's
-    seeds finished on every task. `hypotheses`: a file of pre-registered hypotheses, tested on
-    every finished run once their pairs are complete. A hand-written `notes.md` in `out` is
-    kept and appended to the README."""
-    runs_dir, out = Path(runs_dir), Path(out)
+    `runs_dir` (one directory or several, e.g. a study and a follow-up; only `tasks`, if given),
+    with paired comparisons under each `reference` entry (see `aggregate.compare`). `by`:
+    config keys that split configurations besides the sweeps' grids (`precision`). `partial`
+    (a sweep still running) keeps each configuration's seeds finished on every task.
+    `hypotheses`: a file of pre-registered hypotheses, tested on every finished run once their
+    pairs are complete. A hand-written `notes.md` in `out` is kept and appended to the README."""
+    dirs, out = as_dirs(runs_dir), Path(out)
     if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
     check_writable(out, directory=True)
     registered = load_hypotheses(hypotheses) if hypotheses is not None else None
-    baselines = read_baselines(runs_dir)
-    rows = collect_runs(runs_dir, baselines)
+    baselines = read_baselines(dirs)
+    rows = collect_runs(dirs, baselines, by)
     tested = None if registered is None else (hypotheses, evaluate_hypotheses(rows, registered))
+    where = " or ".join(str(d) for d in dirs)
     if tasks:
         missing = sorted(set(tasks) - {r.task for r in rows})
         if missing:
-            raise UserError(f"no finished runs of {', '.join(missing)} under {runs_dir}")
+            raise UserError(f"no finished runs of {', '.join(missing)} under {where}")
         rows = [r for r in rows if r.task in tasks]
         baselines = {t: b for t, b in baselines.items() if t in tasks}
     left_out = None  # not an interim report
     if partial:
         rows, left_out = finished_seeds(rows)
         if not rows:
-            raise UserError(f"no configuration under {runs_dir} has a seed finished on every task")
+            raise UserError(f"no configuration under {where} has a seed finished on every task")
     stats = aggregate(rows)
-    comparisons = compare(stats, reference, planned_configs(runs_dir, rows))
+    # the comparisons one sweep plans: Holm's family; reports of several sweeps correct over
+    # the comparisons they make
+    planned = planned_configs(dirs[0], rows) if len(dirs) == 1 else []
+    comparisons = compare(stats, reference, planned)
     score = rows[0].score_name
     out.mkdir(parents=True, exist_ok=True)
     write_csv(Row.CSV, [r.csv_row() for r in rows], out / "runs.csv")
@@ -84,9 +90,9 @@ def write_report(
     if plots.rank_allocation(stats, out / "rank_allocation.png"):
         figures.append(("rank_allocation.png", "EVA rank allocation"))
     shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
-    write_aggregates(stats, runs_dir, out / TENSORBOARD_DIR)
+    write_aggregates(stats, out / TENSORBOARD_DIR)
     notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
-    text = render.readme(out.name, command, runs_dir, rows, stats, comparisons, reference,
+    text = render.readme(out.name, command, dirs, rows, stats, comparisons, reference,
                          baselines, figures, notes, left_out, tested)  # fmt: skip
     atomic_write_text(out / "README.md", text)
     return {

@@ -136,6 +136,13 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
         label = row_label(group[0])
         if any(r.score is None for r in group):
             raise UserError(f"{label} has runs without a final evaluation; finish or remove them")
+        seen: dict[tuple[str, int], str] = {}
+        for r in group:
+            if (twin := seen.setdefault((r.task, r.seed), r.run)) != r.run:
+                raise UserError(
+                    f"{twin} and {r.run} are both {label} on {r.task}, seed {r.seed}; remove "
+                    "one, or tell them apart with --by KEY (a config key where they differ)"
+                )
         tasks = sorted({r.task for r in group})
         seeds = {t: sorted(r.seed for r in group if r.task == t) for t in tasks}
         if len({tuple(s) for s in seeds.values()}) != 1:
@@ -262,6 +269,7 @@ def compare(
         check_reference(stats, reference, configs)
     out, seen = [], set()
     for reference in references:
+        matched = []
         for s in stats:
             ref = reference_of(s, stats, reference)
             if ref is not None and (s.label, ref.label) not in seen:
@@ -269,6 +277,9 @@ def compare(
                 comparison = paired(s, ref)
                 if comparison is not None:
                     out.append(comparison)
+                    matched.append((s, ref))
+        if "=" in reference:
+            out += pooled(matched, *reference.split("=", 1))
     pending = {
         (c.label, ref.label)
         for reference in references
@@ -297,17 +308,34 @@ class Planned:
 
 def paired(s: ConfigStats, ref: ConfigStats) -> Comparison | None:
     """`s` minus `ref` on the (task, seed) pairs both ran; None with fewer than two."""
+    pairs, diffs = differences(s, ref)
+    if len(pairs) < 2:
+        return None
+    comparison = difference(s.label, ref.label, pairs, diffs)
+    tasks = sorted({t for t, _ in pairs})
+    seeds = sorted({seed for _, seed in pairs})
+    if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
+        comparison.poi = probability_of_improvement(
+            s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
+        )
+    return comparison
+
+
+def differences(s: ConfigStats, ref: ConfigStats) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """The (task, seed) pairs both ran, sorted, and `s`'s score minus `ref`'s on each."""
     mine = {(r.task, r.seed): r.score for r in s.rows}
     theirs = {(r.task, r.seed): r.score for r in ref.rows}
     pairs = sorted(set(mine) & set(theirs))
-    if len(pairs) < 2:
-        return None
-    diffs = np.array([mine[p] - theirs[p] for p in pairs])
+    return pairs, np.array([mine[p] - theirs[p] for p in pairs])
+
+
+def difference(label: str, reference: str, pairs: list[tuple], diffs: np.ndarray) -> Comparison:
+    """The paired statistics of `diffs`, one per pair (task first in each pair's key)."""
     tasks = sorted({t for t, _ in pairs})
     p, exact = sign_flip_test(diffs)
     comparison = Comparison(
-        label=s.label,
-        reference=ref.label,
+        label=label,
+        reference=reference,
         n=len(pairs),
         tasks=len(tasks),
         mean_diff=float(diffs.mean()),
@@ -319,12 +347,27 @@ def paired(s: ConfigStats, ref: ConfigStats) -> Comparison | None:
     )
     if len(tasks) > 1:
         comparison.per_task = task_differences(pairs, diffs)
-    seeds = sorted({seed for _, seed in pairs})
-    if all((t, seed) in set(pairs) for t in tasks for seed in seeds):
-        comparison.poi = probability_of_improvement(
-            s.matrix(tasks, seeds), ref.matrix(tasks, seeds)
-        )
     return comparison
+
+
+def pooled(matched: list[tuple[ConfigStats, ConfigStats]], key: str, value: str):
+    """Under `--reference key=value`, the configurations with another value of `key` against
+    themselves at `value`, pooled: one comparison per other value over every (configuration,
+    task, seed) pair (`all 4 configurations precision=bf16`), where 2+ configurations have
+    one. Does the setting matter, whatever the method?"""
+    out = []
+    for other in sorted({dict(s.variant)[key] for s, _ in matched}):
+        group = [(s, ref) for s, ref in matched if dict(s.variant)[key] == other]
+        if len(group) < 2:
+            continue
+        pairs, diffs = [], []
+        for s, ref in group:
+            mine, theirs = differences(s, ref)
+            pairs += [(task, (s.label, seed)) for task, seed in mine]
+            diffs += list(theirs)
+        label = f"all {len(group)} configurations {key}={other}"
+        out.append(difference(label, f"{key}={value}", pairs, np.array(diffs)))
+    return out
 
 
 def task_differences(pairs: list[tuple[str, int]], diffs: np.ndarray) -> list[TaskDifference]:

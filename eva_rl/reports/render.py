@@ -154,7 +154,10 @@ def describe_references(references) -> str:
     words = []
     for entry in [references] if isinstance(references, str) else references:
         if "=" in entry:
-            words.append(f"each configuration against the same one with {entry}")
+            words.append(
+                f"each configuration against the same one with {entry}, and those of each other "
+                "value pooled over their (configuration, task, seed) pairs"
+            )
         elif ":" in entry:
             method, reference = entry.split(":")
             words.append(f"{method} against {reference} at the same rank")
@@ -163,15 +166,16 @@ def describe_references(references) -> str:
     return "; ".join(words)
 
 
-def partial_note(left_out, runs_dir: Path) -> str:
+def partial_note(left_out, runs_dir: Path | None) -> str:
     """What an interim report of a running sweep holds: each configuration's seeds finished on
-    every task; the finished runs it leaves out, and the sweep's progress where its index is."""
+    every task; the finished runs it leaves out, and the sweep's progress where its index is
+    (one sweep's: `runs_dir`)."""
     seeds: dict[str, set[int]] = {}
     for r in left_out:
         seeds.setdefault(row_label(r), set()).add(r.seed)
     listed = "; ".join(f"{label}: seeds {sorted(s)}" for label, s in seeds.items())
     text = "**Interim report** (`--partial`): the tables hold whole seeds only"
-    if status := sweep_status(runs_dir):
+    if runs_dir is not None and (status := sweep_status(runs_dir)):
         text += f"; the sweep has finished {len(status.done)} of its {status.total} runs"
     if left_out:
         text += (f"; {len(left_out)} finished runs are left out because their seed is not yet "
@@ -180,7 +184,7 @@ def partial_note(left_out, runs_dir: Path) -> str:
 
 
 def readme(
-    name: str, command: str, runs_dir: Path, rows, stats, comparisons, reference: str,
+    name: str, command: str, runs_dirs: list[Path], rows, stats, comparisons, reference: str,
     baselines, plots, notes, left_out=None, hypotheses=None,
 ) -> str:  # fmt: skip
     score = rows[0].score_name
@@ -188,21 +192,25 @@ def readme(
     loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
     tasks = sorted({r.task for r in rows})
     seeds = sorted({r.seed for r in rows})
-    sweep = runs_dir / SWEEP_FILE
     final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
     parts = [f"# {name}", ""]
-    parts.append(
-        f"Made by `{command}` from {len(rows)} finished runs under `{runs_dir}`"
-        + (
-            f", produced by `eva-rl sweep` with this sweep file (`{sweep}`):"
-            if sweep.is_file()
-            else "."
-        )  # fmt: skip
-    )
-    if sweep.is_file():
+    made = f"Made by `{command}` from {len(rows)} finished runs under "
+    sweeps = [(d, d / SWEEP_FILE) for d in runs_dirs if (d / SWEEP_FILE).is_file()]
+    if len(runs_dirs) == 1:
+        parts.append(made + f"`{runs_dirs[0]}`" + (
+            f", produced by `eva-rl sweep` with this sweep file (`{sweeps[0][1]}`):"
+            if sweeps else "."
+        ))  # fmt: skip
+    else:
+        parts.append(made + " and ".join(f"`{d}`" for d in runs_dirs) + ".")
+    for runs_dir, sweep in sweeps:
+        if len(runs_dirs) > 1:
+            n = sum(1 for r in rows if r.path.is_relative_to(runs_dir))
+            parts += ["", f"The {n} under `{runs_dir}` were produced by `eva-rl sweep` with "
+                      f"this sweep file (`{sweep}`):"]  # fmt: skip
         parts += ["", "```yaml", sweep.read_text().strip(), "```"]
     if left_out is not None:
-        parts += ["", partial_note(left_out, runs_dir)]
+        parts += ["", partial_note(left_out, runs_dirs[0] if len(runs_dirs) == 1 else None)]
     precisions = ", ".join(sorted({r.precision for r in rows}))
     parts += [
         "",

@@ -1,10 +1,11 @@
-"""Finished runs as rows: every `summary.json` under a runs directory (any eva_rl version), and
-the sweep's baseline evaluations of the base agent."""
+"""Finished runs as rows: every `summary.json` under one or more runs directories (any eva_rl
+version), and the sweeps' baseline evaluations of the base agent."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from eva_rl.sweeps import BASELINE_DIR, SWEEP_FILE
 
 # sweep grid keys that are not a variant: the task, the seed and a configuration's own method
 NOT_VARIANT = {"task", "seed", "method.name", "method.rank", "method.rho"}
+Dirs = str | os.PathLike | list[str | os.PathLike]
 
 
 @dataclass
@@ -46,10 +48,11 @@ class Row:
     wall_seconds: float
     precision: str
     variant: tuple[tuple[str, str], ...]  # the sweep's other grid keys: (("precision", "bf16"),)
-    run: str  # path relative to the runs directory
+    run: str  # path relative to the runs directory (prefixed by it where a report reads several)
     curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     ranks: dict[str, int] = field(default_factory=dict)
     summary: RunSummary | None = None
+    path: Path | None = None  # the run's directory
 
     CSV = (
         "task", "method", "rank", "rho", "seed", "steps", "score_name", "score", "success_final",
@@ -74,75 +77,112 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path} ({e}); remove it or rerun what wrote it") from None
 
 
-def read_baselines(runs_dir: str | os.PathLike) -> dict[str, EvalResult]:
-    """Task -> the base agent's evaluation written by the sweep (empty if there is none)."""
-    out = {}
-    for path in sorted(Path(runs_dir).glob(f"{BASELINE_DIR}/*.json")):
-        result = EvalResult.from_dict(read_json(path))
-        task = result.config.get("task") or ",".join(result.config.get("datasets", []))
-        out[task] = result
+def read_baselines(runs_dirs: Dirs) -> dict[str, EvalResult]:
+    """Task -> the base agent's evaluation written by the sweep (empty if there is none). Two
+    directories with different evaluations of one task cannot share a report's base line."""
+    out, source = {}, {}
+    for runs_dir in as_dirs(runs_dirs):
+        for path in sorted(runs_dir.glob(f"{BASELINE_DIR}/*.json")):
+            result = EvalResult.from_dict(read_json(path))
+            task = result.config.get("task") or ",".join(result.config.get("datasets", []))
+            if task in out and out[task].envs != result.envs:
+                raise UserError(
+                    f"the base agent's evaluations of {task} differ between {source[task]} and "
+                    f"{path}; report the two directories apart"
+                )
+            out[task], source[task] = result, path
     return out
 
 
-def collect_runs(runs_dir: str | os.PathLike, baselines: dict[str, EvalResult] | None = None):
-    """One row per finished finetune run (a `summary.json`) anywhere under `runs_dir`."""
-    runs_dir = Path(runs_dir)
-    paths = sorted(
-        p  # not in hidden folders: a sweep stages a run it copies (`reuse`) in one
-        for p in runs_dir.rglob("summary.json")
-        if not any(part.startswith(".") for part in p.relative_to(runs_dir).parts)
-    )
-    if not paths:
-        raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
-    baselines = read_baselines(runs_dir) if baselines is None else baselines
-    keys = variant_keys(runs_dir)
+def as_dirs(runs_dirs: Dirs) -> list[Path]:
+    """A report's runs directories: one path or several."""
+    if isinstance(runs_dirs, (str, os.PathLike)):
+        return [Path(runs_dirs)]
+    return [Path(d) for d in runs_dirs]
+
+
+def collect_runs(
+    runs_dirs: Dirs, baselines: dict[str, EvalResult] | None = None, by: Iterable[str] = ()
+) -> list[Row]:
+    """One row per finished finetune run (a `summary.json`) anywhere under `runs_dirs`.
+    Configurations are told apart by the sweeps' grid keys and the config keys in `by`
+    (`precision` as the run ran: `auto` resolves by hardware)."""
+    dirs = as_dirs(runs_dirs)
+    if fixed := sorted(set(by) & NOT_VARIANT):
+        raise UserError(f"--by {' '.join(fixed)}: tasks, seeds and methods are always apart")
+    baselines = read_baselines(dirs) if baselines is None else baselines
+    keys = sorted({k for d in dirs for k in variant_keys(d)} | set(by))
     rows = []
-    for path in paths:
-        try:
-            s = RunSummary.from_dict(read_json(path))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path} is not a run summary ({e!r}); remove it") from None
-        final = s.final
-        curve = [(p.step, p.metrics) for p in s.eval]
-        points = [(step, m["score"]) for step, m in curve if "score" in m]
-        base = baselines.get(s.label)
-        if base is not None and points and points[0][0] > 0:
-            points.insert(0, (0, base.mean("score")))
-        rows.append(
-            Row(
-                task=s.label,
-                method=s.method,
-                rank=s.rank,
-                rho=s.rho,
-                seed=s.seed,
-                steps=s.steps,
-                score_name=s.score_name,
-                score=final.get("score"),
-                success_final=final.get("success_final"),
-                success_any=final.get("success_any"),
-                ret=final.get("return"),
-                best_score=s.best(),
-                auc=curve_auc(points),
-                heldout_loss=final.get("heldout_loss"),
-                final_loss=s.final_loss,
-                trainable_parameters=s.trainable_parameters,
-                total_rank=s.total_rank,
-                gradient_signal=s.gradient_signal,
-                collector_seconds=s.collector_seconds,
-                train_seconds=s.train_seconds,
-                wall_seconds=s.wall_seconds,
-                precision=s.precision,
-                variant=tuple((k, str(flatten(s.config).get(k))) for k in keys),
-                run=str(path.parent.relative_to(runs_dir)),
-                curve=curve,
-                ranks=s.ranks,
-                summary=s,
-            )
+    for runs_dir in dirs:
+        paths = sorted(
+            p  # not in hidden folders: a sweep stages a run it copies (`reuse`) in one
+            for p in runs_dir.rglob("summary.json")
+            if not any(part.startswith(".") for part in p.relative_to(runs_dir).parts)
         )
+        if not paths:
+            raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
+        for path in paths:
+            row = read_row(path, baselines, keys)
+            row.run = str(path.parent.relative_to(runs_dir))
+            if len(dirs) > 1:
+                row.run = str(runs_dir / row.run)
+            rows.append(row)
     if len({r.score_name for r in rows}) > 1:
         names = sorted({r.score_name for r in rows})
         raise UserError(f"the runs report different scores ({', '.join(names)}); report apart")
+    configs = [flatten(r.summary.config) for r in rows]
+    for key in sorted(set(by) - {"precision"}):
+        if not any(key in config for config in configs):
+            raise UserError(
+                f"--by {key}: no run has that config key; spell it as config.yaml does, "
+                "dotted (e.g. optim.lr)"
+            )
     return rows
+
+
+def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str]) -> Row:
+    """The run whose summary is `path`, its variant the values of `keys`."""
+    try:
+        s = RunSummary.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is not a run summary ({e!r}); remove it") from None
+    config = flatten(s.config)
+    final = s.final
+    curve = [(p.step, p.metrics) for p in s.eval]
+    points = [(step, m["score"]) for step, m in curve if "score" in m]
+    base = baselines.get(s.label)
+    if base is not None and points and points[0][0] > 0:
+        points.insert(0, (0, base.mean("score")))
+    return Row(
+        task=s.label,
+        method=s.method,
+        rank=s.rank,
+        rho=s.rho,
+        seed=s.seed,
+        steps=s.steps,
+        score_name=s.score_name,
+        score=final.get("score"),
+        success_final=final.get("success_final"),
+        success_any=final.get("success_any"),
+        ret=final.get("return"),
+        best_score=s.best(),
+        auc=curve_auc(points),
+        heldout_loss=final.get("heldout_loss"),
+        final_loss=s.final_loss,
+        trainable_parameters=s.trainable_parameters,
+        total_rank=s.total_rank,
+        gradient_signal=s.gradient_signal,
+        collector_seconds=s.collector_seconds,
+        train_seconds=s.train_seconds,
+        wall_seconds=s.wall_seconds,
+        precision=s.precision,
+        variant=tuple((k, s.precision if k == "precision" else str(config.get(k))) for k in keys),
+        run="",
+        curve=curve,
+        ranks=s.ranks,
+        summary=s,
+        path=path.parent,
+    )
 
 
 def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, float, tuple]]:

@@ -69,12 +69,12 @@ def write_scalars(log_dir: Path, scalars: list[tuple[str, float, int]]) -> None:
     atomic_write_bytes(log_dir / EVENT_FILE, buffer.getvalue())
 
 
-def write_aggregates(stats, runs_dir: Path, out: Path) -> list[str]:
+def write_aggregates(stats, out: Path) -> list[str]:
     """Write the method-level TensorBoard runs under `out`; returns their names."""
     losses = {}
     for s in stats:
         for r in s.rows:
-            tb = runs_dir / r.run / "tb"
+            tb = r.path / "tb"
             if tb.is_dir():
                 losses[r.run] = dict(read_scalars(tb).get("train/loss", []))
     written = []
