@@ -34,7 +34,7 @@ def write_report(
     reference: str | list[str] = "lora",
     partial: bool = False,
     hypotheses: str | os.PathLike | None = None,
-    by: list[str] = (),
+    by: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
     `runs_dir` (one directory or several, e.g. a study and a follow-up; only `tasks`, if given),
