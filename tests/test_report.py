@@ -428,7 +428,14 @@ def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["cw10-pilot-cpu", "cw10-study-cpu", "cw10-methods-cpu", "precision-parity-cpu"]
+    "name",
+    [
+        "cw10-pilot-cpu",
+        "cw10-study-cpu",
+        "cw10-methods-cpu",
+        "precision-parity-cpu",
+        "cw10-study-bf16-cpu",  # two runs directories, --by precision
+    ],
 )
 def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
     """A fresh `eva-rl report` on a committed result's runs, with the options its README names,
