@@ -435,6 +435,7 @@ def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
         "cw10-methods-cpu",
         "precision-parity-cpu",
         "cw10-study-bf16-cpu",  # two runs directories, --by precision
+        "rank-budget-study-cpu",
     ],
 )
 def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
