@@ -362,9 +362,9 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], key: str, value: str)
             continue
         pairs, diffs = [], []
         for s, ref in group:
-            mine, theirs = differences(s, ref)
-            pairs += [(task, (s.label, seed)) for task, seed in mine]
-            diffs += list(theirs)
+            these, their_diffs = differences(s, ref)
+            pairs += [(task, (s.label, seed)) for task, seed in these]
+            diffs += list(their_diffs)
         label = f"all {len(group)} configurations {key}={other}"
         out.append(difference(label, f"{key}={value}", pairs, np.array(diffs)))
     return out
