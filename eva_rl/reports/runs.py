@@ -122,11 +122,8 @@ def collect_runs(
         if not paths:
             raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
         for path in paths:
-            row = read_row(path, baselines, keys)
-            row.run = str(path.parent.relative_to(runs_dir))
-            if len(dirs) > 1:
-                row.run = str(runs_dir / row.run)
-            rows.append(row)
+            run = path.parent.relative_to(runs_dir)
+            rows.append(read_row(path, baselines, keys, str(runs_dir / run if dirs[1:] else run)))
     if len({r.score_name for r in rows}) > 1:
         names = sorted({r.score_name for r in rows})
         raise UserError(f"the runs report different scores ({', '.join(names)}); report apart")
@@ -140,8 +137,8 @@ def collect_runs(
     return rows
 
 
-def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str]) -> Row:
-    """The run whose summary is `path`, its variant the values of `keys`."""
+def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run: str) -> Row:
+    """The run whose summary is `path`, named `run`, its variant the values of `keys`."""
     try:
         s = RunSummary.from_dict(read_json(path))
     except (KeyError, TypeError, ValueError) as e:
@@ -177,7 +174,7 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str]) -> R
         wall_seconds=s.wall_seconds,
         precision=s.precision,
         variant=tuple((k, s.precision if k == "precision" else str(config.get(k))) for k in keys),
-        run="",
+        run=run,
         curve=curve,
         ranks=s.ranks,
         summary=s,
