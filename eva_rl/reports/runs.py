@@ -113,6 +113,7 @@ def collect_runs(
     baselines = read_baselines(dirs) if baselines is None else baselines
     keys = sorted({k for d in dirs for k in variant_keys(d)} | set(by))
     rows = []
+    several = len(dirs) > 1  # then a run's name keeps its directory
     for runs_dir in dirs:
         paths = sorted(
             p  # not in hidden folders: a sweep stages a run it copies (`reuse`) in one
@@ -123,7 +124,7 @@ def collect_runs(
             raise UserError(f"no finished runs (summary.json) under {runs_dir}; check the path")
         for path in paths:
             run = path.parent.relative_to(runs_dir)
-            rows.append(read_row(path, baselines, keys, str(runs_dir / run if dirs[1:] else run)))
+            rows.append(read_row(path, baselines, keys, str(runs_dir / run if several else run)))
     if len({r.score_name for r in rows}) > 1:
         names = sorted({r.score_name for r in rows})
         raise UserError(f"the runs report different scores ({', '.join(names)}); report apart")
