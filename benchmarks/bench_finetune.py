@@ -42,7 +42,7 @@ def child(method: str, variant: str, task: str, steps: int, batch_size: int, ran
     from eva_rl.data.segments import load_trajectories
     from eva_rl.eva.collector import CollectorConfig, collect_on_datasets
     from eva_rl.runtime import autocast, resolve_device
-    from eva_rl.training.loop import action_loss
+    from eva_rl.training.losses import action_loss
 
     device = resolve_device("auto")
     agent = Agent.load(ROOT / "results/pretrained/mt40-cpu/agent", device=device)

@@ -39,7 +39,7 @@ def child(args) -> None:
     from eva_rl.data.segments import load_trajectories
     from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
     from eva_rl.runtime import autocast, resolve_device, resolve_precision
-    from eva_rl.training.loop import action_loss
+    from eva_rl.training.losses import action_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.index)

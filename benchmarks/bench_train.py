@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--steps 40] [--task push-v3]
 
 1. bare: a plain PyTorch loop (forward, masked MSE, backward, clip, AdamW) on one fixed batch;
-2. eva_rl: `train_loop` on the same model size and batch size (sampling, schedule, logging,
+2. eva_rl: `Trainer.run` on the same model size and batch size (sampling, schedule, logging,
    one checkpoint at the end included);
 3. sampler: `SegmentSampler.sample` alone, as a share of a training step.
 Needs the dataset: eva-rl data build --tasks push-v3
@@ -21,7 +21,8 @@ import torch
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import SegmentSampler, load_trajectories
-from eva_rl.training.loop import LoopConfig, OptimConfig, action_loss, train_loop
+from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
+from eva_rl.training.losses import action_loss
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             loop = LoopConfig(steps=n, log_every=10, save_every=n, eval_every=0)
             t0 = time.perf_counter()
-            train_loop(m, sampler, optim, loop, Path(tmp), lambda d, s: None, progress=False)
+            Trainer(m, sampler, optim, loop, Path(tmp), lambda d, s: None, progress=False).run()
             return (time.perf_counter() - t0) / n
 
     bare(5)  # warm-up
@@ -74,7 +75,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     print(f"bare PyTorch step    {b * 1e3:7.1f} ms   1.00x")
-    print(f"eva_rl train_loop    {o * 1e3:7.1f} ms   {o / b:.2f}x  (overhead {o / b - 1:+.1%})")
+    print(f"eva_rl Trainer      {o * 1e3:7.1f} ms   {o / b:.2f}x  (overhead {o / b - 1:+.1%})")
     print(f"sampler.sample       {sample * 1e3:7.2f} ms   {sample / b:.1%} of a bare step")
 
 

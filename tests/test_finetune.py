@@ -17,7 +17,7 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.reports.tensorboard import read_scalars
 from eva_rl.training.finetune import FinetuneConfig, finetune
-from eva_rl.training.loop import action_loss, action_preds
+from eva_rl.training.losses import action_loss, action_preds
 
 
 def tiny_finetune(checkpoint, mw_root, out, method, *extra):

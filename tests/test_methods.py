@@ -8,7 +8,7 @@ from conftest import HAMMER
 from eva_rl.adapters.methods import METHODS, BuildContext, MethodConfig, build_method
 from eva_rl.agent import Agent
 from eva_rl.data.segments import load_trajectories
-from eva_rl.training.loop import action_loss, action_preds
+from eva_rl.training.losses import action_loss, action_preds
 
 
 @pytest.fixture(scope="module")

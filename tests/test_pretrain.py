@@ -14,7 +14,7 @@ from eva_rl.config import load_config
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, evaluate
-from eva_rl.training.loop import LoopConfig, OptimConfig, train_loop
+from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.pretrain import PretrainConfig, pretrain
 
 TINY = [
@@ -118,7 +118,7 @@ def test_same_code_on_hopper_with_a_plain_transformers_checkpoint(tmp_path):
     model = build_model(cfg.model, 11, 3)
     mean, std = traj.state_stats()
     sampler = SegmentSampler(traj, 5, 10.0, mean, std, seed=0)
-    train_loop(
+    Trainer(
         model,
         sampler,
         OptimConfig(batch_size=4, warmup_steps=1),
@@ -126,7 +126,7 @@ def test_same_code_on_hopper_with_a_plain_transformers_checkpoint(tmp_path):
         tmp_path / "run",
         lambda d, s: None,
         progress=False,
-    )
+    ).run()
     model.save_pretrained(tmp_path / "plain")
     stats = {
         "state_mean": mean.tolist(),

@@ -6,7 +6,7 @@ import torch
 from conftest import write_minari
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
-from eva_rl.training.loop import action_loss
+from eva_rl.training.losses import action_loss
 
 
 @pytest.fixture

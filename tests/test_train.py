@@ -4,7 +4,7 @@ import torch
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import RunError
-from eva_rl.training.loop import LoopConfig, OptimConfig, lr_lambda, train_loop
+from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer, lr_lambda
 
 TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5, dropout=0.1)
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=2, batch_size=16)
@@ -17,6 +17,12 @@ def setup(mw_root, seed=0):
     return model, SegmentSampler(t, 5, 1000.0, *t.state_stats(), seed=seed)
 
 
+def train(model, sampler, loop, run_dir, resume=False):
+    trainer = Trainer(model, sampler, OPTIM, loop, run_dir, lambda d, s: None,
+                      resume=resume, progress=False)  # fmt: skip
+    return trainer.run()
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero():
     f = lr_lambda(4, 12)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -26,16 +32,16 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 def test_loss_goes_down(mw_root, tmp_path):
     model, sampler = setup(mw_root)
     loop = LoopConfig(steps=120, log_every=20, save_every=120)
-    history = train_loop(model, sampler, OPTIM, loop, tmp_path, lambda d, s: None, progress=False)
+    history = train(model, sampler, loop, tmp_path)
     losses = [e.value for e in _scalars(tmp_path, "train/loss")]
     assert len(losses) == 6 and losses[-1] < 0.75 * losses[0]
     assert history["saved_step"] == 120
 
 
 def test_resume_equals_uninterrupted(mw_root, tmp_path, monkeypatch):
-    loop = LoopConfig(steps=8, log_every=2, save_every=3)
+    loop = LoopConfig(steps=8, log_every=4, save_every=3)
     model_a, sampler_a = setup(mw_root)
-    train_loop(model_a, sampler_a, OPTIM, loop, tmp_path / "a", lambda d, s: None, progress=False)
+    history_a = train(model_a, sampler_a, loop, tmp_path / "a")
 
     import eva_rl.training.loop as train_mod
 
@@ -50,26 +56,21 @@ def test_resume_equals_uninterrupted(mw_root, tmp_path, monkeypatch):
     model_b, sampler_b = setup(mw_root)
     monkeypatch.setattr(train_mod, "action_loss", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        train_loop(
-            model_b, sampler_b, OPTIM, loop, tmp_path / "b", lambda d, s: None, progress=False
-        )
+        train(model_b, sampler_b, loop, tmp_path / "b")
     monkeypatch.setattr(train_mod, "action_loss", real_loss)
     torch.manual_seed(123)  # resume must not depend on the process's RNG state
     model_c, sampler_c = setup(mw_root, seed=99)  # fresh objects; state comes from the checkpoint
-    train_loop(
-        model_c,
-        sampler_c,
-        OPTIM,
-        loop,
-        tmp_path / "b",
-        lambda d, s: None,
-        resume=True,
-        progress=False,
-    )
+    history_c = train(model_c, sampler_c, loop, tmp_path / "b", resume=True)
     c_state = model_c.state_dict()
     for name, a in model_a.state_dict().items():
         c = c_state[name]
         assert torch.equal(a, c), name
+    # saved at step 3 inside a logging window (steps 1-4): the resumed run's logged
+    # losses, final loss included, equal the uninterrupted run's
+    assert history_c["loss"] == history_a["loss"]
+    curve = lambda run: [(e.step, e.value) for e in _scalars(tmp_path / run, "train/loss")]  # noqa: E731
+    assert curve("b") == curve("a") and [s for s, _ in curve("a")] == [4, 8]
+    assert not list((tmp_path / "b").rglob("*.tmp*"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mw_root, tmp_path, monkeypatch):
@@ -89,15 +90,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mw_root, tmp_path, mo
         match=r"loss became nan at step 4; the last good checkpoint "
         r"\(step 2\) is kept",
     ):
-        train_loop(
-            model,
-            sampler,
-            OPTIM,
-            LoopConfig(steps=10, save_every=2),
-            tmp_path,
-            lambda d, s: None,
-            progress=False,
-        )
+        train(model, sampler, LoopConfig(steps=10, save_every=2), tmp_path)
     state = torch.load(tmp_path / "checkpoints/latest/state.pt", weights_only=False)
     assert state["step"] == 2
 

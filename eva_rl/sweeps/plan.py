@@ -142,7 +142,7 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     Finds them only: run name -> that run's directory."""
     from eva_rl.config import as_current, changed_keys
     from eva_rl.training.finetune import FinetuneConfig
-    from eva_rl.training.loop import RESUME_MAY_CHANGE
+    from eva_rl.training.rundir import RESUME_MAY_CHANGE
 
     ignore = (*RESUME_MAY_CHANGE, "out")
     for path in dirs:  # an optimisation, not an input: without it the runs simply run here

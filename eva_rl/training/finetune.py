@@ -49,17 +49,9 @@ from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
 from eva_rl.runtime import Precision, resolve_device, resolve_precision
-from eva_rl.training.loop import (
-    LoopConfig,
-    OptimConfig,
-    action_loss,
-    discard_on_failure,
-    gradient_signal,
-    heldout_loss,
-    prepare_run_dir,
-    provenance,
-    train_loop,
-)
+from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
+from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
+from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
 from eva_rl.video import log_videos
 
 SUMMARY_FILE = "summary.json"
@@ -274,7 +266,7 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
 
     loop_started = time.perf_counter()
     try:
-        history = train_loop(
+        trainer = Trainer(
             adapted.model,
             sampler,
             cfg.optim,
@@ -282,12 +274,13 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
             out,
             export,
             run_eval,
-            cfg.resume,
-            progress,
+            resume=cfg.resume,
+            progress=progress,
             hooks=adapted.hooks,
             penalty=adapted.penalty,
             precision=precision,
         )
+        history = trainer.run()
     finally:
         if evaluator is not None:
             evaluator.close()

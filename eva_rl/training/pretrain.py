@@ -20,14 +20,8 @@ from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import Precision, resolve_device, resolve_precision
-from eva_rl.training.loop import (
-    LoopConfig,
-    OptimConfig,
-    discard_on_failure,
-    prepare_run_dir,
-    provenance,
-    train_loop,
-)
+from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
+from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
 
 
 @dataclass
@@ -125,10 +119,9 @@ def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) 
         agent.save(directory / "agent")
 
     try:
-        history = train_loop(
-            model, sampler, cfg.optim, cfg.loop, out, export, run_eval, cfg.resume, progress,
-            precision=precision,
-        )  # fmt: skip
+        trainer = Trainer(model, sampler, cfg.optim, cfg.loop, out, export, run_eval,
+                          resume=cfg.resume, progress=progress, precision=precision)  # fmt: skip
+        history = trainer.run()
     finally:
         if evaluator is not None:
             evaluator.close()

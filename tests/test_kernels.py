@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+from transformers.models.decision_transformer.modeling_decision_transformer import (
+    eager_attention_forward,
+)
+
+from eva_rl.agent import ModelConfig, build_model
+from eva_rl.kernels import ATTENTION, MaskDropout, attention, keep_mask, mask_dropout, speed_up
+from eva_rl.training.loop import OptimConfig, adamw
+
+
+def test_masks_drop_with_probability_p_and_follow_torch_seed():
+    n, p = 400_000, 0.1
+    torch.manual_seed(0)
+    a = keep_mask(torch.Size([n]), p)
+    torch.manual_seed(0)
+    b = keep_mask(torch.Size([n]), p)
+    c = keep_mask(torch.Size([n]), p)  # the generator moved on: another mask
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    dropped = (~a).sum().item()
+    assert abs(dropped - n * p) < 4 * math.sqrt(n * p * (1 - p))  # binomial, 4 sigma
+    # neighbouring elements are independent: P(both dropped) = p^2
+    both = (~a[:-1] & ~a[1:]).float().mean().item()
+    assert both == pytest.approx(p * p, abs=4 * math.sqrt(p * p / n))
+
+
+def test_mask_dropout_is_unbiased_and_matches_its_mask():
+    x = torch.randn(64, 60, 128)
+    torch.manual_seed(3)
+    y = mask_dropout(x, 0.2, True)
+    torch.manual_seed(3)
+    keep = keep_mask(x.shape, 0.2)
+    assert torch.allclose(y, torch.where(keep, x / 0.8, torch.zeros(())), rtol=1e-6, atol=0)
+    assert torch.equal(y == 0, ~keep | (x == 0))
+    ones = mask_dropout(torch.ones(1_000_000), 0.2, True)
+    assert ones.mean().item() == pytest.approx(1.0, abs=4 * math.sqrt(0.25 / 1e6))
+    assert torch.equal(mask_dropout(x, 0.2, False), x)
+    assert torch.equal(mask_dropout(x, 0.0, True), x)
+    module = MaskDropout(0.2).eval()
+    assert torch.equal(module(x), x)
+
+
+def test_training_attention_equals_explicit_attention_with_the_same_masks():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4) for _ in range(3))
+    mask = torch.ones(3, 1, 7, 7, dtype=torch.bool).tril()
+    mask[0, :, :, :2] = False  # left padding: rows 0-1 of batch 0 see nothing at all
+    module = torch.nn.Module()
+    torch.manual_seed(5)
+    out, _ = attention(module, q, k, v, mask, dropout=0.25, scaling=0.5)
+    torch.manual_seed(5)
+    keep = keep_mask(torch.Size([3, 2, 7, 7]), 0.25)
+    additive = torch.zeros(3, 1, 7, 7).masked_fill(~mask, torch.finfo(torch.float32).min)
+    weights = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + additive, -1) * keep / 0.75
+    assert torch.allclose(out, (weights @ v).transpose(1, 2), atol=1e-6)
+    assert torch.isfinite(out).all()
+    # without dropout it is transformers' eager attention on the valid rows
+    module.training = False
+    plain, _ = attention(module, q, k, v, mask, dropout=0.0, scaling=0.5)
+    ref, _ = eager_attention_forward(module, q, k, v, additive, scaling=0.5)
+    assert torch.allclose(plain[1:], ref[1:], atol=1e-6)
+    assert torch.allclose(plain[0, 2:], ref[0, 2:], atol=1e-6)
+
+
+def test_speed_up_keeps_eval_outputs_and_saved_config():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=32, n_layer=2, n_head=2, context_length=5), 6, 3)
+    model.eval()
+    batch = dict(
+        states=torch.randn(4, 5, 6),
+        actions=torch.randn(4, 5, 3),
+        returns_to_go=torch.randn(4, 5, 1),
+        timesteps=torch.arange(5).repeat(4, 1),
+        attention_mask=torch.tensor([[0, 0, 1, 1, 1]] + [[1] * 5] * 3),
+    )
+    before = model(**batch).action_preds
+    speed_up(model)
+    assert model.config._attn_implementation == ATTENTION
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert all(not m.training for m in model.modules())
+    assert torch.equal(model(**batch).action_preds, before)
+    model.train()
+    torch.manual_seed(1)
+    a = model(**batch).action_preds
+    torch.manual_seed(1)
+    assert torch.equal(model(**batch).action_preds, a) and not torch.equal(a, before)
+
+
+def test_fused_adamw_makes_the_plain_update():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(50, 20)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.01)
+    fused = adamw(params, cfg)
+    plain = torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.01, foreach=False)
+    assert fused.defaults["fused"]
+    for step in range(5):
+        for group in (params, twins):
+            for i, p in enumerate(group):
+                p.grad = torch.sin(torch.arange(p.numel()).view_as(p) * (step + i + 1.0))
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins, strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
