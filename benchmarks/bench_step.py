@@ -34,7 +34,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from eva_rl.config import load_config
 from eva_rl.training.finetune import FinetuneConfig, finetune
 args = json.loads(sys.argv[1])
-cfg = load_config(FinetuneConfig, None, [f"task={args['task']}", f"out={args['out']}"] + args["overrides"])
+names = [f"task={args['task']}", f"out={args['out']}"]
+cfg = load_config(FinetuneConfig, None, names + args["overrides"])
 finetune(cfg, progress=False)
 acc = EventAccumulator(args["out"] + "/tb"); acc.Reload()
 points = acc.Scalars("train/loss")
