@@ -4,7 +4,8 @@
         [--dataset metaworld/push-back-v3/scripted-v0] [--rank 8] [--rho 2] [--tau 0.99]
 
 The same pre-sampled batches feed every side, in one process, with the same rank, rho and tau:
-1. forward: the plain model over the batches the collector consumed (no hooks);
+1. forward: the plain model over the batches the collector consumed (no hooks), in the
+   collector's precision (`precision: auto`: bf16 autocast on CPUs with AVX512-BF16/AMX);
 2. ours (covariance, the default) and ours (incremental-svd): `collect` end to end;
 3. PEFT: `get_eva_state_dict` end to end on the same batch list.
 Agreement: the ranks per layer, and |cos| per allocated component (ours vs PEFT).
@@ -22,6 +23,7 @@ import torch
 from eva_rl.agent import Agent
 from eva_rl.data.segments import load_trajectories
 from eva_rl.eva.collector import CollectorConfig, collect, token_mask
+from eva_rl.runtime import autocast, resolve_precision
 
 warnings.filterwarnings("ignore")
 
@@ -61,8 +63,11 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         return out, float(np.median(times))
 
+    device = torch.device(args.device)
+    precision = resolve_precision(CollectorConfig().precision, device)  # the collector's
+
     def forward(n):
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             for b in batches[:n]:
                 model(**b)
 

@@ -97,6 +97,27 @@ def test_planted_spectrum_matches_full_covariance(method):
     assert layer.tokens == len(recorded(batches, layer.converged_at or res.batches))
 
 
+class TwoLayers(Toy):
+    """`proj` then `head`: with only `proj` targeted the collector needs nothing after it."""
+
+    def __init__(self, d):
+        super().__init__(d)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, states, attention_mask, return_dict=True):
+        return self.head(self.proj(states))
+
+
+def test_the_forward_stops_after_the_last_recording_layer():
+    batches, q = planted_batches()
+    model, heads = TwoLayers(16), []
+    model.head.register_forward_pre_hook(lambda *_: heads.append(1))
+    cfg = CollectorConfig(rank=3, tau=0.999, max_batches=30, target_modules=["proj"])
+    res = collect(model, iter(batches), cfg, progress=False)
+    assert res.batches > 1 and not heads  # `head` never ran
+    assert_components_match(res.layers["proj"].components, q.T[:6])
+
+
 @pytest.fixture(scope="module")
 def dt_setup(mw_root):
     traj = load_trajectories(["metaworld/push-v3/scripted-v0"], mw_root)

@@ -1,10 +1,18 @@
 """The collector's linear algebra against exact references: streaming covariance vs the batch
-covariance, the incremental SVD vs an SVD of everything, refinement vs eigh, and the eigh
-fallback when refinement does not converge."""
+covariance (float32 and bfloat16 inputs), the incremental SVD vs an SVD of everything,
+refinement vs eigh (from a nearby and from a random basis), and the eigh fallback when
+refinement does not converge."""
 
 import torch
 
-from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, refine, top_directions
+from eva_rl.eva.linalg import (
+    REFINE_WIDTH,
+    CovarianceStats,
+    IncrementalSVD,
+    flip_signs,
+    refine,
+    top_directions,
+)
 
 
 def test_streaming_covariance_equals_the_covariance_of_all_inputs():
@@ -19,6 +27,23 @@ def test_streaming_covariance_equals_the_covariance_of_all_inputs():
     assert stats.n == 200
     total = centred.square().sum()  # the explained-variance denominator
     torch.testing.assert_close(stats.total_variance(), total, rtol=1e-6, atol=1e-4)
+
+
+def test_bf16_inputs_give_the_exact_covariance_of_their_values():
+    """bf16 inputs take bf16 products with float32 accumulation and a shift afterwards: the
+    scatter still equals the float64 one of the same values (a mean of 3 std: the shift matters)."""
+    torch.manual_seed(4)
+    chunks = [
+        (torch.randn(300, 64) * torch.linspace(0.5, 2, 64) + 3.0).bfloat16() for _ in range(3)
+    ]
+    stats = CovarianceStats(chunks[0].float().mean(0))
+    for x in chunks:
+        stats.add(*stats.moments(x))
+    everything = torch.cat(chunks).double()
+    centred = everything - everything.mean(0)
+    exact = centred.T @ centred
+    torch.testing.assert_close(stats.scatter(), exact, rtol=0, atol=2e-6 * exact.abs().max())
+    torch.testing.assert_close(stats.total_variance(), exact.trace(), rtol=1e-6, atol=0)
 
 
 def test_incremental_svd_keeping_every_direction_is_the_svd_of_everything():
@@ -53,12 +78,23 @@ def test_refinement_from_a_nearby_basis_finds_eighs_vectors():
     torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64))
 
 
+def test_top_directions_of_wide_matrices_start_from_a_random_basis():
+    torch.manual_seed(5)
+    d = REFINE_WIDTH * 6  # wide enough for refinement with 2k = 6
+    s, q = planted(d)
+    basis, values = top_directions(s[None], None, k=3)
+    torch.testing.assert_close(values[0, :3], torch.tensor([9.0, 5.0, 3.0], dtype=torch.float64))
+    cos = (basis[0, :, :3] * q[:, :3]).sum(0).abs()
+    torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64))
+
+
 def test_top_directions_fall_back_to_eigh_when_refinement_does_not_converge():
     torch.manual_seed(3)
-    values = torch.linspace(2.0, 1.9, 12).double()  # a flat spectrum: power iteration crawls
-    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    d = REFINE_WIDTH * 6
+    values = torch.linspace(2.0, 1.9, d).double()  # a flat spectrum: power iteration crawls
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
     s = q @ torch.diag(values) @ q.T
-    start = torch.randn(1, 12, 6, dtype=torch.float64)
+    start = torch.randn(1, d, 6, dtype=torch.float64)
     _, _, converged = refine(s[None], start, k=3)
     assert not converged
     basis, found = top_directions(s[None], start, k=3)

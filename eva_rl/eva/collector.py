@@ -1,13 +1,15 @@
 """The collector: principal directions of every adapted layer's inputs on downstream data.
 
 Forward pre-hooks record each target layer's input on the valid tokens of a batch (the DT's
-per-timestep attention mask expanded to its interleaved return/state/action tokens). Two methods:
+per-timestep attention mask expanded to its interleaved return/state/action tokens); once every
+layer still recording has its input, the hook stops the forward pass. Two methods:
 
 - `covariance` (default): exact streaming statistics (token count, sum, X^T X accumulated in
-  float64); after each batch the top eigenvectors of each layer's centred scatter matrix are
-  refined from the previous batch's, batched over layers of equal width (`top_directions`). They
-  are the top right-singular vectors of all centred inputs seen so far; a batch costs one matrix
-  product per layer and a few small ones, instead of an SVD of the stacked inputs.
+  float64); after each batch the top eigenvectors of each layer's centred scatter matrix, batched
+  over layers of equal width (`top_directions`: refined from the previous batch's for wide
+  layers, a full `eigh` for narrow ones). They are the top right-singular vectors of all centred
+  inputs seen so far; a batch costs one matrix product per layer and a few small ones, instead
+  of an SVD of the stacked inputs.
 - `incremental-svd`: the Ross et al. (2008) incremental SVD that PEFT's EVA uses (exact SVD of
   `[S * V; X - batch_mean; mean_correction]` each batch), kept for comparison.
 
@@ -27,6 +29,7 @@ when every layer has converged or after `max_batches` (then it warns and still r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import warnings
@@ -45,6 +48,10 @@ from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.runtime import Precision, autocast, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
+
+
+class _Recorded(Exception):
+    """Raised by the last hook a batch needs, to skip the rest of the forward pass."""
 
 
 @dataclass
@@ -147,7 +154,7 @@ class Collector:
         self.ranks: dict[str, int] = {}
         self.ratios: dict[str, torch.Tensor] = {}
         self.batches = 0
-        self._mask: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None  # this batch's valid tokens, as flat indices
         self._inputs: dict[str, torch.Tensor] = {}  # this batch's recorded inputs per layer
 
     def __enter__(self) -> Collector:
@@ -164,9 +171,15 @@ class Collector:
         self.model.train(self._was_training)
 
     def _hook(self, name: str):
+        """Record the layer's input on the valid tokens; once every recording layer has its
+        input, stop the forward pass (nothing after it is needed)."""
+
         def pre_hook(_module, args):
             if name in self.recording:
-                self._inputs[name] = args[0][self._mask]
+                x = args[0]
+                self._inputs[name] = x.reshape(-1, x.shape[-1]).index_select(0, self._rows)
+                if len(self._inputs) == len(self.recording):
+                    raise _Recorded
 
         return pre_hook
 
@@ -174,8 +187,9 @@ class Collector:
         """Record one batch, update every recording layer's directions and convergence, and
         reallocate the ranks; True once every layer has converged."""
         self.batches += 1
-        self._mask = token_mask(batch["attention_mask"], self.cfg.token_types)
-        with torch.no_grad(), autocast(self.device, self.precision):
+        mask = token_mask(batch["attention_mask"], self.cfg.token_types)
+        self._rows = mask.flatten().nonzero().squeeze(1)
+        with torch.no_grad(), autocast(self.device, self.precision), contextlib.suppress(_Recorded):
             self.model(**batch, return_dict=True)
         inputs, self._inputs = self._inputs, {}
         if not self.stats:
