@@ -14,8 +14,9 @@ have not claimed (never less than a fair 1/(n+1) of them). Claims are files in a
 registry, so a process started a moment after another sees it at once; the load average lags a
 minute and counts the whole host inside a container, and sampling /proc/stat sees a neighbour
 only while it happens to be busy. Load from other programs is not seen: set `threads` then.
-OpenMP threads wait passively (`quiet_waits`): a spinning pool steals the cores its neighbours
-need (measured 14x slower instead of 2x beside one other process, benchmarks/README.md).
+OpenMP threads soon stop spinning when out of work (`quiet_waits`): a spinning pool steals the
+cores its neighbours need (measured 9x slower instead of at most 2x beside one other process,
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ if TYPE_CHECKING:  # torch loads after `quiet_waits` has set the environment its
 
 Precision = Literal["auto", "bf16", "fp32"]
 
-# GNU (libgomp, torch's on Linux) and LLVM/Intel OpenMP threads sleep at once when out of work
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-WAIT_VARIABLES = (*WAIT_POLICY, "GOMP_SPINCOUNT")
+# OpenMP threads out of work spin briefly, then sleep: GNU OpenMP (libgomp, torch's on Linux)
+# 10,000 spins (about 0.1-1 ms by CPU) instead of 300,000; LLVM/Intel OpenMP 1 ms instead of 200
+WAIT_POLICY = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", *WAIT_POLICY)
 
 
 def quiet_waits() -> None:
-    """OpenMP threads that sleep instead of spinning while they wait for work, unless the user
-    set any wait variable (then theirs stand alone). The OpenMP runtime reads them once, when
-    torch loads it: call before `import torch` (the CLI does, first thing); processes spawned
-    later (sweep runs, env workers) inherit them."""
+    """OpenMP threads that soon sleep instead of spinning while they wait for work, unless the
+    user set any wait variable (then theirs stand alone). A short spin keeps a step alone as fast
+    as before (no spin at all, OMP_WAIT_POLICY=PASSIVE, measured 1.2-1.5x slower per step at 2
+    threads) and bounds what a waiting thread takes from its neighbours. The OpenMP runtime reads
+    these once, when torch loads it: call before `import torch` (the CLI does, first thing);
+    processes spawned later (sweep runs, env workers) inherit them."""
     if not any(key in os.environ for key in WAIT_VARIABLES):
         os.environ.update(WAIT_POLICY)
 
@@ -75,8 +79,8 @@ def share(requested: int = 0) -> int:
     """Cores (threads or worker processes) this process computes on, recorded for the eva_rl
     processes that start after it until it exits: `requested` when > 0, else the user's
     OMP_NUM_THREADS, else the cores no other live eva_rl process claims, or a fair share when
-    fewer are free (earlier processes keep theirs; passive waits keep that oversubscription
-    cheap)."""
+    fewer are free (earlier processes keep theirs; short OpenMP waits keep that
+    oversubscription cheap)."""
     if requested < 0:
         raise UserError(f"threads must be >= 0 (0: a share of the free cores), got {requested}")
     folder = registry()

@@ -138,11 +138,11 @@ SCRIPT = textwrap.dedent(
     class Spy:  # what the wait policy is when torch is first imported
         def find_spec(self, name, path=None, target=None):
             if name == "torch" and "torch" not in seen:
-                seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+                seen["torch"] = os.environ.get("GOMP_SPINCOUNT")
 
 
     def child(conn):
-        conn.send([os.environ.get(k) for k in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")])
+        conn.send([os.environ.get(k) for k in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")])
 
 
     if __name__ == "__main__":
@@ -160,15 +160,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("user", [None, "ACTIVE"])
+@pytest.mark.parametrize("user", [None, "5"])
 def test_cli_sets_wait_policy_before_torch_and_spawned_children_inherit(tmp_path, user):
     script = tmp_path / "spawner.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in env_for_children().items() if k not in runtime.WAIT_VARIABLES}
     if user:
-        env["OMP_WAIT_POLICY"] = user
+        env["GOMP_SPINCOUNT"] = user
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    expected = [user] * 2 + ["None"] if user else ["PASSIVE"] * 2 + ["0"]  # the user's stand alone
+    expected = [user] * 2 + ["None"] if user else ["10000"] * 2 + ["1"]  # the user's stand alone
     assert line.split()[1:] == expected
