@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from eva_rl.errors import RunError, UserError
+from eva_rl.runtime import cpu_count, quiet_waits, set_threads
 
 # --- commands: parse, call the stage, print ------------------------------------------------
 
@@ -35,7 +36,9 @@ def cmd_data_record(args) -> None:
     from eva_rl.data import catalog
     from eva_rl.data.record import RecordConfig, record
 
-    print(catalog.format_summary(record(_config(RecordConfig, args))))
+    cfg = _config(RecordConfig, args)
+    set_threads()
+    print(catalog.format_summary(record(cfg)))
 
 
 def cmd_data_list(args) -> None:
@@ -72,6 +75,7 @@ def cmd_evaluate(args) -> None:
     cfg = _config(EvaluateConfig, args)
     if args.target_return:
         cfg.eval.target_returns.update(_target_returns(args.target_return))
+    set_threads()
     result = run_evaluation(cfg)
     print(result.to_markdown())
     print(f"report: {cfg.out}" + (f"; videos: {cfg.video_dir}" if cfg.eval.video else ""))
@@ -82,6 +86,7 @@ def cmd_collect(args) -> None:
     from eva_rl.eva.state import META_FILE, CollectConfig, run_collection
 
     cfg = _config(CollectConfig, args)
+    set_threads()
     result = run_collection(cfg)
     if is_main():
         ranks = {n.removeprefix("encoder."): layer.rank for n, layer in result.layers.items()}
@@ -131,7 +136,7 @@ def cmd_sweep(args) -> None:
         status = planned_status(cfg)
         left = status.total - len(status.done) - len(status.reused)
         # as many at once as the local executor would run for what is left
-        print(status.describe(shares(cfg, [os.cpu_count() or 1], left)[0]))
+        print(status.describe(shares(cfg, [cpu_count()], left)[0]))
         if not (Path(cfg.out) / INDEX_FILE).is_file():
             print(f"not started; eva-rl sweep {args.sweep} starts it")
         return
@@ -178,7 +183,9 @@ def cmd_export(args) -> None:
 def cmd_quickstart(args) -> None:
     from eva_rl.quickstart import QuickstartConfig, quickstart
 
-    result = quickstart(_config(QuickstartConfig, args))
+    cfg = _config(QuickstartConfig, args)
+    set_threads()
+    result = quickstart(cfg)
     print(f"\n{result['table']}\n")
     print(f"report: {result['report']}/README.md (plots beside it)")
     if result["video"]:
@@ -191,6 +198,7 @@ def cmd_video(args) -> None:
 
     cfg = _config(CompareConfig, args)
     cfg.eval.target_returns.update(_target_returns(args.target_return))
+    set_threads()
     for path, captions in compare_agents(cfg):
         print(path)
         for caption in captions:
@@ -487,6 +495,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_waits()  # before anything imports torch: its OpenMP reads the wait policy once
     try:
         args = parse(sys.argv[1:] if argv is None else list(argv))
     except UserError as e:

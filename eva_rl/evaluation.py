@@ -35,7 +35,7 @@ from eva_rl.agent import SHIPPED, Agent
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult
-from eva_rl.runtime import Precision, autocast, cpu_count, resolve_device, resolve_precision
+from eva_rl.runtime import Precision, autocast, resolve_device, resolve_precision
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Evaluator:
 
     def _open(self) -> None:
         """Spread the slots over the worker groups (round robin) and start the vector env."""
-        slots, cores = len(self._slot_names), cpu_count()
+        slots, cores = len(self._slot_names), torch.get_num_threads()  # its share of the cores
         workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else 1), slots)
         size = -(-slots // workers)
         groups = [self._slot_names[g::workers] for g in range(workers)]

@@ -10,7 +10,6 @@ task `t` depends only on (seed, t, i), never on chunking or worker count.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
 import warnings
 import zlib
@@ -26,6 +25,7 @@ from eva_rl.data.catalog import dataset_id
 from eva_rl.envs import NoiseMixture, Suite, load_suite, make_task_env, unknown_name_message
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
+from eva_rl.runtime import share
 
 ALGORITHM = "metaworld-scripted-expert+gaussian-action-noise"
 
@@ -36,7 +36,7 @@ class DataBuildConfig:
     tasks: list[str] = field(default_factory=list)  # empty: every task of the suite
     episodes: int | None = None  # per task; None: the suite's recipe
     seed: int | None = None  # None: the suite's recipe
-    workers: int = 0  # 0: one per core
+    workers: int = 0  # 0: one per free core (eva_rl.runtime.share)
     chunk_episodes: int = 5  # episodes per worker job
     overwrite: bool = False  # replace existing datasets
     skip_existing: bool = False  # keep datasets that exist instead of refusing
@@ -107,7 +107,7 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
         for task in p.tasks
         for chunk in chunks
     ]
-    workers = min(cfg.workers or os.cpu_count() or 1, max(len(jobs), 1))
+    workers = min(share(cfg.workers), max(len(jobs), 1))
     pending = {task: [] for task in p.tasks}
     chunks_left = dict.fromkeys(p.tasks, len(chunks))
     started = time.perf_counter()

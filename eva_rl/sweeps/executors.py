@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_rl.errors import UserError
+from eva_rl.runtime import cpu_count, quiet_waits, set_threads
 from eva_rl.sweeps.baseline import run_baseline
 from eva_rl.sweeps.config import SweepConfig
 from eva_rl.sweeps.plan import Run, run_config
@@ -23,11 +24,9 @@ from eva_rl.sweeps.plan import Run, run_config
 
 def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
     """Worker: one finetune run (or baseline evaluation), its output and warnings in `log`."""
-    import torch
-
     from eva_rl.training.finetune import finetune
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     started = time.perf_counter()
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         warnings.simplefilter("default")
@@ -111,10 +110,11 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
         import torch
 
         slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
-    workers, threads = shares(cfg, [os.cpu_count() or 1], len(todo))
+    quiet_waits()  # the runs' processes inherit it, even when torch is loaded here already
+    workers, threads = shares(cfg, [cpu_count()], len(todo))
     if slots:
         workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = cfg.threads or max(1, cpu_count() // workers)
     ctx = get_context("spawn")
     free, queue = list(slots), list(todo)
     running: dict[int, tuple[Any, Run, str | None, Any]] = {}  # sentinel -> process, run, ...
@@ -177,7 +177,7 @@ def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, d
     ray = import_ray()
     if not todo:
         return  # no cluster to start
-    local = {"num_cpus": os.cpu_count()} if cfg.address is None else {}
+    local = {"num_cpus": cpu_count()} if cfg.address is None else {}
     ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False, **local)
     pending: dict[Any, Run] = {}
     try:

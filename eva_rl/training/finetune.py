@@ -48,7 +48,7 @@ from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
-from eva_rl.runtime import Precision, resolve_device, resolve_precision
+from eva_rl.runtime import Precision, resolve_device, resolve_precision, set_threads
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
 from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
@@ -128,7 +128,7 @@ class FinetuneConfig:
     seed: int = 0  # of sampling, initialisation and training
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
-    threads: int = 0  # torch CPU threads; 0: torch's default
+    threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
     resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
@@ -187,8 +187,7 @@ def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progres
     """Everything after the run folder exists: build, measure, train, evaluate, export."""
     out, device = Path(cfg.out), agent.device
     main = distributed.is_main()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
     calibration_sampler = agent.segment_sampler(traj, cfg.seed + 1)

@@ -19,7 +19,7 @@ from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import Precision, resolve_device, resolve_precision
+from eva_rl.runtime import Precision, resolve_device, resolve_precision, set_threads
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
 
@@ -48,7 +48,7 @@ class PretrainConfig:
     seed: int = 0  # of initialisation and sampling
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
-    threads: int = 0  # torch CPU threads; 0: torch's default
+    threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
     resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
@@ -77,8 +77,7 @@ def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) 
     from eva_rl.evaluation import EvalConfig, Evaluator
 
     out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,174 @@
+"""Sharing the cores: how many threads a process takes (affinity, quota, explicit counts, the
+claims of other live eva_rl processes) and the OpenMP wait policy the CLI hands to torch and to
+the processes it spawns."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from eva_rl import runtime
+from eva_rl.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def registry(tmp_path, monkeypatch):
+    """A private claims registry and no OMP_NUM_THREADS of the caller's."""
+    monkeypatch.setenv("EVA_RL_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    return tmp_path / "runtime" / "cores"
+
+
+@pytest.fixture
+def six_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    monkeypatch.setattr(runtime, "cgroup_quota", lambda: None)
+
+
+def env_for_children() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def claimer(cores: int) -> subprocess.Popen:
+    """Another live process that claimed `cores` through the registry (and waits)."""
+    code = f"from eva_rl.runtime import share; share({cores}); print('ok', flush=True)\n"
+    code += "import sys; sys.stdin.read()"
+    p = subprocess.Popen([sys.executable, "-c", code], env=env_for_children(),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout.readline().strip() == "ok"
+    return p
+
+
+def test_affinity_mask_not_machine_total(six_cores):
+    assert runtime.cpu_count() == 6
+    assert runtime.share() == 6  # nothing else claims cores
+
+
+def test_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):
+    cgroup = Path("/proc/self/cgroup")
+    if not cgroup.is_file() or "0::" not in cgroup.read_text():
+        pytest.skip("no cgroup v2 here")
+    group = cgroup.read_text().split("0::", 1)[1].splitlines()[0].lstrip("/")
+    limit = tmp_path / "cg" / group / "cpu.max"
+    limit.parent.mkdir(parents=True, exist_ok=True)
+    limit.write_text("150000 100000\n")  # a container's --cpus 1.5
+    assert runtime.cgroup_quota(str(tmp_path / "cg")) == 2
+    limit.write_text("max 100000\n")
+    assert runtime.cgroup_quota(str(tmp_path / "cg")) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    monkeypatch.setattr(runtime, "cgroup_quota", lambda: 2)
+    assert runtime.cpu_count() == 2
+
+
+def test_busy_cores_claimed_by_live_processes_are_left_to_them(six_cores, registry):
+    first = claimer(3)
+    try:
+        assert runtime.share() == 3  # the 3 free cores
+        second = claimer(2)
+        try:
+            assert runtime.share() == 2  # 1 free core, but a fair share is 6 // 3
+        finally:
+            second.kill()  # killed: its claim stays behind, stale
+            second.wait()
+        assert (registry / f"{second.pid}.claim").is_file()
+        assert runtime.share() == 3
+        assert not (registry / f"{second.pid}.claim").exists()
+    finally:
+        first.communicate("")  # ends normally: its claim goes with it
+    assert not (registry / f"{first.pid}.claim").exists()
+    assert runtime.share() == 6
+
+
+def test_stale_and_reused_pid_claims_are_dropped(six_cores, registry):
+    registry.mkdir(parents=True)
+    (registry / f"{os.getppid()}.claim").write_text("4 1\n")  # a live pid started at another time
+    (registry / "999999999.claim").write_text("4 1\n")  # no such process
+    (registry / "garbage.claim").write_text("?")
+    assert runtime.share() == 6
+    assert [p.name for p in registry.glob("*.claim")] == [f"{os.getpid()}.claim"]
+
+
+def test_explicit_threads_win_and_are_claimed(six_cores, registry):
+    hog = claimer(6)
+    try:
+        assert runtime.share(5) == 5
+        assert (registry / f"{os.getpid()}.claim").read_text().split()[0] == "5"
+    finally:
+        hog.communicate("")
+
+
+def test_users_omp_num_threads_wins_over_automatic(six_cores, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")
+    assert runtime.share() == 4
+    assert runtime.share(3) == 3  # an explicit setting still wins
+
+
+def test_negative_threads_is_a_user_error():
+    with pytest.raises(UserError, match="threads must be >= 0"):
+        runtime.share(-1)
+
+
+def test_unwritable_registry_still_chooses(six_cores, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("EVA_RL_RUNTIME_DIR", str(tmp_path / "file"))
+    assert runtime.share() == 6
+
+
+def test_set_threads_sets_torchs_threads():
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing as mp
+    import os
+    import sys
+
+
+    class Spy:  # what the wait policy is when torch is first imported
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" and "torch" not in seen:
+                seen["torch"] = os.environ.get("GOMP_SPINCOUNT")
+
+
+    def child(conn):
+        conn.send([os.environ.get(k) for k in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")])
+
+
+    if __name__ == "__main__":
+        seen = {}
+        sys.meta_path.insert(0, Spy())
+        from eva_rl.cli import main
+
+        assert main(["methods"]) == 0 and "torch" in sys.modules
+        receive, send = mp.Pipe(duplex=False)
+        process = mp.get_context("spawn").Process(target=child, args=(send,))
+        process.start()
+        print("RESULT", *map(str, [seen["torch"], *receive.recv()]))
+        process.join()
+    """
+)
+
+
+@pytest.mark.parametrize("user", [None, "5"])
+def test_cli_sets_wait_policy_before_torch_and_spawned_children_inherit(tmp_path, user):
+    script = tmp_path / "spawner.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in env_for_children().items() if k not in runtime.WAIT_VARIABLES}
+    if user:
+        env["GOMP_SPINCOUNT"] = user
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    expected = [user] * 2 + ["None"] if user else ["10000"] * 2 + ["1"]  # the user's stand alone
+    assert line.split()[1:] == expected
