@@ -1,19 +1,19 @@
 """Seeded, batched evaluation of a DT agent on Meta-World tasks or any Box gymnasium env.
 
 Episodes run in env *slots*, up to `max_envs` at once; each env step is ONE forward pass (in the
-run's precision) for every live episode. Episode i of an env is reset with seed `seed + i` and
-played to its end, then the slot takes the next episode of that env: a fixed number of
-episodes per env, short episodes never over-counted, and an episode's outcome independent of
-which slot, chunk or process played it.
+run's precision) for the live episodes of a group of slots. Episode i of an env is reset with
+seed `seed + i` and played to its end, then the slot takes the next episode of that env: a
+fixed number of episodes per env, short episodes never over-counted, and an episode's outcome
+independent of which slot, group or process played it.
 
-The slots are stepped in `workers` processes through Gymnasium's vector API (`AsyncVectorEnv`,
-shared memory, autoreset disabled: every reset is ours, with its seed); each sub-env holds a
-group of slots (`EnvSlots`), so 100 episodes cost `workers` processes, not 100. With one worker
-the same group steps in this process (`SyncVectorEnv`), unless episodes are recorded as videos
-(frames are rendered in worker processes, see `eva_rl.video`). Both paths see the same slots in
-the same order, so they give identical episodes. Env instances are built once per `Evaluator`
-and reused by later episodes and later calls (building a Meta-World env costs ~0.2 s; a
-training run evaluates several times).
+The slots are split into `workers` groups, each stepped in its own worker process through
+Gymnasium's vector API (`AsyncVectorEnv`, shared memory, autoreset disabled: every reset is
+ours, with its seed), so 100 episodes cost `workers` processes, not 100; while one group's envs
+step, this process runs another group's forward (`eva_rl.rollout`). With one worker the group
+steps in this process (`SyncVectorEnv`), unless episodes are recorded as videos (frames are
+rendered in worker processes, see `eva_rl.video`). Every layout gives identical episodes. Env
+instances are built once per `Evaluator` and reused by later episodes and later calls
+(building a Meta-World env costs ~0.2 s; a training run evaluates several times).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from eva_rl.agent import SHIPPED, Agent
@@ -49,8 +50,9 @@ class EvalConfig:
     # episodes at once on a GPU (one forward for all), 20 on a CPU (the forward's cost per
     # episode is flat there above ~10, and fewer envs are built)
     max_envs: int = 0
-    # processes stepping the envs; 0 = auto: half the cores from 4 cores up, else 1 (this
-    # process: on 2 cores, workers compete with the forward and were measured slower)
+    # processes stepping the envs, each a group of slots whose env steps overlap the forward
+    # of another group; 0 = auto: half the cores from 4 cores up, 2 on 2-3 cores (measured
+    # 1.2x faster than stepping in process on 2 cores), 1 = this process
     workers: int = 0
     # Gaussian action noise (std as a fraction of each action's half-range), seeded per
     # episode: 0 to evaluate; data recording (`eva-rl data record`) uses it for variety
@@ -137,6 +139,7 @@ class Evaluator:
         max_envs = cfg.max_envs or (len(envs) * per_env if self.device.type == "cuda" else 20)
         self._slot_names = _plan_slots(self.names, per_env, max_envs)
         self._groups: list[SlotGroup] = []
+        self._workers = 0  # env-stepping processes
 
     def __enter__(self) -> Evaluator:
         return self
@@ -154,7 +157,7 @@ class Evaluator:
         process for one worker (unless filming: frames are rendered in worker processes),
         else one worker process per group."""
         slots, cores = len(self._slot_names), cpu_count()
-        workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else 1), slots)
+        workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else min(cores, 2)), slots)
         size = -(-slots // workers)
         names = [self._slot_names[g::workers] for g in range(workers)]
         names = [g + [None] * (size - len(g)) for g in names]  # equal shapes for batching
@@ -171,6 +174,7 @@ class Evaluator:
                     fns, shared_memory=True, copy=False, context="spawn", autoreset_mode=mode
                 )
             self._groups.append(SlotGroup(vec, group, g * size))
+        self._workers = sum(isinstance(g.vec, gym.vector.AsyncVectorEnv) for g in self._groups)
 
     def run(self, episodes: int | None = None, video_dir: str | None = None) -> EvalResult:
         """`episodes` (default `cfg.episodes`) seeded episodes per env; see the module doc.
@@ -184,10 +188,14 @@ class Evaluator:
         model, was_training = self.agent.model, self.agent.model.training
         old_device = self.agent.device
         model.to(self.device).eval()
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and self._workers:  # the workers step envs meanwhile
+            torch.set_num_threads(max(1, cpu_count() - self._workers))
         try:
             played = self._play(episodes)
         finally:
             model.to(old_device).train(was_training)
+            torch.set_num_threads(threads)
         envs = {
             name: EnvResult(name, self.targets[name], played[name], self._reference(name))
             for name in self.names

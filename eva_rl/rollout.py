@@ -61,16 +61,18 @@ class NoisyAction(MeanAction):
 
 
 class SlotGroup:
-    """A vector env holding one `EnvSlots` group; global slots `offset .. offset + size`."""
+    """A vector env holding one `EnvSlots` group; global slots `offset .. offset + size`.
+    Steps and resets are sent, then received: in a worker process they run meanwhile."""
 
     def __init__(self, vec: gym.vector.VectorEnv, names: list[str | None], offset: int):
         self.vec, self.names, self.offset = vec, names, offset
         self.slots = np.arange(offset, offset + len(names))
         self.in_flight = False
-        self._pending: np.ndarray | None = None
+        self._worker = isinstance(vec, gym.vector.AsyncVectorEnv)
+        self._pending: np.ndarray | dict | None = None
 
     def send(self, actions: np.ndarray) -> None:
-        if isinstance(self.vec, gym.vector.AsyncVectorEnv):
+        if self._worker:
             self.vec.step_async(actions)
         else:
             self._pending = actions
@@ -78,16 +80,24 @@ class SlotGroup:
 
     def receive(self) -> tuple[np.ndarray, dict]:
         self.in_flight = False
-        if isinstance(self.vec, gym.vector.AsyncVectorEnv):
+        if self._worker:
             obs, _, _, _, info = self.vec.step_wait()
         else:
             obs, _, _, _, info = self.vec.step(self._pending)
         return obs[0], {key: value[0] for key, value in info.items()}
 
-    def reset(self, assign: dict[int, tuple[int, str | None]]) -> np.ndarray:
+    def send_reset(self, assign: dict[int, tuple[int, str | None]]) -> None:
         """Start episodes in local slots: {slot: (seed, video path or None)}."""
-        obs, _ = self.vec.reset(options={"assign": {0: assign}})
-        return obs[0]
+        options = {"assign": {0: assign}}
+        if self._worker:
+            self.vec.reset_async(options=options)
+        else:
+            self._pending = options
+
+    def receive_reset(self) -> np.ndarray:
+        if self._worker:
+            return self.vec.reset_wait()[0][0]
+        return self.vec.reset(options=self._pending)[0][0]
 
 
 @dataclass
@@ -136,8 +146,9 @@ class Rollouts:
         self.video_dir, self.videos = video_dir, videos
         with self._computing():
             self.windows = ContextWindows(self.agent, len(self.names), self.device)
-            for group in self.groups:
-                self.refill(group, group.slots)
+            started = [self._assign(group, group.slots) for group in self.groups]
+            for group, slots in zip(self.groups, started, strict=True):  # built meanwhile
+                self._started(group, slots)
                 self._send(group)
 
     def step(self) -> int:
@@ -160,6 +171,11 @@ class Rollouts:
 
     def refill(self, group: SlotGroup, free) -> None:
         """Start the next episode of each free slot's env, if any is left."""
+        self._started(group, self._assign(group, free))
+
+    def _assign(self, group: SlotGroup, free) -> list[int]:
+        """Give each free slot the next episode of its env, if any is left, and send the
+        group's resets; the slots that got one."""
         assign, started = {}, []
         for s in free:
             name = self.names[s]
@@ -172,9 +188,15 @@ class Rollouts:
             assign[s - group.offset] = (self.seed + i, live.episode.video)
             self.live[s] = live
             started.append(s)
+        if started:
+            group.send_reset(assign)
+        return started
+
+    def _started(self, group: SlotGroup, started: list[int]) -> None:
+        """Take the first observations of the episodes `_assign` started."""
         if not started:
             return
-        obs = group.reset(assign)
+        obs = group.receive_reset()
         rows = np.asarray(started)
         self.obs[rows] = obs[rows - group.offset]
         for s in started:

@@ -56,7 +56,8 @@ def test_exactly_n_episodes_per_env_with_early_termination():
         )
     names = ["InvertedPendulum-v5", SHORT_ID]
     agent = tiny_agent(4, 1, horizon=100, targets=dict.fromkeys(names, 100.0))
-    result = evaluate(agent, names, EvalConfig(episodes=6), progress=False)
+    # workers=1: the short env is registered in this process only, not in worker processes
+    result = evaluate(agent, names, EvalConfig(episodes=6, workers=1), progress=False)
     long_eps, short_eps = episodes_of(result, names[0]), episodes_of(result, names[1])
     assert len(long_eps) == len(short_eps) == 6
     assert [e["seed"] for e in long_eps] == list(range(6))
