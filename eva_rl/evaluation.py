@@ -1,24 +1,23 @@
 """Seeded, batched evaluation of a DT agent on Meta-World tasks or any Box gymnasium env.
 
 Episodes run in env *slots*, up to `max_envs` at once; each env step is ONE forward pass (in the
-run's precision) for every live episode. Episode i of an env is reset with seed `seed + i` and
-played to its end, then the slot takes the next episode of that env: a fixed number of
-episodes per env, short episodes never over-counted, and an episode's outcome independent of
-which slot, chunk or process played it.
+run's precision) for the live episodes of a group of slots. Episode i of an env is reset with
+seed `seed + i` and played to its end, then the slot takes the next episode of that env: a
+fixed number of episodes per env, short episodes never over-counted, and an episode's outcome
+independent of which slot, group or process played it.
 
-The slots are stepped in `workers` processes through Gymnasium's vector API (`AsyncVectorEnv`,
-shared memory, autoreset disabled: every reset is ours, with its seed); each sub-env holds a
-group of slots (`EnvSlots`), so 100 episodes cost `workers` processes, not 100. With one worker
-the same group steps in this process (`SyncVectorEnv`), unless episodes are recorded as videos
-(frames are rendered in worker processes, see `eva_rl.video`). Both paths see the same slots in
-the same order, so they give identical episodes. Env instances are built once per `Evaluator`
-and reused by later episodes and later calls (building a Meta-World env costs ~0.2 s; a
-training run evaluates several times).
+The slots are split into `workers` groups, each stepped in its own worker process through
+Gymnasium's vector API (`AsyncVectorEnv`, shared memory, autoreset disabled: every reset is
+ours, with its seed), so 100 episodes cost `workers` processes, not 100; while one group's envs
+step, this process runs another group's forward (`eva_rl.rollout`). With one worker the group
+steps in this process (`SyncVectorEnv`), unless episodes are recorded as videos (frames are
+rendered in worker processes, see `eva_rl.video`). Every layout gives identical episodes. Env
+instances are built once per `Evaluator` and reused by later episodes and later calls
+(building a Meta-World env costs ~0.2 s; a training run evaluates several times).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
@@ -35,7 +34,8 @@ from eva_rl.agent import SHIPPED, Agent
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult
-from eva_rl.runtime import Precision, autocast, resolve_device, resolve_precision
+from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
+from eva_rl.runtime import Precision, resolve_device, resolve_precision
 
 
 @dataclass
@@ -50,8 +50,9 @@ class EvalConfig:
     # episodes at once on a GPU (one forward for all), 20 on a CPU (the forward's cost per
     # episode is flat there above ~10, and fewer envs are built)
     max_envs: int = 0
-    # processes stepping the envs; 0 = auto: half the cores from 4 cores up, else 1 (this
-    # process: on 2 cores, workers compete with the forward and were measured slower)
+    # processes stepping the envs, each a group of slots whose env steps overlap the forward
+    # of another group; 0 = auto: half the cores from 4 cores up, 2 on 2-3 cores (measured
+    # 1.2x faster than stepping in process on 2 cores), 1 = this process
     workers: int = 0
     # Gaussian action noise (std as a fraction of each action's half-range), seeded per
     # episode: 0 to evaluate; data recording (`eva-rl data record`) uses it for variety
@@ -137,7 +138,8 @@ class Evaluator:
         per_env = max(cfg.episodes, max_episodes or 0)
         max_envs = cfg.max_envs or (len(envs) * per_env if self.device.type == "cuda" else 20)
         self._slot_names = _plan_slots(self.names, per_env, max_envs)
-        self._vec: gym.vector.VectorEnv | None = None
+        self._groups: list[SlotGroup] = []
+        self._workers = 0  # env-stepping processes
 
     def __enter__(self) -> Evaluator:
         return self
@@ -146,31 +148,33 @@ class Evaluator:
         self.close()
 
     def close(self) -> None:
-        if self._vec is not None:
-            self._vec.close()
-            self._vec = None
+        for group in self._groups:
+            group.vec.close()
+        self._groups = []
 
     def _open(self) -> None:
-        """Spread the slots over the worker groups (round robin) and start the vector env."""
+        """Spread the slots over the groups (round robin), one vector env per group: in this
+        process for one worker (unless filming: frames are rendered in worker processes),
+        else one worker process per group."""
         slots, cores = len(self._slot_names), torch.get_num_threads()  # its share of the cores
-        workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else 1), slots)
+        workers = min(self.cfg.workers or (cores // 2 if cores >= 4 else min(cores, 2)), slots)
         size = -(-slots // workers)
-        groups = [self._slot_names[g::workers] for g in range(workers)]
-        groups = [g + [None] * (size - len(g)) for g in groups]  # equal shapes for batching
+        names = [self._slot_names[g::workers] for g in range(workers)]
+        names = [g + [None] * (size - len(g)) for g in names]  # equal shapes for batching
         dims = (self.agent.state_dim, self.agent.act_dim)
         video = (self.cfg.video_size, self.cfg.video_every) if self.cfg.video else (None, 1)
-        fns = [functools.partial(EnvSlots, g, names, self.horizon, dims, *video)
-               for g, names in enumerate(groups)]  # fmt: skip
         mode = gym.vector.AutoresetMode.DISABLED
-        if workers == 1 and not self.cfg.video:  # frames are rendered in worker processes
-            self._vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-        else:
-            self._vec = gym.vector.AsyncVectorEnv(
-                fns, shared_memory=True, copy=False, context="spawn", autoreset_mode=mode
-            )
-        self._where = [(g, j) for g in range(workers) for j in range(size) if groups[g][j]]
-        self._slot_names = [groups[g][j] for g, j in self._where]  # slot s lives at _where[s]
-        self._shape = (workers, size)
+        self._groups = []
+        for g, group in enumerate(names):
+            fns = [functools.partial(EnvSlots, 0, group, self.horizon, dims, *video)]
+            if workers == 1 and not self.cfg.video:
+                vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+            else:
+                vec = gym.vector.AsyncVectorEnv(
+                    fns, shared_memory=True, copy=False, context="spawn", autoreset_mode=mode
+                )
+            self._groups.append(SlotGroup(vec, group, g * size))
+        self._workers = sum(isinstance(g.vec, gym.vector.AsyncVectorEnv) for g in self._groups)
 
     def run(self, episodes: int | None = None, video_dir: str | None = None) -> EvalResult:
         """`episodes` (default `cfg.episodes`) seeded episodes per env; see the module doc.
@@ -178,16 +182,20 @@ class Evaluator:
         recorded there as `<env>-seed<seed>.mp4` (and named in their `Episode.video`)."""
         episodes = episodes or self.cfg.episodes
         self._video_dir = Path(video_dir) if video_dir and self.cfg.video else None
-        if self._vec is None:
+        if not self._groups:
             self._open()
         started = time.perf_counter()
         model, was_training = self.agent.model, self.agent.model.training
         old_device = self.agent.device
         model.to(self.device).eval()
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and self._workers:  # the workers step envs meanwhile
+            torch.set_num_threads(max(1, threads - self._workers))
         try:
             played = self._play(episodes)
         finally:
             model.to(old_device).train(was_training)
+            torch.set_num_threads(threads)
         envs = {
             name: EnvResult(name, self.targets[name], played[name], self._reference(name))
             for name in self.names
@@ -206,159 +214,29 @@ class Evaluator:
         ref = self.agent.meta.reference_returns.get(name)
         return tuple(ref) if ref else None
 
-    @torch.inference_mode()
     def _play(self, episodes: int) -> dict[str, list[Episode]]:
-        """Step every slot together until each env has played `episodes` episodes.
-
-        Each slot's history sits in preallocated (slots, K-1+H, ...) buffers whose first K-1
-        entries are zero padding, so at its step t the model input is [t, t+K): the sampler's
-        training layout (left padding, mask 1 on the real steps at the right end), with a zero
-        action at the current position.
-        """
-        agent, meta, dev = self.agent, self.agent.meta, self.device
-        names, (workers, size) = self._slot_names, self._shape
-        n, horizon, k = len(names), self.horizon, meta.context_length
-        pad = k - 1
-        states = torch.zeros(n, pad + horizon, agent.state_dim, device=dev)  # raw
-        actions = torch.zeros(n, pad + horizon, agent.act_dim, device=dev)
-        rtg = torch.zeros(n, pad + horizon, 1, device=dev)  # scaled by return_scale
-        timesteps = torch.zeros(n, pad + horizon, dtype=torch.long, device=dev)
-        last = agent.model.config.max_ep_len - 1  # the timestep embedding has max_ep_len rows
-        timesteps[:, pad:] = torch.arange(horizon, device=dev).clamp(max=last)
-        low = np.stack([self._bounds[name][0] for name in names]).astype(np.float32)
-        high = np.stack([self._bounds[name][1] for name in names]).astype(np.float32)
-        half = (high - low) / 2  # action noise scale: a fraction of each half-range
-        noise_scale = self.cfg.noise * np.where(np.isfinite(half), half, 1.0)
-        queue = {name: collections.deque(range(episodes)) for name in self.names}
-        done: dict[str, dict[int, Episode]] = {name: {} for name in self.names}
-        current: list[Episode | None] = [None] * n
-        index: list[int] = [0] * n  # episode index of each busy slot
-        t = np.zeros(n, dtype=np.int64)
-        rngs: list[np.random.Generator | None] = [None] * n  # action noise, per episode
-        tracks: list[dict[str, list] | None] = [None] * n  # recorded steps, per episode
+        """Play `episodes` episodes per env in the slots (see `eva_rl.rollout`)."""
+        rollouts = Rollouts(self.agent, self._groups, self.targets, self._bounds, self._choice(),
+                            self.device, self.precision, self.horizon, self.cfg.seed,
+                            self.record)  # fmt: skip
         bar = tqdm(total=episodes * len(self.names), unit="ep", desc="eval",
                    disable=not self.progress)  # fmt: skip
-
-        def refill(free: list[int]) -> None:
-            """Start the next episode of each free slot's env, if any is left."""
-            assign: dict[int, dict[int, int]] = {}
-            started = []
-            for s in free:
-                if queue[names[s]]:
-                    i = queue[names[s]].popleft()
-                    index[s], current[s], t[s] = i, Episode(self.cfg.seed + i, 0.0, 0), 0
-                    video = None
-                    if self._video_dir is not None and i < self.cfg.video:
-                        name = f"{names[s]}-seed{self.cfg.seed + i}.mp4"
-                        video = str(self._video_dir / name)
-                        current[s].video = video
-                    g, j = self._where[s]
-                    assign.setdefault(g, {})[j] = (self.cfg.seed + i, video)
-                    started.append(s)
-            if not started:
-                return
-            mask = np.zeros(workers, dtype=bool)
-            mask[list(assign)] = True
-            obs, _ = self._vec.reset(options={"assign": assign, "reset_mask": mask})
-            rows = torch.as_tensor(started, device=dev)
-            for buffer in (states, actions, rtg):
-                buffer[rows] = 0
-            at = np.array([self._where[s] for s in started])
-            states[rows, pad] = torch.as_tensor(obs[at[:, 0], at[:, 1]], device=dev)
-            for s, (g, j) in zip(started, at, strict=True):
-                rngs[s] = np.random.default_rng([self.cfg.seed + index[s], 0x6E6F697365])
-                if self.record:
-                    tracks[s] = {key: [] for key in TRACK}
-                    tracks[s]["observations"].append(obs[g, j].copy())
-            target = [self.targets[names[s]] / meta.return_scale for s in started]
-            rtg[rows, pad, 0] = torch.as_tensor(target, dtype=torch.float32, device=dev)
-
-        refill(list(range(n)))
-        positions = torch.arange(k, device=dev)
-        while True:
-            live = [s for s in range(n) if current[s] is not None]
-            if not live:
-                break
-            rows = torch.as_tensor(live, device=dev)
-            window = torch.as_tensor(t[live], device=dev)[:, None] + positions
-            mask = (positions >= pad - window[:, :1]).long()
-            with autocast(dev, self.precision):
-                pred = agent.predict(
-                    agent.normalize(states[rows[:, None], window]) * mask[..., None],
-                    actions[rows[:, None], window],
-                    rtg[rows[:, None], window],
-                    timesteps[rows[:, None], window],
-                    mask,
-                )
-            act = pred.float().cpu().numpy()
-            if self.cfg.noise:
-                noise = np.stack([rngs[s].standard_normal(agent.act_dim) for s in live])
-                act = act + noise * noise_scale[live]
-            act = np.clip(act, low[live], high[live]).astype(np.float32, copy=False)
-            actions[rows, pad + torch.as_tensor(t[live], device=dev)] = torch.as_tensor(
-                act, device=dev
-            )
-            batch = np.full((workers, size, agent.act_dim), np.nan, dtype=np.float32)
-            at = np.array([self._where[s] for s in live])
-            batch[at[:, 0], at[:, 1]] = act
-            obs, _, _, _, info = self._vec.step(batch)
-            free, going = [], []
-            for row, s in enumerate(live):
-                g, j = self._where[s]
-                ep, r = current[s], float(info["reward"][g, j])
-                ep.ret += r
-                ep.length += 1
-                if not np.isnan(info["success"][g, j]):
-                    ep.success_final = float(info["success"][g, j])
-                    ep.success_any = max(ep.success_any or 0.0, ep.success_final)
-                t[s] += 1
-                ended = bool(info["terminated"][g, j] or info["truncated"][g, j])
-                if self.record:
-                    step = (obs[g, j].copy(), act[row], r, bool(info["terminated"][g, j]),
-                            bool(info["truncated"][g, j]) or (t[s] == horizon and not ended),
-                            float(info["success"][g, j]))  # fmt: skip
-                    for key, value in zip(TRACK, step, strict=True):
-                        tracks[s][key].append(value)
-                if ended or t[s] == horizon:
-                    if self.record:
-                        ep.trajectory = _as_arrays(tracks[s])
-                    done[names[s]][index[s]] = ep
-                    current[s] = None
-                    free.append(s)
-                    bar.update(1)
-                else:
-                    going.append((s, g, j, r))
-            if going:
-                ids = [s for s, *_ in going]
-                rows = torch.as_tensor(ids, device=dev)
-                steps = torch.as_tensor(t[ids], device=dev) + pad
-                at = np.array([(g, j) for _, g, j, _ in going])
-                states[rows, steps] = torch.as_tensor(obs[at[:, 0], at[:, 1]], device=dev)
-                scaled = torch.tensor([r for *_, r in going], device=dev) / meta.return_scale
-                rtg[rows, steps, 0] = rtg[rows, steps - 1, 0] - scaled
-            if free:
-                refill(free)
-        if self._video_dir is not None:
-            self._vec.call("flush_videos")
+        rollouts.begin(episodes, self._video_dir, self.cfg.video)
+        while rollouts.running:
+            bar.update(rollouts.step())
         bar.close()
-        for ended in self._vec.call("end_infos"):
-            for (name, seed), info in ended.items():
-                done[name][seed - self.cfg.seed].final_info = info
-        return {name: [done[name][i] for i in range(episodes)] for name in self.names}
+        return rollouts.finish()
 
-
-TRACK = ("observations", "actions", "rewards", "terminations", "truncations", "success")
-
-
-def _as_arrays(track: dict[str, list]) -> dict:
-    """A recorded episode in Minari's layout: T+1 observations, T of everything else, and
-    `success` as an info (T+1 entries, 0 at reset) where the env reports it."""
-    out = {key: np.asarray(track[key]) for key in TRACK[:5]}
-    out["observations"] = out["observations"].astype(np.float32)
-    out["actions"] = out["actions"].astype(np.float32)
-    success = np.asarray(track["success"], dtype=np.float64)
-    out["infos"] = {} if np.isnan(success).any() else {"success": np.r_[0.0, success]}
-    return out
+    def _choice(self) -> MeanAction:
+        """The mean action, or with the configured Gaussian noise (a fraction of each slot's
+        action half-range; 1 where the range is unbounded)."""
+        if not self.cfg.noise:
+            return MeanAction()
+        names = [name for group in self._groups for name in group.names]
+        half = [(self._bounds[n][1] - self._bounds[n][0]) / 2 if n else np.ones(self.agent.act_dim)
+                for n in names]  # fmt: skip
+        half = np.stack(half).astype(np.float32)
+        return NoisyAction(self.cfg.noise * np.where(np.isfinite(half), half, 1.0))
 
 
 def _plan_slots(names: list[str], episodes: int, max_envs: int) -> list[str]:

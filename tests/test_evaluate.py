@@ -14,6 +14,7 @@ from eva_rl.envs import make_env, make_task_env
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, Evaluator, evaluate
 from eva_rl.results import EvalResult
+from eva_rl.rollout import MeanAction
 
 PUSH = "metaworld/push-v3/scripted-v0"
 SHORT_ID = "eva_rl_test/ShortInvertedPendulum-v5"  # same spaces as InvertedPendulum-v5, 3 steps
@@ -55,7 +56,8 @@ def test_exactly_n_episodes_per_env_with_early_termination():
         )
     names = ["InvertedPendulum-v5", SHORT_ID]
     agent = tiny_agent(4, 1, horizon=100, targets=dict.fromkeys(names, 100.0))
-    result = evaluate(agent, names, EvalConfig(episodes=6), progress=False)
+    # workers=1: the short env is registered in this process only, not in worker processes
+    result = evaluate(agent, names, EvalConfig(episodes=6, workers=1), progress=False)
     long_eps, short_eps = episodes_of(result, names[0]), episodes_of(result, names[1])
     assert len(long_eps) == len(short_eps) == 6
     assert [e["seed"] for e in long_eps] == list(range(6))
@@ -128,11 +130,10 @@ def test_success_metrics_match_a_hand_rolled_scripted_expert(monkeypatch):
     policy = ENV_POLICY_MAP[task]()
     agent = tiny_agent(39, 4, horizon=horizon, targets={task: 1.0})
 
-    def expert(states, actions, returns_to_go, timesteps, attention_mask):
-        raw = states[:, -1].cpu().numpy()  # mean 0 / std 1: the normalised state is the raw one
-        return torch.as_tensor(np.stack([policy.get_action(s) for s in raw]), dtype=torch.float32)
+    def expert(self, slots, mean, obs):  # the action choice, given each slot's observation
+        return np.stack([policy.get_action(s) for s in obs]).astype(np.float32)
 
-    monkeypatch.setattr(agent, "predict", expert)
+    monkeypatch.setattr(MeanAction, "choose", expert)
     result = evaluate(agent, [task], EvalConfig(episodes=3, seed=seed), progress=False)
 
     env = make_task_env(task, horizon)
