@@ -6,9 +6,11 @@
 Each (method, variant, round) runs in a fresh process: load the shipped agent, build the method
 (EVA's collection is not timed), warm-up updates (compilation included for `+compile`), then
 `--steps` timed updates (forward, masked MSE, backward, clip, AdamW) on one fixed batch, the
-way `eva_rl.training.loop.train_loop` does them. Variants: `fp32`, `bf16` (autocast around
-forward and loss), `+fused` (AdamW's fused kernel), `+compile` (torch.compile of the loss
-function; its compile time is printed). Memory is the growth of the process's peak resident
+way `eva_rl.training.loop.Trainer` does them (its dropout/attention kernels and fused AdamW).
+Variants: `fp32`, `bf16` (autocast around forward and loss), `+plain` (torch's own dropout and
+attention and unfused AdamW, as before 2026-12-06), `+compile` (torch.compile of the loss
+function; its compile time is printed). `benchmarks/bench_step.py` compares whole finetune
+runs against an older commit. Memory is the growth of the process's peak resident
 set over the set before the first update (CPU: /proc peak RSS, reset before timing; CUDA:
 torch.cuda.max_memory_allocated), i.e. gradients, optimizer state and activations. Figures
 are medians over rounds; ratios are against fft in fp32 and against the same method in fp32;
@@ -41,7 +43,9 @@ def child(method: str, variant: str, task: str, steps: int, batch_size: int, ran
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
     from eva_rl.eva.collector import CollectorConfig, collect_on_datasets
+    from eva_rl.kernels import speed_up
     from eva_rl.runtime import autocast, resolve_device
+    from eva_rl.training.loop import OptimConfig, adamw
     from eva_rl.training.losses import action_loss
 
     device = resolve_device("auto")
@@ -56,8 +60,11 @@ def child(method: str, variant: str, task: str, steps: int, batch_size: int, ran
     model = adapted.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     parts = variant.split("+")
-    fused = {"fused": True} if "fused" in parts else {}
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **fused)
+    if "plain" in parts:  # torch's own dropout and attention, unfused AdamW
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    else:  # what the Trainer runs
+        speed_up(model)
+        opt = adamw(params, OptimConfig(lr=1e-4, weight_decay=0.01))
     batch = agent.segment_sampler(load_trajectories(ids), seed=0).sample(batch_size)
     loss_fn = torch.compile(action_loss) if "compile" in parts else action_loss
     del agent
@@ -110,7 +117,7 @@ def _rss(field: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=["fft", "lora", "eva"])
-    ap.add_argument("--variants", nargs="+", default=["fp32", "bf16", "fp32+fused"])
+    ap.add_argument("--variants", nargs="+", default=["fp32", "bf16", "bf16+plain"])
     ap.add_argument("--task", default="hammer-v3")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
