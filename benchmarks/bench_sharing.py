@@ -6,8 +6,9 @@ the cores is k x slower at most).
 
 1. k copies of a small `eva-rl pretrain` (DT 2 layers x 64, `--steps` updates, one evaluation
    episode at the end) started together: each one's wall time against k = 1 of the same code;
-2. the same pretrain beside an `eva-rl evaluate` of the shipped agent (started first, stopped
-   when the pretrain ends): the pretrain's wall time against running alone;
+2. the same pretrain beside an `eva-rl evaluate` of the shipped agent, then beside a busy
+   single-threaded program (each started first, stopped when the pretrain ends): the
+   pretrain's wall time against running alone;
 3. a training step alone (DT 2 x 64 and the shipped 3 x 128, torch's default threads, bf16
    where native) with OpenMP's default waits, passive ones (no spinning) and eva_rl's.
 `old` runs the base commit's eva_rl (exported with `git archive`) with no OpenMP variables set;
@@ -18,6 +19,7 @@ the cores is k x slower at most).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET = "metaworld/shelf-place-v3/scripted-v0"
 AGENT = ROOT / "results" / "pretrained" / "mt40-cpu" / "agent"
 CORES = len(os.sched_getaffinity(0))
+BUSY = [sys.executable, "-c", "while True: pass"]  # load from a program that is not eva_rl
 CLEARED = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 STEP = """
 import sys, time, torch
@@ -106,9 +109,11 @@ def cpu_seconds() -> tuple[float, float]:
     return busy / os.sysconf("SC_CLK_TCK"), sum(r.ru_utime + r.ru_stime for r in ours)
 
 
-def together(k: int, env: dict[str, str], tmp: Path, steps: int) -> tuple[list[float], float]:
-    """Wall seconds of each of k pretrains started at once, and the share of the cores other
-    programs used meanwhile."""
+def together(
+    k: int, env: dict[str, str], tmp: Path, steps: int, limit: float = math.inf
+) -> tuple[list[float], float]:
+    """Wall seconds of each of k pretrains started at once (inf: stopped at `limit` seconds),
+    and the share of the cores other programs used meanwhile."""
     tmp.mkdir(parents=True, exist_ok=True)
     (busy, ours), began = cpu_seconds(), time.perf_counter()
     procs = [start(pretrain_cmd(tmp / f"p{k}-{i}", steps), env, tmp / f"p{k}-{i}.log")
@@ -120,27 +125,36 @@ def together(k: int, env: dict[str, str], tmp: Path, steps: int) -> tuple[list[f
                 if p.returncode != 0:
                     sys.exit(f"pretrain failed: see {tmp / f'p{k}-{i}.log'}")
                 walls[i] = time.perf_counter() - began
+        if time.perf_counter() - began > limit:
+            for i, p in enumerate(procs):
+                if i not in walls:
+                    p.terminate()
+                    p.wait()
+                    walls[i] = math.inf
         time.sleep(0.05)
     (busy2, ours2), wall = cpu_seconds(), time.perf_counter() - began
     return list(walls.values()), ((busy2 - busy) - (ours2 - ours)) / (wall * CORES)
 
 
-def beside_evaluate(env: dict[str, str], tmp: Path, steps: int) -> tuple[float, float]:
-    """Wall seconds of one pretrain started while an evaluate runs (the evaluate is stopped
-    when the pretrain ends), and the share of the cores other programs used meanwhile."""
+def beside(
+    other: list[str], env: dict[str, str], tmp: Path, steps: int, limit: float
+) -> tuple[float, float]:
+    """Wall seconds of one pretrain started while `other` runs (stopped when the pretrain ends;
+    inf: the pretrain was stopped at `limit` seconds), and the share of the cores programs
+    other than these two used meanwhile."""
     tmp.mkdir(parents=True, exist_ok=True)
     (busy, ours), began = cpu_seconds(), time.perf_counter()
-    evaluate = start(evaluate_cmd(tmp / "eval.json"), env, tmp / "eval.log")
-    time.sleep(8)  # past its imports: rolling out
+    neighbour = start(other, env, tmp / "other.log")
+    time.sleep(8)  # past its imports: computing
     try:
-        if evaluate.poll() is not None:
-            sys.exit(f"evaluate ended early: see {tmp / 'eval.log'}")
-        walls, _ = together(1, env, tmp / "beside", steps)
-        if evaluate.poll() is not None:
-            sys.exit("the evaluate ended before the pretrain: use fewer --steps")
+        if neighbour.poll() is not None:
+            sys.exit(f"{other[:4]} ended early: see {tmp / 'other.log'}")
+        walls, _ = together(1, env, tmp / "beside", steps, limit)
+        if neighbour.poll() is not None:
+            sys.exit(f"{other[:4]} ended before the pretrain: use fewer --steps")
     finally:
-        evaluate.terminate()
-        evaluate.wait()
+        neighbour.terminate()
+        neighbour.wait()
     (busy2, ours2), wall = cpu_seconds(), time.perf_counter() - began
     return walls[0], ((busy2 - busy) - (ours2 - ours)) / (wall * CORES)
 
@@ -186,26 +200,36 @@ def main() -> None:
             ).stdout
             print(f"{m}: {where.strip()} {extra if m == 'new' else ''}")  # fmt: skip
         print(f"{CORES} cores; pretrain DT 2x64, {args.steps} updates; base {args.base}")
-        if "together" not in args.skip:
-            runs = {(m, k): together(k, envs[m], tmp / m, args.steps)
-                    for k in args.ks for m in codes}  # fmt: skip
-            rows = []
+        if "together" not in args.skip:  # rows as they are measured
+            cols = " | ".join(f"{m}: wall per run | vs k=1 | other load" for m in codes)
+            table(f"k at once | fair share | {cols}", [])
+            alone = {}
             for k in args.ks:
                 row = [f"{k}", f"<= {k:.1f}x"]
-                for m in codes:
-                    mean = statistics.mean(runs[m, k][0])
-                    alone = statistics.mean(runs[m, args.ks[0]][0])
-                    row += [f"{mean:.1f} s", f"{mean / alone:.2f}x", f"{runs[m, k][1]:.0%}"]
-                rows.append(row)
-            cols = " | ".join(f"{m}: wall per run | vs k=1 | other load" for m in codes)
-            table(f"k at once | fair share | {cols}", rows)
-        if "beside" not in args.skip:
+                for m in codes:  # a run past twice its fair share is stopped there
+                    limit = 2 * k * alone[m] if m in alone else math.inf
+                    walls, other = together(k, envs[m], tmp / m, args.steps, limit)
+                    mean = statistics.mean(walls)
+                    alone.setdefault(m, mean)
+                    ratio = f"{mean / alone[m]:.2f}x" if mean < math.inf else f"> {2 * k:.1f}x"
+                    row += [f"{mean:.1f} s" if mean < math.inf else f"> {limit:.0f} s (stopped)",
+                            ratio, f"{other:.0%}"]  # fmt: skip
+                print("| " + " | ".join(row) + " |")
+        if "beside" not in args.skip:  # a pretrain past twice its fair share is stopped there
+            rows = []
             alone = {m: together(1, envs[m], tmp / m / "alone", args.steps) for m in codes}
-            beside = {m: beside_evaluate(envs[m], tmp / m, args.steps) for m in codes}
-            rows = [["alone", *(f"{alone[m][0][0]:.1f} s ({alone[m][1]:.0%})" for m in codes)],
-                    ["beside an evaluate (fair share <= 2.0x)",
-                     *(f"{beside[m][0]:.1f} s = {beside[m][0] / alone[m][0][0]:.2f}x "
-                       f"({beside[m][1]:.0%})" for m in codes)]]  # fmt: skip
+            rows.append(["alone", *(f"{alone[m][0][0]:.1f} s ({alone[m][1]:.0%})" for m in codes)])
+            others = {"an `eva-rl evaluate` (100 episodes)": evaluate_cmd,
+                      "a busy single-threaded program": lambda out: BUSY}  # fmt: skip
+            for n, (what, cmd) in enumerate(others.items()):
+                row = [f"beside {what}: fair share <= 2.0x"]
+                for m in codes:
+                    limit = 4 * alone[m][0][0]
+                    wall, other = beside(cmd(tmp / f"{m}{n}.json"), envs[m], tmp / m / f"b{n}",
+                                         args.steps, limit)  # fmt: skip
+                    ratio = f"{wall / alone[m][0][0]:.2f}x" if wall < math.inf else "> 4x, stopped"
+                    row.append(f"{min(wall, limit):.1f} s = {ratio} ({other:.0%})")
+                rows.append(row)
             table("pretrain (other load) | " + " | ".join(codes), rows)
         if "step" not in args.skip:
             # as `new` runs: the CLI sets its wait policy unless a wait variable is set already

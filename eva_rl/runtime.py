@@ -39,18 +39,18 @@ if TYPE_CHECKING:  # torch loads after `quiet_waits` has set the environment its
 Precision = Literal["auto", "bf16", "fp32"]
 
 # OpenMP threads out of work spin briefly, then sleep: GNU OpenMP (libgomp, torch's on Linux)
-# 10,000 spins (about 0.1-1 ms by CPU) instead of 300,000; LLVM/Intel OpenMP 1 ms instead of 200
+# 10,000 spins (~0.1 ms; libgomp's default is 300,000, ~3 ms), LLVM/Intel OpenMP 1 ms (not 200)
 WAIT_POLICY = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", *WAIT_POLICY)
 
 
 def quiet_waits() -> None:
     """OpenMP threads that soon sleep instead of spinning while they wait for work, unless the
-    user set any wait variable (then theirs stand alone). A short spin keeps a step alone as fast
-    as before (no spin at all, OMP_WAIT_POLICY=PASSIVE, measured 1.2-1.5x slower per step at 2
-    threads) and bounds what a waiting thread takes from its neighbours. The OpenMP runtime reads
-    these once, when torch loads it: call before `import torch` (the CLI does, first thing);
-    processes spawned later (sweep runs, env workers) inherit them."""
+    user set any wait variable (then theirs stand alone). A short spin keeps a step alone about
+    as fast as before (no spin at all, OMP_WAIT_POLICY=PASSIVE, measured 1.1-1.5x slower per
+    step at 2 threads) and bounds what a waiting thread takes from its neighbours. The OpenMP
+    runtime reads these once, when torch loads it: call before `import torch` (the CLI does,
+    first thing); processes spawned later (sweep runs, env workers) inherit them."""
     if not any(key in os.environ for key in WAIT_VARIABLES):
         os.environ.update(WAIT_POLICY)
 
