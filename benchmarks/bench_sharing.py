@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -119,19 +120,20 @@ def together(
     procs = [start(pretrain_cmd(tmp / f"p{k}-{i}", steps), env, tmp / f"p{k}-{i}.log")
              for i in range(k)]  # fmt: skip
     walls: dict[int, float] = {}
-    while len(walls) < k:
-        for i, p in enumerate(procs):
-            if i not in walls and p.poll() is not None:
-                if p.returncode != 0:
-                    sys.exit(f"pretrain failed: see {tmp / f'p{k}-{i}.log'}")
-                walls[i] = time.perf_counter() - began
-        if time.perf_counter() - began > limit:
+    try:
+        while len(walls) < k:
             for i, p in enumerate(procs):
-                if i not in walls:
-                    p.terminate()
-                    p.wait()
-                    walls[i] = math.inf
-        time.sleep(0.05)
+                if i not in walls and p.poll() is not None:
+                    if p.returncode != 0:
+                        sys.exit(f"pretrain failed: see {tmp / f'p{k}-{i}.log'}")
+                    walls[i] = time.perf_counter() - began
+            if time.perf_counter() - began > limit:
+                walls.update({i: math.inf for i in range(k) if i not in walls})
+            time.sleep(0.05)
+    finally:  # stopped at the limit, or the benchmark was interrupted
+        for p in procs:
+            p.terminate()
+            p.wait()
     (busy2, ours2), wall = cpu_seconds(), time.perf_counter() - began
     return list(walls.values()), ((busy2 - busy) - (ours2 - ours)) / (wall * CORES)
 
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["old", "new"], choices=["old", "new"])
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # rows as they are measured
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # (timeout) stop commands, clean up
     extra = dict(item.split("=", 1) for item in args.new_env)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
