@@ -1,18 +1,20 @@
 """Evaluation throughput: this checkout's evaluator against the base commit's, in the same run.
 
     python benchmarks/bench_evaluate.py [--base e76e1dc] [--precisions auto fp32]
-                                        [--layouts 20:1 20:2] [--episodes 100] [--cli]
+                                        [--layouts 20:1 20:2] [--base-layout 20:1]
+                                        [--episodes 100] [--cli]
 
 The base commit's `eva_rl` is exported (`git archive`) into a temporary folder; every
 measurement runs in a fresh subprocess with PYTHONPATH on one side or the other, the sides
 interleaved, so both see the same machine state. A layout is `slots:workers` (env instances
-alive at once : env-stepping processes, 1 = this process). Each run plays the shipped agent on
-`--episodes` seeded episodes of button-press-v3 and prints env-steps/s, the ratio to the base
-run of the same precision and layout, where the time goes (the DT forward; env steps in this
-process, or the wait for the worker processes' env steps; the rest: histories, bookkeeping,
-resets, building envs) and whether its episodes equal the base run's. `--cli` also times the
-whole `eva-rl evaluate` command once per side (imports, loading, report and TensorBoard
-included) at the default precision and layout.
+alive at once : env-stepping processes, 1 = this process); the base runs in its default on 2
+cores (`--base-layout`: with workers its 2-thread forward stalls beside them). Each run plays
+the shipped agent on `--episodes` seeded episodes of button-press-v3 and prints env-steps/s,
+the ratio to the base run of the same precision, where the time goes (the DT forward; env
+steps in this process, or the wait for the worker processes' env steps; the rest: histories,
+bookkeeping, resets, building envs) and whether its episodes equal the base run's. `--cli`
+also times the whole `eva-rl evaluate` command once per side (imports, loading, report and
+TensorBoard included) at the default precision and layout.
 """
 
 from __future__ import annotations
@@ -50,17 +52,18 @@ def child(args) -> None:
     warnings.filterwarnings("ignore")
     import gymnasium as gym
 
+    from eva_rl import evaluation
     from eva_rl.agent import Agent
     from eva_rl.envs import EnvSlots
     from eva_rl.evaluation import EvalConfig, evaluate
 
     clock = {"forward": 0.0, "env": 0.0}
-    try:  # this checkout: the last-token forward on the kept windows
+    if hasattr(evaluation, "Rollouts"):  # this checkout: the last-token forward on kept windows
         from eva_rl.windows import ContextWindows
 
         _timer(ContextWindows, "actions", clock, "forward")
-    except ImportError:  # the base commit: the full forward on gathered windows
-        _timer(Agent, "predict", clock, "forward")
+    else:  # the base commit: the full forward on gathered windows (an editable install of
+        _timer(Agent, "predict", clock, "forward")  # eva_rl can still offer newer modules)
     _timer(EnvSlots, "step", clock, "env")  # env steps in this process
     _timer(gym.vector.AsyncVectorEnv, "step_wait", clock, "env")  # waiting for the workers
     agent = Agent.load(args.checkpoint)
@@ -114,7 +117,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="e76e1dc", help="the commit to compare with")
     ap.add_argument("--precisions", nargs="+", default=["auto", "fp32"])
-    ap.add_argument("--layouts", nargs="+", default=["20:1", "20:2"])
+    ap.add_argument("--layouts", nargs="+", default=["20:1", "20:2"], help="ours")
+    ap.add_argument("--base-layout", default="20:1", help="the base commit's default on 2 cores")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", default="button-press-v3")
@@ -138,15 +142,17 @@ def main() -> None:
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive, check=True)
         for precision in args.precisions:
+            base = run_child(base_tree, args, precision, args.base_layout)
+            print(line("base", precision, args.base_layout, base, None), flush=True)
             for layout in args.layouts:
-                base = run_child(base_tree, args, precision, layout)
                 ours = run_child(ROOT, args, precision, layout)
-                print(line("base", precision, layout, base, None))
                 print(line("ours", precision, layout, ours, base), flush=True)
         if args.cli:
-            steps = 200 * args.episodes  # button-press episodes run to the horizon
             for side, tree in (("base", base_tree), ("ours", ROOT)):
-                seconds = time_cli(tree, args, Path(tmp) / f"{side}.json")
+                out = Path(tmp) / f"{side}.json"
+                seconds = time_cli(tree, args, out)
+                report = json.loads(out.read_text())["envs"][args.task]["episodes"]
+                steps = sum(e["length"] for e in report)
                 print(f"{side}: whole `eva-rl evaluate` {seconds:.1f} s, "
                       f"{steps / seconds:.0f} env-steps/s", flush=True)  # fmt: skip
 
