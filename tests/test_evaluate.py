@@ -20,13 +20,7 @@ PUSH = "metaworld/push-v3/scripted-v0"
 SHORT_ID = "eva_rl_test/ShortInvertedPendulum-v5"  # same spaces as InvertedPendulum-v5, 3 steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add sync cost (and stall badly on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_agent(state_dim, act_dim, horizon=20, targets=None, seed=0, context=5):

@@ -13,13 +13,7 @@ from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, evaluate
 from eva_rl.windows import ContextWindows
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shipped() -> Agent:
