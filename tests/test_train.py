@@ -3,7 +3,7 @@ import torch
 
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
-from eva_rl.errors import RunError
+from eva_rl.errors import RunError, UserError
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer, lr_lambda
 
 TINY = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=5, dropout=0.1)
@@ -27,6 +27,24 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     f = lr_lambda(4, 12)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
+
+
+def test_lr_schedule_floor_ends_at_its_fraction_of_lr():
+    f = lr_lambda(4, 12, floor=0.1)
+    assert f(0) == 0.25 and f(4) == 1.0
+    assert f(8) == pytest.approx(0.55) and f(12) == pytest.approx(0.1)
+    assert f(40) == pytest.approx(0.1)
+    with pytest.raises(UserError, match="final_lr_ratio must be in"):
+        OptimConfig(final_lr_ratio=1.5)
+
+
+def test_eval_at_adds_evaluation_steps_and_refuses_steps_outside_the_run():
+    loop = LoopConfig(steps=100, eval_every=0, eval_at=[10, 25])
+    assert [s for s in range(1, 101) if loop.evaluates_at(s)] == [10, 25, 100]
+    loop = LoopConfig(steps=100, eval_every=40, eval_at=[25])
+    assert [s for s in range(1, 101) if loop.evaluates_at(s)] == [25, 40, 80, 100]
+    with pytest.raises(UserError, match=r"loop.eval_at: steps \[0, 101\] are outside 1..100"):
+        LoopConfig(steps=100, eval_at=[0, 50, 101])
 
 
 def test_loss_goes_down(mw_root, tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,13 +44,18 @@ from eva_rl.training.rundir import STATE_FILE, load_state, purge_events
 class OptimConfig:
     lr: float = 1e-4  # AdamW's peak learning rate
     weight_decay: float = 0.01
-    warmup_steps: int = 1000  # linear warm-up, then cosine decay to 0 at the last step
+    warmup_steps: int = 1000  # linear warm-up, then cosine decay to the floor at the last step
     grad_clip: float = 0.25  # gradient norm clip
     batch_size: int = 64  # segments per update (per process under torchrun)
+    # the cosine's floor as a fraction of lr: 0 ends at lr 0, where an evaluation at the last
+    # step sees updates that have stopped moving; > 0 keeps the last updates learning
+    final_lr_ratio: float = 0.0
 
     def __post_init__(self):
         if self.lr <= 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.grad_clip <= 0:
             raise UserError("optim: lr and grad_clip must be > 0, batch_size >= 1, warmup >= 0")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise UserError(f"optim.final_lr_ratio must be in [0, 1], not {self.final_lr_ratio}")
 
 
 @dataclass
@@ -60,20 +65,29 @@ class LoopConfig:
     eval_every: int = 1000  # evaluation period; 0: evaluate only at the end
     save_every: int = 500  # checkpoint period (what a resume restarts from)
     eval_at_start: bool = False  # also evaluate before the first update (step 0)
+    eval_at: list[int] = field(default_factory=list)  # further evaluation steps (1K, 2.5K, ...)
 
     def __post_init__(self):
         if self.steps < 1 or self.log_every < 1 or self.save_every < 1 or self.eval_every < 0:
             raise UserError("steps, log_every, save_every must be >= 1 and eval_every >= 0")
+        outside = [s for s in self.eval_at if not 1 <= s <= self.steps]
+        if outside:
+            raise UserError(f"loop.eval_at: steps {outside} are outside 1..{self.steps}")
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the loop evaluates after update `step` (the last one always)."""
+        periodic = self.eval_every and step % self.eval_every == 0
+        return step == self.steps or bool(periodic) or step in self.eval_at
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up to 1, then cosine decay to 0 at `total`."""
+def lr_lambda(warmup: int, total: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to `floor` at `total`."""
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
 
@@ -171,7 +185,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(optim.warmup_steps, loop.steps)
+            self.optimizer, lr_lambda(optim.warmup_steps, loop.steps, optim.final_lr_ratio)
         )
         self.latest = self.run_dir / "checkpoints" / "latest"
         self.step = 0
@@ -264,8 +278,7 @@ class Trainer:
         loop, step, last = self.loop, self.step, self.step == self.loop.steps
         if step % loop.log_every == 0 or last:
             self._log(bar)
-        evaluating = last or (loop.eval_every and step % loop.eval_every == 0)
-        if self.evaluate is not None and evaluating:
+        if self.evaluate is not None and loop.evaluates_at(step):
             self._check()
             self._evaluate()
         if step % loop.save_every == 0 or last:
