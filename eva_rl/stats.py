@@ -1,8 +1,8 @@
 """Metrics as pure functions: confidence intervals (rliable's stratified bootstrap), IQM, the area
 under a learning curve, and the paired comparison of two methods run on the same (task, seed)
-pairs: bootstrap interval of the mean difference, exact or Monte-Carlo sign-flip test, Holm's
-correction, rliable's probability of improvement, and the smallest difference the design could
-detect."""
+pairs: exact or Monte-Carlo sign-flip test and the interval that inverts it (so an interval
+excludes 0 exactly when the test rejects), Holm's correction, rliable's probability of
+improvement, and the smallest difference the design could detect."""
 
 from __future__ import annotations
 
@@ -70,30 +70,30 @@ def t_interval(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def paired_bootstrap_ci(
-    diffs, strata=None, reps: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of the mean paired difference, resampling pairs with
-    replacement within each stratum (task), so every task keeps its number of pairs. A stratum
-    of one pair has no spread to resample, so with any such stratum (one seed per task) the
-    pairs are resampled across strata instead. Each stratum's deviations from its mean are
-    scaled by sqrt(n / (n - 1)) first (the rescaled bootstrap): a plain bootstrap of n pairs
-    has variance (n - 1) / n of the unbiased one, half of it with 2 seeds per task."""
-    diffs = np.asarray(diffs, dtype=np.float64)
-    strata = np.zeros(len(diffs), int) if strata is None else np.asarray(strata)
-    if np.unique(strata, return_counts=True)[1].min() < 2:
-        strata = np.zeros(len(diffs), int)
-    rng = np.random.default_rng(seed)
-    means = np.zeros(reps)
-    for value in np.unique(strata):
-        group = diffs[strata == value]
-        n = len(group)
-        group = group.mean() + (group - group.mean()) * np.sqrt(n / (n - 1))
-        picks = rng.integers(0, n, size=(reps, n))
-        means += group[picks].sum(axis=1)
-    means /= len(diffs)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+TIE = 1e-9  # differences of mean statistics closer than this count as ties (as extreme)
+
+
+def _flips(n: int, exact_up_to: int, resamples: int, seed: int) -> tuple[np.ndarray, bool]:
+    """The sign patterns of the test, True = flipped: all 2^n for n <= `exact_up_to`, else the
+    identity plus `resamples` seeded random ones. Returns (patterns, exact)."""
+    if n <= exact_up_to:
+        codes = np.arange(2**n)[:, None] >> np.arange(n) & 1
+        return codes.astype(bool), True
+    random = np.random.default_rng(seed).random((resamples, n)) < 0.5
+    return np.vstack([np.zeros((1, n), bool), random]), False
+
+
+def _thresholds(diffs: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Per pattern, the shift delta from which, up to the mean, it is as extreme as the observed
+    (|mean(s * (d - delta))| >= |mean(d - delta)|). With A the flipped pairs' sum of d - delta
+    and D everyone's (> 0 below the mean), |D - 2A| >= D holds iff A <= 0 or A >= D, i.e. iff
+    delta >= the flipped pairs' mean or delta >= the others' mean: monotone in delta, so the
+    two-sided p below the mean is the fraction of patterns whose threshold is <= delta."""
+    flipped = flips.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flipped_mean = np.where(flipped > 0, (flips @ diffs) / flipped, -np.inf)
+        kept_mean = np.where(flipped < len(diffs), (~flips @ diffs) / (len(diffs) - flipped), -np.inf)
+    return np.sort(np.minimum(flipped_mean, kept_mean))
 
 
 def sign_flip_test(
@@ -102,21 +102,40 @@ def sign_flip_test(
     """p-value of the paired sign-flip permutation test of mean difference 0 against
     `alternative` ("two-sided", or "less" / "greater": a mean below / above 0, for a direction
     fixed before the data): exact (all 2^n sign patterns) for n <= `exact_up_to`, else
-    `resamples` random patterns. Returns (p, exact)."""
+    `resamples` seeded random patterns plus the observed one. The two-sided p is computed as
+    `sign_flip_interval` inverts it, so the two always agree. Returns (p, exact)."""
     diffs = np.asarray(diffs, dtype=np.float64)
     n = len(diffs)
     if n == 0 or not np.any(diffs):
         return 1.0, True
-    exact = n <= exact_up_to
-    result = sps.permutation_test(
-        (diffs,),
-        np.mean,
-        permutation_type="samples",
-        alternative=alternative,
-        n_resamples=np.inf if exact else resamples,
-        rng=np.random.default_rng(seed),
-    )
-    return float(result.pvalue), exact
+    flips, exact = _flips(n, exact_up_to, resamples, seed)
+    if alternative == "two-sided":
+        mean = diffs.mean()
+        if mean == 0:
+            return 1.0, exact
+        side = diffs if mean > 0 else -diffs
+        return float(np.mean(_thresholds(side, flips) <= TIE)), exact
+    means = np.where(flips, -diffs, diffs).mean(axis=1)
+    if alternative == "greater":
+        return float(np.mean(means >= diffs.mean() - TIE)), exact
+    if alternative == "less":
+        return float(np.mean(means <= diffs.mean() + TIE)), exact
+    raise ValueError(f"alternative must be two-sided, less or greater, not {alternative!r}")
+
+
+def sign_flip_interval(
+    diffs, alpha: float = 0.05, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0
+) -> tuple[float, float]:
+    """The 1 - alpha interval of the mean paired difference that inverts the two-sided
+    sign-flip test: every shift delta that the test of d - delta does not reject at `alpha`.
+    It excludes 0 exactly when `sign_flip_test` gives p < alpha, and is unbounded where no
+    pattern count can reach alpha (n <= 5 pairs at 5%: the smallest p is 2 / 2^n)."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    flips, _ = _flips(len(diffs), exact_up_to, resamples, seed)
+    needed = math.ceil(alpha * len(flips) - 1e-9)  # patterns as extreme for p >= alpha
+    low = _thresholds(diffs, flips)[needed - 1] - TIE
+    high = -(_thresholds(-diffs, flips)[needed - 1] - TIE)
+    return float(low), float(high)
 
 
 def holm(pvalues: list[float]) -> list[float]:

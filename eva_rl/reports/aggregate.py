@@ -17,8 +17,8 @@ from eva_rl.stats import (
     holm,
     interval,
     minimum_detectable_difference,
-    paired_bootstrap_ci,
     probability_of_improvement,
+    sign_flip_interval,
     sign_flip_test,
     t_interval,
 )
@@ -194,7 +194,7 @@ class Comparison:
     n: int
     tasks: int
     mean_diff: float
-    ci: tuple[float, float]  # paired bootstrap, stratified by task
+    ci: tuple[float, float]  # 95%, the inverted two-sided sign-flip test
     sd: float  # of the paired differences
     p: float  # sign-flip permutation test
     exact: bool
@@ -339,7 +339,7 @@ def difference(label: str, reference: str, pairs: list[tuple], diffs: np.ndarray
         n=len(pairs),
         tasks=len(tasks),
         mean_diff=float(diffs.mean()),
-        ci=paired_bootstrap_ci(diffs, [t for t, _ in pairs]),
+        ci=sign_flip_interval(diffs),
         sd=float(diffs.std(ddof=1)),
         p=p,
         exact=exact,

@@ -15,7 +15,7 @@ from eva_rl.adapters.methods import METHODS
 from eva_rl.config import load_config
 from eva_rl.errors import UserError
 from eva_rl.reports.runs import Row
-from eva_rl.stats import paired_bootstrap_ci, sign_flip_test
+from eva_rl.stats import sign_flip_interval, sign_flip_test
 
 
 @dataclass
@@ -69,7 +69,7 @@ class HypothesisTest:
     hypothesis: Hypothesis
     finished: int  # planned pairs with both runs finished
     mean_diff: float | None = None  # the rest only once every planned pair has finished
-    ci: tuple[float, float] | None = None  # paired bootstrap, stratified by task
+    ci: tuple[float, float] | None = None  # 95%, the inverted two-sided sign-flip test
     p: float | None = None
     exact: bool = True
 
@@ -96,7 +96,7 @@ def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[H
         if len(pairs) == len(h.planned):
             diffs = np.array([mine[p] - theirs[p] for p in pairs])
             test.mean_diff = float(diffs.mean())
-            test.ci = paired_bootstrap_ci(diffs, [t for t, _, _ in pairs])
+            test.ci = sign_flip_interval(diffs)
             test.p, test.exact = sign_flip_test(diffs, alternative=h.alternative)
         out.append(test)
     return out

@@ -89,14 +89,16 @@ def learning_curves(stats, points, base: dict[str, float], path: Path, score: st
 
 
 def forest(comparisons, path: Path, score: str) -> None:
-    """Each configuration minus its reference: mean paired difference, 95% paired bootstrap
+    """Each configuration minus its reference: mean paired difference, 95% inverted sign-flip
     interval, Holm-adjusted p and the number of pairs."""
     fig, ax = figure(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
     ys = np.arange(len(comparisons))[::-1]
+    reach = max([1.0] + [abs(x) for c in comparisons for x in c.ci if np.isfinite(x)])
     for y, c in zip(ys, comparisons, strict=True):
-        ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - c.ci[0]], [c.ci[1] - c.mean_diff]],
+        low, high = np.clip(c.ci, -reach, reach)  # unbounded (5 pairs or fewer): to the edge
+        ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - low], [high - c.mean_diff]],
                     fmt="o", color="k" if c.p_holm < 0.05 else "0.5", capsize=3)  # fmt: skip
-        ax.annotate(f"p_holm {c.p_holm:.2g}, n {c.n}", (c.ci[1], y), xytext=(4, -3),
+        ax.annotate(f"p_holm {c.p_holm:.2g}, n {c.n}", (high, y), xytext=(4, -3),
                     textcoords="offset points", fontsize=7)  # fmt: skip
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(ys, [f"{c.label} - {c.reference}" for c in comparisons], fontsize=8)

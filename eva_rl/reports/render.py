@@ -251,9 +251,10 @@ def readme(
             "",
             f"**Paired comparisons** ({describe_references(reference)}), on the (task, seed) "
             "pairs both ran (same training batches, same "
-            "evaluation episodes): mean difference with a 95% paired bootstrap interval "
-            "(pairs resampled within tasks), two-sided sign-flip permutation test (exact up to "
-            f"16 pairs, else 100,000 random sign patterns: MC), Holm's correction over {family}, "
+            "evaluation episodes): mean difference with the 95% interval that inverts the "
+            "two-sided sign-flip permutation test (exact up to 16 pairs, else 100,000 random "
+            "sign patterns: MC), so an interval excludes 0 exactly when p < 0.05 (unbounded "
+            f"with 5 pairs or fewer), Holm's correction over {family}, "
             "rliable's probability of improvement, and the smallest true "
             "difference a paired t-test at 5% would detect with 80% power given the observed "
             "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
