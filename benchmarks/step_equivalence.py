@@ -32,7 +32,9 @@ METRICS = ("success_final", "final_loss", "auc")
 def pairs(new_dir: Path, old_csv: Path) -> list[tuple[tuple, dict, dict]]:
     """(key, new run, old run) for every new run that has an old run of the same key."""
     with open(old_csv, newline="") as f:
-        old = {(r["task"], r["method"], int(r["rank"]), int(r["seed"])): r for r in csv.DictReader(f)}
+        old = {
+            (r["task"], r["method"], int(r["rank"]), int(r["seed"])): r for r in csv.DictReader(f)
+        }
     out = []
     for row in collect_runs(new_dir):
         key = (row.task, row.method, row.rank, row.seed)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "collect": ("eva_rl.eva.collector", "collect_on_datasets"),
     "finetune": ("eva_rl.training.finetune", "finetune"),
     "evaluate": ("eva_rl.evaluation", "evaluate"),
-    "compare_agents": ("eva_rl.video", "compare_agents"),
+    "compare_agents": ("eva_rl.compare", "compare_agents"),
     "sweep": ("eva_rl.sweeps", "sweep"),
     "report": ("eva_rl.reports", "write_report"),
     "load_config": ("eva_rl.config", "load_config"),
@@ -44,7 +44,7 @@ _EXPORTS = {
     "OptimConfig": ("eva_rl.training.loop", "OptimConfig"),
     "LoopConfig": ("eva_rl.training.loop", "LoopConfig"),
     "EvalConfig": ("eva_rl.evaluation", "EvalConfig"),
-    "CompareConfig": ("eva_rl.video", "CompareConfig"),
+    "CompareConfig": ("eva_rl.compare", "CompareConfig"),
     "SweepConfig": ("eva_rl.sweeps", "SweepConfig"),
     # results and agents
     "Agent": ("eva_rl.agent", "Agent"),

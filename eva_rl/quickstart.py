@@ -79,11 +79,11 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
 def side_by_side_video(cfg: QuickstartConfig, runs: Path, out: Path) -> str:
     """The base agent and each fine-tuned agent on the same episode (the evaluation's first
     seed), next to each other in one MP4 in `out`; a machine without a renderer gets the reason."""
+    from eva_rl.compare import CompareConfig, compare_agents
     from eva_rl.data.catalog import dataset_id
     from eva_rl.data.segments import load_trajectories
     from eva_rl.evaluation import EvalConfig
     from eva_rl.training.finetune import FinetuneConfig
-    from eva_rl.video import CompareConfig, compare_agents
 
     first = runs / f"method={cfg.methods[0]}" / "config.yaml"
     run_cfg = from_dict(FinetuneConfig, read_yaml(first))

@@ -92,7 +92,9 @@ def _thresholds(diffs: np.ndarray, flips: np.ndarray) -> np.ndarray:
     flipped = flips.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         flipped_mean = np.where(flipped > 0, (flips @ diffs) / flipped, -np.inf)
-        kept_mean = np.where(flipped < len(diffs), (~flips @ diffs) / (len(diffs) - flipped), -np.inf)
+        kept_mean = np.where(
+            flipped < len(diffs), (~flips @ diffs) / (len(diffs) - flipped), -np.inf
+        )
     return np.sort(np.minimum(flipped_mean, kept_mean))
 
 

@@ -331,7 +331,7 @@ def test_quickstart_at_a_tiny_size(checkpoint, mw_root, tmp_path, capsys):
 
 def test_executor_settings_are_checked_before_anything_is_written(checkpoint, mw_root, tmp_path):
     for extra, message in [
-        ({"executor": "slurm"}, r"unknown executor 'slurm' \(valid: local, ray\)"),
+        ({"executor": "slurm"}, r"'executor' must be one of \['local', 'ray'\], got 'slurm'"),
         ({"address": "auto"}, "address is a Ray setting"),
         ({"gpus": -1}, "gpus must be >= 0"),
         ({"gpus": 1.5}, "gpus per run must be a fraction <= 1 or whole"),

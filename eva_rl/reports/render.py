@@ -10,6 +10,7 @@ import yaml
 
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
+from eva_rl.reports.timeline import timelines
 from eva_rl.results import EvalResult
 from eva_rl.sweeps import SWEEP_FILE, sweep_status
 
@@ -188,50 +189,14 @@ def readme(
     baselines, plots, notes, left_out=None, hypotheses=None,
 ) -> str:  # fmt: skip
     score = rows[0].score_name
-    first = rows[0].summary.config
-    loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
-    tasks = sorted({r.task for r in rows})
-    seeds = sorted({r.seed for r in rows})
-    final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
-    parts = [f"# {name}", ""]
-    made = f"Made by `{command}` from {len(rows)} finished runs under "
-    sweeps = [(d, d / SWEEP_FILE) for d in runs_dirs if (d / SWEEP_FILE).is_file()]
-    if len(runs_dirs) == 1:
-        parts.append(made + f"`{runs_dirs[0]}`" + (
-            f", produced by `eva-rl sweep` with this sweep file (`{sweeps[0][1]}`):"
-            if sweeps else "."
-        ))  # fmt: skip
-    else:
-        parts.append(made + " and ".join(f"`{d}`" for d in runs_dirs) + ".")
-    for runs_dir, sweep in sweeps:
-        if len(runs_dirs) > 1:
-            n = sum(1 for r in rows if r.path.is_relative_to(runs_dir))
-            parts += ["", f"The {n} under `{runs_dir}` were produced by `eva-rl sweep` with "
-                      f"this sweep file (`{sweep}`):"]  # fmt: skip
-        parts += ["", "```yaml", sweep.read_text().strip(), "```"]
+    parts = [f"# {name}", "", *_provenance(command, runs_dirs, rows)]
     if left_out is not None:
         parts += ["", partial_note(left_out, runs_dirs[0] if len(runs_dirs) == 1 else None)]
-    precisions = ", ".join(sorted({r.precision for r in rows}))
     parts += [
         "",
-        f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {loop['steps']} "
-        f"updates of batch {optim['batch_size']} per run (lr {optim['lr']:g}, {precisions}), "
-        f"evaluations every {loop['eval_every']} updates on {evaluation['episodes']} episodes "
-        f"and at the end on {final_eps} (seeds {evaluation['seed']}+i, the same episodes for "
-        f"every run of a task), checkpoint `{first['checkpoint']}`.",
+        _scale(rows),
         "",
-        f"**Score** = {SCORE_LABEL[score]} at the end of fine-tuning"
-        + (
-            " (the paper's metric; success at any step of the episode beside it)."
-            if score == "success_final"
-            else "."
-        )  # fmt: skip
-        + " AUC = area under the score curve from update 0 (the base agent's score where a "
-        "run did not evaluate there) divided by the updates: higher = faster adaptation. "
-        "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
-        "logged training MSE; grad signal = gradient norm at initialisation (mean over runs). "
-        "Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds resampled within "
-        "tasks; IQM = interquartile mean over tasks x seeds.",
+        _score_legend(score),
         "",
         configuration_table(stats, score),
         "",
@@ -241,54 +206,9 @@ def readme(
         task_table(stats, baselines, score),
     ]
     if comparisons:
-        pending = comparisons[0].family - len(comparisons)
-        family = "the comparisons below" + (
-            f" and the {pending} more the sweep plans, whose runs have not finished (counted "
-            "as p = 1, so these adjusted p-values hold for the whole family)"
-            if pending else ""
-        )  # fmt: skip
-        parts += [
-            "",
-            f"**Paired comparisons** ({describe_references(reference)}), on the (task, seed) "
-            "pairs both ran (same training batches, same "
-            "evaluation episodes): mean difference with the 95% interval that inverts the "
-            "two-sided sign-flip permutation test (exact up to 16 pairs, else 100,000 random "
-            "sign patterns: MC), so an interval excludes 0 exactly when p < 0.05 (unbounded "
-            f"with 5 pairs or fewer), Holm's correction over {family}, "
-            "rliable's probability of improvement, and the smallest true "
-            "difference a paired t-test at 5% would detect with 80% power given the observed "
-            "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
-            "sign-flip p cannot fall below 0.05, or the differences have no spread to scale "
-            "by). A verdict other than 'no difference detected' needs Holm p < 0.05.",
-            "",
-            comparison_table(comparisons, score),
-        ]
-        if per_task := task_difference_table(comparisons, score):
-            parts += [
-                "",
-                "Per task (exploratory: no per-task test was fixed before the data, so these "
-                "suggest hypotheses for a next study, they do not confirm any): mean difference "
-                "(pairs; two-sided sign-flip p, Holm over the comparison's tasks). n pairs "
-                "cannot give a p below 2 / 2^n (0.25 with 3).",
-                "",
-                per_task,
-            ]
+        parts += _comparison_section(comparisons, reference, score, timelines(stats, comparisons))
     if hypotheses is not None:
-        path, tests = hypotheses
-        parts += [
-            "",
-            f"**Pre-registered hypotheses** (`{path}`, written before the runs that test them "
-            "had finished): each is tested once, when all its planned (task, seed, rank) "
-            "pairs have finished, with the sign-flip permutation test of the mean paired "
-            "difference in the direction it names (exact up to 16 pairs) at its own level; "
-            "until then it waits, untested. The file:",
-            "",
-            "```yaml",
-            Path(path).read_text().strip(),
-            "```",
-            "",
-            hypothesis_table(tests, score),
-        ]
+        parts += _hypothesis_section(*hypotheses, score)
     parts += ["", *[f"![{title}]({file})" for file, title in plots]]
     parts += ["", "Per-run numbers: `runs.csv`; the learning curves' points (per configuration, "
               "task and evaluation: mean over seeds with a 95% t-interval): `curves.csv`. "
@@ -297,3 +217,136 @@ def readme(
     if notes:
         parts += ["", notes.strip()]
     return "\n".join(parts) + "\n"
+
+
+def _provenance(command: str, runs_dirs: list[Path], rows) -> list[str]:
+    """The command, the runs it read and the sweep files that produced them."""
+    made = f"Made by `{command}` from {len(rows)} finished runs under "
+    sweeps = [(d, d / SWEEP_FILE) for d in runs_dirs if (d / SWEEP_FILE).is_file()]
+    if len(runs_dirs) == 1:
+        parts = [made + f"`{runs_dirs[0]}`" + (
+            f", produced by `eva-rl sweep` with this sweep file (`{sweeps[0][1]}`):"
+            if sweeps else "."
+        )]  # fmt: skip
+    else:
+        parts = [made + " and ".join(f"`{d}`" for d in runs_dirs) + "."]
+    for runs_dir, sweep in sweeps:
+        if len(runs_dirs) > 1:
+            n = sum(1 for r in rows if r.path.is_relative_to(runs_dir))
+            parts += ["", f"The {n} under `{runs_dir}` were produced by `eva-rl sweep` with "
+                      f"this sweep file (`{sweep}`):"]  # fmt: skip
+        parts += ["", "```yaml", sweep.read_text().strip(), "```"]
+    return parts
+
+
+def _scale(rows) -> str:
+    """Tasks, seeds, budget and evaluation schedule of the runs (the first run's config)."""
+    first = rows[0].summary.config
+    loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
+    tasks = sorted({r.task for r in rows})
+    seeds = sorted({r.seed for r in rows})
+    final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
+    precisions = ", ".join(sorted({r.precision for r in rows}))
+    when = [f"every {loop['eval_every']} updates"] if loop["eval_every"] else []
+    if loop.get("eval_at"):
+        when.append("after " + ", ".join(str(s) for s in loop["eval_at"]) + " updates")
+    return (
+        f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {loop['steps']} "
+        f"updates of batch {optim['batch_size']} per run (lr {optim['lr']:g}, {precisions}), "
+        f"evaluations {' and '.join(when) or 'only'} on {evaluation['episodes']} episodes "
+        f"and at the end on {final_eps} (seeds {evaluation['seed']}+i, the same episodes for "
+        f"every run of a task), checkpoint `{first['checkpoint']}`."
+    )
+
+
+def _score_legend(score: str) -> str:
+    paper_metric = " (the paper's metric; success at any step of the episode beside it)."
+    return (
+        f"**Score** = {SCORE_LABEL[score]} at the end of fine-tuning"
+        + (paper_metric if score == "success_final" else ".")
+        + " AUC = area under the score curve from update 0 (the base agent's score where a "
+        "run did not evaluate there) divided by the updates: higher = faster adaptation. "
+        "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
+        "logged training MSE; grad signal = gradient norm at initialisation (mean over runs). "
+        "Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds resampled within "
+        "tasks; IQM = interquartile mean over tasks x seeds."
+    )
+
+
+def _comparison_section(comparisons, reference, score: str, steps) -> list[str]:
+    pending = comparisons[0].family - len(comparisons)
+    family = "the comparisons below" + (
+        f" and the {pending} more the sweep plans, whose runs have not finished (counted "
+        "as p = 1, so these adjusted p-values hold for the whole family)"
+        if pending else ""
+    )  # fmt: skip
+    parts = [
+        "",
+        f"**Paired comparisons** ({describe_references(reference)}), on the (task, seed) "
+        "pairs both ran (same training batches, same "
+        "evaluation episodes): mean difference with the 95% interval that inverts the "
+        "two-sided sign-flip permutation test (exact up to 16 pairs, else 100,000 random "
+        "sign patterns: MC), so an interval excludes 0 exactly when p < 0.05 (unbounded "
+        f"with 5 pairs or fewer), Holm's correction over {family}, "
+        "rliable's probability of improvement, and the smallest true "
+        "difference a paired t-test at 5% would detect with 80% power given the observed "
+        "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
+        "sign-flip p cannot fall below 0.05, or the differences have no spread to scale "
+        "by). A verdict other than 'no difference detected' needs Holm p < 0.05.",
+        "",
+        comparison_table(comparisons, score),
+    ]
+    if per_task := task_difference_table(comparisons, score):
+        parts += [
+            "",
+            "Per task (exploratory: no per-task test was fixed before the data, so these "
+            "suggest hypotheses for a next study, they do not confirm any): mean difference "
+            "(pairs; two-sided sign-flip p, Holm over the comparison's tasks). n pairs "
+            "cannot give a p below 2 / 2^n (0.25 with 3).",
+            "",
+            per_task,
+        ]
+    if steps:
+        parts += [
+            "",
+            "When the differences appear (descriptive: one row per evaluation, no correction "
+            "over evaluations; the tables above test the last one): mean paired difference in "
+            "the score at each evaluation [inverted sign-flip 95% interval] (pairs; p).",
+            "",
+            timeline_table(steps, score),
+        ]
+    return parts
+
+
+def _hypothesis_section(path, tests, score: str) -> list[str]:
+    return [
+        "",
+        f"**Pre-registered hypotheses** (`{path}`, written before the runs that test them "
+        "had finished): each is tested once, when all its planned (task, seed, rank) "
+        "pairs have finished, with the sign-flip permutation test of the mean paired "
+        "difference in the direction it names (exact up to 16 pairs) at its own level; "
+        "until then it waits, untested. The file:",
+        "",
+        "```yaml",
+        Path(path).read_text().strip(),
+        "```",
+        "",
+        hypothesis_table(tests, score),
+    ]
+
+
+def timeline_table(steps, score: str) -> str:
+    """One row per comparison, one column per evaluation step."""
+    spec = difference_spec(score)
+    columns = sorted({d.step for _, rows in steps for d in rows})
+    lines = ["| comparison | " + " | ".join(f"update {s}" for s in columns) + " |",
+             "|---|" + "---|" * len(columns)]  # fmt: skip
+    for c, rows in steps:
+        at = {d.step: d for d in rows}
+        cells = [
+            f"{d.mean_diff:+{spec}} [{d.ci[0]:+{spec}}, {d.ci[1]:+{spec}}] ({d.n}; p {d.p:.2g})"
+            if (d := at.get(step)) else "-"
+            for step in columns
+        ]  # fmt: skip
+        lines.append(f"| {c.label} - {c.reference} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

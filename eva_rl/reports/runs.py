@@ -187,7 +187,7 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     """The (method, rank, rho, variant) configurations the sweep that made `runs_dir` plans,
     finished or not: its grid points, the rest of each config as the finished runs have it.
     Empty without a sweep file."""
-    from eva_rl.sweeps.plan import expand
+    from eva_rl.sweeps.config import expand
 
     path = runs_dir / SWEEP_FILE
     if not path.is_file() or not rows:

@@ -46,11 +46,12 @@ from eva_rl.sweeps.config import (
     INDEX_FILE,
     SWEEP_FILE,
     SweepConfig,
+    expand,
     load_sweep,
 )
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
 from eva_rl.sweeps.export import export_runs
-from eva_rl.sweeps.plan import Run, check_precision, expand, plan, reuse_finished, run_name
+from eva_rl.sweeps.plan import Run, check_precision, plan, reuse_finished, run_name
 from eva_rl.sweeps.status import SweepStatus, planned_status, sweep_status
 
 __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",

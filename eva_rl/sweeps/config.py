@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from eva_rl.config import apply_override, from_dict, read_yaml
 from eva_rl.errors import UserError
@@ -14,6 +15,7 @@ BASE_FILE = "base_config.yaml"  # the base finetune config as the sweep first re
 INDEX_FILE = "runs.json"
 BASELINE_DIR = "_baseline"  # the base agent's evaluations, one JSON per task
 COPIED_FILE = "copied_from"  # in a run copied from another sweep (`reuse`): where from
+Executor = Literal["local", "ray"]  # the keys of `executors.EXECUTORS`
 ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 
 
@@ -26,7 +28,7 @@ class SweepConfig:
     set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every run
     workers: int = 0  # parallel runs; 0: one per CPU core (ray: as many as its resources allow)
     threads: int = 0  # torch threads (ray: CPUs) per run; 0: cores // workers, within one node
-    executor: str = "local"  # local: processes of this machine; ray: Ray tasks
+    executor: Executor = "local"  # local: processes of this machine; ray: Ray tasks
     address: str | None = None  # the Ray cluster's address; None: start a local Ray instance
     gpus: float = 0.0  # GPUs per run; a fraction shares one GPU (0.25: four runs per GPU)
     # evaluate the base checkpoint once per task with the runs' final evaluation (same episodes)
@@ -46,10 +48,9 @@ class SweepConfig:
             raise UserError(f"sweep precision must be fp32 or bf16, not {self.precision!r}")
         if self.workers < 0 or self.threads < 0 or self.gpus < 0:
             raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
-        from eva_rl.sweeps.executors import EXECUTORS
-
-        if self.executor not in EXECUTORS:
-            raise UserError(f"unknown executor {self.executor!r} (valid: {', '.join(EXECUTORS)})")
+        if self.executor not in get_args(Executor):
+            valid = ", ".join(get_args(Executor))
+            raise UserError(f"unknown executor {self.executor!r} (valid: {valid})")
         if self.executor != "ray" and self.address is not None:
             raise UserError("address is a Ray setting: add executor=ray, or drop it")
         if self.gpus > 1 and self.gpus != int(self.gpus):
@@ -65,9 +66,13 @@ class SweepConfig:
     @property
     def points(self) -> list[dict[str, Any]]:
         grids = self.grid if isinstance(self.grid, list) else [self.grid]
-        from eva_rl.sweeps.plan import expand
-
         return [point for grid in grids for point in expand(grid)]
+
+
+def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, first key slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def load_sweep(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:

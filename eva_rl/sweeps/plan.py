@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import shutil
 import warnings
@@ -16,7 +15,7 @@ from typing import Any
 
 from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
-from eva_rl.sweeps.config import ALIASES, COPIED_FILE, SweepConfig
+from eva_rl.sweeps.config import ALIASES, BASELINE_DIR, COPIED_FILE, SweepConfig
 
 
 @dataclass
@@ -33,12 +32,6 @@ class Run:
     @property
     def done_file(self) -> Path:
         return self.out if self.baseline else self.out / "summary.json"
-
-
-def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, first key slowest."""
-    keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def run_name(point: dict[str, Any]) -> str:
@@ -73,10 +66,35 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
     if cfg.baseline:
-        from eva_rl.sweeps.baseline import baselines
-
         runs = baselines(cfg, runs) + runs
     return runs
+
+
+def baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
+    """One evaluation of the base checkpoint per distinct (checkpoint, data, evaluation) of the
+    runs, with their final evaluation's episodes: the base agent's score on the same episodes."""
+    from eva_rl.training.finetune import FinetuneConfig
+
+    found: dict[str, Run] = {}
+    for run in runs:
+        c = from_dict(FinetuneConfig, run.config)
+        key = {
+            "checkpoint": c.checkpoint,
+            "stats": c.stats,
+            "datasets": c.dataset_ids,
+            "data_root": c.data_root,
+            "task": c.task or None,
+            "eval": to_dict(c.eval),
+            "device": c.device,
+            "precision": c.precision,
+        }
+        name = (c.task or ",".join(c.dataset_ids)).replace("/", "_")
+        if name in found and found[name].config["key"] != key:
+            name = f"{name}-{len([n for n in found if n.startswith(name)])}"
+        if name not in found:
+            out = str(Path(cfg.out) / BASELINE_DIR / f"{name}.json")
+            found[name] = Run(f"{BASELINE_DIR}.{name}", {}, {"out": out, "key": key}, True)
+    return list(found.values())
 
 
 def _check_inputs(name: str, cfg) -> None:

@@ -12,7 +12,6 @@ rank 0 writes everything.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
 from eva_rl.adapters.export import export_adapted, save_initial_adapter
@@ -33,13 +31,7 @@ from eva_rl.adapters.methods import (
     build_method,
     trainable_parameters,
 )
-from eva_rl.agent import (
-    META_FILE,
-    SHIPPED,
-    Agent,
-    AgentMeta,
-    checkpoint_ref,
-)
+from eva_rl.agent import META_FILE, SHIPPED, Agent
 from eva_rl.config import to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import load_trajectories
@@ -49,9 +41,10 @@ from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
 from eva_rl.runtime import Precision, resolve_device, resolve_precision, set_threads
+from eva_rl.training.adapted import eva_result, log_hparams, log_setup, tuned_meta
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
-from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
+from eva_rl.training.rundir import discard_on_failure, prepare_run_dir
 from eva_rl.video import log_videos
 
 SUMMARY_FILE = "summary.json"
@@ -78,6 +71,16 @@ class FinetuneEvalConfig:
     def __post_init__(self):
         if self.episodes < 1 or self.final_episodes < 0 or self.video < 0:
             raise UserError("eval.episodes must be >= 1, eval.final_episodes and video >= 0")
+
+    @property
+    def final_count(self) -> int:
+        return self.final_episodes or self.episodes
+
+    def for_run(self, device: str, precision: str) -> EvalConfig:
+        """The evaluator's config: these fields (all but `final_episodes`) on the run's device."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del shared["final_episodes"]
+        return EvalConfig(**shared, device=device, precision=precision)
 
 
 @dataclass
@@ -169,153 +172,149 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
 
 
 def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
-    data = load_trajectories(cfg.dataset_ids, cfg.data_root)
-    traj, heldout = data.split(cfg.split.heldout, cfg.split.seed)
-    # refuses data of other shapes; each rank of a torchrun job draws its own batches
-    sampler = agent.segment_sampler(traj, distributed.rank_seed(cfg.seed))
-    prepare_run_dir(out, cfg, cfg.resume)  # only after every input was checked
-    with discard_on_failure(out, cfg.resume):
-        return _train(cfg, agent, data, traj, heldout, sampler, precision, started, progress)
+    run = FinetuneRun(cfg, progress)
+    prepare_run_dir(Path(cfg.out), cfg, cfg.resume)  # only after every input was checked
+    with discard_on_failure(Path(cfg.out), cfg.resume):
+        run.setup()
+        history = run.train()
+        return run.save(history)
 
 
-def _train(cfg, agent, data, traj, heldout, sampler, precision, started, progress) -> RunSummary:
-    """Everything after the run folder exists: build, measure, train, evaluate, export."""
-    out, device = Path(cfg.out), agent.device
-    main = distributed.is_main()
-    set_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+class FinetuneRun:
+    """One run as a recipe: loading checks every input before the run folder exists; `setup`
+    builds the method on calibration batches (EVA collected on the training split), `train`
+    runs the loop with evaluations, `save` writes the final agent and summary."""
 
-    calibration_sampler = agent.segment_sampler(traj, cfg.seed + 1)
-    calibration = [
-        calibration_sampler.sample(cfg.optim.batch_size)
-        for _ in range(cfg.method.calibration_batches)
-    ]
-    heldout_batches = []
-    if heldout is not None:
-        heldout_sampler = agent.segment_sampler(heldout, cfg.split.seed)
-        heldout_batches = [
-            heldout_sampler.sample(cfg.optim.batch_size) for _ in range(cfg.split.batches)
-        ]
-    spec = METHODS[cfg.method.name]
-    eva_meta = _eva_result(agent, traj, cfg, out, progress) if spec.needs_eva_state else None
-    context = BuildContext(
-        calibration=calibration,
-        loss=action_loss,
-        eva_state=eva_meta and eva_meta["state"],
-        steps=cfg.loop.steps,
-    )
-    adapted = build_method(agent.model, cfg.method, context)
-    initial = save_initial_adapter(adapted, out) if main else None
-    signal = gradient_signal(adapted.model, calibration)
-    setup = {
-        "trainable_parameters": trainable_parameters(adapted.model),
-        "total_parameters": sum(p.numel() for p in agent.model.parameters()),
-        "gradient_signal": signal,
-        "collector_seconds": eva_meta["seconds"] if eva_meta else None,
-        "ranks": adapted.ranks,
-    }
-    if main and not cfg.resume:
-        _log_setup(out / "tb", setup)
+    def __init__(self, cfg: FinetuneConfig, progress: bool):
+        self.started = time.perf_counter()
+        self.cfg, self.progress, self.out = cfg, progress, Path(cfg.out)
+        device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, device)
+        self.agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
+        self.data = load_trajectories(cfg.dataset_ids, cfg.data_root)
+        self.traj, self.heldout = self.data.split(cfg.split.heldout, cfg.split.seed)
+        # refuses data of other shapes; each rank of a torchrun job draws its own batches
+        self.sampler = self.agent.segment_sampler(self.traj, distributed.rank_seed(cfg.seed))
+        self.main = distributed.is_main()
+        self.evaluator: Evaluator | None = None
 
-    targets = data.max_returns()
-    envs = data.envs
-    if cfg.env is not None:  # one env for all the data: its target is the best return seen
-        envs, targets = [cfg.env], {cfg.env: max(targets.values())}
-    meta = _finetuned_meta(agent.meta, targets, cfg, precision)
-    tuned = Agent(adapted.model, meta)
-    eval_cfg = EvalConfig(
-        episodes=cfg.eval.episodes,
-        seed=cfg.eval.seed,
-        device=str(device),
-        precision=precision,
-        max_envs=cfg.eval.max_envs,
-        workers=cfg.eval.workers,
-        video=cfg.eval.video,
-        video_size=cfg.eval.video_size,
-        video_every=cfg.eval.video_every,
-    )
-    final_episodes = cfg.eval.final_episodes or cfg.eval.episodes
-    evaluator = (
-        Evaluator(tuned, envs, eval_cfg, progress=False, max_episodes=final_episodes)
-        if main
-        else None
-    )
+    def _batches(self, traj, seed: int, count: int) -> list:
+        sampler = self.agent.segment_sampler(traj, seed)
+        return [sampler.sample(self.cfg.optim.batch_size) for _ in range(count)]
 
-    def run_eval(step: int) -> EvalPoint:
-        episodes = final_episodes if step == cfg.loop.steps else cfg.eval.episodes
+    def setup(self) -> None:
+        """Calibration and held-out batches, the method's adapter, the tuned agent's evaluator."""
+        cfg, out = self.cfg, self.out
+        set_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        calibration = self._batches(self.traj, cfg.seed + 1, cfg.method.calibration_batches)
+        self.heldout_batches = []
+        if self.heldout is not None:
+            self.heldout_batches = self._batches(self.heldout, cfg.split.seed, cfg.split.batches)
+        self.spec = METHODS[cfg.method.name]
+        eva = None
+        if self.spec.needs_eva_state:
+            collector = cfg.collector_config()
+            eva = eva_result(self.agent, self.traj, collector, cfg.checkpoint, out, self.progress)
+        context = BuildContext(
+            calibration=calibration,
+            loss=action_loss,
+            eva_state=eva and eva["state"],
+            steps=cfg.loop.steps,
+        )
+        self.adapted = build_method(self.agent.model, cfg.method, context)
+        self.initial = save_initial_adapter(self.adapted, out) if self.main else None
+        self.init = {
+            "trainable_parameters": trainable_parameters(self.adapted.model),
+            "total_parameters": sum(p.numel() for p in self.agent.model.parameters()),
+            "gradient_signal": gradient_signal(self.adapted.model, calibration),
+            "collector_seconds": eva["seconds"] if eva else None,
+            "ranks": self.adapted.ranks,
+        }
+        if self.main and not cfg.resume:
+            log_setup(out / "tb", self.init)
+        targets, envs = self.data.max_returns(), self.data.envs
+        if cfg.env is not None:  # one env for all the data: its target is the best return seen
+            envs, targets = [cfg.env], {cfg.env: max(targets.values())}
+        self.meta = tuned_meta(self.agent.meta, targets, cfg, self.precision)
+        if self.main:
+            tuned = Agent(self.adapted.model, self.meta)
+            eval_cfg = cfg.eval.for_run(str(self.agent.device), self.precision)
+            self.evaluator = Evaluator(tuned, envs, eval_cfg, progress=False,
+                                       max_episodes=cfg.eval.final_count)  # fmt: skip
+
+    def evaluate(self, step: int) -> EvalPoint:
+        """The tuned agent on the evaluation episodes (more at the last step), held-out loss."""
+        cfg = self.cfg
+        episodes = cfg.eval.final_count if step == cfg.loop.steps else cfg.eval.episodes
         extra = {}
-        if heldout_batches:
-            extra["heldout_loss"] = heldout_loss(adapted.model, heldout_batches, precision)
-        result = evaluator.run(episodes, video_dir=str(out / "videos" / f"step-{step:06d}"))
-        log_videos(result, out / "tb", step)
+        if self.heldout_batches:
+            batches = self.heldout_batches
+            extra["heldout_loss"] = heldout_loss(self.adapted.model, batches, self.precision)
+        videos = self.out / "videos" / f"step-{step:06d}"
+        result = self.evaluator.run(episodes, video_dir=str(videos))
+        log_videos(result, self.out / "tb", step)
         return EvalPoint.of(step, result, **extra)
 
-    def write_agent(directory: Path) -> None:
-        export_adapted(adapted, directory, cfg.checkpoint, initial)
-        atomic_write_json(directory / META_FILE, dataclasses.asdict(meta))
+    def write_agent(self, directory: Path) -> None:
+        export_adapted(self.adapted, directory, self.cfg.checkpoint, self.initial)
+        atomic_write_json(directory / META_FILE, dataclasses.asdict(self.meta))
 
-    def export(directory: Path, step: int) -> None:
-        meta.provenance["steps"] = step
-        write_agent(directory / "agent")
+    def export(self, directory: Path, step: int) -> None:
+        self.meta.provenance["steps"] = step
+        self.write_agent(directory / "agent")
 
-    loop_started = time.perf_counter()
-    try:
-        trainer = Trainer(
-            adapted.model,
-            sampler,
-            cfg.optim,
-            cfg.loop,
-            out,
-            export,
-            run_eval,
-            resume=cfg.resume,
-            progress=progress,
-            hooks=adapted.hooks,
-            penalty=adapted.penalty,
-            precision=precision,
+    def train(self) -> dict[str, Any]:
+        """The loop from step 0 or the last checkpoint; returns its history."""
+        cfg = self.cfg
+        loop_started = time.perf_counter()
+        try:
+            trainer = Trainer(self.adapted.model, self.sampler, cfg.optim, cfg.loop, self.out,
+                              self.export, self.evaluate, resume=cfg.resume,
+                              progress=self.progress, hooks=self.adapted.hooks,
+                              penalty=self.adapted.penalty, precision=self.precision)  # fmt: skip
+            history = trainer.run()
+        finally:
+            if self.evaluator is not None:
+                self.evaluator.close()
+        self.meta.provenance["steps"] = cfg.loop.steps
+        # wall time of the whole run: this invocation outside the loop, plus every loop segment
+        outside = time.perf_counter() - self.started - (time.perf_counter() - loop_started)
+        history["wall_seconds"] = outside + history["seconds"]
+        return history
+
+    def save(self, history: dict[str, Any]) -> RunSummary:
+        """The run's summary; the final agent and summary.json written (rank 0)."""
+        cfg, init = self.cfg, self.init
+        points = [EvalPoint.from_dict(p) for p in history["eval"]]
+        summary = RunSummary(
+            method=cfg.method.name,
+            task=cfg.task or None,
+            datasets=cfg.dataset_ids,
+            rank=cfg.method.rank,
+            rho=cfg.method.rho,
+            seed=cfg.seed,
+            steps=cfg.loop.steps,
+            eval=points,
+            final_loss=history.get("loss"),
+            trainable_parameters=init["trainable_parameters"],
+            total_parameters=init["total_parameters"],
+            gradient_signal=init["gradient_signal"],
+            collector_seconds=init["collector_seconds"],
+            ranks=self.spec.final_ranks(self.adapted),
+            processes=distributed.world_size(),
+            effective_batch_size=history["effective_batch_size"],
+            train_seconds=history["seconds"],
+            wall_seconds=history["wall_seconds"],
+            config=to_dict(cfg),
+            precision=self.precision,
+            score_name=_score_name(points),
         )
-        history = trainer.run()
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-    loop_seconds = time.perf_counter() - loop_started
-    meta.provenance["steps"] = cfg.loop.steps
-    # wall time of the whole run: this invocation outside the loop, plus every loop segment
-    outside = time.perf_counter() - started - loop_seconds
-    points = [EvalPoint.from_dict(p) for p in history["eval"]]
-    summary = RunSummary(
-        method=cfg.method.name,
-        task=cfg.task or None,
-        datasets=cfg.dataset_ids,
-        rank=cfg.method.rank,
-        rho=cfg.method.rho,
-        seed=cfg.seed,
-        steps=cfg.loop.steps,
-        eval=points,
-        final_loss=history.get("loss"),
-        trainable_parameters=setup["trainable_parameters"],
-        total_parameters=setup["total_parameters"],
-        gradient_signal=setup["gradient_signal"],
-        collector_seconds=setup["collector_seconds"],
-        ranks=spec.final_ranks(adapted),
-        processes=distributed.world_size(),
-        effective_batch_size=history["effective_batch_size"],
-        train_seconds=history["seconds"],
-        wall_seconds=outside + history["seconds"],
-        config=to_dict(cfg),
-        precision=precision,
-        score_name=_score_name(points),
-    )
-    if main:
-        save_checkpoint_dir(out / "agent", write_agent)
-        atomic_write_json(out / SUMMARY_FILE, summary.to_dict())
-        _log_hparams(out / "tb", cfg, summary)
-    return summary
+        if self.main:
+            save_checkpoint_dir(self.out / "agent", self.write_agent)
+            atomic_write_json(self.out / SUMMARY_FILE, summary.to_dict())
+            log_hparams(self.out / "tb", cfg, summary)
+        return summary
 
 
 def _score_name(points: list[EvalPoint]) -> str:
@@ -325,79 +324,3 @@ def _score_name(points: list[EvalPoint]) -> str:
             if name in point.metrics:
                 return name
     return "return"
-
-
-def _eva_result(agent: Agent, traj, cfg: FinetuneConfig, out: Path, progress: bool) -> dict:
-    """Collect (or, on resume, reload) EVA's components on the training split into `out/eva`."""
-    from eva_rl.eva.collector import collect_on_trajectories
-    from eva_rl.eva.state import META_FILE as EVA_META
-    from eva_rl.eva.state import load_state, log_collection, save_result
-
-    directory = out / "eva"
-    collector = cfg.collector_config()
-    if not (directory / EVA_META).is_file():  # every rank collects (on its own batches)
-        result = collect_on_trajectories(agent, traj, collector, progress=progress)
-        if distributed.is_main():
-            meta = save_result(result, collector, directory, checkpoint=cfg.checkpoint)
-            log_collection(meta, out / "tb")
-        distributed.barrier()
-    state, meta = load_state(directory)
-    return {"state": state, "seconds": meta["seconds"]}
-
-
-def _finetuned_meta(
-    base: AgentMeta, targets: dict[str, float], cfg: FinetuneConfig, precision: str
-) -> AgentMeta:
-    """The base agent's normalisation, with the task's target return and the run's provenance."""
-    meta = copy.deepcopy(base)
-    meta.target_returns = {**base.target_returns, **targets}
-    meta.provenance = provenance(
-        cfg,
-        cfg.dataset_ids,
-        precision,
-        base_checkpoint=checkpoint_ref(cfg.checkpoint),
-        base_provenance=base.provenance,
-        method=cfg.method.name,
-    )
-    return meta
-
-
-def _log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
-    with SummaryWriter(log_dir) as writer:
-        writer.add_scalar("init/trainable_parameters", setup["trainable_parameters"], 0)
-        writer.add_scalar("init/gradient_signal", setup["gradient_signal"], 0)
-        if setup["collector_seconds"] is not None:
-            writer.add_scalar("init/collector_seconds", setup["collector_seconds"], 0)
-        for name, rank in setup["ranks"].items():
-            writer.add_scalar(f"rank_init/{name}", rank, 0)
-
-
-def _log_hparams(log_dir: Path, cfg: FinetuneConfig, summary: RunSummary) -> None:
-    """One HParams session per run (in the run's own tb/), so TensorBoard's HParams tab lines up
-    every run under a common logdir by method, rank, rho, task and seed."""
-    hparams = {
-        "method": cfg.method.name,
-        "rank": cfg.method.rank,
-        "rho": cfg.method.rho,
-        "task": summary.label,
-        "seed": cfg.seed,
-        "steps": cfg.loop.steps,
-        "lr": cfg.optim.lr,
-        "precision": summary.precision,
-    }
-    nan = float("nan")
-    best = summary.best()
-    metrics = {
-        "hparam/final_score": summary.final.get("score", nan),
-        "hparam/best_score": nan if best is None else best,
-        "hparam/final_success_final": summary.final.get("success_final", nan),
-        "hparam/final_success_any": summary.final.get("success_any", nan),
-        "hparam/final_return": summary.final.get("return", nan),
-        "hparam/final_heldout_loss": summary.final.get("heldout_loss", nan),
-        "hparam/trainable_parameters": summary.trainable_parameters,
-        "hparam/gradient_signal": summary.gradient_signal,
-    }
-    with SummaryWriter(log_dir) as writer:
-        for name, rank in summary.ranks.items():
-            writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
-        writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)

@@ -1,0 +1,91 @@
+"""What a run of an adapted agent does besides training, shared by the stages that adapt one:
+EVA's collector result (collected once into the run's `eva/`, reloaded on resume), the tuned
+agent's meta (the base's normalisation, the task's target, the run's provenance), and the
+TensorBoard records of the adapter at initialisation and of the run's hyperparameters."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from eva_rl import distributed
+from eva_rl.agent import Agent, AgentMeta, checkpoint_ref
+from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
+from eva_rl.eva.state import META_FILE as EVA_META
+from eva_rl.eva.state import load_state, log_collection, save_result
+from eva_rl.results import RunSummary
+from eva_rl.training.rundir import provenance
+
+
+def eva_result(
+    agent: Agent, traj, collector: CollectorConfig, checkpoint: str, out: Path, progress: bool
+) -> dict:
+    """Collect (or, on resume, reload) EVA's components on the training split into `out/eva`."""
+    directory = out / "eva"
+    if not (directory / EVA_META).is_file():  # every rank collects (on its own batches)
+        result = collect_on_trajectories(agent, traj, collector, progress=progress)
+        if distributed.is_main():
+            meta = save_result(result, collector, directory, checkpoint=checkpoint)
+            log_collection(meta, out / "tb")
+        distributed.barrier()
+    state, meta = load_state(directory)
+    return {"state": state, "seconds": meta["seconds"]}
+
+
+def tuned_meta(base: AgentMeta, targets: dict[str, float], cfg: Any, precision: str) -> AgentMeta:
+    """The base agent's normalisation, with the task's target return and the run's provenance."""
+    meta = copy.deepcopy(base)
+    meta.target_returns = {**base.target_returns, **targets}
+    meta.provenance = provenance(
+        cfg,
+        cfg.dataset_ids,
+        precision,
+        base_checkpoint=checkpoint_ref(cfg.checkpoint),
+        base_provenance=base.provenance,
+        method=cfg.method.name,
+    )
+    return meta
+
+
+def log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
+    with SummaryWriter(log_dir) as writer:
+        writer.add_scalar("init/trainable_parameters", setup["trainable_parameters"], 0)
+        writer.add_scalar("init/gradient_signal", setup["gradient_signal"], 0)
+        if setup["collector_seconds"] is not None:
+            writer.add_scalar("init/collector_seconds", setup["collector_seconds"], 0)
+        for name, rank in setup["ranks"].items():
+            writer.add_scalar(f"rank_init/{name}", rank, 0)
+
+
+def log_hparams(log_dir: Path, cfg: Any, summary: RunSummary) -> None:
+    """One HParams session per run (in the run's own tb/), so TensorBoard's HParams tab lines up
+    every run under a common logdir by method, rank, rho, task and seed."""
+    hparams = {
+        "method": cfg.method.name,
+        "rank": cfg.method.rank,
+        "rho": cfg.method.rho,
+        "task": summary.label,
+        "seed": cfg.seed,
+        "steps": cfg.loop.steps,
+        "lr": cfg.optim.lr,
+        "precision": summary.precision,
+    }
+    nan = float("nan")
+    best = summary.best()
+    metrics = {
+        "hparam/final_score": summary.final.get("score", nan),
+        "hparam/best_score": nan if best is None else best,
+        "hparam/final_success_final": summary.final.get("success_final", nan),
+        "hparam/final_success_any": summary.final.get("success_any", nan),
+        "hparam/final_return": summary.final.get("return", nan),
+        "hparam/final_heldout_loss": summary.final.get("heldout_loss", nan),
+        "hparam/trainable_parameters": summary.trainable_parameters,
+        "hparam/gradient_signal": summary.gradient_signal,
+    }
+    with SummaryWriter(log_dir) as writer:
+        for name, rank in summary.ranks.items():
+            writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
+        writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)
