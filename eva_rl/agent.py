@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
+from eva_rl import assets
+from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
@@ -218,7 +220,7 @@ class Agent:
         elif isinstance(source, Path):
             meta_path = source / META_FILE
         else:
-            meta_path = HUB_STATS / f"{source.split('/')[-1]}.json"
+            meta_path = assets.hub_stats_dir() / f"{source.split('/')[-1]}.json"
         if not meta_path.is_file():
             raise UserError(
                 f"{source} has no {META_FILE} (a plain transformers checkpoint?); pass --stats "
@@ -246,17 +248,14 @@ class Agent:
         return cls(model.to(device).eval(), meta)
 
 
-SHIPPED = "results/pretrained/mt40-cpu/agent"  # the default checkpoint of finetune and friends
-REPO = Path(__file__).resolve().parents[1]
-HUB_STATS = REPO / "envs" / "hub"  # stats of public Decision Transformers on the hub
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def locate_checkpoint(path: str | os.PathLike) -> Path | str:
-    """A checkpoint directory (a relative path is also tried against this repository, where the
-    shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
+    """A checkpoint directory (a relative path is also tried against `assets.root()`, where
+    the shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
     local = Path(path)
-    for candidate in (local, REPO / local):
+    for candidate in (local, assets.root() / local):
         if (candidate / "config.json").is_file():
             return candidate
     if not local.exists() and HUB_ID.match(str(path)):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from eva_rl import assets
 from eva_rl.config import from_dict, read_yaml
 from eva_rl.errors import UserError
 
@@ -351,8 +352,8 @@ class Suite:
 
 
 def suites_dir() -> Path:
-    """`$EVA_RL_ENVS_DIR`, else the `envs/` folder of this checkout."""
-    return Path(os.environ.get("EVA_RL_ENVS_DIR", Path(__file__).resolve().parents[1] / "envs"))
+    """`$EVA_RL_ENVS_DIR`, else the `envs/` that travels with eva_rl (`eva_rl.assets`)."""
+    return Path(os.environ.get("EVA_RL_ENVS_DIR", assets.envs_dir()))
 
 
 def available_suites() -> dict[str, Path]:

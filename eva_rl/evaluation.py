@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eva_rl.agent import SHIPPED, Agent
+from eva_rl.agent import Agent
+from eva_rl.assets import SHIPPED
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eva_rl import assets
+from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict, read_yaml
 from eva_rl.errors import UserError
 
@@ -23,7 +25,7 @@ class QuickstartConfig:
     steps: int = 300  # updates per run
     eval_every: int = 100
     seed: int = 0
-    checkpoint: str = "results/pretrained/mt40-cpu/agent"
+    checkpoint: str = SHIPPED
     base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config of both runs
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
     out: str = "runs/quickstart"  # runs, report and video go here
@@ -32,10 +34,8 @@ class QuickstartConfig:
 
     def __post_init__(self):
         for path, what in ((self.checkpoint, "checkpoint"), (self.base, "base config")):
-            if not Path(path).exists():
-                raise UserError(
-                    f"{what} {path} not found; run the quickstart from the eva_rl repository root"
-                )
+            if not Path(assets.locate(path)).exists():
+                raise UserError(f"{what} {path} not found; check the path")
         if self.steps < 1 or self.eval_every < 1:
             raise UserError("steps and eval_every must be >= 1")
         from eva_rl.adapters.methods import METHODS, unknown_method
@@ -54,7 +54,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     runs = out / "runs"
     sweep_cfg = SweepConfig(
-        base=cfg.base,
+        base=assets.locate(cfg.base),
         out=str(runs),
         grid={"method.name": list(cfg.methods)},
         set={

@@ -11,8 +11,9 @@ episode; at the top: means over envs), so older files stay readable.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -279,7 +280,9 @@ class EvalPoint:
 
 @dataclass
 class RunSummary:
-    """What a fine-tuning run did and reached (`summary.json`); reports read only this."""
+    """What a fine-tuning run did and reached (`summary.json`); reports read only this. The
+    fields are the file's keys (plus the derived `DERIVED`); `metadata["before"]` is the value
+    a summary written before that field existed reads as."""
 
     method: str
     task: str | None
@@ -291,17 +294,19 @@ class RunSummary:
     eval: list[EvalPoint]
     final_loss: float | None
     trainable_parameters: int
-    total_parameters: int
+    total_parameters: int = field(metadata={"before": 0})
     gradient_signal: float
-    collector_seconds: float | None
-    ranks: dict[str, int]
-    processes: int
-    effective_batch_size: int
-    train_seconds: float
-    wall_seconds: float
-    config: dict[str, Any]
-    precision: str = "fp32"
-    score_name: str = "success_final"
+    collector_seconds: float | None = field(metadata={"before": None})
+    ranks: dict[str, int] = field(metadata={"before": {}})
+    processes: int = field(metadata={"before": 1})
+    effective_batch_size: int = field(metadata={"before": 0})
+    train_seconds: float = field(metadata={"before": 0.0})
+    wall_seconds: float = field(metadata={"before": 0.0})
+    config: dict[str, Any] = field(metadata={"before": {}})
+    precision: str = field(metadata={"before": "fp32"})  # summaries before bf16 existed: fp32
+    score_name: str  # before it existed: success_final where measured, else return
+
+    DERIVED = ("final", "initial", "best_score", "total_rank")  # written for readers, not read
 
     @property
     def final(self) -> dict[str, float]:
@@ -324,59 +329,21 @@ class RunSummary:
         return self.task or ",".join(self.datasets)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "task": self.task,
-            "datasets": self.datasets,
-            "rank": self.rank,
-            "rho": self.rho,
-            "seed": self.seed,
-            "steps": self.steps,
-            "precision": self.precision,
-            "score_name": self.score_name,
-            "final": self.final,
-            "initial": self.initial,
-            "best_score": self.best(),
-            "final_loss": self.final_loss,
-            "trainable_parameters": self.trainable_parameters,
-            "total_parameters": self.total_parameters,
-            "gradient_signal": self.gradient_signal,
-            "collector_seconds": self.collector_seconds,
-            "ranks": self.ranks,
-            "total_rank": self.total_rank,
-            "processes": self.processes,
-            "effective_batch_size": self.effective_batch_size,
-            "train_seconds": self.train_seconds,
-            "wall_seconds": self.wall_seconds,
-            "eval": [p.to_dict() for p in self.eval],
-            "config": self.config,
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["eval"] = [p.to_dict() for p in self.eval]
+        derived = self.final, self.initial, self.best(), self.total_rank
+        return out | dict(zip(self.DERIVED, derived, strict=True))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSummary:
         points = [EvalPoint.from_dict(p) for p in d["eval"]]
         final = points[-1].metrics if points else {}
-        default_score = "success_final" if "success_final" in final else "return"
-        return cls(
-            method=d["method"],
-            task=d.get("task"),
-            datasets=list(d["datasets"]),
-            rank=int(d["rank"]),
-            rho=float(d["rho"]),
-            seed=int(d["seed"]),
-            steps=int(d["steps"]),
-            eval=points,
-            final_loss=d.get("final_loss"),
-            trainable_parameters=int(d["trainable_parameters"]),
-            total_parameters=int(d.get("total_parameters", 0)),
-            gradient_signal=float(d["gradient_signal"]),
-            collector_seconds=d.get("collector_seconds"),
-            ranks={k: int(v) for k, v in d.get("ranks", {}).items()},
-            processes=int(d.get("processes", 1)),
-            effective_batch_size=int(d.get("effective_batch_size", 0)),
-            train_seconds=float(d.get("train_seconds", 0.0)),
-            wall_seconds=float(d.get("wall_seconds", 0.0)),
-            config=d.get("config", {}),
-            precision=d.get("precision", "fp32"),
-            score_name=d.get("score_name", default_score),
-        )
+        before = {
+            f.name: copy.deepcopy(f.metadata["before"])
+            for f in fields(cls)
+            if "before" in f.metadata
+        }
+        before["score_name"] = "success_final" if "success_final" in final else "return"
+        values = {f.name: d[f.name] if f.name in d else before[f.name] for f in fields(cls)}
+        values["ranks"] = {k: int(v) for k, v in values["ranks"].items()}
+        return cls(**values | {"eval": points, "datasets": list(values["datasets"])})

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 from transformers.pytorch_utils import Conv1D
 
-from eva_rl.agent import SHIPPED
+from eva_rl.assets import SHIPPED
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import CollectorConfig, CollectResult
 from eva_rl.io import atomic_write_bytes, atomic_write_json

@@ -70,10 +70,14 @@ def write_report(
     comparisons = compare(stats, reference, planned)
     score = rows[0].score_name
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(Row.CSV, [r.csv_row() for r in rows], out / "runs.csv")
+    write_csv(Row.csv_columns(), [r.csv_row() for r in rows], out / "runs.csv")
     base = {task: result.mean("score") for task, result in baselines.items()}
     points = curves(stats, base)
-    write_csv(CurvePoint.CSV, [dataclasses.asdict(p) for p in points], out / "curves.csv")
+    write_csv(
+        [f.name for f in dataclasses.fields(CurvePoint)],
+        [dataclasses.asdict(p) for p in points],
+        out / "curves.csv",
+    )
     figures = [
         ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
         ("per_task.png", "final score per task, seeds as dots"),

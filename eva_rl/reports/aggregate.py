@@ -101,8 +101,6 @@ class CurvePoint:
     low: float
     high: float
 
-    CSV = ("config", "task", "step", "runs", "mean", "low", "high")
-
 
 def curves(stats: list[ConfigStats], base: dict[str, float]) -> list[CurvePoint]:
     """Every configuration's score curve per task, a point per evaluation step over the runs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from eva_rl.sweeps import BASELINE_DIR, SWEEP_FILE
 
 # sweep grid keys that are not a variant: the task, the seed and a configuration's own method
 NOT_VARIANT = {"task", "seed", "method.name", "method.rank", "method.rho"}
+NOT_CSV = {"csv": False}  # a Row field that runs.csv leaves out
+SUMMARY_KEYS = {f.name for f in fields(RunSummary)} - {"task"}  # a Row's task is the label
 Dirs = str | os.PathLike | list[str | os.PathLike]
 
 
@@ -49,20 +51,20 @@ class Row:
     precision: str
     variant: tuple[tuple[str, str], ...]  # the sweep's other grid keys: (("precision", "bf16"),)
     run: str  # path relative to the runs directory (prefixed by it where a report reads several)
-    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    ranks: dict[str, int] = field(default_factory=dict)
-    summary: RunSummary | None = None
-    path: Path | None = None  # the run's directory
+    # not in runs.csv: the curve, ranks and the summary itself, for plots and TensorBoard
+    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list, metadata=NOT_CSV)
+    ranks: dict[str, int] = field(default_factory=dict, metadata=NOT_CSV)
+    summary: RunSummary | None = field(default=None, metadata=NOT_CSV)
+    path: Path | None = field(default=None, metadata=NOT_CSV)  # the run's directory
 
-    CSV = (
-        "task", "method", "rank", "rho", "seed", "steps", "score_name", "score", "success_final",
-        "success_any", "ret", "best_score", "auc", "heldout_loss", "final_loss",
-        "trainable_parameters", "total_rank", "gradient_signal", "collector_seconds",
-        "train_seconds", "wall_seconds", "precision", "variant", "run",
-    )  # fmt: skip
+    @classmethod
+    def csv_columns(cls) -> list[str]:
+        """runs.csv's header: every field but the NOT_CSV ones, in declaration order."""
+        return [f.name for f in fields(cls) if f.metadata.get("csv", True)]
 
     def csv_row(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.CSV} | {"variant": variant_text(self.variant)}
+        row = {k: getattr(self, k) for k in self.csv_columns()}
+        return row | {"variant": variant_text(self.variant)}
 
 
 def variant_text(variant: tuple[tuple[str, str], ...]) -> str:
@@ -151,14 +153,10 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
     base = baselines.get(s.label)
     if base is not None and points and points[0][0] > 0:
         points.insert(0, (0, base.mean("score")))
+    from_summary = {f.name: getattr(s, f.name) for f in fields(Row) if f.name in SUMMARY_KEYS}
     return Row(
+        **from_summary,
         task=s.label,
-        method=s.method,
-        rank=s.rank,
-        rho=s.rho,
-        seed=s.seed,
-        steps=s.steps,
-        score_name=s.score_name,
         score=final.get("score"),
         success_final=final.get("success_final"),
         success_any=final.get("success_any"),
@@ -166,18 +164,10 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
         best_score=s.best(),
         auc=curve_auc(points),
         heldout_loss=final.get("heldout_loss"),
-        final_loss=s.final_loss,
-        trainable_parameters=s.trainable_parameters,
         total_rank=s.total_rank,
-        gradient_signal=s.gradient_signal,
-        collector_seconds=s.collector_seconds,
-        train_seconds=s.train_seconds,
-        wall_seconds=s.wall_seconds,
-        precision=s.precision,
         variant=tuple((k, s.precision if k == "precision" else str(config.get(k))) for k in keys),
         run=run,
         curve=curve,
-        ranks=s.ranks,
         summary=s,
         path=path.parent,
     )

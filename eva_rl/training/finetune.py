@@ -31,7 +31,8 @@ from eva_rl.adapters.methods import (
     build_method,
     trainable_parameters,
 )
-from eva_rl.agent import META_FILE, SHIPPED, Agent
+from eva_rl.agent import META_FILE, Agent
+from eva_rl.assets import SHIPPED
 from eva_rl.config import to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.data.segments import load_trajectories
