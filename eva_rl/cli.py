@@ -115,6 +115,8 @@ def _names(*keys: str) -> dict[str, str]:
 
 
 def _report_flags(p) -> None:
+    from eva_rl.adapters.methods import REFERENCE
+
     p.add_argument(
         "runs", nargs="+", help="directories holding run folders (summary.json) below them"
     )
@@ -136,7 +138,7 @@ def _report_flags(p) -> None:
     p.add_argument(
         "--reference",
         nargs="+",
-        default=["lora"],
+        default=[REFERENCE],
         help="what configurations are compared with, one or more of: a method (every other "
         "method against it at the same rank), METHOD:REF (that method against REF too, e.g. "
         "eva-dora:dora), a value of a sweep grid or --by key (precision=fp32: each "
@@ -219,7 +221,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the flags of `command` only (the others list their help line)."""
     root = argparse.ArgumentParser(prog="eva-rl", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
-    groups: dict[str, argparse._SubParsersAction] = {}
+    groups = {}  # "data" -> the subparsers of `eva-rl data ...`
     for name, (help_text, add_flags, has_config, handler) in COMMANDS.items():
         if " " in name:
             group, leaf = name.split(" ")
@@ -232,10 +234,9 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=handler, config_keys=[], overrides=[])
         if name == command and add_flags is not None:
-            before = {a.dest for a in p._actions}
-            add_flags(p)
+            added = _added(add_flags, p)
             if has_config and name != "sweep":  # the sweep file is its config
-                keys = {a.dest for a in p._actions} - before - NOT_CONFIG
+                keys = {a.dest for a in added} - NOT_CONFIG
                 p.set_defaults(config_keys=sorted(keys))
                 p.add_argument("--config", help="YAML config file (fields of the command's config)")
     return root
@@ -243,6 +244,26 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
 
 NOT_CONFIG = {"target_return"}  # flags a command handles itself
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # key=value, dotted key
+
+
+class _Recorder:
+    """A parser's `add_argument` that keeps the actions it returns: argparse lists a parser's
+    actions only in its private `_actions`."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser, self.actions = parser, []
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = self.parser.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
+
+
+def _added(add_flags, parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Add a command's flags to `parser`; returns the actions they added."""
+    recorder = _Recorder(parser)
+    add_flags(recorder)
+    return recorder.actions
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -259,9 +280,8 @@ def _single_value_options(command: str | None) -> set[str]:
     add_flags = COMMANDS[command][1] if command in COMMANDS else None
     if add_flags is None:
         return set()
-    p = argparse.ArgumentParser(add_help=False)
-    add_flags(p)
-    return {o for a in p._actions if a.nargs is None for o in a.option_strings} | {"--config"}
+    added = _added(add_flags, argparse.ArgumentParser(add_help=False))
+    return {o for a in added if a.nargs is None for o in a.option_strings} | {"--config"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

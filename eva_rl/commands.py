@@ -140,12 +140,14 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from eva_rl.adapters.methods import REFERENCE
     from eva_rl.reports import write_report
 
     command = " ".join(["eva-rl", "report", *args.runs, "--out", args.out])
     command += " --tasks " + " ".join(args.tasks) if args.tasks else ""
     command += " --by " + " ".join(args.by) if args.by else ""
-    command += " --reference " + " ".join(args.reference) if args.reference != ["lora"] else ""
+    changed = args.reference != [REFERENCE]
+    command += " --reference " + " ".join(args.reference) if changed else ""
     command += " --partial" if args.partial else ""
     command += f" --hypotheses {args.hypotheses}" if args.hypotheses else ""
     result = write_report(args.runs, args.out, command, args.overwrite, args.tasks,

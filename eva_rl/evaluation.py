@@ -36,7 +36,7 @@ from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
 from eva_rl.results import EnvResult, Episode, EvalResult
 from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
-from eva_rl.runtime import Precision, resolve_device, resolve_precision
+from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_precision
 
 
 @dataclass
@@ -71,8 +71,7 @@ class EvalConfig:
             raise UserError(f"eval workers must be >= 0 (0 = one per core), got {self.workers}")
         if not math.isfinite(self.target_scale):
             raise UserError(f"target_scale must be finite, got {self.target_scale}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        check_precision(self.precision)
         if not 0.0 <= self.noise < float("inf"):
             raise UserError(f"noise must be >= 0, got {self.noise}")
         if self.video < 0 or self.video_size < 16 or self.video_every < 1:

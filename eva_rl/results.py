@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from eva_rl import markdown
+
 SCORES = ("success_final", "normalized_return", "return")  # in order of preference
 
 
@@ -223,18 +225,15 @@ class EvalResult:
         def cell(v, spec=".2f"):
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{spec}}"
 
-        lines = [
-            f"| env | score ({self.score_name}) | success (final step) | success (any step) "
-            "| return | length |",
-            "|---|---|---|---|---|---|",
-        ]
-        rows = [(name, r.mean) for name, r in self.envs.items()] + [("**mean**", self.mean)]
-        for name, get in rows:
-            lines.append(
-                f"| {name} | {cell(get('score'))} | {cell(get('success_final'))} | "
-                f"{cell(get('success_any'))} | {cell(get('return'), '.1f')} | "
-                f"{cell(get('length'), '.0f')} |"
-            )
+        header = ["env", f"score ({self.score_name})", "success (final step)",
+                  "success (any step)", "return", "length"]  # fmt: skip
+        means = [(name, r.mean) for name, r in self.envs.items()] + [("**mean**", self.mean)]
+        rows = [
+            [name, cell(get("score")), cell(get("success_final")), cell(get("success_any")),
+             cell(get("return"), ".1f"), cell(get("length"), ".0f")]
+            for name, get in means
+        ]  # fmt: skip
+        lines = [markdown.table(header, rows)]
         for metric, (low, high) in self.intervals().items():
             lines.append(
                 f"\nmean {metric}: 95% CI [{low:.3f}, {high:.3f}] "

@@ -29,7 +29,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from eva_rl.errors import UserError
 
@@ -206,10 +206,16 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def check_precision(name: str) -> None:
+    """Refuse a precision that is not one of `Precision`'s, in one line (every config's check)."""
+    if name not in get_args(Precision):
+        *first, last = get_args(Precision)
+        raise UserError(f"unknown precision {name!r}; use {', '.join(first)} or {last}")
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """`auto` -> `bf16` or `fp32` for `device`; an explicit bf16 without hardware support warns."""
-    if name not in ("auto", "bf16", "fp32"):
-        raise UserError(f"unknown precision {name!r}; use auto, bf16 or fp32")
+    check_precision(name)
     if name == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if name == "bf16" and not native_bf16(device):

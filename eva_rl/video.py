@@ -11,6 +11,7 @@ the simulation, never steps it: episodes are the same with and without video (te
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import io
 import os
@@ -73,7 +74,8 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
 
 def log_video(writer, tag: str, path: str | os.PathLike, step: int, size: int = 160) -> None:
     """An MP4 as a TensorBoard video: an animated GIF image summary (frames shrunk to `size`
-    pixels wide and thinned to at most 100, to keep event files small)."""
+    pixels wide and thinned to at most 100, to keep event files small), added to `writer`, a
+    `torch.utils.tensorboard.FileWriter` (SummaryWriter takes no ready-made summary)."""
     import imageio.v3 as iio
     from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -88,7 +90,7 @@ def log_video(writer, tag: str, path: str | os.PathLike, step: int, size: int = 
         encoded_image_string=buffer.getvalue(),
     )  # fmt: skip
     summary = Summary(value=[Summary.Value(tag=tag, image=image)])
-    writer._get_file_writer().add_summary(summary, step)
+    writer.add_summary(summary, step)
 
 
 def log_videos(result, log_dir: str | os.PathLike, step: int) -> None:
@@ -96,9 +98,9 @@ def log_videos(result, log_dir: str | os.PathLike, step: int) -> None:
     videos = [(name, e) for name, r in result.envs.items() for e in r.episodes if e.video]
     if not videos:
         return
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import FileWriter
 
-    with SummaryWriter(log_dir) as writer:
+    with contextlib.closing(FileWriter(log_dir)) as writer:
         for name, episode in videos:
             log_video(writer, f"video/{name}/seed{episode.seed}", episode.video, step)
 

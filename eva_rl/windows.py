@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from eva_rl.agent import Agent
 
@@ -124,15 +125,14 @@ def _block(block, x: torch.Tensor, mask: torch.Tensor | None, tail: int = 0) -> 
     """A GPT-2 block (eval mode) over all tokens, or, with `tail`, for the last `tail` tokens'
     outputs only (their queries against every key)."""
     attn = block.attn
-    batch = x.shape[0]
     query, key, value = attn.c_attn(block.ln_1(x)).split(attn.split_size, dim=2)
     if tail:
         query, x = query[:, -tail:], x[:, -tail:]
-    heads = (batch, -1, attn.num_heads, attn.head_dim)
-    query, key, value = (z.reshape(heads).transpose(1, 2) for z in (query, key, value))
+    heads = "b n (h d) -> b h n d"
+    query, key, value = (rearrange(z, heads, h=attn.num_heads) for z in (query, key, value))
     out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, scale=attn.scaling, is_causal=mask is None
     )
-    out = out.transpose(1, 2).reshape(batch, -1, attn.embed_dim)
+    out = rearrange(out, "b h n d -> b n (h d)")
     x = _rows(attn.c_proj, out) + x
     return _rows(lambda z: block.mlp(block.ln_2(z)), x) + x

@@ -299,6 +299,10 @@ def _build_eva(use_dora: bool):
     return build
 
 
+# what every other method is compared with by default (reports, hypotheses): plain LoRA, the
+# initialisation the paper's gains are measured against
+REFERENCE = "lora"
+
 METHODS: dict[str, Method] = {
     "fft": Method(
         "full fine-tuning of every weight (no adapter)", _build_fft, trains_full_model=True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from eva_rl.data import catalog
 from eva_rl.envs import ENV_ID
@@ -156,8 +157,9 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
         for ep in dataset.iterate_episodes():
             n = len(ep.rewards)
             rewards = np.asarray(ep.rewards, dtype=np.float64)
-            columns["s"].append(np.asarray(ep.observations, np.float32)[:n].reshape(n, -1))
-            columns["a"].append(np.asarray(ep.actions, np.float32).reshape(n, -1))
+            observations = np.asarray(ep.observations, np.float32)[:n]
+            columns["s"].append(rearrange(observations, "n ... -> n (...)"))
+            columns["a"].append(rearrange(np.asarray(ep.actions, np.float32), "n ... -> n (...)"))
             columns["g"].append(np.cumsum(rewards[::-1])[::-1].astype(np.float32))
             columns["t"].append(np.arange(n, dtype=np.int64))
             lengths.append(n)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from einops import rearrange
 from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
@@ -45,7 +46,7 @@ from eva_rl import distributed
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
 from eva_rl.eva.ranks import allocate_ranks
-from eva_rl.runtime import Precision, autocast, resolve_precision
+from eva_rl.runtime import Precision, autocast, check_precision, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
 
@@ -71,8 +72,7 @@ class CollectorConfig:
     precision: Precision = "auto"  # of the forward passes; the statistics stay fp32/fp64
 
     def __post_init__(self):
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        check_precision(self.precision)
         if self.rank < 1:
             raise UserError(f"rank must be >= 1, got {self.rank}")
         if self.rho < 1.0:
@@ -113,7 +113,7 @@ class CollectResult:
 def token_mask(attention_mask: torch.Tensor, token_types: list[str] = TOKEN_TYPES) -> torch.Tensor:
     """(B, K) step mask -> (B, 3K) token mask over (return, state, action) interleaved tokens."""
     keep = torch.tensor([t in token_types for t in TOKEN_TYPES], device=attention_mask.device)
-    return (attention_mask.bool()[:, :, None] & keep).reshape(attention_mask.shape[0], -1)
+    return rearrange(attention_mask.bool()[:, :, None] & keep, "b k t -> b (k t)")
 
 
 def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Module]:
@@ -176,8 +176,8 @@ class Collector:
 
         def pre_hook(_module, args):
             if name in self.recording:
-                x = args[0]
-                self._inputs[name] = x.reshape(-1, x.shape[-1]).index_select(0, self._rows)
+                tokens = rearrange(args[0], "b n d -> (b n) d")  # rows of token_mask's flat index
+                self._inputs[name] = tokens.index_select(0, self._rows)
                 if len(self._inputs) == len(self.recording):
                     raise _Recorded
 

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from eva_rl.adapters.methods import REFERENCE
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
@@ -31,7 +32,7 @@ def write_report(
     command: str,
     overwrite: bool = False,
     tasks: list[str] | None = None,
-    reference: str | list[str] = "lora",
+    reference: str | list[str] = REFERENCE,
     partial: bool = False,
     hypotheses: str | os.PathLike | None = None,
     by: tuple[str, ...] | list[str] = (),
@@ -73,26 +74,9 @@ def write_report(
     write_csv(Row.csv_columns(), [r.csv_row() for r in rows], out / "runs.csv")
     base = {task: result.mean("score") for task, result in baselines.items()}
     points = curves(stats, base)
-    write_csv(
-        [f.name for f in dataclasses.fields(CurvePoint)],
-        [dataclasses.asdict(p) for p in points],
-        out / "curves.csv",
-    )
-    figures = [
-        ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
-        ("per_task.png", "final score per task, seeds as dots"),
-        ("budget.png", "score, loss and AUC vs trainable parameters"),
-        ("gradient_signal.png", "gradient signal at initialisation"),
-    ]
-    plots.learning_curves(stats, points, base, out / figures[0][0], score)
-    plots.per_task(stats, baselines, out / figures[1][0], score)
-    plots.budget(stats, out / figures[2][0], score)
-    plots.gradient_signal(stats, out / figures[3][0])
-    if comparisons:
-        plots.forest(comparisons, out / "forest.png", score)
-        figures.insert(0, ("forest.png", "paired differences against the reference"))
-    if plots.rank_allocation(stats, out / "rank_allocation.png"):
-        figures.append(("rank_allocation.png", "EVA rank allocation"))
+    write_csv([f.name for f in dataclasses.fields(CurvePoint)], map(dataclasses.asdict, points),
+              out / "curves.csv")  # fmt: skip
+    figures = write_plots(stats, points, base, baselines, comparisons, out, score)
     shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
     write_aggregates(stats, out / TENSORBOARD_DIR)
     notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
@@ -108,6 +92,26 @@ def write_report(
         "left_out": len(left_out or []),
         "hypotheses": [] if tested is None else tested[1],
     }
+
+
+def write_plots(stats, points, base, baselines, comparisons, out: Path, score: str):
+    """The report's figures; returns (file, title) for each, in the README's order."""
+    figures = [
+        ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
+        ("per_task.png", "final score per task, seeds as dots"),
+        ("budget.png", "score, loss and AUC vs trainable parameters"),
+        ("gradient_signal.png", "gradient signal at initialisation"),
+    ]
+    plots.learning_curves(stats, points, base, out / figures[0][0], score)
+    plots.per_task(stats, baselines, out / figures[1][0], score)
+    plots.budget(stats, out / figures[2][0], score)
+    plots.gradient_signal(stats, out / figures[3][0])
+    if comparisons:
+        plots.forest(comparisons, out / "forest.png", score)
+        figures.insert(0, ("forest.png", "paired differences against the reference"))
+    if plots.rank_allocation(stats, out / "rank_allocation.png"):
+        figures.append(("rank_allocation.png", "EVA rank allocation"))
+    return figures
 
 
 def write_csv(fields, records: list[dict], path: Path) -> None:

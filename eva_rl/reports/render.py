@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from eva_rl import markdown
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.reports.timeline import timelines
@@ -44,14 +45,11 @@ def difference_spec(score: str) -> str:
 def configuration_table(stats, score: str) -> str:
     spec = score_spec(score)
     success = score == "success_final"
-    lines = [
-        f"| configuration | {SCORE_LABEL[score]}: mean [95% CI] | IQM [95% CI] "
-        + ("| any-step success " if success else "")
-        + "| AUC | held-out loss | train loss | grad signal | trainable params | wall s/run "
-        + ("| paper: method | paper: this rank " if success else "")
-        + "| tasks x seeds |",
-    ]
-    lines.append("|" + "---|" * (lines[0].count("|") - 1))
+    header = ["configuration", f"{SCORE_LABEL[score]}: mean [95% CI]", "IQM [95% CI]"]
+    header += ["any-step success"] if success else []
+    header += ["AUC", "held-out loss", "train loss", "grad signal", "trainable params"]
+    header += ["wall s/run"] + (["paper: method", "paper: this rank"] if success else [])
+    rows = []
     for s in stats:
         m = s.means
         cells = [s.label, _ci(s.mean, spec, s.seeds), _ci(s.iqm, spec, s.seeds)]
@@ -68,39 +66,36 @@ def configuration_table(stats, score: str) -> str:
         if success:
             by_rank = paper()["ranks"].get(s.method, {}).get(s.rank)
             cells += [_fmt(paper()["methods"].get(s.method), ".2f"), _fmt(by_rank, ".2f")]
-        cells.append(f"{len(s.tasks)} x {s.seeds}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([*cells, f"{len(s.tasks)} x {s.seeds}"])
+    return markdown.table([*header, "tasks x seeds"], rows)
 
 
 def task_table(stats, baselines: dict[str, EvalResult], score: str) -> str:
     spec = score_spec(score)
     tasks = sorted({t for s in stats for t in s.tasks})
-    lines = ["| configuration | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    rows = []
     if any(t in baselines for t in tasks):
         cells = [_fmt(baselines[t].mean("score"), spec) if t in baselines else "-" for t in tasks]
-        lines.append("| base agent (no fine-tuning) | " + " | ".join(cells) + " |")
+        rows.append(["base agent (no fine-tuning)", *cells])
     for s in stats:
         cells = [_ci(s.per_task[t], spec, s.seeds) if t in s.per_task else "-" for t in tasks]
-        lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([s.label, *cells])
+    return markdown.table(["configuration", *tasks], rows)
 
 
 def comparison_table(comparisons, score: str) -> str:
     spec = difference_spec(score)
-    lines = [
-        "| configuration | reference | pairs (tasks) | mean difference [95% paired CI] "
-        "| sign-flip p | Holm p | P(improvement) | detectable at 80% power | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = [
+        "configuration", "reference", "pairs (tasks)", "mean difference [95% paired CI]",
+        "sign-flip p", "Holm p", "P(improvement)", "detectable at 80% power", "verdict",
+    ]  # fmt: skip
+    rows = []
     for c in comparisons:
         p = f"{c.p:.3g}" + ("" if c.exact else " (MC)")
-        lines.append(
-            f"| {c.label} | {c.reference} | {c.n} ({c.tasks}) | {c.mean_diff:+{spec}} "
-            f"[{c.ci[0]:+{spec}}, {c.ci[1]:+{spec}}] | {p} | {c.p_holm:.3g} | "
-            f"{_fmt(c.poi, '.2f')} | {_fmt(c.mde, spec)} | {c.verdict} |"
-        )
-    return "\n".join(lines)
+        diff = f"{c.mean_diff:+{spec}} [{c.ci[0]:+{spec}}, {c.ci[1]:+{spec}}]"
+        rows.append([c.label, c.reference, f"{c.n} ({c.tasks})", diff, p, f"{c.p_holm:.3g}",
+                     _fmt(c.poi, ".2f"), _fmt(c.mde, spec), c.verdict])  # fmt: skip
+    return markdown.table(header, rows)
 
 
 def task_difference_table(comparisons, score: str) -> str:
@@ -110,10 +105,7 @@ def task_difference_table(comparisons, score: str) -> str:
     tasks = sorted({t.task for c in comparisons for t in c.per_task})
     if not tasks:
         return ""
-    lines = [
-        "| configuration | reference | " + " | ".join(tasks) + " |",
-        "|---|---|" + "---|" * len(tasks),
-    ]
+    rows = []
     for c in (c for c in comparisons if c.per_task):
         by = {t.task: t for t in c.per_task}
         cells = [
@@ -122,17 +114,15 @@ def task_difference_table(comparisons, score: str) -> str:
             if t in by else "-"
             for t in tasks
         ]  # fmt: skip
-        lines.append(f"| {c.label} | {c.reference} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([c.label, c.reference, *cells])
+    return markdown.table(["configuration", "reference", *tasks], rows)
 
 
 def hypothesis_table(tests, score: str) -> str:
     spec = difference_spec(score)
-    lines = [
-        "| hypothesis | claim | comparison (metric) | tasks; ranks; seeds | pairs "
-        "| mean difference [95% paired CI] | p (alternative) | alpha | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["hypothesis", "claim", "comparison (metric)", "tasks; ranks; seeds", "pairs",
+              "mean difference [95% paired CI]", "p (alternative)", "alpha", "verdict"]  # fmt: skip
+    rows = []
     for t in tests:
         h = t.hypothesis
         metric = score if h.metric == "score" else h.metric
@@ -142,12 +132,10 @@ def hypothesis_table(tests, score: str) -> str:
             if t.p is not None else "-"
         )  # fmt: skip
         p = "-" if t.p is None else f"{t.p:.3g}" + ("" if t.exact else " MC")
-        lines.append(
-            f"| {h.name} | {h.claim} | {h.method} - {h.reference} ({metric}) | {where} | "
-            f"{t.finished} of {len(h.planned)} | {diff} | {p} ({h.alternative}) | {h.alpha:g} | "
-            f"{t.verdict} |"
-        )
-    return "\n".join(lines)
+        rows.append([h.name, h.claim, f"{h.method} - {h.reference} ({metric})", where,
+                     f"{t.finished} of {len(h.planned)}", diff, f"{p} ({h.alternative})",
+                     f"{h.alpha:g}", t.verdict])  # fmt: skip
+    return markdown.table(header, rows)
 
 
 def describe_references(references) -> str:
@@ -339,14 +327,13 @@ def timeline_table(steps, score: str) -> str:
     """One row per comparison, one column per evaluation step."""
     spec = difference_spec(score)
     columns = sorted({d.step for _, rows in steps for d in rows})
-    lines = ["| comparison | " + " | ".join(f"update {s}" for s in columns) + " |",
-             "|---|" + "---|" * len(columns)]  # fmt: skip
-    for c, rows in steps:
-        at = {d.step: d for d in rows}
+    rows = []
+    for c, differences in steps:
+        at = {d.step: d for d in differences}
         cells = [
             f"{d.mean_diff:+{spec}} [{d.ci[0]:+{spec}}, {d.ci[1]:+{spec}}] ({d.n}; p {d.p:.2g})"
             if (d := at.get(step)) else "-"
             for step in columns
         ]  # fmt: skip
-        lines.append(f"| {c.label} - {c.reference} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([f"{c.label} - {c.reference}", *cells])
+    return markdown.table(["comparison", *(f"update {s}" for s in columns)], rows)

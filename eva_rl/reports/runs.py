@@ -15,6 +15,7 @@ from eva_rl.errors import UserError
 from eva_rl.results import EvalResult, RunSummary
 from eva_rl.stats import curve_auc
 from eva_rl.sweeps import BASELINE_DIR, SWEEP_FILE
+from eva_rl.sweeps.config import as_grids, expand
 
 # sweep grid keys that are not a variant: the task, the seed and a configuration's own method
 NOT_VARIANT = {"task", "seed", "method.name", "method.rank", "method.rho"}
@@ -177,8 +178,6 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     """The (method, rank, rho, variant) configurations the sweep that made `runs_dir` plans,
     finished or not: its grid points, the rest of each config as the finished runs have it.
     Empty without a sweep file."""
-    from eva_rl.sweeps.config import expand
-
     path = runs_dir / SWEEP_FILE
     if not path.is_file() or not rows:
         return []
@@ -188,7 +187,7 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     base |= flatten(first.summary.config)
     keys = variant_keys(runs_dir)
     planned = set()
-    for point in (p for g in (grid if isinstance(grid, list) else [grid]) for p in expand(g)):
+    for point in (p for g in as_grids(grid) for p in expand(g)):
         value = {**base, **point}
         variant = tuple((k, str(value.get(k))) for k in keys)
         planned.add((value["method.name"], value["method.rank"], value["method.rho"], variant))
@@ -202,5 +201,4 @@ def variant_keys(runs_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     grid = read_yaml(path).get("grid") or {}
-    grids = grid if isinstance(grid, list) else [grid]
-    return sorted({k for g in grids for k in g} - NOT_VARIANT)
+    return sorted({k for g in as_grids(grid) for k in g} - NOT_VARIANT)

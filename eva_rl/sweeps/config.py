@@ -55,7 +55,7 @@ class SweepConfig:
             raise UserError("address is a Ray setting: add executor=ray, or drop it")
         if self.gpus > 1 and self.gpus != int(self.gpus):
             raise UserError(f"gpus per run must be a fraction <= 1 or whole, not {self.gpus}")
-        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        grids = as_grids(self.grid)
         if not grids or not all(grids):
             raise UserError("the sweep's grid is empty; give at least one key: [values]")
         for grid in grids:
@@ -65,8 +65,12 @@ class SweepConfig:
 
     @property
     def points(self) -> list[dict[str, Any]]:
-        grids = self.grid if isinstance(self.grid, list) else [self.grid]
-        return [point for grid in grids for point in expand(grid)]
+        return [point for grid in as_grids(self.grid) for point in expand(grid)]
+
+
+def as_grids(grid: dict | list[dict]) -> list[dict[str, list[Any]]]:
+    """A sweep file's `grid`: one grid, or a list of grids whose runs are pooled."""
+    return grid if isinstance(grid, list) else [grid]
 
 
 def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

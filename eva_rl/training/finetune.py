@@ -41,7 +41,13 @@ from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import SCORES, EvalPoint, RunSummary
-from eva_rl.runtime import Precision, resolve_device, resolve_precision, set_threads
+from eva_rl.runtime import (
+    Precision,
+    check_precision,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
 from eva_rl.training.adapted import eva_result, log_hparams, log_setup, tuned_meta
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
@@ -143,8 +149,7 @@ class FinetuneConfig:
             )
         if not self.out:
             raise UserError("name the run directory with --out DIR")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        check_precision(self.precision)
         self.collector_config()  # validate the combination now
 
     @property

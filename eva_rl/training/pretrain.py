@@ -19,7 +19,13 @@ from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
 from eva_rl.errors import UserError
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import Precision, resolve_device, resolve_precision, set_threads
+from eva_rl.runtime import (
+    Precision,
+    check_precision,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
 
@@ -52,8 +58,7 @@ class PretrainConfig:
     resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        check_precision(self.precision)
         if self.return_scale <= 0:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
         if self.horizon is not None and not 1 <= self.horizon <= self.model.max_ep_len:

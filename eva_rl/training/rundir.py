@@ -128,7 +128,9 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def purge_events(log_dir: Path, step: int) -> None:
     """Drop every TensorBoard event after `step` (those a resumed run will log again), rewriting
-    each event file atomically; TensorBoard then shows one point per step."""
+    each event file atomically; TensorBoard then shows one point per step. Not
+    `SummaryWriter(purge_step=)`: it keeps the old events on disk behind a marker that only
+    TensorBoard's reader honours, and only when the new file's name sorts after the old one's."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
