@@ -24,6 +24,7 @@ import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
 from eva_rl import assets
+from eva_rl.adapters.fit import check_adapter
 from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
 from eva_rl.errors import UserError
@@ -102,23 +103,29 @@ class AgentMeta:
     def __post_init__(self):
         if len(self.state_mean) != len(self.state_std):
             raise UserError("state_mean and state_std must have the same length")
-        if self.return_scale <= 0:
-            raise UserError(f"return_scale must be > 0, got {self.return_scale}")
+        if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
+            raise UserError(f"return_scale must be a finite number > 0, got {self.return_scale}")
         if not all(s > 0 and math.isfinite(s) for s in self.state_std):
             raise UserError("state_std must be positive and finite in every dimension")
+        numbers = {"state_mean": self.state_mean, "target_returns": self.target_returns.values()}
         for env, ref in self.reference_returns.items():
+            numbers[f"reference_returns[{env!r}]"] = ref
             if len(ref) != 2 or ref[1] == ref[0]:
                 raise UserError(
                     f"reference_returns[{env!r}] must be [random, expert] with different values"
                 )
+        for key, values in numbers.items():  # NaN would act, and be scored, silently
+            if not all(math.isfinite(v) for v in values):
+                raise UserError(f"{key} holds a non-finite number (NaN or inf); fix the stats")
 
 
 class Agent:
     """A DecisionTransformerModel with its `AgentMeta`."""
 
-    def __init__(self, model: DecisionTransformerModel, meta: AgentMeta):
+    def __init__(self, model: DecisionTransformerModel, meta: AgentMeta, source: str | None = None):
         self.model = model
         self.meta = meta
+        self.source = source  # the checkpoint it was loaded from, named in errors
         if len(meta.state_mean) != model.config.state_dim:
             raise UserError(
                 f"checkpoint has state_dim={model.config.state_dim} but its normalisation stats "
@@ -230,8 +237,11 @@ class Agent:
         meta = read_meta(meta_path)
         try:
             with _quiet_loading():
-                model = DecisionTransformerModel.from_pretrained(
-                    source, local_files_only=isinstance(source, Path)
+                model, info = DecisionTransformerModel.from_pretrained(
+                    source,
+                    local_files_only=isinstance(source, Path),
+                    output_loading_info=True,
+                    ignore_mismatched_sizes=True,  # reported in `info`, refused below
                 )
         except Exception as e:  # safetensors, JSON, network, transformers: one line
             first = str(e).splitlines()[0] if str(e) else ""
@@ -245,7 +255,8 @@ class Agent:
                 " check the id and the network (offline, only models already in the cache "
                 "load), or pass a local checkpoint directory"
             ) from None
-        return cls(model.to(device).eval(), meta)
+        check_weights(model, info, source)
+        return cls(model.to(device).eval(), meta, str(source))
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -296,9 +307,38 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
     own = path / META_FILE if (path / META_FILE).is_file() else None
     base = Agent.load(base_path, stats=stats or own, device=device)
     meta = base.meta if own is None or stats is None else read_meta(own)
+    check_adapter(path, base.model, base_path)
     with _quiet_loading():
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
-    return Agent(merged.eval(), meta)
+    return Agent(merged.eval(), meta, str(path))
+
+
+# attention masks older GPT-2 code saved with the weights (hub DTs): buffers, not weights
+OLD_BUFFERS = re.compile(r"\.attn\.(masked_)?bias$")
+
+
+def check_weights(model: DecisionTransformerModel, info: dict, source: Path | str) -> None:
+    """Refuse a checkpoint whose tensors do not match its config.json (missing, unexpected or
+    mis-shaped: transformers would fill or drop them silently) or hold NaN or inf."""
+    order = {name: i for i, name in enumerate(model.state_dict())}
+    problems = [f"{k} missing" for k in sorted(info["missing_keys"], key=order.get)]
+    unexpected = [k for k in info["unexpected_keys"] if not OLD_BUFFERS.search(k)]
+    problems += [f"{k} unexpected" for k in sorted(unexpected)]
+    problems += [f"{k} is {tuple(saved)}, config says {tuple(want)}"
+                 for k, saved, want in sorted(info["mismatched_keys"])]  # fmt: skip
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(
+            f"checkpoint {source} does not match its config.json ({'; '.join(problems[:3])}"
+            f"{more}); restore the config.json saved with these weights, or retrain"
+        )
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(
+                f"checkpoint {source} holds non-finite weights ({name}: {bad} of "
+                f"{tensor.numel()} values NaN or inf); restore or retrain it"
+            )
 
 
 @contextlib.contextmanager
@@ -308,13 +348,15 @@ def _quiet_loading() -> Iterator[None]:
     changing either setting for anything else."""
     from transformers.utils import logging
 
-    was = logging.is_progress_bar_enabled()
+    was, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()  # no load report: mismatches are refused in one line
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
             yield
     finally:
+        logging.set_verbosity(verbosity)
         if was:
             logging.enable_progress_bar()
 

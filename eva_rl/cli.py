@@ -10,8 +10,10 @@ when that command runs (its config imports torch; `eva-rl suites` should not).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import signal
 import sys
 
 from eva_rl.commands import (
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eva-rl: error: {e}", file=sys.stderr)
         return 2
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # checked here: torch loads slowly
+    previous = _terminate_as_interrupt()
     try:
         if torchrun:
             from eva_rl import distributed
@@ -326,10 +329,36 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `eva-rl suites | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"eva-rl: {os.strerror(e.errno).lower()}{where}; partial outputs discarded; free "
+              "space or shorten the name, then run the command again", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if torchrun:
             distributed.shutdown()
     return 0
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler, `kill`) means what Ctrl-C means: the command stops cleanly,
+    removing partial outputs and stopping a sweep's runs. Returns the handler it replaced
+    (None off the main thread, where signals are not ours to handle)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

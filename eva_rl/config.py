@@ -6,9 +6,11 @@ an error naming the nearest valid ones, and every run saves the resolved config 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,12 +39,64 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path} (check the path)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
     return data
+
+
+# A config is a few hundred YAML nodes; aliases (`*name`) can make a few hundred bytes stand
+# for billions of them, expanded by everything that walks the config afterwards.
+MAX_YAML_NODES = 1_000_000
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand beyond `MAX_YAML_NODES` nodes,
+    that refer to themselves or that nest too deeply: checked on the composed node graph (each
+    alias is one shared node there), before anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise UserError(f"{where} nests too deeply to be a config; flatten it") from None
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set(), where) > MAX_YAML_NODES:
+            raise UserError(
+                f"{where} expands to more than {MAX_YAML_NODES:,} YAML nodes through its aliases "
+                "(*name), far more than any config holds; write the values out instead"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int], where: str) -> int:
+    """How many nodes `node` stands for once every alias is copied out (memoised per node, so
+    the cost follows the text, not the expansion); a node inside itself is refused."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in path:
+        line = node.start_mark.line + 1
+        raise UserError(f"{where}: the anchor on line {line} holds an alias of itself; remove it")
+    children: list = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    path.add(key)
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, path, where)
+        if total > MAX_YAML_NODES:  # enough to refuse: stop counting
+            break
+    path.discard(key)
+    sizes[key] = total
+    return total
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -51,7 +105,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise UserError(f"override {item!r} must look like key=value (dotted keys for nesting)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"the value of override {key.strip()}=") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     set_path(data, key.strip(), value)
@@ -195,12 +249,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan, .inf; JSON's NaN, Infinity
+            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -169,7 +169,8 @@ def env_dims(env: gym.Env, name: str) -> tuple[int, int]:
 class EnvSlots(gym.Env):
     """A group of env instances stepped together: one sub-env of a Gymnasium vector env.
 
-    Observations are (slots, obs_dim); an action row of NaN means "this slot is idle".
+    Observations are (slots, obs_dim); actions are (slots, act_dim + 1), the last column a
+    flag apart from the action: 1 steps the slot, 0 leaves it idle (no action value does).
     Rewards, terminations, truncations and success come back per slot in `info`.
     `reset(options={"assign": {group: {slot: (seed, video)}}})` starts a new episode in the
     named slots of this group (its index is `group`); `video` (a path, or None) records the
@@ -195,7 +196,7 @@ class EnvSlots(gym.Env):
         self.video_size, self.video_every = video_size, video_every
         n, (obs_dim, act_dim) = len(names), dims
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n, obs_dim), np.float32)
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, (n, act_dim), np.float32)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (n, act_dim + 1), np.float32)
         self._envs: list[gym.Env | None] | None = None
         self._obs = np.zeros((n, obs_dim), np.float32)
         self._videos: dict[int, tuple[str, list, int]] = {}  # slot -> path, frames, steps
@@ -227,8 +228,8 @@ class EnvSlots(gym.Env):
         reward = np.zeros(n)
         terminated, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         success = np.full(n, np.nan)
-        for slot in np.flatnonzero(~np.isnan(actions).any(axis=1)):
-            obs, r, terminated[slot], truncated[slot], info = envs[slot].step(actions[slot])
+        for slot in np.flatnonzero(actions[:, -1] == 1):
+            obs, r, terminated[slot], truncated[slot], info = envs[slot].step(actions[slot, :-1])
             self._obs[slot] = _flat(obs)
             reward[slot] = float(r)
             if "success" in info:

@@ -90,6 +90,8 @@ def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
             f"no target return for env {name!r} (the checkpoint has targets for: {known}); "
             f"pass --target-return {name}=VALUE"
         )
+    if not math.isfinite(base):  # a NaN target conditions every action on NaN
+        raise UserError(f"the target return for env {name!r} is {base}; give a finite one")
     return float(base) * cfg.target_scale
 
 
@@ -219,12 +221,12 @@ class Evaluator:
         rollouts = Rollouts(self.agent, self._groups, self.targets, self._bounds, self._choice(),
                             self.device, self.precision, self.horizon, self.cfg.seed,
                             self.record)  # fmt: skip
-        bar = tqdm(total=episodes * len(self.names), unit="ep", desc="eval",
-                   disable=not self.progress)  # fmt: skip
-        rollouts.begin(episodes, self._video_dir, self.cfg.video)
-        while rollouts.running:
-            bar.update(rollouts.step())
-        bar.close()
+        with tqdm(
+            total=episodes * len(self.names), unit="ep", desc="eval", disable=not self.progress
+        ) as bar:  # closed on errors too: they get a line
+            rollouts.begin(episodes, self._video_dir, self.cfg.video)
+            while rollouts.running:
+                bar.update(rollouts.step())
         return rollouts.finish()
 
     def _choice(self) -> MeanAction:

@@ -217,15 +217,27 @@ class Rollouts:
             mean = self.windows.actions(torch.as_tensor(live, device=self.device))
         act = self.choice.choose(live, mean.float().cpu().numpy(), self.obs[live])
         if not np.isfinite(act).all():
-            raise UserError(
-                f"the agent chose a non-finite action {act[~np.isfinite(act).all(axis=1)][0]} "
-                f"in {self.names[live[0]]}: its weights or inputs hold NaN or inf"
-            )
+            self._refuse(act, live)
         act = np.clip(act, self.low[live], self.high[live]).astype(np.float32, copy=False)
         self.acted[live] = act
-        batch = np.full((1, len(group.slots), self.agent.act_dim), np.nan, dtype=np.float32)
-        batch[0, live - group.offset] = act
+        batch = np.zeros((1, len(group.slots), self.agent.act_dim + 1), dtype=np.float32)
+        batch[0, live - group.offset, :-1] = act
+        batch[0, live - group.offset, -1] = 1.0  # step these slots; the others stay idle
         group.send(batch)
+
+    def _refuse(self, act: np.ndarray, live: np.ndarray) -> None:
+        """A non-finite action is an error naming the agent, never a step or a score."""
+        row = int(np.flatnonzero(~np.isfinite(act).all(axis=1))[0])
+        s, who = live[row], " ".join(filter(None, ["the agent", self.agent.source]))
+        episode = self.live[s].episode
+        where = f"{self.names[s]} (episode seed {episode.seed}, step {episode.length})"
+        if not np.isfinite(self.obs[s]).all():
+            raise UserError(f"env {where} returned a non-finite observation {self.obs[s]}; "
+                            "the env is broken: fix it or evaluate elsewhere")  # fmt: skip
+        raise UserError(
+            f"{who} chose a non-finite action {act[row]} in {where}: its weights or stats "
+            "overflow to NaN or inf; restore or retrain it"
+        )
 
     def _receive(self, group: SlotGroup) -> int:
         """Book the group's env step: returns, successes, recorded steps, ended episodes (their

@@ -261,7 +261,7 @@ def test_existing_run_is_refused_untouched(checkpoint, mw_root, tmp_path, capsys
         ["finetune", "--checkpoint", str(checkpoint), "--data-root", str(mw_root)]
         + ["--task", "hammer-v3", "--method", "lora", "--out", str(out)]
     )
-    assert code == 2 and "exists; pass resume=true" in capsys.readouterr().err
+    assert code == 2 and "exists and was not made by eva-rl" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 

@@ -75,7 +75,7 @@ def test_existing_run_refused_and_resume_needs_a_checkpoint(mw_root, tmp_path, c
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="exists; pass resume=true"):
+    with pytest.raises(UserError, match="exists and was not made by eva-rl"):
         pretrain(tiny_cfg(mw_root, out), progress=False)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(UserError, match="nothing to resume"):

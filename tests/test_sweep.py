@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from eva_rl import ownership
 from eva_rl.cli import main
 from eva_rl.errors import UserError
 from eva_rl.runtime import resolve_precision
@@ -151,7 +152,8 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     assert not (tmp_path / "runs").exists()
     assert main(["sweep", str(path)]) == 0
     runs = tmp_path / "runs"
-    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("_"))
+    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith(("_", ".")))
+    assert ownership.owned(runs, "sweep") and ownership.owned(runs / "method=eva,seed=0", "run")
     assert names == [
         "base_config.yaml",
         "method=eva,seed=0",
@@ -206,6 +208,7 @@ def check_export(runs, tmp_path, capsys):
         if p.is_file()
         and not set(heavy) & set(p.relative_to(runs).parts)
         and p.suffix != ".safetensors"
+        and p.name != ownership.LOCK  # the process state of the sweep and its runs
     }
     assert {p.relative_to(export) for p in export.rglob("*") if p.is_file()} == kept
     assert (export / "method=eva,seed=0/eva/eva.json").is_file()

@@ -18,6 +18,7 @@ is one builder and one entry here.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from eva_rl.adapters.fit import check_rank
 from eva_rl.errors import UserError
 
 
@@ -48,10 +50,12 @@ class MethodConfig:
             raise UserError(unknown_method(self.name))
         if self.rank < 1:
             raise UserError(f"method.rank must be >= 1, got {self.rank}")
-        if self.rho < 1.0:
+        if not 1.0 <= self.rho < math.inf:
             raise UserError(f"method.rho must be >= 1 (1 = no redistribution), got {self.rho}")
-        if self.alpha < 0 or not 0.0 <= self.dropout < 1.0 or self.calibration_batches < 1:
-            raise UserError("method: alpha >= 0, dropout in [0, 1) and calibration_batches >= 1")
+        if not 0 <= self.alpha < math.inf or not 0.0 <= self.dropout < 1.0:
+            raise UserError("method: alpha must be finite and >= 0, dropout in [0, 1)")
+        if self.calibration_batches < 1 or not 0 <= self.adalora_orth_reg < math.inf:
+            raise UserError("method: calibration_batches must be >= 1, adalora_orth_reg >= 0")
         if self.train_head and METHODS[self.name].rewrites_base:
             raise UserError(
                 f"method.train_head=true is not supported with {self.name}: PEFT's conversion of "
@@ -363,6 +367,8 @@ METHODS: dict[str, Method] = {
 def build_method(base: torch.nn.Module, cfg: MethodConfig, ctx: BuildContext) -> Adapted:
     """Adapt a deep copy of `base` with `cfg.name`; `base` is left untouched."""
     spec = METHODS[cfg.name]
+    if not spec.trains_full_model:
+        check_rank(base, cfg.rank, cfg.target_modules)
     if spec.needs_eva_state and ctx.eva_state is None:
         raise ValueError(f"{cfg.name} is built from EVA's components: pass eva_state")
     if spec.needs_calibration and (not ctx.calibration or ctx.loss is None):

@@ -1,1 +1,2 @@
-"""Offline data: building Minari datasets (`build`); finding and summarising them (`catalog`)."""
+"""Offline data: building Minari datasets (`build`, `record`); finding and summarising them
+(`catalog`); whether their numbers can be trained on (`checks`)."""

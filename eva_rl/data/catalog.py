@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from eva_rl.data.checks import check_episode, check_written
 from eva_rl.errors import UserError
 
 SUMMARY_FILE = "eva_rl_summary.json"
@@ -127,6 +128,7 @@ def write_dataset(
     from eva_rl.config import save_config
     from eva_rl.io import atomic_write_json
 
+    check_written(dataset_id, episodes)
     buffers = [
         EpisodeBuffer(
             id=i,
@@ -153,7 +155,7 @@ def write_dataset(
             description=description,
             requirements=requirements,
         )
-        summary = {**summarize(dataset), **summary}
+        summary = {**summarize(dataset), **summary, "finite": True}  # checked: list trusts it
     target = dataset_dir(staged, dataset_id)
     atomic_write_json(target / SUMMARY_FILE, summary)
     save_config(config, target / "eva_rl_build.yaml")
@@ -209,9 +211,11 @@ def load(dataset_id: str, root: Path | None = None):
 
 
 def summarize(dataset) -> dict[str, Any]:
-    """Episode statistics of any Minari dataset; success rates only where infos hold `success`."""
+    """Episode statistics of any Minari dataset; success rates only where infos hold `success`.
+    Refuses a dataset holding NaN or inf, naming the episode."""
     returns, lengths, any_success, final_success = [], [], [], []
     for episode in dataset.iterate_episodes():
+        check_episode(dataset, episode)
         returns.append(float(np.sum(episode.rewards)))
         lengths.append(len(episode.rewards))
         success = (episode.infos or {}).get("success")
@@ -260,7 +264,8 @@ def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
 
 def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
     """A dataset's statistics: our summary file when present (checked against the data: the
-    dataset must open and hold as many episodes), else computed from the data."""
+    dataset must open and hold as many episodes; its data were found finite when written),
+    else computed from the data, which are checked for NaN and inf on the way."""
     root = datasets_root(root)
     dataset = load(dataset_id, root)
     summary_path = dataset_dir(root, dataset_id) / SUMMARY_FILE
@@ -270,6 +275,10 @@ def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
         summary = json.loads(summary_path.read_text())
     except (OSError, json.JSONDecodeError):
         return summarize(dataset)  # our cache is damaged; the data are the truth
+    if not isinstance(summary, dict):
+        return summarize(dataset)
+    if summary.get("finite") is not True:  # not checked when written (an older eva_rl)
+        return {**summary, **summarize(dataset)}
     if summary.get("episodes") != dataset.total_episodes:
         raise UserError(
             f"Minari dataset {dataset_id!r} holds {dataset.total_episodes} episodes but its "

@@ -147,7 +147,8 @@ def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]
 
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.device))
     if cfg.horizon is not None:  # through Agent's own checks (horizon within max_ep_len)
-        agent = Agent(agent.model, dataclasses.replace(agent.meta, horizon=cfg.horizon))
+        agent = Agent(agent.model, dataclasses.replace(agent.meta, horizon=cfg.horizon),
+                      agent.source)  # fmt: skip
     targets = {cfg.env: cfg.target_return} if cfg.target_return is not None else {}
     eval_cfg = EvalConfig(
         episodes=cfg.episodes,

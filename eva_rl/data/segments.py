@@ -16,8 +16,13 @@ import torch
 from einops import rearrange
 
 from eva_rl.data import catalog
+from eva_rl.data.checks import check_episode, warn_outside
 from eva_rl.envs import ENV_ID
 from eva_rl.errors import UserError
+
+# Segments per batch, at most: far above any batch that fits a GPU (the paper's is 128), low
+# enough that a mistyped size fails here in one line, not in the allocator of a forward pass
+MAX_BATCH = 65536
 
 
 def time_limit(dataset) -> int | None:
@@ -154,7 +159,9 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
             )
         if name not in envs:
             envs.append(name)
+        first = len(columns["a"])
         for ep in dataset.iterate_episodes():
+            check_episode(dataset, ep)  # NaN or inf: refused, naming the file and episode
             n = len(ep.rewards)
             rewards = np.asarray(ep.rewards, dtype=np.float64)
             observations = np.asarray(ep.observations, np.float32)[:n]
@@ -164,6 +171,7 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
             columns["t"].append(np.arange(n, dtype=np.int64))
             lengths.append(n)
             env_index.append(envs.index(name))
+        warn_outside(ds_id, dataset.action_space, np.concatenate(columns["a"][first:]))
     lengths_arr = np.asarray(lengths, dtype=np.int64)
     return Trajectories(
         states=np.concatenate(columns["s"]),

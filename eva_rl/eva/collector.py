@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,6 +44,8 @@ from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from eva_rl import distributed
+from eva_rl.adapters.fit import check_rank
+from eva_rl.data.segments import MAX_BATCH
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
 from eva_rl.eva.ranks import allocate_ranks
@@ -75,12 +78,13 @@ class CollectorConfig:
         check_precision(self.precision)
         if self.rank < 1:
             raise UserError(f"rank must be >= 1, got {self.rank}")
-        if self.rho < 1.0:
+        if not 1.0 <= self.rho < math.inf:
             raise UserError(f"rho must be >= 1 (1 = no redistribution), got {self.rho}")
         if not 0.0 < self.tau <= 1.0:
             raise UserError(f"tau must be in (0, 1], got {self.tau}")
-        if self.max_batches < 2 or self.batch_size < 1:
-            raise UserError("max_batches must be >= 2 (convergence compares batches), batch >= 1")
+        if self.max_batches < 2 or not 1 <= self.batch_size <= MAX_BATCH:
+            raise UserError(f"max_batches must be >= 2 (convergence compares batches), "
+                            f"batch_size in [1, {MAX_BATCH}], got {self.batch_size}")  # fmt: skip
         bad = [t for t in self.token_types if t not in TOKEN_TYPES]
         if bad or not self.token_types:
             raise UserError(f"token_types must be a non-empty subset of {list(TOKEN_TYPES)}")
@@ -141,6 +145,7 @@ class Collector:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.layers = target_layers(model, cfg.target_modules)
+        check_rank(model, cfg.rank, cfg.target_modules, cfg.rho)  # components fit each layer
         self.names = list(self.layers)
         self.k = cfg.components
         self.budget = cfg.rank * len(self.names)
@@ -306,8 +311,9 @@ def collect(
     started = time.perf_counter()
     seen: list[dict[str, torch.Tensor]] | None = []  # replayed if the input ends
     source = iter(batches)
+    collector = Collector(model, cfg)  # checks the config against the model: before the bar
     bar = tqdm(total=cfg.max_batches, desc="collect", unit="batch", disable=not progress)
-    with bar, Collector(model, cfg) as collector:
+    with bar, collector:
         for _ in range(cfg.max_batches):
             batch = next(source, None)
             if batch is None:  # a finite input ended: go round it again

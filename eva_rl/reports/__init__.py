@@ -10,9 +10,9 @@ import csv
 import dataclasses
 import io
 import os
-import shutil
 from pathlib import Path
 
+from eva_rl import ownership
 from eva_rl.adapters.methods import REFERENCE
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
@@ -45,9 +45,7 @@ def write_report(
     `hypotheses`: a file of pre-registered hypotheses, tested on every finished run once their
     pairs are complete. A hand-written `notes.md` in `out` is kept and appended to the README."""
     dirs, out = as_dirs(runs_dir), Path(out)
-    if any((out / f).exists() for f in REPORT_FILES) and not overwrite:
-        raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
-    check_writable(out, directory=True)
+    check_out(out, overwrite)
     registered = load_hypotheses(hypotheses) if hypotheses is not None else None
     baselines = read_baselines(dirs)
     rows = collect_runs(dirs, baselines, by)
@@ -70,19 +68,18 @@ def write_report(
     planned = planned_configs(dirs[0], rows) if len(dirs) == 1 else []
     comparisons = compare(stats, reference, planned)
     score = rows[0].score_name
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(Row.csv_columns(), [r.csv_row() for r in rows], out / "runs.csv")
     base = {task: result.mean("score") for task, result in baselines.items()}
     points = curves(stats, base)
-    write_csv([f.name for f in dataclasses.fields(CurvePoint)], map(dataclasses.asdict, points),
-              out / "curves.csv")  # fmt: skip
-    figures = write_plots(stats, points, base, baselines, comparisons, out, score)
-    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
-    write_aggregates(stats, out / TENSORBOARD_DIR)
-    notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
-    text = render.readme(out.name, command, dirs, rows, stats, comparisons, reference,
-                         baselines, figures, notes, left_out, tested)  # fmt: skip
-    atomic_write_text(out / "README.md", text)
+    with ownership.staged(out, "report") as stage:
+        write_csv(Row.csv_columns(), [r.csv_row() for r in rows], stage / "runs.csv")
+        write_csv([f.name for f in dataclasses.fields(CurvePoint)],
+                  map(dataclasses.asdict, points), stage / "curves.csv")  # fmt: skip
+        figures = write_plots(stats, points, base, baselines, comparisons, stage, score)
+        write_aggregates(stats, stage / TENSORBOARD_DIR)
+        notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
+        text = render.readme(out.name, command, dirs, rows, stats, comparisons, reference,
+                             baselines, figures, notes, left_out, tested)  # fmt: skip
+        atomic_write_text(stage / "README.md", text)
     return {
         "runs": len(rows),
         "configs": len(stats),
@@ -92,6 +89,28 @@ def write_report(
         "left_out": len(left_out or []),
         "hypotheses": [] if tested is None else tested[1],
     }
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Write a report only where none is, or over an eva_rl report with `overwrite`; never over
+    files of the same names that eva_rl did not write."""
+    ours = [f for f in (*REPORT_FILES, "curves.csv", TENSORBOARD_DIR) if (out / f).exists()]
+    made = ownership.owned(out, "report") or _older_report(out)
+    if ours and not made:
+        raise UserError(
+            f"{out} holds {ours[0]}, which eva-rl did not write (no {ownership.MARKER} marker); "
+            "choose another --out"
+        )
+    if ours and not overwrite:
+        raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
+    check_writable(out, directory=True)
+    check_writable(out.parent / f".{out.name}.report", directory=True)
+
+
+def _older_report(out: Path) -> bool:
+    """A report an eva_rl without markers wrote: its README names the command that made it."""
+    readme = out / "README.md"
+    return readme.is_file() and "Made by `eva-rl report" in readme.read_text()[:4000]
 
 
 def write_plots(stats, points, base, baselines, comparisons, out: Path, score: str):

@@ -36,9 +36,11 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from eva_rl import ownership
 from eva_rl.config import read_yaml, save_config, to_dict
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import atomic_write_json, atomic_write_text
+from eva_rl.ownership import DirectoryLock
 from eva_rl.sweeps.config import (
     BASE_FILE,
     BASELINE_DIR,
@@ -82,13 +84,22 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         )
     runs = plan(cfg, base)  # every run's config is fixed here: later edits of files change none
     check_precision(cfg, runs)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
-    atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
+    if not saved.is_file():  # a sweep folder (an older eva_rl's has no marker) or a new one
+        ownership.check_replaceable(out, "this sweep")
+    with DirectoryLock(ownership.claim(out, "sweep"), "a sweep"):  # one sweep per directory
+        save_config(cfg, saved)
+        atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
+        return _run(cfg, out, runs, progress)
+
+
+def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
     copied = reuse_finished(runs, cfg.reuse)
     todo = [r for r in runs if not r.done_file.is_file()]
+    for run in todo:  # the sweep's own run folders, an older eva_rl's included, are eva_rl's
+        if not run.baseline and run.out.is_dir():
+            ownership.claim(run.out, "run")
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}

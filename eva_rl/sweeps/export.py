@@ -6,13 +6,15 @@ import os
 import shutil
 from pathlib import Path
 
+from eva_rl import ownership
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
 
-# what an exported run leaves behind: resumable state and weights (a report reads none of them)
-HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin")
+# what an exported run leaves behind: resumable state and weights (a report reads none of them),
+# and the lock of the process that ran it
+HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin", ownership.LOCK)
 
 
 def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict:
@@ -28,12 +30,17 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
     )
     if not runs:
         raise UserError(f"no finished runs (summary.json) under {src}; is it a sweep's out?")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise UserError(f"--out {dst} is inside the runs it exports ({src}); choose another one")
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; pass --overwrite or choose another destination")
+    older = any((dst / name).is_file() for name in (SWEEP_FILE, INDEX_FILE))  # no marker yet
+    if not older:
+        ownership.check_replaceable(dst, "export")
     check_writable(dst, directory=True)
     staged = dst.with_name(f".{dst.name}.exporting")
     shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
+    ownership.claim(staged, "export")
     for name in (SWEEP_FILE, BASE_FILE, INDEX_FILE):
         if (src / name).is_file():
             shutil.copy2(src / name, staged / name)
@@ -43,7 +50,9 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
         shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*HEAVY))
     old = dst.with_name(f".{dst.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)  # left by an export that died while swapping
-    if dst.exists():
+    if dst.is_symlink():
+        dst.unlink()
+    elif dst.exists():
         dst.rename(old)
     staged.rename(dst)
     shutil.rmtree(old, ignore_errors=True)

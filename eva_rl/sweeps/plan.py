@@ -17,6 +17,8 @@ from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
 from eva_rl.sweeps.config import ALIASES, BASELINE_DIR, COPIED_FILE, SweepConfig
 
+NAME_MAX = 255  # bytes in a folder name (Linux, macOS)
+
 
 @dataclass
 class Run:
@@ -65,6 +67,12 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
         runs.append(Run(name, overrides, data))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
+    longest = max(runs, key=lambda r: len(r.name.encode()))
+    if len(longest.name.encode()) > NAME_MAX:  # before anything is written
+        raise UserError(
+            f"run name {longest.name[:60]}... is {len(longest.name.encode())} bytes, over the "
+            f"{NAME_MAX} a folder name may have; shorten the grid's values"
+        )
     if cfg.baseline:
         runs = baselines(cfg, runs) + runs
     return runs

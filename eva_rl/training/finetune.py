@@ -24,6 +24,7 @@ import torch
 
 from eva_rl import distributed
 from eva_rl.adapters.export import export_adapted, save_initial_adapter
+from eva_rl.adapters.fit import check_rank
 from eva_rl.adapters.methods import (
     METHODS,
     BuildContext,
@@ -51,7 +52,7 @@ from eva_rl.runtime import (
 from eva_rl.training.adapted import eva_result, log_hparams, log_setup, tuned_meta
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
-from eva_rl.training.rundir import discard_on_failure, prepare_run_dir
+from eva_rl.training.rundir import run_dir
 from eva_rl.video import log_videos
 
 SUMMARY_FILE = "summary.json"
@@ -179,8 +180,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
 
 def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
     run = FinetuneRun(cfg, progress)
-    prepare_run_dir(Path(cfg.out), cfg, cfg.resume)  # only after every input was checked
-    with discard_on_failure(Path(cfg.out), cfg.resume):
+    with run_dir(Path(cfg.out), cfg, cfg.resume):  # only after every input was checked
         run.setup()
         history = run.train()
         return run.save(history)
@@ -203,6 +203,10 @@ class FinetuneRun:
         self.sampler = self.agent.segment_sampler(self.traj, distributed.rank_seed(cfg.seed))
         self.main = distributed.is_main()
         self.evaluator: Evaluator | None = None
+        spec = METHODS[cfg.method.name]  # a rank the layers cannot hold fails before the folder
+        if not spec.trains_full_model:
+            rho = cfg.method.rho if spec.needs_eva_state else None
+            check_rank(self.agent.model, cfg.method.rank, cfg.method.target_modules, rho)
 
     def _batches(self, traj, seed: int, count: int) -> list:
         sampler = self.agent.segment_sampler(traj, seed)

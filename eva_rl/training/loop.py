@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from eva_rl import distributed
-from eva_rl.data.segments import SegmentSampler
+from eva_rl.data.segments import MAX_BATCH, SegmentSampler
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import save_checkpoint_dir
 from eva_rl.kernels import speed_up
@@ -52,8 +52,20 @@ class OptimConfig:
     final_lr_ratio: float = 0.0
 
     def __post_init__(self):
-        if self.lr <= 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.grad_clip <= 0:
-            raise UserError("optim: lr and grad_clip must be > 0, batch_size >= 1, warmup >= 0")
+        if not (0 < self.lr < math.inf and 0 < self.grad_clip < math.inf):
+            raise UserError(
+                f"optim.lr and optim.grad_clip must be finite and > 0, got lr={self.lr}, "
+                f"grad_clip={self.grad_clip}"
+            )
+        if not 0 <= self.weight_decay < math.inf:
+            raise UserError(f"optim.weight_decay must be finite and >= 0, got {self.weight_decay}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise UserError(
+                f"optim.batch_size must be in [1, {MAX_BATCH}] (segments per update, per "
+                f"process), got {self.batch_size}"
+            )
+        if self.warmup_steps < 0:
+            raise UserError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.final_lr_ratio <= 1:
             raise UserError(f"optim.final_lr_ratio must be in [0, 1], not {self.final_lr_ratio}")
 

@@ -27,7 +27,7 @@ from eva_rl.runtime import (
     set_threads,
 )
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
-from eva_rl.training.rundir import discard_on_failure, prepare_run_dir, provenance
+from eva_rl.training.rundir import provenance, run_dir
 
 
 @dataclass
@@ -73,8 +73,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     horizon = cfg.horizon or (suite.horizon if suite else traj.horizon())
     if horizon > cfg.model.max_ep_len:
         raise UserError(horizon_message(horizon, cfg.model.max_ep_len) + "; set horizon=")
-    prepare_run_dir(out, cfg, cfg.resume)
-    with discard_on_failure(out, cfg.resume):
+    with run_dir(out, cfg, cfg.resume):
         return _train(cfg, suite, traj, ids, horizon, progress)
 
 

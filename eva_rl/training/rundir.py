@@ -1,5 +1,6 @@
-"""A training run's directory: refusing to clobber, resuming only the same config, cleaning up
-after a run that stopped before its first checkpoint, and what a saved agent records."""
+"""A training run's directory: marked as eva_rl's and locked while a run uses it, refusing to
+clobber a run or a user's folder, resuming only the same config, cleaning up after a run that
+stopped before its first checkpoint, and what a saved agent records."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Any
 import torch
 import yaml
 
-from eva_rl import distributed
+from eva_rl import distributed, ownership
 from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
+from eva_rl.ownership import DirectoryLock
 
 STATE_FILE = "state.pt"
 
@@ -51,27 +53,41 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-RUN_FILES = {"config.yaml", "tb", "eva", "initial_adapter", "checkpoints"}  # what a run writes
-# Settings a resume may change: where and how fast it runs, never what it computes.
-RESUME_MAY_CHANGE = ("resume", "threads", "device", "data_root", "eval.workers", "eval.max_envs")
+# Settings a resume may change: where and how fast it runs, never what it computes (`out`: a
+# run folder may be moved and resumed where it is).
+RESUME_MAY_CHANGE = (
+    "resume", "threads", "device", "data_root", "eval.workers", "eval.max_envs", "out",
+)  # fmt: skip
 
 
-def _stopped_before_checkpoint(out: Path) -> bool:
-    """A run folder that holds only what a run writes before its first checkpoint (killed
-    with -9, or from an older eva_rl that did not clean up)."""
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    has_state = (out / "checkpoints" / "latest" / STATE_FILE).is_file()
-    return "config.yaml" in names and names <= RUN_FILES and not has_state
+@contextlib.contextmanager
+def run_dir(out: Path, cfg: Any, resume: bool) -> Iterator[None]:
+    """The run folder for the `with` block: checked, locked (one process per run folder) and
+    marked as eva_rl's; a new run that fails or is interrupted before its first checkpoint
+    leaves nothing, so the same command simply runs again. Under torchrun every rank checks
+    before rank 0 writes, so all of them fail (or go on) together."""
+    lock = _prepare(out, cfg, resume)
+    try:
+        yield
+    except BaseException:
+        if not resume and distributed.is_main() and out.is_dir() and not _has_state(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> None:
-    """Refuse to clobber a run; `resume` needs a checkpoint and the same config (up to
-    `RESUME_MAY_CHANGE`). A folder left by a run that stopped before its first checkpoint is
-    replaced, so the same command simply runs again. Under torchrun every rank checks before
-    rank 0 writes, so all of them fail (or go on) together. Writes `config.yaml` for a new run;
-    a resumed run keeps its own (one an earlier eva_rl wrote is read with today's defaults)."""
-    latest = out / "checkpoints" / "latest" / STATE_FILE
-    if resume and not latest.is_file():
+def _has_state(out: Path) -> bool:
+    return (out / "checkpoints" / "latest" / STATE_FILE).is_file()
+
+
+def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
+    """Refuse to clobber a run or a folder eva_rl did not make; `resume` needs a checkpoint and
+    the same config (up to `RESUME_MAY_CHANGE`). An eva_rl run folder that stopped before its
+    first checkpoint is replaced. Writes `config.yaml` for a new run; a resumed run keeps its
+    own (one an earlier eva_rl wrote is read with today's defaults)."""
+    if resume and not _has_state(out):
         why = "it stopped before its first checkpoint" if out.is_dir() else "it does not exist"
         raise UserError(f"nothing to resume in {out} ({why}); run the command without resume")
     if resume:
@@ -83,31 +99,41 @@ def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> None:
                 f"resuming {out} with a different config ({listed}); a resume continues the "
                 "same run: drop those changes, or start a new run with another out"
             )
-    stale = not resume and out.is_dir() and _stopped_before_checkpoint(out)
-    if not resume and out.exists() and any(out.iterdir()) and not stale:
-        raise UserError(f"output directory {out} exists; pass resume=true or choose another out=")
+    elif out.is_dir() and any(out.iterdir()):
+        ownership.check_replaceable(out, "this run")
+        if _has_state(out):
+            raise UserError(f"output directory {out} holds a run; pass resume=true or choose "
+                            "another out=")  # fmt: skip
     check_writable(out, directory=True)
     distributed.barrier()
+    lock = None
     if distributed.is_main():
-        if stale:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.is_dir() or out.is_symlink():
+            lock = DirectoryLock(out, "a run") if out.is_dir() else None
+            if not resume:  # an eva_rl run that stopped before its first checkpoint
+                lock = _replace_stale(out, lock)
+        ownership.claim(out, "run")
+        lock = lock or DirectoryLock(out, "a run")
+        _remove_leftovers(out)
         if not resume:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     distributed.barrier()
+    return lock
 
 
-@contextlib.contextmanager
-def discard_on_failure(out: Path, resume: bool) -> Iterator[None]:
-    """A new run that fails or is interrupted before its first checkpoint leaves nothing: its
-    folder is removed, so the same command can simply be run again."""
-    try:
-        yield
-    except BaseException:
-        if not resume and distributed.is_main() and out.is_dir():
-            if not (out / "checkpoints" / "latest" / STATE_FILE).is_file():
-                shutil.rmtree(out, ignore_errors=True)
-        raise
+def _replace_stale(out: Path, lock: DirectoryLock | None) -> None:  # always None: released
+    """Remove an unused eva_rl folder (or a symlink left in `out`'s place) before a new run."""
+    if lock is not None:
+        lock.release()  # the folder goes: a new lock is taken on the new one
+    if out.is_symlink() or any(out.iterdir()):
+        ownership.remove(out)
+    return None
+
+
+def _remove_leftovers(out: Path) -> None:
+    """A checkpoint write killed midway leaves a hidden temporary folder: never resumed from."""
+    for leftover in (out / "checkpoints").glob(".latest.*-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_state(path: Path) -> dict[str, Any]:

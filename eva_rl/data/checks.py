@@ -1,0 +1,79 @@
+"""Whether a dataset's numbers can be trained on: finite observations, actions and rewards in
+every episode (checked when a dataset is written, listed and loaded: one NaN otherwise surfaces
+as a diverged loss or a `return nan`), and actions inside the action space (warned about once
+per dataset, with the share outside: they are trained on as they are, while an env clips what
+an agent does)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from eva_rl.errors import UserError
+
+FIELDS = ("observations", "actions", "rewards")
+
+
+def non_finite(observations, actions, rewards) -> str | None:
+    """Where the first NaN or inf of an episode is ('observations hold nan at step 3'), else
+    None."""
+    for field, values in zip(FIELDS, (observations, actions, rewards), strict=True):
+        values = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            return f"{field} hold {values[where]} at step {where[0]}"
+    return None
+
+
+def data_file(data_path: str | Path) -> Path:
+    """The file a Minari dataset keeps its episodes in (its data folder if none is found)."""
+    folder = Path(data_path)
+    files = sorted(p for p in folder.glob("*") if p.name != "metadata.json")
+    return files[0] if files else folder
+
+
+def broken(dataset_id: str, data_path, episode: int, problem: str) -> UserError:
+    return UserError(
+        f"Minari dataset {dataset_id!r} ({data_file(data_path)}): episode {episode}'s "
+        f"{problem}; training on it would diverge or learn NaN: re-record or rebuild the "
+        "dataset (--overwrite), or delete it"
+    )
+
+
+def check_episode(dataset, episode) -> None:
+    """Refuse a Minari episode holding NaN or inf, naming the dataset's file and the episode."""
+    problem = non_finite(episode.observations, episode.actions, episode.rewards)
+    if problem:
+        raise broken(dataset.spec.dataset_id, dataset.spec.data_path, episode.id, problem)
+
+
+def check_written(dataset_id: str, episodes: list[dict]) -> None:
+    """Before a dataset is written: every episode finite, else nothing is written."""
+    for i, e in enumerate(episodes):
+        problem = non_finite(e["observations"], e["actions"], e["rewards"])
+        if problem:
+            raise UserError(
+                f"dataset {dataset_id} was not written: episode {i}'s {problem} (the env or "
+                "the agent produced it); fix the env or agent, or record other seeds"
+            )
+
+
+def warn_outside(dataset_id: str, space, actions: np.ndarray) -> None:
+    """Warn once if actions lie outside the dataset's Box action space, with the share."""
+    low = np.broadcast_to(np.asarray(space.low, np.float64).reshape(-1), actions.shape[1:])
+    high = np.broadcast_to(np.asarray(space.high, np.float64).reshape(-1), actions.shape[1:])
+    slack = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    outside = ((actions < low - slack) | (actions > high + slack)).any(axis=1)
+    if not outside.any():
+        return
+    worst = actions[outside].flat[np.argmax(np.abs(actions[outside]))]
+    bounds = f"[{low.min():g}, {high.max():g}]"
+    warnings.warn(
+        f"dataset {dataset_id}: {outside.mean():.1%} of its actions lie outside its action "
+        f"space {bounds} (the furthest: {worst:g}); a DT learns to ask for them, the env clips "
+        "them: check how the data were recorded",
+        stacklevel=3,
+    )
