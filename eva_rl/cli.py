@@ -332,12 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `eva-rl suites | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 0
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
+    except Exception as e:
+        reason = _out_of_room(e)
+        if reason is None:
             raise
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"eva-rl: {os.strerror(e.errno).lower()}{where}; partial outputs discarded; free "
-              "space or shorten the name, then run the command again", file=sys.stderr)  # fmt: skip
+        print(f"eva-rl: {reason}; partial outputs discarded (a run keeps its last checkpoint: "
+              "resume=true); free space or shorten the name, then run the command again",
+              file=sys.stderr)  # fmt: skip
         return 1
     finally:
         if previous is not None:
@@ -345,6 +346,23 @@ def main(argv: list[str] | None = None) -> int:
         if torchrun:
             distributed.shutdown()
     return 0
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
+
+
+def _out_of_room(error: BaseException) -> str | None:
+    """What a write that found no room said: a full disk or quota, or a name too long, as an
+    OSError anywhere in the chain, or as the libraries word it (torch.save's RuntimeError)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in FULL:
+            where = f" ({seen.filename})" if seen.filename else ""
+            return os.strerror(seen.errno).lower() + where
+        if "No space left on device" in str(seen) or "file write failed" in str(seen):
+            return "no space left on device"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _terminate_as_interrupt():

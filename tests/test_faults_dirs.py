@@ -155,3 +155,28 @@ def test_sigterm_stops_a_sweep_and_its_runs_which_a_rerun_resumes_once(
             for event in EventFileLoader(str(path)).Load():
                 steps += [event.step for v in event.summary.value if v.tag == "train/loss"]
         assert sorted(steps) == sorted(set(steps)) and max(steps) == 600  # each step once
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 400 KB file system (tmpfs): room for a run's config, not for its checkpoints."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("needs permission to mount a small tmpfs (root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoint, mw_root, full_disk, capsys):
+    out = full_disk / "run"
+    assert main(finetune_args(checkpoint, mw_root, out, "loop.save_every=10")) == 1
+    err = capsys.readouterr().err.split("\n")  # (the progress bar redraws with \r)
+    said = [line for line in err if "eva-rl" in line]
+    assert len(said) == 1 and "eva-rl: no space left on device" in said[0], err
+    assert "run the command again" in said[0] and "Traceback" not in "".join(err)
+    if out.exists():  # the disk filled after a checkpoint: that one is kept, whole
+        assert (out / "checkpoints" / "latest" / "state.pt").is_file()
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["latest"]

@@ -18,6 +18,7 @@ batches (its sampler is seeded per rank), gradients are averaged, so the effecti
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -350,7 +351,9 @@ class Trainer:
 
         def write(directory: Path) -> None:
             self.export(directory, self.step)
-            torch.save(state, directory / STATE_FILE)
+            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError
+            torch.save(state, buffer)
+            (directory / STATE_FILE).write_bytes(buffer.getbuffer())
 
         save_checkpoint_dir(self.latest, write)
         self.history["saved_step"] = self.step
