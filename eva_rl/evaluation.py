@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eva_rl import ownership
 from eva_rl.agent import Agent
 from eva_rl.assets import SHIPPED
 from eva_rl.envs import EnvSlots, env_dims, make_env
@@ -317,11 +318,12 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     with Evaluator(agent, envs, eval_cfg, progress) as evaluator:
         result = evaluator.run(video_dir=str(cfg.video_dir))
     result.config.update(checkpoint=str(cfg.checkpoint), envs=envs, stats=cfg.stats)
-    atomic_write_json(out, result.to_dict(intervals=True))
     step = agent.meta.provenance.get("steps", 0)
-    with SummaryWriter(cfg.tb_dir) as writer:
-        result.log(writer, step=step)
-    log_videos(result, cfg.tb_dir, step)
+    with ownership.staged(cfg.tb_dir, "evaluation") as stage:  # whole or not at all
+        with SummaryWriter(stage) as writer:
+            result.log(writer, step=step)
+        log_videos(result, stage, step)
+    atomic_write_json(out, result.to_dict(intervals=True))  # last: its presence means done
     return result
 
 

@@ -70,15 +70,17 @@ def remove(path: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def staged(out: str | os.PathLike, kind: str) -> Iterator[Path]:
     """A hidden sibling of `out` to write into; on success its entries replace `out`'s of the
-    same names (each file or folder whole, by rename) and `out` is marked `kind`; on failure or
+    same names (each file or folder whole, by rename) and `out`, if this made it, is marked
+    `kind`; on failure or
     interrupt it goes, and `out` is as it was, so the command can simply run again."""
     out = Path(out)
     stage = out.parent / f".{out.name}.{kind}-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    fresh = not out.exists() or not any(out.iterdir())  # marked only where eva_rl made it
     try:
         yield stage
-        claim(out, kind)
+        claim(out, kind) if fresh else out.mkdir(exist_ok=True)
         for entry in stage.iterdir():
             target = out / entry.name
             if entry.is_dir() and target.exists():

@@ -50,6 +50,12 @@ def test_evaluate_writes_report_and_refuses_to_overwrite(ckpt, tmp_path, capsys)
     assert report["config"]["checkpoint"] == str(ckpt) and report["config"]["seed"] == 0
     assert "| push-v3 |" in capsys.readouterr().out
     assert any((tmp_path / "eval_tb").iterdir())
+    stopped = tmp_path / "stopped.json"  # interrupted while writing: nothing of it is left
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("eva_rl.results.EvalResult.log", lambda *a, **k: (_ for _ in ()).throw(
+            KeyboardInterrupt))  # fmt: skip
+        assert main([*args[:-3], str(stopped), "--device", "cpu"]) == 130
+    assert not stopped.exists() and not list(tmp_path.glob("*stopped*"))
     before = out.read_bytes()
     assert main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
