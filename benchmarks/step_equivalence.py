@@ -1,13 +1,15 @@
 """Does a change of random stream change a seed's distribution? Paired runs old vs new.
 
-    python benchmarks/step_equivalence.py NEW_RUNS OLD_CSV [--out results/step-equivalence-cpu]
+    python benchmarks/step_equivalence.py NEW_RUNS OLD_RUNS [--out results/step-equivalence-cpu]
 
-NEW_RUNS: the runs of configs/sweeps/step-equivalence-cpu.yaml (this tree); OLD_CSV: the runs.csv
-of a committed study that ran the same config with the code before the change
-(results/cw10-study-cpu/runs.csv).
+NEW_RUNS: the runs of configs/sweeps/step-equivalence-cpu.yaml (this tree); OLD_RUNS: the runs of
+a committed study that ran the same config with the code before the change
+(results/cw10-study-cpu/runs).
 Runs are paired by (task, method, rank, seed): same data, same held-out split, same evaluation
 episodes, so each pair differs only in the code's random stream and kernels. For final-step
-success and the final training loss it prints the mean paired difference, the two-sided
+success, the mean success over the evaluations after update 0 (the learning curve; not the
+report's AUC, which starts from the sweep's baseline evaluation that only one side ran) and the
+final training loss it prints the mean paired difference, the two-sided
 sign-flip test and the interval that inverts it, beside the seed-to-seed spread of the old runs
 (what "within seed noise" is measured against). With --out it writes the table and the pairs.
 """
@@ -26,21 +28,21 @@ from eva_rl.io import atomic_write_text
 from eva_rl.reports.runs import collect_runs
 from eva_rl.stats import sign_flip_interval, sign_flip_test
 
-METRICS = ("success_final", "final_loss", "auc")
+METRICS = ("success_final", "curve_mean", "final_loss")
 
 
-def pairs(new_dir: Path, old_csv: Path) -> list[tuple[tuple, dict, dict]]:
+def pairs(new_dir: Path, old_dir: Path) -> list[tuple[tuple, dict, dict]]:
     """(key, new run, old run) for every new run that has an old run of the same key."""
-    with open(old_csv, newline="") as f:
-        old = {
-            (r["task"], r["method"], int(r["rank"]), int(r["seed"])): r for r in csv.DictReader(f)
-        }
-    out = []
-    for row in collect_runs(new_dir):
-        key = (row.task, row.method, row.rank, row.seed)
-        if key in old:
-            out.append((key, {m: getattr(row, m) for m in (*METRICS, "run")}, old[key]))
-    return sorted(out, key=lambda item: item[0])
+
+    def metrics(row) -> dict:
+        curve = [m["score"] for step, m in row.curve if step > 0 and "score" in m]
+        return {"success_final": row.success_final, "final_loss": row.final_loss,
+                "curve_mean": float(np.mean(curve)), "run": row.run}  # fmt: skip
+
+    key = lambda r: (r.task, r.method, r.rank, r.seed)  # noqa: E731
+    old = {key(r): metrics(r) for r in collect_runs(old_dir)}
+    found = [(key(r), metrics(r), old[key(r)]) for r in collect_runs(new_dir) if key(r) in old]
+    return sorted(found, key=lambda item: item[0])
 
 
 def table(matched) -> list[str]:
