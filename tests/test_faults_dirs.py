@@ -180,3 +180,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoint, mw_root, full_di
     if out.exists():  # the disk filled after a checkpoint: that one is kept, whole
         assert (out / "checkpoints" / "latest" / "state.pt").is_file()
         assert [p.name for p in (out / "checkpoints").iterdir()] == ["latest"]
+
+
+def test_a_dataset_the_disk_cannot_hold_is_refused_before_hdf5_starts(full_disk, capsys):
+    """h5py meeting a full disk midway ends in a segmentation fault: the room is checked first."""
+    args = ["data", "build", "--suite", "cw10", "--tasks", "push-v3", "--episodes", "4"]
+    assert main([*args, "--root", str(full_disk)]) == 1
+    said = [line for line in capsys.readouterr().err.split("\n") if "eva-rl" in line]
+    assert len(said) == 1 and "was not written: it needs about" in said[0], said
+    assert not any(full_disk.iterdir())  # no staging left behind

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from eva_rl.data.checks import check_episode, check_written
-from eva_rl.errors import UserError
+from eva_rl.errors import RunError, UserError
 
 SUMMARY_FILE = "eva_rl_summary.json"
 STAGING_DIR = ".eva_rl-staging"
@@ -103,6 +103,24 @@ def install(staged_root: Path, root: Path, dataset_id: str, overwrite: bool) -> 
                 create_namespace(namespace)
 
 
+def check_room(staged: Path, dataset_id: str, episodes: list[dict[str, Any]]) -> None:
+    """Refuse, before HDF5 starts, a dataset the disk cannot hold: h5py meeting a full disk
+    midway ends the process in a segmentation fault, not an error. Arrays as float64 and infos
+    as large again (success flags, rewards terms), twice for headroom."""
+    needed = 2 * sum(
+        2 * np.asarray(e[key]).size * 8
+        for e in episodes
+        for key in ("observations", "actions", "rewards")
+    )
+    staged.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(staged).free
+    if free < needed:
+        raise RunError(
+            f"dataset {dataset_id} was not written: it needs about {needed / 2**20:.1f} MiB and "
+            f"{staged.parent} has {free / 2**20:.1f} MiB free; free space or choose another root"
+        )
+
+
 def write_dataset(
     staged: Path,
     root: Path,
@@ -129,6 +147,7 @@ def write_dataset(
     from eva_rl.io import atomic_write_json
 
     check_written(dataset_id, episodes)
+    check_room(staged, dataset_id, episodes)
     buffers = [
         EpisodeBuffer(
             id=i,
