@@ -1,0 +1,2 @@
+"""Online fine-tuning (ODT): the stochastic policy, the replay buffer of trajectories and the
+run."""
