@@ -122,6 +122,26 @@ def test_batches_are_segment_sampler_batches_of_the_contents(ranked):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_for_agent_samples_as_the_checkpoint_does(ranked):
+    """The checkpoint's context, return scale and state statistics, as `Agent.segment_sampler`
+    applies them; data of another shape refused."""
+    from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+
+    model = build_model(ModelConfig(hidden_size=8, n_layer=1, context_length=3), 3, 1)
+    meta = AgentMeta([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], return_scale=5.0, context_length=3,
+                     horizon=30)  # fmt: skip
+    agent = Agent(model, meta)
+    buf = TrajectoryBuffer.for_agent(agent, ranked, capacity=4, seed=2)
+    buf.add(collected(1, [1.0, 1.0]))
+    ours, theirs = buf.sample(16), agent.segment_sampler(buf.trajectories(), seed=2).sample(16)
+    assert ours["states"].shape == (16, 3, 3)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    wide = Agent(build_model(ModelConfig(hidden_size=8, n_layer=1), 4, 1), AgentMeta(
+        [0.0] * 4, [1.0] * 4, return_scale=1.0, context_length=20, horizon=30))  # fmt: skip
+    with pytest.raises(UserError, match="state_dim=4"):
+        TrajectoryBuffer.for_agent(wide, ranked)
+
+
 def test_trajectories_are_drawn_in_proportion_to_their_length(ranked):
     """A chi-square goodness-of-fit test with a fixed seed. Under the length law the statistic
     is chi-square with 6 degrees of freedom across seeds; 22.46 is its 99.9% quantile, so this
