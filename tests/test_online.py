@@ -6,8 +6,10 @@ from pathlib import Path
 import minari
 import numpy as np
 import pytest
+import torch
 
 from conftest import HAMMER
+from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.online.config import OnlineConfig
 from eva_rl.online.run import online
@@ -77,3 +79,45 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     saved = np.load(out / "episodes" / "0000000.npz")
     first = next(data.iterate_episodes())
     np.testing.assert_array_equal(first.actions, saved["actions"])
+
+
+def test_cli_runs_and_the_api_names_resolve(checkpoint, mw_root, tmp_path, capsys):
+    import eva_rl
+
+    out = tmp_path / "cli"
+    items = overrides(checkpoint, mw_root, out, "env_steps=30", "updates=2")
+    flags = ["--checkpoint", str(checkpoint), "--data-root", str(mw_root), "--task", "hammer-v3",
+             "--method", "lora", "--rank", "2", "--env-steps", "30", "--out", str(out),
+             "--precision", "fp32"]  # fmt: skip
+    rest = [i for i in items if i.split("=")[0] not in
+            ("checkpoint", "data_root", "datasets", "out", "method.name", "method.rank",
+             "env_steps", "precision")]  # fmt: skip
+    assert main(["online", *flags, *rest]) == 0
+    printed = capsys.readouterr().out
+    assert "after 30 env steps, 2 updates, 1 episodes collected" in printed
+    assert load_config(OnlineConfig, out / "config.yaml").task == "hammer-v3"
+    assert eva_rl.online_finetune is online and eva_rl.OnlineConfig is OnlineConfig
+    head, temperature = eva_rl.load_online_head(out / "agent")
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)
+    torch.testing.assert_close(head.raw_log_std, state["head"]["raw_log_std"], rtol=0, atol=0)
+    assert temperature.value.item() == pytest.approx(
+        float(state["temperature"]["log_temperature"].exp())
+    )
+    assert eva_rl.load_agent(out / "agent").act_dim == head.raw_log_std.numel()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["env_steps=0"], "env_steps=0 must be >= 1"),
+        (["method.name=nope"], "unknown method 'nope'"),
+        (["from_run=/nonexistent"], "is not a finished finetune run"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_folder(extra, message, checkpoint, mw_root,
+                                                    tmp_path, capsys):  # fmt: skip
+    out = tmp_path / "bad"
+    code = main(["online", *overrides(checkpoint, mw_root, out, *extra)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
