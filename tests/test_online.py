@@ -172,3 +172,36 @@ def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+@pytest.mark.parametrize("method", ["fft", "eva", "pissa", "adalora"])
+def test_methods_train_online(method, checkpoint, mw_root, tmp_path):
+    """fft trains everything; EVA collects on the offline data; a base-rewriting method and
+    AdaLoRA (hooks, penalty) export as finetune's do."""
+    out = tmp_path / method
+    extra = ("env_steps=30", "updates=3", "collector.batch_size=16", "collector.max_batches=4")
+    summary = online(config(checkpoint, mw_root, out, f"method.name={method}", *extra),
+                     progress=False)  # fmt: skip
+    assert summary["method"] == method and summary["updates"] == 3
+    assert summary["trainable_parameters"] > 3  # more than the head's log-std
+    import eva_rl
+
+    eva_rl.load_agent(out / "agent")  # the export reloads
+
+
+def test_from_a_finetune_run(checkpoint, mw_root, tmp_path):
+    from conftest import tiny_finetune_overrides
+    from eva_rl.training.finetune import FinetuneConfig, finetune
+
+    run = tmp_path / "ft"
+    items = tiny_finetune_overrides(
+        checkpoint, mw_root, run, "lora", "loop.steps=10", "precision=fp32"
+    )
+    finetune(load_config(FinetuneConfig, None, items), progress=False)
+    out = tmp_path / "online"
+    summary = online(config(checkpoint, mw_root, out, f"from_run={run}", "env_steps=30",
+                            "updates=0", "eval_target_scale=1.0"), progress=False)  # fmt: skip
+    start = summary["eval"][0]
+    finetuned = json.loads((run / "summary.json").read_text())["eval"][-1]
+    assert summary["method"] == "lora"
+    assert start["episodes"] == finetuned["episodes"]  # the same agent, the same episodes
