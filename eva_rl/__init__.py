@@ -27,6 +27,8 @@ _EXPORTS = {
     "collect": ("eva_rl.eva.collector", "collect_on_datasets"),
     "finetune": ("eva_rl.training.finetune", "finetune"),
     "evaluate": ("eva_rl.evaluation", "evaluate"),
+    # not `online`: that name is the subpackage eva_rl.online, which would shadow it
+    "online_finetune": ("eva_rl.online.run", "online"),
     "compare_agents": ("eva_rl.compare", "compare_agents"),
     "sweep": ("eva_rl.sweeps", "sweep"),
     "report": ("eva_rl.reports", "write_report"),
@@ -44,6 +46,8 @@ _EXPORTS = {
     "OptimConfig": ("eva_rl.training.loop", "OptimConfig"),
     "LoopConfig": ("eva_rl.training.loop", "LoopConfig"),
     "EvalConfig": ("eva_rl.evaluation", "EvalConfig"),
+    "OnlineConfig": ("eva_rl.online.config", "OnlineConfig"),
+    "load_online_head": ("eva_rl.online.head", "load_head"),
     "CompareConfig": ("eva_rl.compare", "CompareConfig"),
     "SweepConfig": ("eva_rl.sweeps", "SweepConfig"),
     # results and agents

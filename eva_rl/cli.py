@@ -26,6 +26,7 @@ from eva_rl.commands import (
     cmd_export,
     cmd_finetune,
     cmd_methods,
+    cmd_online,
     cmd_pretrain,
     cmd_quickstart,
     cmd_report,
@@ -50,6 +51,19 @@ def _finetune_flags(p) -> None:
         "--task": "task", "--env": "env", "--data-root": "data_root", "--method": "method.name",
         "--rank": "method.rank", "--rho": "method.rho", "--steps": "loop.steps",
         "--eval-every": "loop.eval_every", "--out": "out", "--resume": "resume", **COMMON,
+    })  # fmt: skip
+
+
+def _online_flags(p) -> None:
+    from eva_rl.config import add_flags
+    from eva_rl.online.config import OnlineConfig
+
+    add_flags(p, OnlineConfig, {
+        "--checkpoint": "checkpoint", "--stats": "stats", "--datasets": "datasets",
+        "--task": "task", "--env": "env", "--data-root": "data_root", "--method": "method.name",
+        "--rank": "method.rank", "--rho": "method.rho", "--from": "from_run",
+        "--env-steps": "env_steps", "--eval-every": "eval_every", "--out": "out",
+        "--resume": "resume", **COMMON,
     })  # fmt: skip
 
 
@@ -201,6 +215,8 @@ COMMANDS = {
                 cmd_collect),
     "finetune": ("fine-tune a pretrained agent on downstream data with one method",
                  _finetune_flags, True, cmd_finetune),
+    "online": ("offline-to-online fine-tuning (ODT) of an adapted agent in its env",
+               _online_flags, True, cmd_online),
     "methods": ("the fine-tuning initialisation methods", None, False, cmd_methods),
     "sweep": ("a grid of fine-tuning runs in parallel (resumable)", _sweep_flags, True,
               cmd_sweep),

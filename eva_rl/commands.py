@@ -104,6 +104,22 @@ def cmd_finetune(args) -> None:
     print(f"run: {cfg.out}; TensorBoard: tensorboard --logdir {Path(cfg.out).parent}")
 
 
+def cmd_online(args) -> None:
+    from eva_rl.online.config import OnlineConfig
+    from eva_rl.online.run import online
+
+    cfg = _config(OnlineConfig, args)
+    s = online(cfg)
+    final, first = s["final"], s["initial"] or {}
+    print(
+        f"{s['method']} online on {s['task'] or ','.join(s['datasets'])}: {s['score_name']} "
+        f"{_fmt(final.get('score'))} (start {_fmt(first.get('score'))}), return "
+        f"{_fmt(final.get('return'), '.1f')} after {s['env_steps']} env steps, {s['updates']} "
+        f"updates, {s['episodes_collected']} episodes collected; {s['wall_seconds']:.0f} s"
+    )
+    print(f"run: {cfg.out}; collected data: {', '.join(s['dataset'])} under {cfg.out}/minari")
+
+
 def cmd_methods(args) -> None:
     from eva_rl.adapters.methods import METHODS
 

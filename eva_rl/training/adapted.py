@@ -60,16 +60,18 @@ def log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
             writer.add_scalar(f"rank_init/{name}", rank, 0)
 
 
-def log_hparams(log_dir: Path, cfg: Any, summary: RunSummary) -> None:
+def log_hparams(log_dir: Path, cfg: Any, summary: RunSummary, steps: int | None = None) -> None:
     """One HParams session per run (in the run's own tb/), so TensorBoard's HParams tab lines up
-    every run under a common logdir by method, rank, rho, task and seed."""
+    every run under a common logdir by method, rank, rho, task and seed. `steps`: the updates
+    (default `cfg.loop.steps`; an online run has no loop config)."""
+    steps = cfg.loop.steps if steps is None else steps
     hparams = {
         "method": cfg.method.name,
         "rank": cfg.method.rank,
         "rho": cfg.method.rho,
         "task": summary.label,
         "seed": cfg.seed,
-        "steps": cfg.loop.steps,
+        "steps": steps,
         "lr": cfg.optim.lr,
         "precision": summary.precision,
     }
@@ -87,5 +89,5 @@ def log_hparams(log_dir: Path, cfg: Any, summary: RunSummary) -> None:
     }
     with SummaryWriter(log_dir) as writer:
         for name, rank in summary.ranks.items():
-            writer.add_scalar(f"rank_final/{name}", rank, cfg.loop.steps)
-        writer.add_hparams(hparams, metrics, run_name=".", global_step=cfg.loop.steps)
+            writer.add_scalar(f"rank_final/{name}", rank, steps)
+        writer.add_hparams(hparams, metrics, run_name=".", global_step=steps)

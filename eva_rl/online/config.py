@@ -1,0 +1,92 @@
+"""`eva-rl online`'s settings: one validated dataclass, each default with its source.
+
+"ODT" below is the Online Decision Transformer's reference code (facebookresearch/online-dt,
+`main.py` arguments); where eva_rl keeps its own fine-tuning default instead, the comment says
+why. The settings shared with `eva-rl finetune` (method, EVA's collector, evaluation) are its
+dataclasses, so a method and an evaluation mean the same thing in both commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from eva_rl.adapters.methods import MethodConfig
+from eva_rl.assets import SHIPPED
+from eva_rl.data.catalog import dataset_id
+from eva_rl.errors import UserError
+from eva_rl.eva.collector import CollectorConfig
+from eva_rl.online.buffer import DEFAULT_CAPACITY
+from eva_rl.online.policy import INIT_TEMPERATURE
+from eva_rl.runtime import Precision, check_precision
+from eva_rl.training.finetune import FinetuneCollectorConfig, FinetuneEvalConfig
+from eva_rl.training.loop import OptimConfig
+
+
+@dataclass
+class OnlineConfig:
+    checkpoint: str = SHIPPED  # the pretrained base: a checkpoint directory or a hub id
+    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
+    datasets: list[str] = field(default_factory=list)  # Minari ids of the offline data
+    task: str = ""  # shorthand for a Meta-World task's data: metaworld/<task>/scripted-v0
+    env: str | None = None  # play in this env (default: the env each dataset recorded)
+    data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
+    out: str = ""  # the run directory
+    method: MethodConfig = field(default_factory=MethodConfig)  # adapters: adapter + head train
+    collector: FinetuneCollectorConfig = field(default_factory=FinetuneCollectorConfig)
+    from_run: str | None = None  # a finished `eva-rl finetune` run: start from its agent/
+    env_steps: int = 10_000  # online interactions in all (ODT stops at max_online_iters or 1M)
+    capacity: int = DEFAULT_CAPACITY  # replay buffer, whole trajectories (ODT replay_size 1000)
+    rollouts: int = 1  # episodes per env collected per iteration (ODT num_online_rollouts 1)
+    updates: int = 300  # gradient updates per iteration (ODT num_updates_per_online_iter 300)
+    # exploration return-to-go = rtg_scale x the best offline return of the env (ODT hopper:
+    # online_rtg 7200 = 2 x eval_rtg 3600)
+    rtg_scale: float = 2.0
+    eval_target_scale: float = 1.0  # evaluation target = this x the best offline return
+    # ODT: LAMB, lr 1e-4, weight decay 5e-4, warm-up 10,000 then constant, clip 0.25, batch
+    # 256; here AdamW (eva_rl's optimiser), warm-up 100 from an already trained agent, batch 64
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=5e-4, warmup_steps=100)
+    )
+    init_temperature: float = INIT_TEMPERATURE  # ODT init_temperature 0.1
+    temperature_lr: float = 1e-4  # ODT: Adam(lr=1e-4, betas=(0.9, 0.999)) on log temperature
+    target_entropy: float | None = None  # None: -act_dim (ODT)
+    eval_every: int = 1000  # env steps between evaluations (ODT: every 10 iterations)
+    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)  # ODT 10 episodes
+    save_every: int = 10  # iterations between checkpoints (what a resume restarts from)
+    log_every: int = 50  # updates between training-loss logs
+    seed: int = 0  # of sampling, initialisation, exploration and training
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
+    threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
+    resume: bool = False  # continue from checkpoints/latest (same config)
+
+    def __post_init__(self):
+        if not self.task and not self.datasets:
+            raise UserError("name the offline data: --datasets ID [ID ...] or --task TASK")
+        if not self.out:
+            raise UserError("name the run directory with --out DIR")
+        check_precision(self.precision)
+        names = ("env_steps", "capacity", "rollouts", "eval_every", "save_every", "log_every")
+        positive = {k: getattr(self, k) for k in names}
+        bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
+        if bad or self.updates < 0:
+            raise UserError(f"online: {', '.join(bad) or 'updates'} must be >= 1 (updates >= 0)")
+        if not all(math.isfinite(x) for x in (self.rtg_scale, self.eval_target_scale)):
+            raise UserError("rtg_scale and eval_target_scale must be finite")
+        if not (0 < self.init_temperature < math.inf and 0 < self.temperature_lr < math.inf):
+            raise UserError("init_temperature and temperature_lr must be finite and > 0")
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise UserError(f"target_entropy must be finite, got {self.target_entropy}")
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        return self.datasets or [dataset_id(self.task)]
+
+    def collector_config(self) -> CollectorConfig:
+        """EVA's collector, as `eva-rl finetune` builds it (the run's rank, rho, seed, device)."""
+        return CollectorConfig(rank=self.method.rank, rho=self.method.rho,
+                               target_modules=list(self.method.target_modules), seed=self.seed,
+                               device=self.device, precision=self.precision,
+                               **dataclasses.asdict(self.collector))  # fmt: skip

@@ -1,0 +1,45 @@
+"""Starting an online run from a finished `eva-rl finetune` run: its exported agent (a PEFT
+adapter, or a full checkpoint for fft) becomes the trainable model, so online fine-tuning
+continues the offline adapter instead of building a new one."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from eva_rl.adapters.methods import Adapted, adapter_ranks
+from eva_rl.agent import Agent, checkpoint_ref
+from eva_rl.errors import UserError
+
+
+@dataclass
+class Start:
+    adapted: Adapted  # method "lora" for any adapter: exports are plain LoRA (eva_rl.adapters)
+    method: str  # the finetune run's method, for the summary
+
+
+def from_finetune_run(cfg, base: Agent) -> Start:
+    """The agent of finetune run `cfg.from_run`, on `base` (which must be the run's base)."""
+    run = Path(cfg.from_run)
+    agent_dir = run / "agent"
+    if not (run / "summary.json").is_file() or not agent_dir.is_dir():
+        raise UserError(f"--from {run} is not a finished finetune run (no summary.json, agent/)")
+    method = json.loads((run / "summary.json").read_text()).get("method", "?")
+    adapter_config = agent_dir / "adapter_config.json"
+    if not adapter_config.is_file():  # fft: a full checkpoint, all of it trains
+        full = Agent.load(agent_dir, device=base.device)
+        full.check_dims(base.state_dim, base.act_dim, f"--from {run}")
+        for p in full.model.parameters():
+            p.requires_grad_(True)
+        return Start(Adapted(full.model.train(), {}, method="fft"), method)
+    from peft import PeftModel
+
+    named = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if named != checkpoint_ref(cfg.checkpoint):
+        raise UserError(
+            f"--from {run} adapted {named}, not --checkpoint {cfg.checkpoint}; pass that checkpoint"
+        )
+    model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(agent_dir), is_trainable=True)
+    return Start(Adapted(model.train(), adapter_ranks(model), method="lora"), method)

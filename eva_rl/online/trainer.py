@@ -1,0 +1,247 @@
+"""ODT's online loop as an object: `OnlineTrainer`.
+
+Not `eva_rl.training.loop.Trainer`: that loop counts gradient updates and trains an action MSE,
+while ODT alternates collection and updates, counts env steps, and trains a likelihood with a
+second optimiser for the temperature. It reuses that module's pieces (AdamW, the loss window
+with its non-finite check, checkpoint folders written atomically, safe state loading, event
+purging on resume).
+
+Per iteration (online-dt's `online_tuning`): collect `rollouts` episodes per env with sampled
+actions, add them to the replay buffer (hindsight return-to-go), then `updates` updates on
+buffer segments: the policy loss backward, its gradient norm clipped, AdamW step, then the
+temperature's Adam step. Evaluations (mean action) run when the env steps cross a multiple of
+`eval_every`, and at the start and the end. TensorBoard has two step axes, so two folders:
+`tb/` against updates (`train/*`, `eval/*`) and `tb/env_steps/` against env steps
+(`online/*`), each purged separately on resume.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from eva_rl.io import save_checkpoint_dir
+from eva_rl.online.buffer import TrajectoryBuffer
+from eva_rl.online.collect import EpisodeStore
+from eva_rl.online.config import OnlineConfig
+from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
+from eva_rl.results import EvalPoint
+from eva_rl.runtime import autocast
+from eva_rl.training.loop import Window, adamw
+from eva_rl.training.losses import action_preds
+from eva_rl.training.rundir import STATE_FILE, load_state, purge_events
+
+ENV_AXIS = "env_steps"  # tb/ subfolder of the scalars against env steps
+COLLECT_SEED = 1 << 20  # collected episode n is reset with seed COLLECT_SEED * (seed + 1) + n
+
+
+def warmup(steps: int) -> Callable[[int], float]:
+    """ODT's schedule: linear warm-up to the peak, then constant (online-dt main.py)."""
+    return lambda step: min((step + 1) / max(1, steps), 1.0)
+
+
+class OnlineTrainer:
+    """Train `model` and `head` (and the temperature) online into `run_dir`; `run()` returns
+    the history. `collect(first_seed)` returns env -> recorded episodes; `evaluate(env_steps,
+    updates)` an EvalPoint; `export(directory)` writes the user's agent beside a checkpoint."""
+
+    def __init__(self, model, head: GaussianHead, temperature: Temperature,
+                 buffer: TrajectoryBuffer, cfg: OnlineConfig, run_dir: Path, *,
+                 collect: Callable[[int], dict], evaluate: Callable[[int, int], EvalPoint],
+                 export: Callable[[Path], None], adapted=None,
+                 precision: str = "fp32"):  # fmt: skip
+        self.model, self.head, self.temperature, self.buffer = model, head, temperature, buffer
+        self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
+        self.collect_fn, self.evaluate_fn, self.export = collect, evaluate, export
+        self.hooks = list(adapted.hooks) if adapted is not None else []
+        self.penalty = adapted.penalty if adapted is not None else None
+        self.device = next(model.parameters()).device
+        self.params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+        self.optimizer = adamw(self.params, cfg.optim)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup(cfg.optim.warmup_steps)
+        )
+        self.temperature_optimizer = torch.optim.Adam(
+            temperature.parameters(), lr=cfg.temperature_lr, betas=(0.9, 0.999)
+        )
+        self.store = EpisodeStore(self.run_dir / "episodes")
+        self.latest = self.run_dir / "checkpoints" / "latest"
+        self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0}
+        self.history: dict[str, Any] = {"eval": [], "collected": [], "seconds": 0.0}
+        self.window = Window([], [], 1)
+        self.stats: dict[str, torch.Tensor] = {}
+        if cfg.resume:
+            self._resume()
+        self.writers: dict[str, SummaryWriter] = {}
+
+    def _resume(self) -> None:
+        state = load_state(self.latest / STATE_FILE)
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        self.temperature.load_state_dict(state["temperature"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
+            hook.load_state_dict(hook_state)
+        torch.set_rng_state(state["torch_rng"])
+        self.counts, self.history = state["counts"], state["history"]
+        self.window = Window.from_state(state["window"])
+        self.store.truncate(self.counts["episodes"])  # collected after the checkpoint: again
+
+    def run(self) -> dict[str, Any]:
+        """Collect and update until `env_steps`, evaluating and saving on their periods."""
+        started, before = time.perf_counter(), self.history["seconds"]
+        self._clock = (started, before)
+        tb = self.run_dir / "tb"
+        if self.cfg.resume:
+            purge_events(tb, self.counts["updates"])
+            purge_events(tb / ENV_AXIS, self.counts["env_steps"])
+        self.writers = {"updates": SummaryWriter(tb), ENV_AXIS: SummaryWriter(tb / ENV_AXIS)}
+        try:
+            if not self.history["eval"]:
+                self._evaluate()
+            while self.counts["env_steps"] < self.cfg.env_steps:
+                self._iteration()
+        finally:
+            for writer in self.writers.values():
+                writer.close()
+        self.history["seconds"] = before + time.perf_counter() - started
+        return self.history
+
+    def _iteration(self) -> None:
+        cfg, counts = self.cfg, self.counts
+        last_eval = counts["env_steps"] // cfg.eval_every
+        self._collect()
+        self.model.train()
+        for _ in range(cfg.updates):
+            self._update()
+            if counts["updates"] % cfg.log_every == 0:
+                self._log()
+        counts["iterations"] += 1
+        done = counts["env_steps"] >= cfg.env_steps
+        if done or counts["env_steps"] // cfg.eval_every > last_eval:
+            self._log()
+            self._evaluate()
+        if done or counts["iterations"] % cfg.save_every == 0:
+            self.window.check(self.latest, self.history.get("saved_step"))
+            self.save()
+
+    def _collect(self) -> None:
+        """One iteration's episodes: on disk, in the buffer, counted and logged."""
+        counts = self.counts
+        first = COLLECT_SEED * (self.cfg.seed + 1) + counts["episodes"]
+        played = self.collect_fn(first)
+        returns, successes, steps = [], [], 0
+        for env, episodes in played.items():
+            for episode in episodes:
+                record = {**episode.trajectory, "seed": episode.seed}
+                self.store.add(counts["episodes"], record, env)
+                self.buffer.add(record, env)
+                counts["episodes"] += 1
+                steps += episode.length
+                returns.append(episode.ret)
+                if episode.success_final is not None:
+                    successes.append(episode.success_final)
+        counts["env_steps"] += steps
+        row = {"env_steps": counts["env_steps"], "return": sum(returns) / len(returns)}
+        if successes:
+            row["success_final"] = sum(successes) / len(successes)
+        self.history["collected"].append(row)
+        self._env_scalar("online/collect_return", row["return"])
+        if successes:
+            self._env_scalar("online/collect_success", row["success_final"])
+
+    def _update(self) -> None:
+        """One policy step on a buffer batch, then the temperature's step (ODT's order)."""
+        batch = self.buffer.sample(self.cfg.optim.batch_size)
+        with autocast(self.device, self.precision), ActionMean(self.model) as mu:
+            action_preds(self.model, batch)
+        losses = odt_losses(self.head(mu.value), batch["actions"], batch["attention_mask"],
+                            self.temperature, self.cfg.target_entropy)  # fmt: skip
+        policy = losses.policy
+        if self.penalty is not None:
+            policy = policy + self.penalty(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        policy.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        for hook in self.hooks:
+            hook.after_step(self.counts["updates"])
+        self.scheduler.step()
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        losses.temperature.backward()
+        self.temperature_optimizer.step()
+        self.counts["updates"] += 1
+        self.window.losses.append(losses.policy.detach().float())
+        self.window.penalties.append(losses.entropy.float())
+        self.stats = {"grad_norm": grad_norm.detach()}
+
+    def _log(self) -> None:
+        """The window's mean policy loss and entropy, lr, temperature, log-std (vs updates)."""
+        if not self.window.losses:
+            return
+        self.window.check(self.latest, self.history.get("saved_step"))
+        loss = torch.stack(self.window.losses).mean().item()
+        scalars = {
+            "train/loss": loss,
+            "train/entropy": torch.stack(self.window.penalties).mean().item(),
+            "train/temperature": self.temperature.value.item(),
+            "train/log_std": self.head.log_std.mean().item(),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": self.stats["grad_norm"].item(),
+        }
+        for tag, value in scalars.items():
+            self.writers["updates"].add_scalar(tag, value, self.counts["updates"])
+        self.history["loss"] = loss
+        self.window = Window([], [], self.counts["updates"] + 1)
+
+    def _env_scalar(self, tag: str, value: float) -> None:
+        self.writers[ENV_AXIS].add_scalar(tag, value, self.counts["env_steps"])
+
+    def _evaluate(self) -> None:
+        env_steps, updates = self.counts["env_steps"], self.counts["updates"]
+        point = self.evaluate_fn(env_steps, updates)
+        self.history["eval"].append(point.to_dict())
+        for key, value in point.metrics.items():
+            if key != "updates":
+                self.writers["updates"].add_scalar(f"eval/{key}", value, updates)
+                self._env_scalar(f"online/{key}", value)
+        self._env_scalar("online/updates", updates)
+        self._env_scalar("online/updates_per_env_step", updates / max(1, env_steps))
+
+    def save(self) -> None:
+        """`checkpoints/latest` atomically: the user's export plus everything a resume needs."""
+        started, before = self._clock
+        self.history["seconds"] = before + time.perf_counter() - started
+        state = {
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict(),
+            "temperature": self.temperature.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "temperature_optimizer": self.temperature_optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "hooks": [hook.state_dict() for hook in self.hooks],
+            "torch_rng": torch.get_rng_state(),
+            "counts": dict(self.counts),
+            "precision": self.precision,
+            "history": self.history,
+            "window": self.window.state_dict(),
+        }
+
+        def write(directory: Path) -> None:
+            self.export(directory)
+            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError
+            torch.save(state, buffer)
+            (directory / STATE_FILE).write_bytes(buffer.getbuffer())
+
+        save_checkpoint_dir(self.latest, write)
+        self.history["saved_step"] = self.counts["updates"]

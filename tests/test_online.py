@@ -1,0 +1,207 @@
+"""`eva-rl online` end to end on the tiny checkpoint: outputs, reproducibility, resume, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+import torch
+
+from conftest import HAMMER
+from eva_rl.cli import main
+from eva_rl.config import load_config
+from eva_rl.online.config import OnlineConfig
+from eva_rl.online.run import online
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def overrides(checkpoint, mw_root, out, *extra) -> list[str]:
+    """A run of a few seconds: 30-step episodes, 3 iterations of 4 updates."""
+    return [
+        f"checkpoint={checkpoint}",
+        f"data_root={mw_root}",
+        f"datasets=[{HAMMER}]",
+        f"out={out}",
+        "method.name=lora",
+        "method.rank=2",
+        "method.calibration_batches=1",
+        "optim.batch_size=8",
+        "optim.warmup_steps=2",
+        "optim.lr=1e-3",
+        "env_steps=90",
+        "updates=4",
+        "eval_every=60",
+        "save_every=1",
+        "log_every=2",
+        "eval.episodes=1",
+        "precision=fp32",
+        "threads=1",
+        *extra,
+    ]
+
+
+def config(checkpoint, mw_root, out, *extra) -> OnlineConfig:
+    return load_config(OnlineConfig, None, overrides(checkpoint, mw_root, out, *extra))
+
+
+def read_scalars(log_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_short_run_writes_summary_curves_and_a_minari_dataset(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    summary = online(config(checkpoint, mw_root, out), progress=False)
+    assert summary["env_steps"] == 90 and summary["iterations"] == 3
+    assert summary["updates"] == 12 and summary["episodes_collected"] == 3
+    assert [p["step"] for p in summary["eval"]] == [0, 60, 90]
+    assert [p["updates"] for p in summary["eval"]] == [0, 8, 12]
+    assert summary["auc_env_steps"] is not None
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == 90
+    env_axis = read_scalars(out / "tb" / "env_steps")
+    assert [s for s, _ in env_axis["online/collect_return"]] == [30, 60, 90]
+    assert [s for s, _ in env_axis["online/return"]] == [0, 60, 90]
+    assert env_axis["online/updates_per_env_step"][-1][1] == pytest.approx(12 / 90)
+    updates_axis = read_scalars(out / "tb")
+    assert [s for s, _ in updates_axis["eval/return"]] == [0, 8, 12]
+    assert "train/temperature" in updates_axis and "train/entropy" in updates_axis
+    (name,) = summary["dataset"]
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(out / "minari"))
+    data = minari.load_dataset(name)
+    assert data.total_episodes == 3 and data.total_steps == 90
+    saved = np.load(out / "episodes" / "0000000.npz")
+    first = next(data.iterate_episodes())
+    np.testing.assert_array_equal(first.actions, saved["actions"])
+
+
+def test_cli_runs_and_the_api_names_resolve(checkpoint, mw_root, tmp_path, capsys):
+    import eva_rl
+
+    out = tmp_path / "cli"
+    items = overrides(checkpoint, mw_root, out, "env_steps=30", "updates=2")
+    flags = ["--checkpoint", str(checkpoint), "--data-root", str(mw_root), "--task", "hammer-v3",
+             "--method", "lora", "--rank", "2", "--env-steps", "30", "--out", str(out),
+             "--precision", "fp32"]  # fmt: skip
+    rest = [i for i in items if i.split("=")[0] not in
+            ("checkpoint", "data_root", "datasets", "out", "method.name", "method.rank",
+             "env_steps", "precision")]  # fmt: skip
+    assert main(["online", *flags, *rest]) == 0
+    printed = capsys.readouterr().out
+    assert "after 30 env steps, 2 updates, 1 episodes collected" in printed
+    assert load_config(OnlineConfig, out / "config.yaml").task == "hammer-v3"
+    assert eva_rl.online_finetune is online and eva_rl.OnlineConfig is OnlineConfig
+    head, temperature = eva_rl.load_online_head(out / "agent")
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)
+    torch.testing.assert_close(head.raw_log_std, state["head"]["raw_log_std"], rtol=0, atol=0)
+    assert temperature.value.item() == pytest.approx(
+        float(state["temperature"]["log_temperature"].exp())
+    )
+    assert eva_rl.load_agent(out / "agent").act_dim == head.raw_log_std.numel()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["env_steps=0"], "env_steps=0 must be >= 1"),
+        (["method.name=nope"], "unknown method 'nope'"),
+        (["from_run=/nonexistent"], "is not a finished finetune run"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_folder(extra, message, checkpoint, mw_root,
+                                                    tmp_path, capsys):  # fmt: skip
+    out = tmp_path / "bad"
+    code = main(["online", *overrides(checkpoint, mw_root, out, *extra)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_sampled_actions_are_reproducible_by_seed(checkpoint, mw_root, tmp_path):
+    def actions(name, seed):
+        cfg = config(checkpoint, mw_root, tmp_path / name, "env_steps=30", "updates=0",
+                     f"seed={seed}")  # fmt: skip
+        online(cfg, progress=False)
+        return np.load(tmp_path / name / "episodes" / "0000000.npz")["actions"]
+
+    first, again, other = actions("a", 0), actions("b", 0), actions("c", 1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert np.all(np.abs(first) <= 1) and first.std(axis=0).min() > 0
+
+
+def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):
+    extra = ("env_steps=150", "updates=10")
+    whole = online(config(checkpoint, mw_root, tmp_path / "a", *extra), progress=False)
+    out = tmp_path / "b"
+    items = overrides(checkpoint, mw_root, out, *extra)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", "from eva_rl.cli import main; main()",
+                              "online", *items], env=env)  # fmt: skip
+    state = out / "checkpoints/latest/state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert state.exists() and not (out / "summary.json").exists(), "killed too late"
+    saved = torch.load(state, weights_only=True)["counts"]
+    assert 0 < saved["env_steps"] < 150
+    resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
+    for key in ("env_steps", "updates", "episodes_collected", "auc_env_steps", "final"):
+        assert resumed[key] == whole[key], key
+    assert resumed["collected"] == whole["collected"]
+    assert sorted(p.name for p in (out / "episodes").iterdir()) == sorted(
+        p.name for p in (tmp_path / "a" / "episodes").iterdir()
+    )
+    from safetensors.torch import load_file
+
+    for name in ("adapter_model.safetensors", "gaussian_head.safetensors"):
+        a, b = (load_file(str(r / "agent" / name)) for r in (tmp_path / "a", out))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+@pytest.mark.parametrize("method", ["fft", "eva", "pissa", "adalora"])
+def test_methods_train_online(method, checkpoint, mw_root, tmp_path):
+    """fft trains everything; EVA collects on the offline data; a base-rewriting method and
+    AdaLoRA (hooks, penalty) export as finetune's do."""
+    out = tmp_path / method
+    extra = ("env_steps=30", "updates=3", "collector.batch_size=16", "collector.max_batches=4")
+    summary = online(config(checkpoint, mw_root, out, f"method.name={method}", *extra),
+                     progress=False)  # fmt: skip
+    assert summary["method"] == method and summary["updates"] == 3
+    assert summary["trainable_parameters"] > 3  # more than the head's log-std
+    import eva_rl
+
+    eva_rl.load_agent(out / "agent")  # the export reloads
+
+
+def test_from_a_finetune_run(checkpoint, mw_root, tmp_path):
+    from conftest import tiny_finetune_overrides
+    from eva_rl.training.finetune import FinetuneConfig, finetune
+
+    run = tmp_path / "ft"
+    items = tiny_finetune_overrides(
+        checkpoint, mw_root, run, "lora", "loop.steps=10", "precision=fp32"
+    )
+    finetune(load_config(FinetuneConfig, None, items), progress=False)
+    out = tmp_path / "online"
+    summary = online(config(checkpoint, mw_root, out, f"from_run={run}", "env_steps=30",
+                            "updates=0", "eval_target_scale=1.0"), progress=False)  # fmt: skip
+    start = summary["eval"][0]
+    finetuned = json.loads((run / "summary.json").read_text())["eval"][-1]
+    assert summary["method"] == "lora"
+    assert start["episodes"] == finetuned["episodes"]  # the same agent, the same episodes
