@@ -17,7 +17,6 @@ import dataclasses
 import math
 import re
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,24 +38,16 @@ from eva_rl.online.start import from_finetune_run
 from eva_rl.results import EvalPoint, RunSummary
 from eva_rl.runtime import resolve_device, resolve_precision, set_threads
 from eva_rl.stats import curve_auc
-from eva_rl.training.adapted import eva_result, log_hparams, log_setup, tuned_meta
-from eva_rl.training.finetune import QUIET, SUMMARY_FILE
+from eva_rl.training.adapted import eva_result, log_hparams, log_setup, run_recipe, tuned_meta
+from eva_rl.training.finetune import SUMMARY_FILE
 from eva_rl.training.losses import action_loss, gradient_signal
-from eva_rl.training.rundir import run_dir
 
 MINARI_DIR = "minari"  # the run's own Minari root for the collected episodes
 
 
 def online(cfg: OnlineConfig, progress: bool = True) -> dict:
     """Run online fine-tuning (see the module doc); returns summary.json's content."""
-    with warnings.catch_warnings():
-        for message in QUIET:
-            warnings.filterwarnings("ignore", message=re.escape(message))
-        run = OnlineRun(cfg, progress)
-        with run_dir(Path(cfg.out), cfg, cfg.resume):  # only after every input was checked
-            run.setup()
-            history = run.train()
-            return run.save(history)
+    return run_recipe(OnlineRun, cfg, progress)
 
 
 class OnlineRun:

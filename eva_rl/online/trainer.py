@@ -17,7 +17,6 @@ temperature's Adam step. Evaluations (mean action) run when the env steps cross 
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from eva_rl.io import save_checkpoint_dir
 from eva_rl.online.buffer import TrajectoryBuffer
 from eva_rl.online.collect import EpisodeStore
 from eva_rl.online.config import OnlineConfig
@@ -35,7 +33,7 @@ from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
 from eva_rl.training.loop import Window, adamw
 from eva_rl.training.losses import action_preds
-from eva_rl.training.rundir import STATE_FILE, load_state, purge_events
+from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
 
 ENV_AXIS = "env_steps"  # tb/ subfolder of the scalars against env steps
 COLLECT_SEED = 1 << 20  # collected episode n is reset with seed COLLECT_SEED * (seed + 1) + n
@@ -236,12 +234,5 @@ class OnlineTrainer:
             "history": self.history,
             "window": self.window.state_dict(),
         }
-
-        def write(directory: Path) -> None:
-            self.export(directory)
-            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError
-            torch.save(state, buffer)
-            (directory / STATE_FILE).write_bytes(buffer.getbuffer())
-
-        save_checkpoint_dir(self.latest, write)
+        save_state(self.latest, state, self.export)
         self.history["saved_step"] = self.counts["updates"]

@@ -1,11 +1,15 @@
 """What a run of an adapted agent does besides training, shared by the stages that adapt one:
 EVA's collector result (collected once into the run's `eva/`, reloaded on resume), the tuned
 agent's meta (the base's normalisation, the task's target, the run's provenance), and the
-TensorBoard records of the adapter at initialisation and of the run's hyperparameters."""
+TensorBoard records of the adapter at initialisation and of the run's hyperparameters, and the
+runner that takes a stage's recipe object (`FinetuneRun`, `OnlineRun`) through its folder."""
 
 from __future__ import annotations
 
 import copy
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,29 @@ from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
 from eva_rl.eva.state import META_FILE as EVA_META
 from eva_rl.eva.state import load_state, log_collection, save_result
 from eva_rl.results import RunSummary
-from eva_rl.training.rundir import provenance
+from eva_rl.training.rundir import provenance, run_dir
+
+QUIET = (  # benign warnings PEFT and transformers raise on every run of these methods
+    "`is_gradient_checkpointing` is deprecated",
+    "lora with eva initialization used with low_cpu_mem_usage=False",
+    "`corda_config` specified but will be ignored",
+    "Full backward hook is firing when gradients are computed with respect to module outputs",
+    "The following rank_pattern keys did not match any targeted module",  # AdaLoRA's masks
+)
+
+
+def run_recipe(recipe: Callable[[Any, bool], Any], cfg: Any, progress: bool) -> Any:
+    """Run a stage's recipe object: built from `cfg` (loading checks every input) before its
+    run folder exists, then setup, train and save inside the folder (`rundir.run_dir`), with
+    the warnings PEFT and transformers raise on every run of these methods silenced."""
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=re.escape(message))
+        run = recipe(cfg, progress)
+        with run_dir(Path(cfg.out), cfg, cfg.resume):
+            run.setup()
+            history = run.train()
+            return run.save(history)
 
 
 def eva_result(

@@ -13,9 +13,7 @@ rank 0 writes everything.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,20 +47,12 @@ from eva_rl.runtime import (
     resolve_precision,
     set_threads,
 )
-from eva_rl.training.adapted import eva_result, log_hparams, log_setup, tuned_meta
+from eva_rl.training.adapted import eva_result, log_hparams, log_setup, run_recipe, tuned_meta
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
-from eva_rl.training.rundir import run_dir
 from eva_rl.video import log_videos
 
 SUMMARY_FILE = "summary.json"
-QUIET = (  # benign warnings PEFT and transformers raise on every run of these methods
-    "`is_gradient_checkpointing` is deprecated",
-    "lora with eva initialization used with low_cpu_mem_usage=False",
-    "`corda_config` specified but will be ignored",
-    "Full backward hook is firing when gradients are computed with respect to module outputs",
-    "The following rank_pattern keys did not match any targeted module",  # AdaLoRA's masks
-)
 
 
 @dataclass
@@ -172,18 +162,7 @@ class FinetuneConfig:
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
     """Build the method, measure it at initialisation, train, evaluate, export; see module doc."""
-    with warnings.catch_warnings():
-        for message in QUIET:
-            warnings.filterwarnings("ignore", message=re.escape(message))
-        return _finetune(cfg, progress)
-
-
-def _finetune(cfg: FinetuneConfig, progress: bool) -> RunSummary:
-    run = FinetuneRun(cfg, progress)
-    with run_dir(Path(cfg.out), cfg, cfg.resume):  # only after every input was checked
-        run.setup()
-        history = run.train()
-        return run.save(history)
+    return run_recipe(FinetuneRun, cfg, progress)
 
 
 class FinetuneRun:

@@ -18,7 +18,6 @@ batches (its sampler is seeded per rank), gradients are averaged, so the effecti
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,12 +32,11 @@ from tqdm import tqdm
 from eva_rl import distributed
 from eva_rl.data.segments import MAX_BATCH, SegmentSampler
 from eva_rl.errors import RunError, UserError
-from eva_rl.io import save_checkpoint_dir
 from eva_rl.kernels import speed_up
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
 from eva_rl.training.losses import action_loss
-from eva_rl.training.rundir import STATE_FILE, load_state, purge_events
+from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
 
 
 @dataclass
@@ -348,14 +346,7 @@ class Trainer:
             "history": self.history,
             "window": self.window.state_dict(),
         }
-
-        def write(directory: Path) -> None:
-            self.export(directory, self.step)
-            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError
-            torch.save(state, buffer)
-            (directory / STATE_FILE).write_bytes(buffer.getbuffer())
-
-        save_checkpoint_dir(self.latest, write)
+        save_state(self.latest, state, lambda directory: self.export(directory, self.step))
         self.history["saved_step"] = self.step
 
 

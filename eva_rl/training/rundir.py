@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import yaml
 from eva_rl import distributed, ownership
 from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_text, check_writable
+from eva_rl.io import atomic_write_text, check_writable, save_checkpoint_dir
 from eva_rl.ownership import DirectoryLock
 
 STATE_FILE = "state.pt"
@@ -134,6 +135,20 @@ def _remove_leftovers(out: Path) -> None:
     """A checkpoint write killed midway leaves a hidden temporary folder: never resumed from."""
     for leftover in (out / "checkpoints").glob(".latest.*-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_state(latest: Path, state: dict[str, Any], export: Callable[[Path], None]) -> None:
+    """Write `latest` atomically: what `export(directory)` writes for users, plus the training
+    state. The state is serialised in memory first, so a full disk is an OSError (torch.save's
+    own stream errors name no cause)."""
+
+    def write(directory: Path) -> None:
+        export(directory)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (directory / STATE_FILE).write_bytes(buffer.getbuffer())
+
+    save_checkpoint_dir(latest, write)
 
 
 def load_state(path: Path) -> dict[str, Any]:
