@@ -277,6 +277,9 @@ class EvalPoint:
         return cls(step, {**result.metrics(), **extra}, episodes)
 
 
+STEP_UNITS = {"updates": "updates", "env_steps": "env steps"}  # RunSummary.step_unit -> words
+
+
 @dataclass
 class RunSummary:
     """What a fine-tuning run did and reached (`summary.json`); reports read only this. The
@@ -304,6 +307,8 @@ class RunSummary:
     config: dict[str, Any] = field(metadata={"before": {}})
     precision: str = field(metadata={"before": "fp32"})  # summaries before bf16 existed: fp32
     score_name: str  # before it existed: success_final where measured, else return
+    # what an evaluation's `step` counts: updates (finetune) or env_steps (online)
+    step_unit: str = field(default="updates", metadata={"before": "updates"})
 
     DERIVED = ("final", "initial", "best_score", "total_rank")  # written for readers, not read
 

@@ -189,7 +189,7 @@ def test_methods_train_online(method, checkpoint, mw_root, tmp_path):
     eva_rl.load_agent(out / "agent")  # the export reloads
 
 
-def test_from_a_finetune_run(checkpoint, mw_root, tmp_path):
+def test_from_a_finetune_run(checkpoint, mw_root, tmp_path, capsys):
     from conftest import tiny_finetune_overrides
     from eva_rl.training.finetune import FinetuneConfig, finetune
 
@@ -205,3 +205,42 @@ def test_from_a_finetune_run(checkpoint, mw_root, tmp_path):
     finetuned = json.loads((run / "summary.json").read_text())["eval"][-1]
     assert summary["method"] == "lora"
     assert start["episodes"] == finetuned["episodes"]  # the same agent, the same episodes
+    (run / "agent" / "adapter_model.safetensors").unlink()  # as `eva-rl export` leaves a run
+    code = main(["online", *overrides(checkpoint, mw_root, tmp_path / "x", f"from_run={run}")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no adapter weights" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # spawns run processes
+def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    import yaml
+
+    from eva_rl.config import apply_override
+
+    base, settings = tmp_path / "online.yaml", {}
+    for item in overrides(checkpoint, mw_root, "x"):
+        if item.split("=")[0] not in ("out", "datasets", "method.name", "threads"):
+            apply_override(settings, item)
+    base.write_text(yaml.safe_dump(settings))
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "base": str(base), "command": "online", "out": str(tmp_path / "runs"),
+        "grid": {"method.name": ["lora", "eva"], "seed": [0, 1]},
+        "set": {"task": "hammer-v3", "collector.batch_size": 16}, "workers": 2,
+    }))  # fmt: skip
+    assert main(["sweep", str(sweep_file)]) == 0
+    runs = tmp_path / "runs"
+    summary = json.loads((runs / "method=eva,seed=1" / "summary.json").read_text())
+    assert summary["method"] == "eva" and summary["env_steps"] == 90
+    assert summary["step_unit"] == "env_steps" and summary["task"] == "hammer-v3"
+    capsys.readouterr()
+    assert main(["sweep", str(sweep_file)]) == 0  # resumed: everything finished, nothing runs
+    assert "0 run now, 4 already finished" in capsys.readouterr().out
+    report = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(report)]) == 0
+    text = (report / "README.md").read_text()
+    assert "90 env steps per run" in text and "divided by the env steps" in text
+    assert "| env step 60 |" in text  # the timeline's columns: evaluations at env-step budgets
+    assert len((report / "runs.csv").read_text().strip().splitlines()) == 5

@@ -176,6 +176,7 @@ class OnlineRun:
             config=to_dict(cfg), precision=self.precision,
             score_name=next((n for n in ("success_final", "return") if n in points[-1].metrics),
                             "return"),
+            step_unit="env_steps",
         )  # fmt: skip
         dataset = self._write_dataset(counts["episodes"])
         score = summary.score_name if summary.score_name in points[-1].metrics else "return"

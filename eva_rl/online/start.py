@@ -36,6 +36,13 @@ def from_finetune_run(cfg, base: Agent) -> Start:
         return Start(Adapted(full.model.train(), {}, method="fft"), method)
     from peft import PeftModel
 
+    if not any(
+        (agent_dir / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")
+    ):
+        raise UserError(
+            f"--from {run} has no adapter weights (agent/adapter_model.safetensors; `eva-rl "
+            "export` leaves them out): start from the run's own folder, or rerun it"
+        )
     named = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     if named != checkpoint_ref(cfg.checkpoint):
         raise UserError(

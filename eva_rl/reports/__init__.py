@@ -21,6 +21,7 @@ from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, fin
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
 from eva_rl.reports.runs import Row, as_dirs, collect_runs, planned_configs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
+from eva_rl.results import STEP_UNITS
 
 REPORT_FILES = ("README.md", "runs.csv")
 TENSORBOARD_DIR = "tensorboard"
@@ -74,7 +75,8 @@ def write_report(
         write_csv(Row.csv_columns(), [r.csv_row() for r in rows], stage / "runs.csv")
         write_csv([f.name for f in dataclasses.fields(CurvePoint)],
                   map(dataclasses.asdict, points), stage / "curves.csv")  # fmt: skip
-        figures = write_plots(stats, points, base, baselines, comparisons, stage, score)
+        figures = write_plots(stats, points, base, baselines, comparisons, stage, score,
+                              STEP_UNITS[rows[0].step_unit])  # fmt: skip
         write_aggregates(stats, stage / TENSORBOARD_DIR)
         notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
         text = render.readme(out.name, command, dirs, rows, stats, comparisons, reference,
@@ -113,17 +115,18 @@ def _older_report(out: Path) -> bool:
     return readme.is_file() and "Made by `eva-rl report" in readme.read_text()[:4000]
 
 
-def write_plots(stats, points, base, baselines, comparisons, out: Path, score: str):
-    """The report's figures; returns (file, title) for each, in the README's order."""
+def write_plots(stats, points, base, baselines, comparisons, out: Path, score: str, unit: str):
+    """The report's figures (curves against `unit`: updates or env steps); returns (file,
+    title) for each, in the README's order."""
     figures = [
-        ("learning_curves.png", "score vs updates per task (mean over seeds, 95% band)"),
+        ("learning_curves.png", f"score vs {unit} per task (mean over seeds, 95% band)"),
         ("per_task.png", "final score per task, seeds as dots"),
         ("budget.png", "score, loss and AUC vs trainable parameters"),
         ("gradient_signal.png", "gradient signal at initialisation"),
     ]
-    plots.learning_curves(stats, points, base, out / figures[0][0], score)
+    plots.learning_curves(stats, points, base, out / figures[0][0], score, unit)
     plots.per_task(stats, baselines, out / figures[1][0], score)
-    plots.budget(stats, out / figures[2][0], score)
+    plots.budget(stats, out / figures[2][0], score, unit)
     plots.gradient_signal(stats, out / figures[3][0])
     if comparisons:
         plots.forest(comparisons, out / "forest.png", score)

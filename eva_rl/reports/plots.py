@@ -57,9 +57,11 @@ def colours(stats) -> dict[str, tuple]:
     return out
 
 
-def learning_curves(stats, points, base: dict[str, float], path: Path, score: str) -> None:
-    """One panel per task: score vs updates, mean over seeds with its 95% band (`points`, from
-    `aggregate.curves`); the base agent's score (`base`, task -> score) dashed."""
+def learning_curves(
+    stats, points, base: dict[str, float], path: Path, score: str, unit: str = "updates"
+) -> None:
+    """One panel per task: score vs `unit` (updates, or env steps online), mean over seeds with
+    its 95% band (`points`, from `aggregate.curves`); the base agent's score dashed."""
     tasks = sorted({t for s in stats for t in s.tasks})
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
@@ -77,7 +79,7 @@ def learning_curves(stats, points, base: dict[str, float], path: Path, score: st
                             color=colour[s.label], alpha=0.15, lw=0)  # fmt: skip
         if task in base:
             ax.axhline(base[task], color="k", ls="--", lw=1, label="base agent")
-        ax.set(title=task, xlabel="fine-tuning updates", ylabel=SCORE_LABEL.get(score, score))
+        ax.set(title=task, xlabel=f"fine-tuning {unit}", ylabel=SCORE_LABEL.get(score, score))
         if score == "success_final":
             ax.set_ylim(-0.02, 1.02)
     for ax in list(axes.flat)[len(tasks) :]:
@@ -135,7 +137,7 @@ def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) ->
     save(fig, path)
 
 
-def budget(stats, path: Path, score: str) -> None:
+def budget(stats, path: Path, score: str, unit: str = "updates") -> None:
     """Final score, held-out loss (training loss where runs had no held-out split) and AUC
     against trainable parameters, each a mean over tasks x seeds with its 95% interval: one
     line per method through its ranks (labelled), a line style per rho."""
@@ -145,7 +147,7 @@ def budget(stats, path: Path, score: str) -> None:
     panels = [
         ("score", f"final {SCORE_LABEL.get(score, score)}"),
         (loss or "final_loss", "held-out action loss" if loss else "training action loss"),
-        ("auc", "area under the score curve / updates"),
+        ("auc", f"area under the score curve / {unit}"),
     ]
     fig, axes = figure(1, 3, figsize=(15, 4.2))
     colour = colours(stats)

@@ -12,7 +12,7 @@ from eva_rl import markdown
 from eva_rl.reports.aggregate import row_label
 from eva_rl.reports.plots import SCORE_LABEL
 from eva_rl.reports.timeline import timelines
-from eva_rl.results import EvalResult
+from eva_rl.results import STEP_UNITS, EvalResult
 from eva_rl.sweeps import SWEEP_FILE, sweep_status
 
 
@@ -184,7 +184,7 @@ def readme(
         "",
         _scale(rows),
         "",
-        _score_legend(score),
+        _score_legend(score, STEP_UNITS[rows[0].step_unit]),
         "",
         configuration_table(stats, score),
         "",
@@ -194,7 +194,8 @@ def readme(
         task_table(stats, baselines, score),
     ]
     if comparisons:
-        parts += _comparison_section(comparisons, reference, score, timelines(stats, comparisons))
+        steps = timelines(stats, comparisons)
+        parts += _comparison_section(comparisons, reference, score, steps, rows[0].step_unit)
     if hypotheses is not None:
         parts += _hypothesis_section(*hypotheses, score)
     parts += ["", *[f"![{title}]({file})" for file, title in plots]]
@@ -230,38 +231,55 @@ def _provenance(command: str, runs_dirs: list[Path], rows) -> list[str]:
 def _scale(rows) -> str:
     """Tasks, seeds, budget and evaluation schedule of the runs (the first run's config)."""
     first = rows[0].summary.config
-    loop, optim, evaluation = first["loop"], first["optim"], first["eval"]
+    optim, evaluation = first["optim"], first["eval"]
     tasks = sorted({r.task for r in rows})
     seeds = sorted({r.seed for r in rows})
     final_eps = evaluation.get("final_episodes") or evaluation["episodes"]
     precisions = ", ".join(sorted({r.precision for r in rows}))
-    when = [f"every {loop['eval_every']} updates"] if loop["eval_every"] else []
-    if loop.get("eval_at"):
-        when.append("after " + ", ".join(str(s) for s in loop["eval_at"]) + " updates")
+    if rows[0].step_unit == "env_steps":  # an online run: its budget is interactions
+        when = [f"every {first['eval_every']} env steps"]
+        budget = (
+            f"{first['env_steps']} env steps per run ({first['rollouts']} episode(s) per env, "
+            f"then {first['updates']} updates of batch {optim['batch_size']}, per iteration; "
+            f"exploration target {first['rtg_scale']:g} x the best offline return; "
+        )
+    else:
+        loop = first["loop"]
+        when = [f"every {loop['eval_every']} updates"] if loop["eval_every"] else []
+        if loop.get("eval_at"):
+            when.append("after " + ", ".join(str(s) for s in loop["eval_at"]) + " updates")
+        budget = f"{loop['steps']} updates of batch {optim['batch_size']} per run ("
     return (
-        f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {loop['steps']} "
-        f"updates of batch {optim['batch_size']} per run (lr {optim['lr']:g}, {precisions}), "
+        f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {budget}"
+        f"lr {optim['lr']:g}, {precisions}), "
         f"evaluations {' and '.join(when) or 'only'} on {evaluation['episodes']} episodes "
         f"and at the end on {final_eps} (seeds {evaluation['seed']}+i, the same episodes for "
         f"every run of a task), checkpoint `{first['checkpoint']}`."
     )
 
 
-def _score_legend(score: str) -> str:
+def _score_legend(score: str, unit: str) -> str:
     paper_metric = " (the paper's metric; success at any step of the episode beside it)."
+    one = unit.removesuffix("s")
     return (
         f"**Score** = {SCORE_LABEL[score]} at the end of fine-tuning"
         + (paper_metric if score == "success_final" else ".")
-        + " AUC = area under the score curve from update 0 (the base agent's score where a "
-        "run did not evaluate there) divided by the updates: higher = faster adaptation. "
-        "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
-        "logged training MSE; grad signal = gradient norm at initialisation (mean over runs). "
+        + f" AUC = area under the score curve from {one} 0 (the base agent's score where a "
+        f"run did not evaluate there) divided by the {unit}: higher = faster adaptation"
+        + (" (online: sample efficiency). " if unit == "env steps" else ". ")
+        + "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
+        + (
+            "logged ODT loss (negative log-likelihood - temperature x entropy)"
+            if unit == "env steps"
+            else "logged training MSE"
+        )
+        + "; grad signal = gradient norm at initialisation (mean over runs). "
         "Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds resampled within "
         "tasks; IQM = interquartile mean over tasks x seeds."
     )
 
 
-def _comparison_section(comparisons, reference, score: str, steps) -> list[str]:
+def _comparison_section(comparisons, reference, score: str, steps, step_unit) -> list[str]:
     pending = comparisons[0].family - len(comparisons)
     family = "the comparisons below" + (
         f" and the {pending} more the sweep plans, whose runs have not finished (counted "
@@ -301,7 +319,7 @@ def _comparison_section(comparisons, reference, score: str, steps) -> list[str]:
             "over evaluations; the tables above test the last one): mean paired difference in "
             "the score at each evaluation [inverted sign-flip 95% interval] (pairs; p).",
             "",
-            timeline_table(steps, score),
+            timeline_table(steps, score, STEP_UNITS[step_unit]),
         ]
     return parts
 
@@ -323,8 +341,8 @@ def _hypothesis_section(path, tests, score: str) -> list[str]:
     ]
 
 
-def timeline_table(steps, score: str) -> str:
-    """One row per comparison, one column per evaluation step."""
+def timeline_table(steps, score: str, unit: str = "updates") -> str:
+    """One row per comparison, one column per evaluation step (`unit`: updates, env steps)."""
     spec = difference_spec(score)
     columns = sorted({d.step for _, rows in steps for d in rows})
     rows = []
@@ -336,4 +354,5 @@ def timeline_table(steps, score: str) -> str:
             for step in columns
         ]  # fmt: skip
         rows.append([f"{c.label} - {c.reference}", *cells])
-    return markdown.table(["comparison", *(f"update {s}" for s in columns)], rows)
+    one = unit.removesuffix("s")
+    return markdown.table(["comparison", *(f"{one} {s}" for s in columns)], rows)

@@ -57,6 +57,7 @@ class Row:
     ranks: dict[str, int] = field(default_factory=dict, metadata=NOT_CSV)
     summary: RunSummary | None = field(default=None, metadata=NOT_CSV)
     path: Path | None = field(default=None, metadata=NOT_CSV)  # the run's directory
+    step_unit: str = field(default="updates", metadata=NOT_CSV)  # updates, or env_steps (online)
 
     @classmethod
     def csv_columns(cls) -> list[str]:
@@ -107,7 +108,7 @@ def as_dirs(runs_dirs: Dirs) -> list[Path]:
 def collect_runs(
     runs_dirs: Dirs, baselines: dict[str, EvalResult] | None = None, by: Iterable[str] = ()
 ) -> list[Row]:
-    """One row per finished finetune run (a `summary.json`) anywhere under `runs_dirs`.
+    """One row per finished run (a finetune or online `summary.json`) under `runs_dirs`.
     Configurations are told apart by the sweeps' grid keys and the config keys in `by`
     (`precision` as the run ran: `auto` resolves by hardware)."""
     dirs = as_dirs(runs_dirs)
@@ -131,6 +132,11 @@ def collect_runs(
     if len({r.score_name for r in rows}) > 1:
         names = sorted({r.score_name for r in rows})
         raise UserError(f"the runs report different scores ({', '.join(names)}); report apart")
+    if len({r.step_unit for r in rows}) > 1:
+        raise UserError(
+            "finetune and online runs count their curves in updates and in env "
+            "steps; report them apart"
+        )
     configs = [flatten(r.summary.config) for r in rows]
     for key in sorted(set(by) - {"precision"}):
         if not any(key in config for config in configs):

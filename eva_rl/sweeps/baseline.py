@@ -19,7 +19,8 @@ def run_baseline(run: Run) -> None:
     ev = key["eval"]
     agent = Agent.load(key["checkpoint"], stats=key["stats"], device=resolve_device(key["device"]))
     data = load_trajectories(key["datasets"], key["data_root"])
-    agent.meta.target_returns.update(data.max_returns())  # the target the runs evaluate with
+    scale = key.get("target_scale", 1.0)  # the target the runs evaluate with
+    agent.meta.target_returns.update({e: scale * r for e, r in data.max_returns().items()})
     cfg = EvalConfig(
         episodes=ev["final_episodes"] or ev["episodes"],
         seed=ev["seed"],

@@ -16,12 +16,14 @@ INDEX_FILE = "runs.json"
 BASELINE_DIR = "_baseline"  # the base agent's evaluations, one JSON per task
 COPIED_FILE = "copied_from"  # in a run copied from another sweep (`reuse`): where from
 Executor = Literal["local", "ray"]  # the keys of `executors.EXECUTORS`
+Command = Literal["finetune", "online"]  # what `stages` can run
 ALIASES = {"method.name": "method", "method.rank": "rank", "method.rho": "rho"}
 
 
 @dataclass
 class SweepConfig:
-    base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config every run starts from
+    base: str = "configs/finetune/cw10-cpu.yaml"  # the config every run starts from
+    command: Command = "finetune"  # what each run is: `eva-rl finetune` or `eva-rl online`
     out: str = ""  # root of every run
     # dotted key -> values; or a list of such grids, whose runs are pooled (e.g. rho only for EVA)
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)
@@ -48,6 +50,9 @@ class SweepConfig:
             raise UserError(f"sweep precision must be fp32 or bf16, not {self.precision!r}")
         if self.workers < 0 or self.threads < 0 or self.gpus < 0:
             raise UserError("workers, threads and gpus must be >= 0 (0: automatic, no GPU)")
+        if self.command not in get_args(Command):
+            valid = ", ".join(get_args(Command))
+            raise UserError(f"unknown command {self.command!r} for a sweep's runs (valid: {valid})")
         if self.executor not in get_args(Executor):
             valid = ", ".join(get_args(Executor))
             raise UserError(f"unknown executor {self.executor!r} (valid: {valid})")

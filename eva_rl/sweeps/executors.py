@@ -20,12 +20,11 @@ from eva_rl.runtime import cpu_count, quiet_waits, set_threads
 from eva_rl.sweeps.baseline import run_baseline
 from eva_rl.sweeps.config import SweepConfig
 from eva_rl.sweeps.plan import Run, run_config
+from eva_rl.sweeps.stages import runner
 
 
 def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
-    """Worker: one finetune run (or baseline evaluation), its output and warnings in `log`."""
-    from eva_rl.training.finetune import finetune
-
+    """Worker: one run (or baseline evaluation), its output and warnings in `log`."""
     set_threads(threads)
     started = time.perf_counter()
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -34,7 +33,7 @@ def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dic
             if run.baseline:
                 run_baseline(run)
             else:
-                finetune(run_config(run, threads, device), progress=False)
+                runner(run.command)(run_config(run, threads, device), False)
         except Exception:  # reported in the parent; the sweep goes on with the other runs
             traceback.print_exc(file=f)
             return {"ok": False, "seconds": time.perf_counter() - started}

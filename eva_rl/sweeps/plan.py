@@ -1,5 +1,6 @@
 """A sweep's runs: one per grid point, each config resolved and validated before any starts;
-finished runs of other sweeps copied in (`reuse`); the finetune config a worker runs."""
+finished runs of other sweeps copied in (`reuse`); the config (finetune or online) a worker
+runs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
 from eva_rl.sweeps.config import ALIASES, BASELINE_DIR, COPIED_FILE, SweepConfig
+from eva_rl.sweeps.stages import config_class
 
 NAME_MAX = 255  # bytes in a folder name (Linux, macOS)
 
@@ -25,7 +27,8 @@ class Run:
     name: str
     overrides: dict[str, Any]  # dotted key -> value: `set`, then the grid point, then out
     config: dict[str, Any]  # the base config with the overrides applied (resolved at planning)
-    baseline: bool = False  # an evaluation of the base checkpoint, not a finetune run
+    baseline: bool = False  # an evaluation of the base checkpoint, not a run of `command`
+    command: str = "finetune"  # the sweep's `command`: what the run is
 
     @property
     def out(self) -> Path:
@@ -48,8 +51,6 @@ def run_name(point: dict[str, Any]) -> str:
 def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     """The runs of a sweep, each config resolved from `base` (default: the base file as it is
     now) and validated, so a bad key fails before anything runs."""
-    from eva_rl.training.finetune import FinetuneConfig
-
     base = read_yaml(cfg.base) if base is None else base
     runs = []
     for point in cfg.points:
@@ -62,9 +63,10 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
             set_path(data, key, value)
         if cfg.precision and data.get("precision", "auto") == "auto":
             data["precision"] = cfg.precision
-        checked = from_dict(FinetuneConfig, data)  # validate now, not in a worker an hour later
+        # validate now, not in a worker an hour later
+        checked = from_dict(config_class(cfg.command), data)
         _check_inputs(name, checked)
-        runs.append(Run(name, overrides, data))
+        runs.append(Run(name, overrides, data, command=cfg.command))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")
     longest = max(runs, key=lambda r: len(r.name.encode()))
@@ -81,11 +83,9 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
 def baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
     """One evaluation of the base checkpoint per distinct (checkpoint, data, evaluation) of the
     runs, with their final evaluation's episodes: the base agent's score on the same episodes."""
-    from eva_rl.training.finetune import FinetuneConfig
-
     found: dict[str, Run] = {}
     for run in runs:
-        c = from_dict(FinetuneConfig, run.config)
+        c = from_dict(config_class(run.command), run.config)
         key = {
             "checkpoint": c.checkpoint,
             "stats": c.stats,
@@ -95,6 +95,8 @@ def baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
             "eval": to_dict(c.eval),
             "device": c.device,
             "precision": c.precision,
+            # online runs evaluate toward a multiple of the best offline return
+            "target_scale": getattr(c, "eval_target_scale", 1.0),
         }
         name = (c.task or ",".join(c.dataset_ids)).replace("/", "_")
         if name in found and found[name].config["key"] != key:
@@ -167,7 +169,6 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     the same run (keys an older eva_rl did not have count as their defaults, see `as_current`).
     Finds them only: run name -> that run's directory."""
     from eva_rl.config import as_current, changed_keys
-    from eva_rl.training.finetune import FinetuneConfig
     from eva_rl.training.rundir import RESUME_MAY_CHANGE
 
     ignore = (*RESUME_MAY_CHANGE, "out")
@@ -178,15 +179,16 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     if not todo:  # a resumed sweep with every run started: nothing to look up
         return {}
     finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
+    kind = config_class(todo[0].command)  # one command per sweep
     configs = {}
     for s in finished:
         with contextlib.suppress(OSError, ValueError, UserError):  # unreadable: not this run's
-            config = as_current(FinetuneConfig, read_yaml(s / "config.yaml"))
+            config = as_current(kind, read_yaml(s / "config.yaml"))
             config["precision"] = ran_in(s / "summary.json")
             configs[s] = config
     found = {}
     for run in todo:
-        mine = to_dict(from_dict(FinetuneConfig, run.config))
+        mine = to_dict(from_dict(kind, run.config))
         mine["precision"] = resolved_precision(mine)
         src = next((s for s, c in configs.items() if not changed_keys(c, mine, ignore)), None)
         if src is not None:
@@ -211,9 +213,7 @@ def reuse_finished(runs: list[Run], dirs: list[str]) -> dict[str, str]:
 
 
 def run_config(run: Run, threads: int, device: str | None = None):
-    """The finetune config of one run, resuming it if it has a checkpoint."""
-    from eva_rl.training.finetune import FinetuneConfig
-
+    """The config of one run (finetune or online), resuming it if it has a checkpoint."""
     data = {**copy.deepcopy(run.config), "threads": threads}
     if device is not None:
         data["device"] = device
@@ -222,4 +222,4 @@ def run_config(run: Run, threads: int, device: str | None = None):
         evaluation["workers"] = max(1, threads // 2)
     # a run killed before its first checkpoint is restarted by finetune itself
     data["resume"] = (run.out / "checkpoints" / "latest" / "state.pt").is_file()
-    return from_dict(FinetuneConfig, data)
+    return from_dict(config_class(run.command), data)
