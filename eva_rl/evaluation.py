@@ -45,7 +45,8 @@ class EvalConfig:
     episodes: int = 10  # per env
     seed: int = 0  # episode i is reset with seed + i
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
-    target_scale: float = 1.0  # multiplies the target (e.g. 1.2 to ask for more than the best)
+    # asks for more than the target (1.2: 20% more, `scaled_target`: also for negative returns)
+    target_scale: float = 1.0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     # env instances alive at once (~25 MB each; building one costs ~0.2 s): 0 = auto, all
@@ -79,8 +80,15 @@ class EvalConfig:
             raise UserError("video must be >= 0, video_size >= 16 and video_every >= 1")
 
 
+def scaled_target(target: float, scale: float) -> float:
+    """`scale` times as good as `target`: scale x target for a positive return (ODT's online
+    target, 2 x the evaluation's), and as far above it for a negative one (Reacher's -40 at
+    scale 2 asks for 0, not -80: a multiple of a negative return would ask for worse)."""
+    return target + (scale - 1.0) * abs(target)
+
+
 def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
-    """The override for `name`, else the checkpoint's target, times `cfg.target_scale`."""
+    """The override for `name`, else the checkpoint's target, scaled by `cfg.target_scale`."""
     if name in cfg.target_returns:
         base = cfg.target_returns[name]
     elif name in agent.meta.target_returns:
@@ -93,7 +101,7 @@ def target_return(agent: Agent, name: str, cfg: EvalConfig) -> float:
         )
     if not math.isfinite(base):  # a NaN target conditions every action on NaN
         raise UserError(f"the target return for env {name!r} is {base}; give a finite one")
-    return float(base) * cfg.target_scale
+    return scaled_target(float(base), cfg.target_scale)
 
 
 class Evaluator:

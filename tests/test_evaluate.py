@@ -12,7 +12,7 @@ import torch
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
 from eva_rl.envs import make_env, make_task_env
 from eva_rl.errors import UserError
-from eva_rl.evaluation import EvalConfig, Evaluator, evaluate
+from eva_rl.evaluation import EvalConfig, Evaluator, evaluate, scaled_target
 from eva_rl.results import EvalResult
 from eva_rl.rollout import MeanAction
 
@@ -170,6 +170,12 @@ def test_missing_target_return_is_a_clear_error_and_override_and_scale_apply():
     result = evaluate(agent, ["reach-v3", "push-v3"], cfg, progress=False)
     assert result.envs["reach-v3"].target_return == 60.0
     assert result.envs["push-v3"].target_return == 150.0
+    # a negative target scaled up asks for a better return, not a multiple of a bad one
+    cfg = EvalConfig(episodes=1, target_returns={"reach-v3": -40.0}, target_scale=1.5)
+    result = evaluate(agent, ["reach-v3"], cfg, progress=False)
+    assert result.envs["reach-v3"].target_return == -20.0
+    assert scaled_target(-40.0, 2.0) == 0.0 and scaled_target(3600.0, 2.0) == 7200.0
+    assert scaled_target(-40.0, 1.0) == -40.0 and scaled_target(-40.0, 0.5) == -60.0
 
 
 def test_config_and_env_name_validation():

@@ -63,7 +63,8 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     checkpoint, mw_root, tmp_path, monkeypatch
 ):
     out = tmp_path / "run"
-    summary = online(config(checkpoint, mw_root, out), progress=False)
+    filmed = ("eval.video=1", "eval.video_size=32", "eval.video_every=5")
+    summary = online(config(checkpoint, mw_root, out, *filmed), progress=False)
     assert summary["env_steps"] == 90 and summary["iterations"] == 3
     assert summary["updates"] == 12 and summary["episodes_collected"] == 3
     assert [p["step"] for p in summary["eval"]] == [0, 60, 90]
@@ -77,6 +78,16 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     updates_axis = read_scalars(out / "tb")
     assert [s for s, _ in updates_axis["eval/return"]] == [0, 8, 12]
     assert "train/temperature" in updates_axis and "train/entropy" in updates_axis
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from eva_rl.video import read_frames
+
+    for step in (0, 60, 90):  # a film of the first episode at each evaluation, as finetune's
+        frames = read_frames(out / "videos" / f"env-steps-{step:08d}" / "hammer-v3-seed1000.mp4")
+        assert frames.shape == (1 + 30 // 5, 32, 32, 3) and frames.std() > 0
+    acc = EventAccumulator(str(out / "tb" / "env_steps"), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("video/hammer-v3/seed1000")] == [0, 60, 90]
     (name,) = summary["dataset"]
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(out / "minari"))
     data = minari.load_dataset(name)

@@ -40,8 +40,8 @@ class OnlineConfig:
     capacity: int = DEFAULT_CAPACITY  # replay buffer, whole trajectories (ODT replay_size 1000)
     rollouts: int = 1  # episodes per env collected per iteration (ODT num_online_rollouts 1)
     updates: int = 300  # gradient updates per iteration (ODT num_updates_per_online_iter 300)
-    # exploration return-to-go = rtg_scale x the best offline return of the env (ODT hopper:
-    # online_rtg 7200 = 2 x eval_rtg 3600)
+    # exploration return-to-go = rtg_scale times the best offline return of the env (ODT
+    # hopper: online_rtg 7200 = 2 x eval_rtg 3600; as far above it for a negative return)
     rtg_scale: float = 2.0
     eval_target_scale: float = 1.0  # evaluation target = this x the best offline return
     # ODT: LAMB, lr 1e-4, weight decay 5e-4, warm-up 10,000 then constant, clip 0.25, batch

@@ -8,7 +8,8 @@ collects, and `OnlineTrainer` alternates collection and updates.
 
 A run directory holds what a finetune run's does (config.yaml, tb/, eva/, agent/ with the head
 beside the adapter, summary.json) plus `tb/env_steps/` (curves against env steps),
-`episodes/` (every collected episode, .npz) and `minari/` (them as a Minari dataset).
+`episodes/` (every collected episode, .npz), `minari/` (them as a Minari dataset) and, with
+`eval.video`, `videos/env-steps-N/` (MP4s, also in TensorBoard against env steps).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eva_rl.agent import META_FILE, Agent
 from eva_rl.config import to_dict
 from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.evaluation import EvalConfig, Evaluator
+from eva_rl.evaluation import EvalConfig, Evaluator, scaled_target
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.online.buffer import TrajectoryBuffer, write_online_dataset
 from eva_rl.online.collect import Collector
@@ -41,6 +42,7 @@ from eva_rl.stats import curve_auc
 from eva_rl.training.adapted import eva_result, log_hparams, log_setup, run_recipe, tuned_meta
 from eva_rl.training.finetune import SUMMARY_FILE
 from eva_rl.training.losses import action_loss, gradient_signal
+from eva_rl.video import log_videos
 
 MINARI_DIR = "minari"  # the run's own Minari root for the collected episodes
 
@@ -111,8 +113,8 @@ class OnlineRun:
         self._open_envs()
 
     def _open_envs(self) -> None:
-        """The evaluator (mean action, targets eval_target_scale x best offline return) and the
-        collector (sampled actions, targets rtg_scale x best offline return)."""
+        """The evaluator (mean action, target eval_target_scale times the best offline return)
+        and the collector (sampled actions, rtg_scale times it; `scaled_target`)."""
         cfg = self.cfg
         self.meta = tuned_meta(self.agent.meta, self.best, cfg, self.precision)
         tuned = Agent(self.adapted.model, self.meta)
@@ -121,7 +123,7 @@ class OnlineRun:
         eval_cfg = dataclasses.replace(eval_cfg, target_scale=cfg.eval_target_scale)
         self.evaluator = Evaluator(tuned, self.envs, eval_cfg, progress=False,
                                    max_episodes=cfg.eval.final_count)  # fmt: skip
-        explore = {env: cfg.rtg_scale * ret for env, ret in self.best.items()}
+        explore = {env: scaled_target(ret, cfg.rtg_scale) for env, ret in self.best.items()}
         collect_cfg = EvalConfig(episodes=cfg.rollouts, target_returns=explore, device=device,
                                  precision=self.precision, max_envs=cfg.eval.max_envs,
                                  workers=cfg.eval.workers)  # fmt: skip
@@ -131,7 +133,9 @@ class OnlineRun:
         """The mean action (ODT's `use_mean`) on the evaluation episodes, more at the end."""
         final = env_steps >= self.cfg.env_steps
         episodes = self.cfg.eval.final_count if final else self.cfg.eval.episodes
-        result = self.evaluator.run(episodes)
+        videos = self.out / "videos" / f"env-steps-{env_steps:08d}"  # with eval.video only
+        result = self.evaluator.run(episodes, video_dir=str(videos))
+        log_videos(result, self.out / "tb" / "env_steps", env_steps)
         return EvalPoint.of(env_steps, result, updates=float(updates))
 
     def collect(self, first_seed: int) -> dict:

@@ -12,7 +12,7 @@ def run_baseline(run: Run) -> None:
     """Evaluate the base checkpoint as the runs' final evaluation does; write the JSON."""
     from eva_rl.agent import Agent
     from eva_rl.data.segments import load_trajectories
-    from eva_rl.evaluation import EvalConfig, evaluate
+    from eva_rl.evaluation import EvalConfig, evaluate, scaled_target
     from eva_rl.runtime import resolve_device
 
     key = run.config["key"]
@@ -20,7 +20,9 @@ def run_baseline(run: Run) -> None:
     agent = Agent.load(key["checkpoint"], stats=key["stats"], device=resolve_device(key["device"]))
     data = load_trajectories(key["datasets"], key["data_root"])
     scale = key.get("target_scale", 1.0)  # the target the runs evaluate with
-    agent.meta.target_returns.update({e: scale * r for e, r in data.max_returns().items()})
+    agent.meta.target_returns.update(
+        {e: scaled_target(r, scale) for e, r in data.max_returns().items()}
+    )
     cfg = EvalConfig(
         episodes=ev["final_episodes"] or ev["episodes"],
         seed=ev["seed"],
