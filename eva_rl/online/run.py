@@ -157,7 +157,7 @@ class OnlineRun:
             self.trainer = OnlineTrainer(
                 self.adapted.model, self.head, self.temperature, self.buffer, self.cfg,
                 self.out, collect=self.collect, evaluate=self.evaluate, export=self.export,
-                adapted=self.adapted, precision=self.precision)  # fmt: skip
+                adapted=self.adapted, precision=self.precision, progress=self.progress)  # fmt: skip
             history = self.trainer.run()
         finally:
             self.evaluator.close()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from eva_rl.online.buffer import TrajectoryBuffer
 from eva_rl.online.collect import EpisodeStore
@@ -53,9 +54,10 @@ class OnlineTrainer:
                  buffer: TrajectoryBuffer, cfg: OnlineConfig, run_dir: Path, *,
                  collect: Callable[[int], dict], evaluate: Callable[[int, int], EvalPoint],
                  export: Callable[[Path], None], adapted=None,
-                 precision: str = "fp32"):  # fmt: skip
+                 precision: str = "fp32", progress: bool = False):  # fmt: skip
         self.model, self.head, self.temperature, self.buffer = model, head, temperature, buffer
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
+        self.progress = progress
         self.collect_fn, self.evaluate_fn, self.export = collect, evaluate, export
         self.hooks = list(adapted.hooks) if adapted is not None else []
         self.penalty = adapted.penalty if adapted is not None else None
@@ -103,12 +105,24 @@ class OnlineTrainer:
             purge_events(tb, self.counts["updates"])
             purge_events(tb / ENV_AXIS, self.counts["env_steps"])
         self.writers = {"updates": SummaryWriter(tb), ENV_AXIS: SummaryWriter(tb / ENV_AXIS)}
+        bar = tqdm(total=self.cfg.env_steps, initial=min(self.counts["env_steps"],
+                   self.cfg.env_steps), desc="online", unit="env-step",
+                   disable=not self.progress)  # fmt: skip
         try:
             if not self.history["eval"]:
                 self._evaluate()
             while self.counts["env_steps"] < self.cfg.env_steps:
+                before_steps = self.counts["env_steps"]
                 self._iteration()
+                bar.update(min(self.counts["env_steps"], self.cfg.env_steps) - before_steps)
+                last = self.history["eval"][-1]
+                bar.set_postfix(
+                    updates=self.counts["updates"],
+                    score=f"{last['score']:.3g}",
+                    collected=f"{self.history['collected'][-1]['return']:.3g}",
+                )
         finally:
+            bar.close()
             for writer in self.writers.values():
                 writer.close()
         self.history["seconds"] = before + time.perf_counter() - started
