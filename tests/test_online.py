@@ -249,6 +249,8 @@ def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     capsys.readouterr()
     assert main(["sweep", str(sweep_file)]) == 0  # resumed: everything finished, nothing runs
     assert "0 run now, 4 already finished" in capsys.readouterr().out
+    assert main(["sweep", str(sweep_file), "command=finetune"]) == 2  # not what ran there
+    assert "holds a different sweep" in capsys.readouterr().err
     report = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(report)]) == 0
     text = (report / "README.md").read_text()

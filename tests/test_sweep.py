@@ -183,6 +183,9 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     status = capsys.readouterr().out
     assert "2 of 4 runs finished, 2 started (running, or stopped and resumable), 1 of 1 " in status
     assert "h left at 2 runs at a time" in status
+    saved = yaml.safe_load((runs / "sweep.yaml").read_text())
+    del saved["command"]  # as an eva_rl before online sweeps wrote it: a finetune sweep
+    (runs / "sweep.yaml").write_text(yaml.safe_dump(saved))
     assert main(["sweep", str(path), "workers=1"]) == 0
     assert "4 runs (2 run now, 2 already finished) and 1 baseline" in capsys.readouterr().out
     rerun = json.loads((runs / "runs.json").read_text())  # a finished run keeps its run time

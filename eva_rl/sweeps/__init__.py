@@ -72,8 +72,11 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
     base = read_yaml(cfg.base)
-    same = ("base", "grid", "set")  # the executor and its resources may change between invocations
-    if saved.is_file() and any(read_yaml(saved).get(k) != to_dict(cfg)[k] for k in same):
+    # the executor and its resources may change between invocations; what runs may not (a
+    # sweep file from before `command` existed ran finetune)
+    same = ("base", "command", "grid", "set")
+    before = {"command": "finetune", **read_yaml(saved)} if saved.is_file() else None
+    if before is not None and any(before.get(k) != to_dict(cfg)[k] for k in same):
         raise UserError(
             f"{out} holds a different sweep ({saved}); choose another out or delete that one"
         )
