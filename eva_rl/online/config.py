@@ -25,6 +25,49 @@ from eva_rl.training.loop import OptimConfig
 
 
 @dataclass
+class TD3Config:
+    """TD3 gradients added to ODT's fine-tuning (Yan, Schwing, Wang, NeurIPS 2024, "RL Gradients
+    as Vitamin for Online Finetuning Decision Transformers"), off by default. Defaults are the
+    reference code's (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers, `get_args.py`
+    arguments, used by `main.py` and `trainer.py`); see eva_rl/online/critic.py for the recipe."""
+
+    enabled: bool = False  # off: no critic is built and ODT's update is untouched
+    coef: float = 0.1  # weight of -Q in the policy loss: --actor_rl_coeff 0.1 (README: 0.1)
+    normalize: bool = False  # divide coef by mean |Q| of the batch: --normalized_rl_coeff 0
+    gamma: float = 0.99  # discount of the critic's TD target: --gamma 0.99
+    tau: float = 0.005  # Polyak rate of the critic's and the policy's targets: --TD3_tau
+    policy_noise: float = 0.2  # std of the target-action smoothing noise: --TD3_policy_noise
+    noise_clip: float = 0.5  # the smoothing noise clipped to +-this: --TD3_noise_clip
+    # critic steps per policy step (delayed actor): --num_actor_update_interval 2 (the README's
+    # MuJoCo commands keep it; its Adroit, AntMaze and Maze2D commands pass 1)
+    actor_interval: int = 2
+    lr: float = 1e-3  # critic AdamW (torch defaults otherwise): --critic_learning_rate 0.001
+    hidden: int = 256  # critic.py Q_Critic: two Linear(256) ReLU layers per Q, twin Q
+    # main.py: layer norm (no affine) after each hidden layer, except on MuJoCo locomotion
+    # (hopper, walker2d, halfcheetah, ant), where `with_layernorm` is off
+    layernorm: bool = False
+
+    def __post_init__(self):
+        checks = {
+            "coef": 0 <= self.coef < math.inf,
+            "gamma": 0 <= self.gamma < 1,
+            "tau": 0 < self.tau <= 1,
+            "policy_noise": 0 <= self.policy_noise < math.inf,
+            "noise_clip": 0 <= self.noise_clip < math.inf,
+            "actor_interval": self.actor_interval >= 1,
+            "lr": 0 < self.lr < math.inf,
+            "hidden": self.hidden >= 1,
+        }
+        rules = {"coef": ">= 0", "gamma": "in [0, 1)", "tau": "in (0, 1]", "lr": "> 0",
+                 "policy_noise": ">= 0", "noise_clip": ">= 0", "actor_interval": ">= 1",
+                 "hidden": ">= 1"}  # fmt: skip
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            k = bad[0]
+            raise UserError(f"td3.{k} must be finite and {rules[k]}, got {getattr(self, k)}")
+
+
+@dataclass
 class OnlineConfig:
     checkpoint: str = SHIPPED  # the pretrained base: a checkpoint directory or a hub id
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
@@ -61,6 +104,7 @@ class OnlineConfig:
     precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
     resume: bool = False  # continue from checkpoints/latest (same config)
+    td3: TD3Config = field(default_factory=TD3Config)  # RL gradients for low-return data (off)
 
     def __post_init__(self):
         if not self.task and not self.datasets:

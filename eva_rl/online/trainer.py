@@ -29,6 +29,7 @@ from tqdm import tqdm
 from eva_rl.online.buffer import TrajectoryBuffer
 from eva_rl.online.collect import EpisodeStore
 from eva_rl.online.config import OnlineConfig
+from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
@@ -76,6 +77,10 @@ class OnlineTrainer:
         self.history: dict[str, Any] = {"eval": [], "collected": [], "seconds": 0.0}
         self.window = Window([], [], 1)
         self.stats: dict[str, torch.Tensor] = {}
+        self.td3 = None  # off: no critic, and `_update` is ODT's alone
+        if cfg.td3.enabled:
+            self.td3 = TD3(model, head, cfg.td3, buffer.state_dim, buffer.return_scale,
+                           self.device)  # fmt: skip
         if cfg.resume:
             self._resume()
         self.writers: dict[str, SummaryWriter] = {}
@@ -91,6 +96,8 @@ class OnlineTrainer:
         self.buffer.load_state_dict(state["buffer"])
         for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
             hook.load_state_dict(hook_state)
+        if self.td3 is not None:
+            self.td3.load_state_dict(state["td3"])
         torch.set_rng_state(state["torch_rng"])
         self.counts, self.history = state["counts"], state["history"]
         self.window = Window.from_state(state["window"])
@@ -174,11 +181,17 @@ class OnlineTrainer:
     def _update(self) -> None:
         """One policy step on a buffer batch, then the temperature's step (ODT's order)."""
         batch = self.buffer.sample(self.cfg.optim.batch_size)
+        if self.td3 is not None:  # the critic steps first on the batch (reference's order)
+            self._critic_step(batch)
         with autocast(self.device, self.precision), ActionMean(self.model) as mu:
             action_preds(self.model, batch)
-        losses = odt_losses(self.head(mu.value), batch["actions"], batch["attention_mask"],
+        dist = self.head(mu.value)
+        losses = odt_losses(dist, batch["actions"], batch["attention_mask"],
                             self.temperature, self.cfg.target_entropy)  # fmt: skip
         policy = losses.policy
+        if self.td3 is not None:  # + coef * mean(-Q1(s, mean action))
+            rl = self.td3.actor_loss(batch["states"], dist.mean, batch["attention_mask"])
+            policy = policy + rl
         if self.penalty is not None:
             policy = policy + self.penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -194,7 +207,18 @@ class OnlineTrainer:
         self.counts["updates"] += 1
         self.window.losses.append(losses.policy.detach().float())
         self.window.penalties.append(losses.entropy.float())
-        self.stats = {"grad_norm": grad_norm.detach()}
+        self.stats = {**self.stats, "grad_norm": grad_norm.detach()}
+        if self.td3 is not None:
+            self.stats["rl_loss"] = rl.detach()
+            self.td3.update_targets(self.model, self.head)
+            for _ in range(self.cfg.td3.actor_interval - 1):  # delayed actor: critic-only steps
+                self._critic_step(self.buffer.sample(self.cfg.optim.batch_size))
+
+    def _critic_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """One TD3 critic step on `batch`, the target policy's actions from its own forward."""
+        with autocast(self.device, self.precision):
+            target_mu = self.td3.target_mu(self.model, batch)
+        self.stats.update(self.td3.critic_step(batch, target_mu))
 
     def _log(self) -> None:
         """The window's mean policy loss and entropy, lr, temperature, log-std (vs updates)."""
@@ -210,6 +234,9 @@ class OnlineTrainer:
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": self.stats["grad_norm"].item(),
         }
+        if self.td3 is not None:
+            for key in ("critic_loss", "q", "rl_loss"):
+                scalars[f"train/{key}"] = self.stats[key].item()
         for tag, value in scalars.items():
             self.writers["updates"].add_scalar(tag, value, self.counts["updates"])
         self.history["loss"] = loss
@@ -248,5 +275,7 @@ class OnlineTrainer:
             "history": self.history,
             "window": self.window.state_dict(),
         }
+        if self.td3 is not None:
+            state["td3"] = self.td3.state_dict()
         save_state(self.latest, state, self.export)
         self.history["saved_step"] = self.counts["updates"]

@@ -1,0 +1,182 @@
+"""`td3.enabled`: the TD3 critic and actor term (Yan et al. 2024) added to ODT's fine-tuning."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_online import config, overrides, read_scalars
+
+from eva_rl.cli import main
+from eva_rl.online.config import TD3Config
+from eva_rl.online.critic import (
+    TD3,
+    TwinQ,
+    actor_term,
+    critic_loss,
+    polyak_,
+    smoothed,
+    td_target,
+    transitions,
+)
+from eva_rl.online.policy import GaussianHead
+from eva_rl.online.run import online
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ON = ("td3.enabled=true", "td3.hidden=16")
+
+
+def test_td_target_is_reward_plus_discounted_min_of_target_qs_at_the_smoothed_action():
+    torch.manual_seed(0)
+    critic = TwinQ(state_dim=2, act_dim=1, hidden=8)
+    next_states = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    next_actions = torch.tensor([[0.9], [-0.3]])
+    state = torch.get_rng_state()
+    a = smoothed(next_actions, noise_std=0.2, noise_clip=0.5)
+    torch.set_rng_state(state)
+    noise = (torch.randn(2, 1) * 0.2).clamp(-0.5, 0.5)
+    torch.testing.assert_close(a, (next_actions + noise).clamp(-1 + 1e-6, 1 - 1e-6))
+    q1, q2 = critic(next_states, a)
+    rewards, dones, gamma = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0]), 0.9
+    y = td_target(rewards, dones, q1, q2, gamma)
+    by_hand = [1.0 + 0.9 * min(q1[0].item(), q2[0].item()), -2.0]
+    torch.testing.assert_close(y, torch.tensor(by_hand))
+    # the loss: both heads' squared errors on valid transitions, averaged over all of them
+    mask = torch.tensor([1.0, 0.0])
+    loss = critic_loss(q1, q2, y, mask)
+    torch.testing.assert_close(loss, ((q1[0] - y[0]) ** 2 + (q2[0] - y[0]) ** 2) / 2)
+
+
+def test_noise_is_clipped_and_actions_stay_in_range():
+    torch.manual_seed(1)
+    a = smoothed(torch.full((1000, 2), 0.99), noise_std=10.0, noise_clip=0.5)
+    assert a.max() <= 1 - 1e-6 and a.min() >= 0.49 - 1e-6
+
+
+def test_transitions_pair_consecutive_real_steps_and_rewards_from_returns_to_go():
+    scale = 10.0
+    rtg = torch.tensor([[0.0, 6.0, 5.0, 2.0], [9.0, 7.0, 4.0, 0.5]]) / scale
+    batch = {
+        "states": torch.arange(8.0).reshape(2, 4, 1),
+        "actions": torch.zeros(2, 4, 1),
+        "returns_to_go": rtg[..., None],
+        "attention_mask": torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]),
+    }
+    tr = transitions(batch, scale)
+    torch.testing.assert_close(tr.mask, torch.tensor([[0.0, 1, 1], [1, 1, 1]]))
+    torch.testing.assert_close(tr.rewards, torch.tensor([[0.0, 1, 3], [2, 3, 3.5]]))
+    assert torch.equal(tr.dones, torch.zeros(2, 3))
+
+
+def test_targets_move_by_exactly_tau():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    head = GaussianHead(2)
+    cfg = TD3Config(enabled=True, hidden=8, tau=0.25)
+    td3 = TD3(model, head, cfg, state_dim=3, return_scale=1.0, device=torch.device("cpu"))
+    old_critic = [p.clone() for p in td3.critic_target.parameters()]
+    old_policy = {k: v.clone() for k, v in td3.policy_target.items()}
+    old_head = td3.head_target.raw_log_std.detach().clone()
+    with torch.no_grad():
+        for p in [*td3.critic.parameters(), *model.parameters(), *head.parameters()]:
+            p.add_(torch.randn_like(p))
+    td3.update_targets(model, head)
+    for new, old, src in zip(td3.critic_target.parameters(), old_critic, td3.critic.parameters(),
+                             strict=True):  # fmt: skip
+        torch.testing.assert_close(new, 0.75 * old + 0.25 * src)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(td3.policy_target[name], 0.75 * old_policy[name] + 0.25 * p)
+    torch.testing.assert_close(
+        td3.head_target.raw_log_std, 0.75 * old_head + 0.25 * head.raw_log_std.detach()
+    )
+    x = torch.zeros(3)
+    polyak_([x], [torch.ones(3)], 0.25)
+    torch.testing.assert_close(x, torch.full((3,), 0.25))
+
+
+def test_actor_term_is_coef_times_mean_minus_q_and_normalised_by_mean_abs_q():
+    q1 = torch.tensor([[2.0, -4.0], [6.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    torch.testing.assert_close(actor_term(q1, mask, 0.1, False), torch.tensor(-0.1 * 4 / 3))
+    torch.testing.assert_close(actor_term(q1, mask, 0.1, True), torch.tensor(-0.1 * 4 / 3 / 3))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("td3.coef=-1", "td3.coef must be finite and >= 0, got -1.0"),
+    ("td3.gamma=1", "td3.gamma must be finite and in [0, 1), got 1.0"),
+    ("td3.actor_interval=0", "td3.actor_interval must be finite and >= 1, got 0"),
+])  # fmt: skip
+def test_a_bad_setting_is_one_line(extra, message, checkpoint, mw_root, tmp_path, capsys):
+    out = tmp_path / "bad"
+    code = main(["online", *overrides(checkpoint, mw_root, out, extra)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_off_builds_no_critic_and_saves_no_critic_state(checkpoint, mw_root, tmp_path):
+    from eva_rl.online import trainer as trainer_module
+
+    built = []
+    original = trainer_module.TD3
+    trainer_module.TD3 = lambda *a, **k: built.append(1) or original(*a, **k)
+    try:
+        online(config(checkpoint, mw_root, tmp_path / "off", "env_steps=30", "updates=2"),
+               progress=False)  # fmt: skip
+    finally:
+        trainer_module.TD3 = original
+    assert built == []
+    state = torch.load(tmp_path / "off/checkpoints/latest/state.pt", weights_only=True)
+    assert "td3" not in state
+    assert "train/critic_loss" not in read_scalars(tmp_path / "off" / "tb")
+
+
+def test_on_trains_logs_critic_scalars_and_checkpoints(checkpoint, mw_root, tmp_path):
+    out = tmp_path / "on"
+    summary = online(config(checkpoint, mw_root, out, *ON), progress=False)
+    assert summary["updates"] == 12
+    scalars = read_scalars(out / "tb")
+    for tag in ("train/critic_loss", "train/q", "train/rl_loss"):
+        assert [s for s, _ in scalars[tag]] == [2, 4, 6, 8, 10, 12], tag
+        assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars[tag])
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)["td3"]
+    assert set(state) == {"critic", "critic_target", "optimizer", "policy_target", "head_target"}
+    assert state["optimizer"]["state"], "the critic's optimiser stepped"
+    # 12 policy steps, 2 critic steps each: the critic moved from its target
+    differs = [not torch.equal(state["critic"][k], state["critic_target"][k])
+               for k in state["critic"]]  # fmt: skip
+    assert all(differs)
+
+
+def test_on_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):
+    extra = ("env_steps=150", "updates=10", *ON)
+    whole = online(config(checkpoint, mw_root, tmp_path / "a", *extra), progress=False)
+    out = tmp_path / "b"
+    items = overrides(checkpoint, mw_root, out, *extra)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", "from eva_rl.cli import main; main()",
+                              "online", *items], env=env)  # fmt: skip
+    state = out / "checkpoints/latest/state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert state.exists() and not (out / "summary.json").exists(), "killed too late"
+    saved = torch.load(state, weights_only=True)["counts"]
+    assert 0 < saved["env_steps"] < 150
+    resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
+    for key in ("env_steps", "updates", "episodes_collected", "auc_env_steps", "final"):
+        assert resumed[key] == whole[key], key
+    assert resumed["collected"] == whole["collected"]
+    a, b = (torch.load(r / "checkpoints/latest/state.pt", weights_only=True)
+            for r in (tmp_path / "a", out))  # fmt: skip
+    for part in ("critic", "critic_target", "policy_target", "head_target"):
+        for k in a["td3"][part]:
+            assert torch.equal(a["td3"][part][k], b["td3"][part][k]), (part, k)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
