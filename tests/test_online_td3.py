@@ -145,11 +145,21 @@ def test_on_trains_logs_critic_scalars_and_checkpoints(checkpoint, mw_root, tmp_
         assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars[tag])
     state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)["td3"]
     assert set(state) == {"critic", "critic_target", "optimizer", "policy_target", "head_target"}
-    assert state["optimizer"]["state"], "the critic's optimiser stepped"
+    steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {12 * 2}  # actor_interval 2: two critic steps per policy step
     # 12 policy steps, 2 critic steps each: the critic moved from its target
     differs = [not torch.equal(state["critic"][k], state["critic_target"][k])
                for k in state["critic"]]  # fmt: skip
     assert all(differs)
+
+
+def test_warmup_steps_the_critic_before_the_first_update(checkpoint, mw_root, tmp_path):
+    out = tmp_path / "warm"
+    extra = ("env_steps=30", "updates=2", "td3.warmup=3", "td3.actor_interval=1")
+    online(config(checkpoint, mw_root, out, *ON, *extra), progress=False)
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)["td3"]
+    steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {3 + 2 * 1}  # warm-up steps, then one critic step per policy step
 
 
 def test_on_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):

@@ -46,6 +46,11 @@ class TD3Config:
     # main.py: layer norm (no affine) after each hidden layer, except on MuJoCo locomotion
     # (hopper, walker2d, halfcheetah, ant), where `with_layernorm` is off
     layernorm: bool = False
+    # critic-only steps on the seeded buffer before the first online update. The reference
+    # trains its critic alongside offline pretraining (main.py `pretrain`: max_pretrain_iters 1
+    # x num_updates_per_pretrain_iter 5000 x num_actor_update_interval 2 = 10,000 steps); the
+    # DT arrives here pretrained without one, so 0 (none) unless asked
+    warmup: int = 0
 
     def __post_init__(self):
         checks = {
@@ -57,10 +62,11 @@ class TD3Config:
             "actor_interval": self.actor_interval >= 1,
             "lr": 0 < self.lr < math.inf,
             "hidden": self.hidden >= 1,
+            "warmup": self.warmup >= 0,
         }
         rules = {"coef": ">= 0", "gamma": "in [0, 1)", "tau": "in (0, 1]", "lr": "> 0",
                  "policy_noise": ">= 0", "noise_clip": ">= 0", "actor_interval": ">= 1",
-                 "hidden": ">= 1"}  # fmt: skip
+                 "hidden": ">= 1", "warmup": ">= 0"}  # fmt: skip
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             k = bad[0]

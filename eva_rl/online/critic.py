@@ -199,10 +199,13 @@ class TD3:
     def update_targets(self, model: nn.Module, head: nn.Module) -> None:
         """Both targets move by tau after each policy step (the reference's order)."""
         tau = self.cfg.tau
-        polyak_(self.critic_target.parameters(), self.critic.parameters(), tau)
+        self.update_critic_target()
         params = dict(model.named_parameters())
         polyak_([self.policy_target[n] for n in self.names], [params[n] for n in self.names], tau)
         polyak_(self.head_target.parameters(), head.parameters(), tau)
+
+    def update_critic_target(self) -> None:
+        polyak_(self.critic_target.parameters(), self.critic.parameters(), self.cfg.tau)
 
     def state_dict(self) -> dict:
         return {

@@ -118,6 +118,8 @@ class OnlineTrainer:
         try:
             if not self.history["eval"]:
                 self._evaluate()
+                if self.td3 is not None:
+                    self._warm_critic()
             while self.counts["env_steps"] < self.cfg.env_steps:
                 before_steps = self.counts["env_steps"]
                 self._iteration()
@@ -213,6 +215,14 @@ class OnlineTrainer:
             self.td3.update_targets(self.model, self.head)
             for _ in range(self.cfg.td3.actor_interval - 1):  # delayed actor: critic-only steps
                 self._critic_step(self.buffer.sample(self.cfg.optim.batch_size))
+
+    def _warm_critic(self) -> None:
+        """`td3.warmup` critic-only steps on the seeded buffer; the critic's target moves every
+        `actor_interval` steps, as it does after each policy step in the reference."""
+        for step in range(self.cfg.td3.warmup):
+            self._critic_step(self.buffer.sample(self.cfg.optim.batch_size))
+            if (step + 1) % self.cfg.td3.actor_interval == 0:
+                self.td3.update_critic_target()
 
     def _critic_step(self, batch: dict[str, torch.Tensor]) -> None:
         """One TD3 critic step on `batch`, the target policy's actions from its own forward."""
