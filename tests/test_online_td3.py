@@ -190,3 +190,17 @@ def test_on_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_pa
             assert torch.equal(a["td3"][part][k], b["td3"][part][k]), (part, k)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("method", ["fft", "adalora"])
+def test_on_trains_with_other_methods(method, checkpoint, mw_root, tmp_path):
+    """fft: every parameter has a Polyak copy; AdaLoRA: its hooks and penalty run beside."""
+    out = tmp_path / method
+    extra = ("env_steps=30", "updates=3", f"method.name={method}")
+    summary = online(config(checkpoint, mw_root, out, *ON, *extra), progress=False)
+    assert summary["updates"] == 3
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)
+    targets = state["td3"]["policy_target"]
+    assert targets and all(torch.isfinite(v).all() for v in targets.values())
+    if method == "fft":
+        assert len(targets) > 10
