@@ -204,3 +204,22 @@ def test_on_trains_with_other_methods(method, checkpoint, mw_root, tmp_path):
     assert targets and all(torch.isfinite(v).all() for v in targets.values())
     if method == "fft":
         assert len(targets) > 10
+
+
+def test_the_critic_learns_the_fixed_point_of_a_constant_reward():
+    """Reward 1 every step, gamma 0.5: Q -> 1 / (1 - 0.5) = 2 through the target network."""
+    torch.manual_seed(0)
+    model, head = torch.nn.Linear(3, 2), GaussianHead(2)
+    cfg = TD3Config(enabled=True, hidden=32, gamma=0.5, tau=0.1, lr=1e-2)
+    td3 = TD3(model, head, cfg, state_dim=3, return_scale=1.0, device=torch.device("cpu"))
+    k = 5
+    for _ in range(300):
+        batch = {
+            "states": torch.randn(16, k, 3),
+            "actions": torch.rand(16, k, 2) * 2 - 1,
+            "returns_to_go": torch.arange(k, 0, -1.0).expand(16, k)[..., None] + 10,
+            "attention_mask": torch.ones(16, k, dtype=torch.long),
+        }
+        stats = td3.critic_step(batch, target_mu=torch.randn(16, k, 2))
+        td3.update_critic_target()
+    assert abs(stats["q"].item() - 2.0) < 0.2, stats
