@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_online import config, overrides, read_scalars
@@ -57,7 +58,7 @@ def test_noise_is_clipped_and_actions_stay_in_range():
     assert a.max() <= 1 - 1e-6 and a.min() >= 0.49 - 1e-6
 
 
-def test_transitions_pair_consecutive_real_steps_and_rewards_from_returns_to_go():
+def test_transitions_pair_consecutive_real_steps_and_end_at_a_termination():
     scale = 10.0
     rtg = torch.tensor([[0.0, 6.0, 5.0, 2.0], [9.0, 7.0, 4.0, 0.5]]) / scale
     batch = {
@@ -66,10 +67,46 @@ def test_transitions_pair_consecutive_real_steps_and_rewards_from_returns_to_go(
         "returns_to_go": rtg[..., None],
         "attention_mask": torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]),
     }
+    tr = transitions(batch, scale)  # no terminal flags: a segment's last step is no transition
+    torch.testing.assert_close(tr.mask, torch.tensor([[0.0, 1, 1, 0], [1, 1, 1, 0]]))
+    torch.testing.assert_close(tr.rewards, torch.tensor([[0.0, 1, 3, 0], [2, 3, 3.5, 0]]))
+    assert torch.equal(tr.dones, torch.zeros(2, 4))
+    batch["terminal_end"] = torch.tensor([1.0, 0.0])  # the first segment ends a termination
     tr = transitions(batch, scale)
-    torch.testing.assert_close(tr.mask, torch.tensor([[0.0, 1, 1], [1, 1, 1]]))
-    torch.testing.assert_close(tr.rewards, torch.tensor([[0.0, 1, 3], [2, 3, 3.5]]))
-    assert torch.equal(tr.dones, torch.zeros(2, 3))
+    torch.testing.assert_close(tr.mask, torch.tensor([[0.0, 1, 1, 1], [1, 1, 1, 0]]))
+    torch.testing.assert_close(tr.rewards, torch.tensor([[0.0, 1, 3, 2], [2, 3, 3.5, 0]]))
+    torch.testing.assert_close(tr.dones, torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 0]]))
+
+
+def test_the_buffer_flags_segments_that_end_a_terminated_episode(tmp_path):
+    import gymnasium as gym
+    from test_online_buffer import ONE, ZERO, collected, ranked_episode
+
+    from conftest import write_minari
+    from eva_rl.data.segments import load_trajectories
+    from eva_rl.online.buffer import TrajectoryBuffer
+
+    write_minari("test/pendulum/ends-v0", gym.make("Pendulum-v1"),
+                 [ranked_episode(i) for i in range(2)], tmp_path)  # fmt: skip
+    traj = load_trajectories(["test/pendulum/ends-v0"], tmp_path)
+    assert traj.episode_terminated.tolist() == [False, False]
+    buf = TrajectoryBuffer(traj, 10, 4, 1.0, ZERO, ONE, seed=0)
+    ended = collected(1, [1.0, 2.0, 3.0])
+    ended["terminations"] = np.array([False, False, True])
+    ended["truncations"] = np.zeros(3, bool)
+    buf.add(ended)
+    buf.add(collected(2, [1.0, 1.0]))
+    assert buf.terminated().tolist() == [False, False, True, False]
+    same = TrajectoryBuffer(traj, 10, 4, 1.0, ZERO, ONE, seed=0)
+    same.load_state_dict(buf.state_dict())
+    assert same.terminated().tolist() == [False, False, True, False]
+    batch = buf.sample_with_ends(256)
+    plain = same.sample(256)
+    for k in plain:  # the same draws as `sample`
+        assert torch.equal(batch[k], plain[k]), k
+    last = batch["states"][:, -1, 0]  # the segment's last real step (left padding)
+    expected = (last == 1002).float()  # online episode 1's last step: state 1000 + 2
+    assert torch.equal(batch["terminal_end"], expected) and expected.sum() > 0
 
 
 def test_targets_move_by_exactly_tau():

@@ -57,6 +57,8 @@ class Trajectories:
     envs: list[str]  # env name per source dataset
     dataset_ids: list[str]
     time_limits: dict[str, int | None] = field(default_factory=dict)  # env -> its own limit
+    # (E,) bool: the episode ended by termination, not a cut (None: unknown, read as not)
+    episode_terminated: np.ndarray | None = None
 
     @property
     def state_dim(self) -> int:
@@ -93,6 +95,9 @@ class Trajectories:
             envs=self.envs,
             dataset_ids=self.dataset_ids,
             time_limits=self.time_limits,
+            episode_terminated=None
+            if self.episode_terminated is None
+            else self.episode_terminated[episodes],
         )
 
     def split(self, fraction: float, seed: int) -> tuple[Trajectories, Trajectories | None]:
@@ -143,7 +148,7 @@ def _dims(dataset) -> tuple[int, int]:
 
 def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) -> Trajectories:
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "g", "t")}
-    lengths, env_index, envs = [], [], []
+    lengths, env_index, envs, terminated = [], [], [], []
     shapes: dict[str, tuple[int, int]] = {}
     limits: dict[str, int | None] = {}
     for ds_id in dataset_ids:
@@ -171,6 +176,7 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
             columns["t"].append(np.arange(n, dtype=np.int64))
             lengths.append(n)
             env_index.append(envs.index(name))
+            terminated.append(bool(np.asarray(ep.terminations)[-1]))
         warn_outside(ds_id, dataset.action_space, np.concatenate(columns["a"][first:]))
     lengths_arr = np.asarray(lengths, dtype=np.int64)
     return Trajectories(
@@ -184,6 +190,7 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
         envs=envs,
         dataset_ids=list(dataset_ids),
         time_limits=limits,
+        episode_terminated=np.asarray(terminated, dtype=bool),
     )
 
 
@@ -209,6 +216,8 @@ class SegmentSampler:
         self._actions = torch.from_numpy(traj.actions)
         self._rtg = torch.from_numpy(traj.returns_to_go / return_scale)
         self._timesteps = torch.from_numpy(traj.timesteps)
+        # the last batch's episodes and whether each segment ends on its episode's last step
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """states (B,K,S), actions (B,K,A), returns_to_go (B,K,1), timesteps (B,K),
@@ -224,6 +233,7 @@ class SegmentSampler:
         index = t.episode_start[episodes, None] + start[:, None] + (j - pad)
         index = torch.from_numpy(np.where(mask, index, 0))
         m = torch.from_numpy(mask)
+        self.last = (episodes, start + steps == length)
         batch = {
             "states": self._states[index] * m[..., None],
             "actions": self._actions[index] * m[..., None],

@@ -72,6 +72,7 @@ class _Entry:
     returns_to_go: np.ndarray
     env: int  # index into the buffer's `envs`
     online: bool  # collected by the run (else seeded from the offline data)
+    terminated: bool = False  # ended by termination, not a cut (for TD3's terminal targets)
 
 
 class TrajectoryBuffer:
@@ -117,8 +118,10 @@ class TrajectoryBuffer:
     def _seed_entry(traj: Trajectories, episode: int) -> _Entry:
         start = int(traj.episode_start[episode])
         s = slice(start, start + int(traj.episode_length[episode]))
+        ended = traj.episode_terminated
         return _Entry(traj.states[s], traj.actions[s], traj.returns_to_go[s],
-                      int(traj.episode_env[episode]), online=False)  # fmt: skip
+                      int(traj.episode_env[episode]), online=False,
+                      terminated=bool(ended[episode]) if ended is not None else False)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -147,7 +150,9 @@ class TrajectoryBuffer:
         rtg = returns_to_go(record["rewards"])
         if not np.isfinite(rtg).all():
             raise ValueError("an episode with non-finite rewards")
-        self.entries.append(_Entry(states, actions, rtg, self._env_index(env), online=True))
+        ended = bool(np.asarray(record.get("terminations", [False]))[-1])
+        self.entries.append(_Entry(states, actions, rtg, self._env_index(env), online=True,
+                                   terminated=ended))  # fmt: skip
         self.added += 1
         if len(self.entries) > self.capacity:
             self.entries.pop(0)
@@ -181,7 +186,12 @@ class TrajectoryBuffer:
             envs=list(self.envs),
             dataset_ids=list(self.dataset_ids),
             time_limits=dict(self.time_limits),
+            episode_terminated=self.terminated(),
         )
+
+    def terminated(self) -> np.ndarray:
+        """Per entry, oldest first: whether its episode ended by termination."""
+        return np.asarray([e.terminated for e in self.entries], dtype=bool)
 
     def sampler(self) -> SegmentSampler:
         """The `SegmentSampler` of the current contents (rebuilt only after a change); it draws
@@ -195,6 +205,16 @@ class TrajectoryBuffer:
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """A batch in `SegmentSampler.sample`'s layout, so the training loop takes either."""
         return self.sampler().sample(batch_size)
+
+    def sample_with_ends(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """`sample`'s batch (the same draws) plus `terminal_end` (B,): 1 where the segment's last
+        step is the last step of an episode that terminated (TD3's done = 1 there)."""
+        sampler = self.sampler()
+        batch = sampler.sample(batch_size)
+        episodes, ends = sampler.last
+        flags = ends & sampler.traj.episode_terminated[episodes]
+        batch["terminal_end"] = torch.from_numpy(flags.astype(np.float32)).to(self.device)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to sample what an uninterrupted one would: contents in
@@ -216,6 +236,7 @@ class TrajectoryBuffer:
             "lengths": torch.from_numpy(traj.episode_length),
             "env": torch.from_numpy(traj.episode_env),
             "online": torch.from_numpy(self.online()),
+            "terminated": torch.from_numpy(self.terminated()),
             "rng": self.rng.bit_generator.state,
         }
 
@@ -230,8 +251,9 @@ class TrajectoryBuffer:
             )
         bounds = np.cumsum(state["lengths"].numpy())[:-1]
         parts = [np.split(state[k].numpy(), bounds) for k in ("states", "actions", "returns_to_go")]
-        flags = zip(state["env"].tolist(), state["online"].tolist(), strict=True)
-        self.entries = [_Entry(s, a, g, int(e), bool(o)) for (s, a, g), (e, o) in
+        ended = state.get("terminated", torch.zeros_like(state["online"]))  # older: unknown
+        flags = zip(state["env"].tolist(), state["online"].tolist(), ended.tolist(), strict=True)
+        self.entries = [_Entry(s, a, g, int(e), bool(o), bool(d)) for (s, a, g), (e, o, d) in
                         zip(zip(*parts, strict=True), flags, strict=True)]  # fmt: skip
         self.envs, self.dataset_ids = list(state["envs"]), list(state["dataset_ids"])
         self.time_limits, self.added = dict(state["time_limits"]), int(state["added"])

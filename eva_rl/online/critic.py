@@ -18,13 +18,15 @@ reference code runs it (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers
 
 Where the transitions come from: the reference's loader gives each segment step its own
 next_state, reward and done. eva_rl's buffer keeps whole trajectories as (state, action,
-return-to-go), so `transitions` takes them from the sampled segment itself: step t and step t+1
-of the same segment form (s_t, a_t, r_t = R_t - R_{t+1}, s_{t+1}), and the target policy's
-action at s_{t+1} is its prediction at position t+1 of that segment (context up to t+1; the
-reference shifts the segment by one, so it sees the same steps less the first). A segment's last
-step has no successor in it and is not a transition; as a consequence the last step of every
-trajectory is never trained on, so done is always 0 here: exact for tasks that never terminate
-(HalfCheetah, Meta-World), a missing terminal signal for those that do (Hopper falling).
+return-to-go) plus whether each ended by termination, so `transitions` takes them from the
+sampled segment itself: step t and step t+1 of the same segment form (s_t, a_t, r_t = R_t -
+R_{t+1}, s_{t+1}, done 0), and the target policy's action at s_{t+1} is its prediction at
+position t+1 of that segment (context up to t+1; the reference shifts the segment by one, so
+it sees the same steps less the first). A segment's last step has no successor in it: it is a
+transition only when it is the last step of a terminated episode (done 1, y = r, from the
+batch's `terminal_end`, `TrajectoryBuffer.sample_with_ends`). So the one step left out is the
+last one of an episode cut by a time limit, whose next state the buffer does not keep (the
+reference bootstraps there).
 """
 
 from __future__ import annotations
@@ -75,22 +77,25 @@ class TwinQ(nn.Module):
 
 
 class Transitions(NamedTuple):
-    states: torch.Tensor  # (B, K-1, S): s_t
-    actions: torch.Tensor  # (B, K-1, A): a_t
-    rewards: torch.Tensor  # (B, K-1): r_t, in the env's units
-    dones: torch.Tensor  # (B, K-1): 0 (see the module docstring)
-    mask: torch.Tensor  # (B, K-1) float: 1 where both t and t+1 are real steps
+    states: torch.Tensor  # (B, K, S): s_t
+    actions: torch.Tensor  # (B, K, A): a_t
+    rewards: torch.Tensor  # (B, K): r_t, in the env's units
+    dones: torch.Tensor  # (B, K): 1 only at a terminated episode's last step
+    mask: torch.Tensor  # (B, K) float: 1 where t is a transition (see the module docstring)
 
 
 def transitions(batch: dict[str, torch.Tensor], return_scale: float) -> Transitions:
-    """Consecutive real steps of each segment as transitions; the reward is the difference of
-    the (hindsight) returns-to-go, scaled back to the env's units as the reference's rewards."""
+    """Consecutive real steps of each segment as transitions, and the last step where
+    `terminal_end` says the episode terminated there; the reward is the difference of the
+    (hindsight) returns-to-go (the last one alone at an episode's end), scaled back to the env's
+    units as the reference's rewards (ODT's data.py scales the return-to-go only)."""
     m = batch["attention_mask"].float()
-    mask = m[:, :-1] * m[:, 1:]
+    end = batch.get("terminal_end", torch.zeros_like(m[:, 0])).float()[:, None]
+    mask = torch.cat([m[:, :-1] * m[:, 1:], end * m[:, -1:]], 1)
     rtg = batch["returns_to_go"][..., 0].float() * return_scale
-    rewards = (rtg[:, :-1] - rtg[:, 1:]) * mask
-    return Transitions(batch["states"][:, :-1], batch["actions"][:, :-1], rewards,
-                       torch.zeros_like(rewards), mask)  # fmt: skip
+    rewards = (rtg - torch.cat([rtg[:, 1:], torch.zeros_like(end)], 1)) * mask
+    dones = torch.cat([torch.zeros_like(m[:, 1:]), end], 1) * mask
+    return Transitions(batch["states"], batch["actions"], rewards, dones, mask)
 
 
 def td_target(rewards, dones, q1_next, q2_next, gamma: float) -> torch.Tensor:
@@ -128,6 +133,11 @@ def actor_term(q1: torch.Tensor, mask: torch.Tensor, coef: float, normalize: boo
     if normalize:
         coef = coef / q1.abs().mean().detach().clamp_min(1e-8)
     return coef * -(q1[mask > 0].mean())
+
+
+def shift(x: torch.Tensor) -> torch.Tensor:
+    """x at step t+1 for each t of a (B, K, ...) segment, the last step repeated at the end."""
+    return torch.cat([x[:, 1:], x[:, -1:]], 1)
 
 
 @torch.no_grad()
@@ -175,9 +185,11 @@ class TD3:
         action mean at every step of it (B, K, A). Returns detached loss and mean Q1."""
         cfg, tr = self.cfg, transitions(batch, self.return_scale)
         with torch.no_grad():
-            dist = self.head_target(target_mu[:, 1:])
+            # s_{t+1} and the target's action there; the last column is a stand-in (its
+            # transition, if any, is terminal, so its target is r alone)
+            dist = self.head_target(shift(target_mu))
             next_actions = smoothed(sample_on_cpu(dist), cfg.policy_noise, cfg.noise_clip)
-            q1_next, q2_next = self.critic_target(batch["states"][:, 1:], next_actions)
+            q1_next, q2_next = self.critic_target(shift(batch["states"]), next_actions)
             target = td_target(tr.rewards, tr.dones, q1_next, q2_next, cfg.gamma)
         q1, q2 = self.critic(tr.states, tr.actions)
         loss = critic_loss(q1, q2, target, tr.mask)

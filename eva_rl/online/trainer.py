@@ -184,8 +184,10 @@ class OnlineTrainer:
 
     def _update(self) -> None:
         """One policy step on a buffer batch, then the temperature's step (ODT's order)."""
-        batch = self.buffer.sample(self.cfg.optim.batch_size)
-        if self.td3 is not None:  # the critic steps first on the batch (reference's order)
+        if self.td3 is None:
+            batch = self.buffer.sample(self.cfg.optim.batch_size)
+        else:  # the same draws, with terminal flags; the critic steps first (reference's order)
+            batch = self.buffer.sample_with_ends(self.cfg.optim.batch_size)
             self._critic_step(batch)
         with autocast(self.device, self.precision), ActionMean(self.model) as mu:
             action_preds(self.model, batch)
@@ -216,13 +218,13 @@ class OnlineTrainer:
             self.stats["rl_loss"] = rl.detach()
             self.td3.update_targets(self.model, self.head)
             for _ in range(self.cfg.td3.actor_interval - 1):  # delayed actor: critic-only steps
-                self._critic_step(self.buffer.sample(self.cfg.optim.batch_size))
+                self._critic_step(self.buffer.sample_with_ends(self.cfg.optim.batch_size))
 
     def _warm_critic(self) -> None:
         """`td3.warmup` critic-only steps on the seeded buffer; the critic's target moves every
         `actor_interval` steps, as it does after each policy step in the reference."""
         for step in range(self.cfg.td3.warmup):
-            self._critic_step(self.buffer.sample(self.cfg.optim.batch_size))
+            self._critic_step(self.buffer.sample_with_ends(self.cfg.optim.batch_size))
             if (step + 1) % self.cfg.td3.actor_interval == 0:
                 self.td3.update_critic_target()
 
