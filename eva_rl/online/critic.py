@@ -27,6 +27,13 @@ transition only when it is the last step of a terminated episode (done 1, y = r,
 batch's `terminal_end`, `TrajectoryBuffer.sample_with_ends`). So the one step left out is the
 last one of an episode cut by a time limit, whose next state the buffer does not keep (the
 reference bootstraps there).
+
+Other differences: the README's TD3 commands also make the DT deterministic (`--stoc 0
+--use_entropy_reg 0`, an MSE supervised loss); here the policy stays ODT's stochastic one
+(likelihood plus entropy), which the reference's TD3 path also supports (its `stochastic_policy`
+branches, followed here: the mean action for the actor term, a sample for the target action).
+The reference trains its critic during offline pretraining too (`td3.warmup` stands in), and
+rescales rewards per env family (Adroit / 100, MuJoCo / 1); rewards here are the env's own.
 """
 
 from __future__ import annotations
