@@ -119,3 +119,35 @@ def test_shipped_data_configs_load():
     for path in sorted(Path(__file__).parents[1].glob("configs/data/*.yaml")):
         cfg = load_config(DataBuildConfig, path)
         load_suite(cfg.suite)
+
+
+def test_every_shipped_run_and_sweep_config_validates():
+    """The configs a user is pointed to load into their dataclasses, and every run a shipped
+    sweep plans is a valid config of its command (its data need not exist here)."""
+    import copy
+    from pathlib import Path
+
+    from eva_rl.config import flatten, read_yaml, set_path
+    from eva_rl.sweeps import load_sweep
+    from eva_rl.sweeps.stages import config_class
+    from eva_rl.training.pretrain import PretrainConfig
+
+    configs = Path(__file__).parents[1] / "configs"
+    kinds = {"finetune": config_class("finetune"), "online": config_class("online"),
+             "pretrain": PretrainConfig}  # fmt: skip
+    for folder, cls in kinds.items():
+        paths = sorted((configs / folder).glob("*.yaml"))
+        assert paths, folder
+        for path in paths:  # a config that leaves the data to the command line gets a task
+            named = {"datasets", "task", "suite"} & set(read_yaml(path))
+            load_config(cls, path, ["out=x", *([] if named else ["task=reach-v3"])])
+    sweeps = sorted((configs / "sweeps").glob("*.yaml"))
+    for path in sweeps:
+        sweep = load_sweep(path)
+        base = read_yaml(Path(__file__).parents[1] / sweep.base)
+        for point in sweep.points:
+            data = copy.deepcopy(base)
+            for key, value in {**flatten(sweep.set), **point, "out": "x"}.items():
+                set_path(data, key, value)
+            from_dict(config_class(sweep.command), data)
+    assert len(sweeps) >= 10
