@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from eva_rl.online.config import TD3Config
-from eva_rl.online.policy import ActionMean, DiagNormal, SquashedNormal
+from eva_rl.online.policy import ACTION_EPS, ActionMean, DiagNormal, SquashedNormal
 
-ACTION_BOUND = 1.0 - 1e-6  # reference main.py: action_range = [low + 1e-6, high - 1e-6]
+ACTION_BOUND = 1.0 - ACTION_EPS  # reference main.py: action_range = [low + 1e-6, high - 1e-6]
 
 
 class TwinQ(nn.Module):
