@@ -152,8 +152,11 @@ def test_sampled_actions_are_reproducible_by_seed(checkpoint, mw_root, tmp_path)
     assert np.all(np.abs(first) <= 1) and first.std(axis=0).min() > 0
 
 
-def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):
-    extra = ("env_steps=150", "updates=10")
+def kill_and_resume(checkpoint, mw_root, tmp_path, *extra) -> Path:
+    """An uninterrupted run in tmp_path/a; the same run SIGKILLed after its first checkpoint
+    and resumed in tmp_path/b; asserts their counts, summaries and episodes are equal.
+    Returns b."""
+    extra = ("env_steps=150", "updates=10", *extra)
     whole = online(config(checkpoint, mw_root, tmp_path / "a", *extra), progress=False)
     out = tmp_path / "b"
     items = overrides(checkpoint, mw_root, out, *extra)
@@ -176,6 +179,11 @@ def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path)
     assert sorted(p.name for p in (out / "episodes").iterdir()) == sorted(
         p.name for p in (tmp_path / "a" / "episodes").iterdir()
     )
+    return out
+
+
+def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):
+    out = kill_and_resume(checkpoint, mw_root, tmp_path)
     from safetensors.torch import load_file
 
     for name in ("adapter_model.safetensors", "gaussian_head.safetensors"):

@@ -1,16 +1,9 @@
 """`td3.enabled`: the TD3 critic and actor term (Yan et al. 2024) added to ODT's fine-tuning."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from test_online import config, overrides, read_scalars
+from test_online import config, kill_and_resume, overrides, read_scalars
 
 from eva_rl.cli import main
 from eva_rl.online.config import TD3Config
@@ -200,26 +193,7 @@ def test_warmup_steps_the_critic_before_the_first_update(checkpoint, mw_root, tm
 
 
 def test_on_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path):
-    extra = ("env_steps=150", "updates=10", *ON)
-    whole = online(config(checkpoint, mw_root, tmp_path / "a", *extra), progress=False)
-    out = tmp_path / "b"
-    items = overrides(checkpoint, mw_root, out, *extra)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, "-c", "from eva_rl.cli import main; main()",
-                              "online", *items], env=env)  # fmt: skip
-    state = out / "checkpoints/latest/state.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert state.exists() and not (out / "summary.json").exists(), "killed too late"
-    saved = torch.load(state, weights_only=True)["counts"]
-    assert 0 < saved["env_steps"] < 150
-    resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
-    for key in ("env_steps", "updates", "episodes_collected", "auc_env_steps", "final"):
-        assert resumed[key] == whole[key], key
-    assert resumed["collected"] == whole["collected"]
+    out = kill_and_resume(checkpoint, mw_root, tmp_path, *ON)
     a, b = (torch.load(r / "checkpoints/latest/state.pt", weights_only=True)
             for r in (tmp_path / "a", out))  # fmt: skip
     for part in ("critic", "critic_target", "policy_target", "head_target"):
