@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eva_rl.online.config import TD3Config
-from eva_rl.online.policy import ACTION_EPS, ActionMean, DiagNormal, SquashedNormal
+from eva_rl.online.policy import ACTION_EPS, ActionMean, DiagNormal
 
 ACTION_BOUND = 1.0 - ACTION_EPS  # reference main.py: action_range = [low + 1e-6, high - 1e-6]
 
@@ -124,8 +124,7 @@ def sample_on_cpu(dist: DiagNormal) -> torch.Tensor:
     """A draw of `dist` whose Gaussian noise comes from the CPU's global generator (as
     `smoothed`'s), so resumed runs match on any device."""
     eps = torch.randn(dist.loc.shape, dtype=torch.float32).to(dist.loc.device)
-    x = dist.loc + dist.scale * eps
-    return torch.tanh(x) if isinstance(dist, SquashedNormal) else x
+    return dist.squash(dist.loc + dist.scale * eps)
 
 
 def critic_loss(q1, q2, target, mask) -> torch.Tensor:
@@ -165,7 +164,6 @@ class TD3:
         self.critic = TwinQ(state_dim, act_dim, cfg.hidden, cfg.layernorm).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=cfg.lr)
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.policy_target = {n: p.detach().clone() for n, p in model.named_parameters()
                               if p.requires_grad}  # fmt: skip
         self.head_target = copy.deepcopy(head).requires_grad_(False)
@@ -220,7 +218,7 @@ class TD3:
         tau = self.cfg.tau
         self.update_critic_target()
         params = dict(model.named_parameters())
-        polyak_([self.policy_target[n] for n in self.names], [params[n] for n in self.names], tau)
+        polyak_(self.policy_target.values(), [params[n] for n in self.policy_target], tau)
         polyak_(self.head_target.parameters(), head.parameters(), tau)
 
     def update_critic_target(self) -> None:

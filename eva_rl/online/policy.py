@@ -106,6 +106,10 @@ class DiagNormal:
     def mean(self) -> torch.Tensor:
         return self.loc
 
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """An action from a pre-squash draw x: x itself here, tanh x for `SquashedNormal`."""
+        return x
+
     def _pre_squash(self, sample_shape=(), generator=None) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.loc.shape
         eps = torch.randn(shape, generator=generator, dtype=self.loc.dtype, device=self.loc.device)
@@ -113,7 +117,7 @@ class DiagNormal:
 
     def rsample(self, sample_shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised actions, shape `sample_shape + loc.shape`; gradients reach mu, sigma."""
-        return self._pre_squash(sample_shape, generator)
+        return self.squash(self._pre_squash(sample_shape, generator))
 
     @torch.no_grad()
     def sample(self, sample_shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
@@ -136,8 +140,8 @@ class SquashedNormal(DiagNormal):
         """tanh(mu), ODT's mean action: the DT's deterministic action."""
         return torch.tanh(self.loc)
 
-    def rsample(self, sample_shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.tanh(self._pre_squash(sample_shape, generator))
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
 
     def _log_prob_pre_tanh(self, x: torch.Tensor) -> torch.Tensor:
         """log p(tanh x) from the pre-tanh x: the Normal's density less log|d tanh/dx|, written
