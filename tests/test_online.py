@@ -128,6 +128,8 @@ def test_cli_runs_and_the_api_names_resolve(checkpoint, mw_root, tmp_path, capsy
         (["env_steps=0"], "env_steps=0 must be >= 1"),
         (["method.name=nope"], "unknown method 'nope'"),
         (["from_run=/nonexistent"], "is not a finished finetune run"),
+        (["policy=greedy"], "'policy' must be one of ['stochastic', 'deterministic']"),
+        (["expl_noise=-0.1"], "expl_noise must be finite and >= 0, got -0.1"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_folder(extra, message, checkpoint, mw_root,

@@ -1,4 +1,4 @@
-"""Collecting online episodes: the Gaussian policy's sampled actions in the evaluator's env
+"""Collecting online episodes: the policy's sampled actions in the evaluator's env
 slots, and the collected episodes kept on disk (one .npz each) so a resumed run has them all.
 
 Sampling is seeded per episode (from its reset seed, as `NoisyAction`), so an episode's actions
@@ -15,7 +15,7 @@ import numpy as np
 
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_bytes
-from eva_rl.online.policy import ActionMean, GaussianHead
+from eva_rl.online.policy import ACTION_BOUND, ActionMean, GaussianHead
 from eva_rl.rollout import MeanAction
 
 SAMPLE_TAG = 0x6F6E6C696E65  # "online": keeps these draws apart from NoisyAction's
@@ -24,11 +24,13 @@ SAMPLE_TAG = 0x6F6E6C696E65  # "online": keeps these draws apart from NoisyActio
 class SampledAction(MeanAction):
     """An action drawn from the Gaussian head at the DT's pre-tanh output mu: tanh(mu + sigma
     eps) (or mu + sigma eps without tanh), eps from a generator seeded by the episode's seed.
+    With `expl_noise` (the deterministic policy) it is the DT's action plus expl_noise x eps
+    instead, clamped into (-1, 1) when the DT ends in tanh (the TD3 reference's `noise_level`).
     `capture` must be open on the model while the rollout runs (it records mu)."""
 
-    def __init__(self, head: GaussianHead, capture: ActionMean):
+    def __init__(self, head: GaussianHead, capture: ActionMean, expl_noise: float | None = None):
         self.std = head.log_std.detach().exp().cpu().numpy().astype(np.float64)
-        self.squash, self.capture = head.squash, capture
+        self.squash, self.capture, self.expl_noise = head.squash, capture, expl_noise
         self.rngs: dict[int, np.random.Generator] = {}
 
     def start(self, slot: int, seed: int) -> None:
@@ -38,17 +40,24 @@ class SampledAction(MeanAction):
         # the forward pads its rows to a minimum (eva_rl.windows): the first rows are ours
         mu = self.capture.value[: len(slots)].float().cpu().numpy().astype(np.float64)
         eps = np.stack([self.rngs[s].standard_normal(mu.shape[1]) for s in slots])
-        x = mu + self.std * eps
-        return (np.tanh(x) if self.squash else x).astype(np.float32)
+        if self.expl_noise is None:
+            x = mu + self.std * eps
+            return (np.tanh(x) if self.squash else x).astype(np.float32)
+        if not self.squash:
+            return (mu + self.expl_noise * eps).astype(np.float32)
+        return np.clip(np.tanh(mu) + self.expl_noise * eps, -ACTION_BOUND, ACTION_BOUND).astype(
+            np.float32
+        )
 
 
 class Collector(Evaluator):
     """An `Evaluator` that records episodes played with `SampledAction` at the exploration
     targets; `collect(first_seed)` plays `cfg.episodes` episodes per env from that seed."""
 
-    def __init__(self, agent, envs: list[str], cfg: EvalConfig, head: GaussianHead):
+    def __init__(self, agent, envs: list[str], cfg: EvalConfig, head: GaussianHead,
+                 expl_noise: float | None = None):  # fmt: skip
         super().__init__(agent, envs, cfg, progress=False, record=True)
-        self.head = head
+        self.head, self.expl_noise = head, expl_noise
         self._sampler: SampledAction | None = None
 
     def _choice(self) -> MeanAction:
@@ -58,7 +67,7 @@ class Collector(Evaluator):
         """Env -> its episodes (each with `trajectory`), reset with seeds first_seed + i."""
         self.cfg = dataclasses.replace(self.cfg, seed=first_seed)
         with ActionMean(self.agent.model) as capture:
-            self._sampler = SampledAction(self.head, capture)
+            self._sampler = SampledAction(self.head, capture, self.expl_noise)
             result = self.run()
         return {name: r.episodes for name, r in result.envs.items()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from eva_rl.adapters.methods import MethodConfig
 from eva_rl.assets import SHIPPED
@@ -22,6 +23,8 @@ from eva_rl.online.policy import INIT_TEMPERATURE
 from eva_rl.runtime import Precision, check_precision
 from eva_rl.training.finetune import FinetuneCollectorConfig, FinetuneEvalConfig
 from eva_rl.training.loop import OptimConfig
+
+Policy = Literal["stochastic", "deterministic"]
 
 
 @dataclass
@@ -98,6 +101,15 @@ class OnlineConfig:
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=5e-4, warmup_steps=100)
     )
+    # stochastic: ODT's tanh-Gaussian, likelihood - temperature x entropy, sampled exploration.
+    # deterministic: the DT's own action, trained by the offline action MSE, explored with
+    # N(0, expl_noise) added to it and clamped to the action range: the TD3 reference's `--stoc
+    # 0 --use_entropy_reg 0 --actor_sup_coeff 1`, which its README runs with TD3 everywhere
+    # (with `td3.enabled` off it is online behaviour cloning, a configuration it does not run)
+    policy: Policy = "stochastic"
+    # std of the deterministic policy's exploration noise on [-1, 1] actions: TD3's
+    # `--expl_noise 0.1` (Fujimoto et al.); the reference passes it as `noise_level`
+    expl_noise: float = 0.1
     init_temperature: float = INIT_TEMPERATURE  # ODT init_temperature 0.1
     temperature_lr: float = 1e-4  # ODT: Adam(lr=1e-4, betas=(0.9, 0.999)) on log temperature
     target_entropy: float | None = None  # None: -act_dim (ODT)
@@ -125,6 +137,8 @@ class OnlineConfig:
             raise UserError(f"online: {', '.join(bad) or 'updates'} must be >= 1 (updates >= 0)")
         if not all(math.isfinite(x) for x in (self.rtg_scale, self.eval_target_scale)):
             raise UserError("rtg_scale and eval_target_scale must be finite")
+        if not 0 <= self.expl_noise < math.inf:
+            raise UserError(f"expl_noise must be finite and >= 0, got {self.expl_noise}")
         if not (0 < self.init_temperature < math.inf and 0 < self.temperature_lr < math.inf):
             raise UserError("init_temperature and temperature_lr must be finite and > 0")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):

@@ -28,10 +28,11 @@ batch's `terminal_end`, `TrajectoryBuffer.sample_with_ends`). So the one step le
 last one of an episode cut by a time limit, whose next state the buffer does not keep (the
 reference bootstraps there).
 
-Other differences: the README's TD3 commands also make the DT deterministic (`--stoc 0
---use_entropy_reg 0`, an MSE supervised loss); here the policy stays ODT's stochastic one
-(likelihood plus entropy), which the reference's TD3 path also supports (its `stochastic_policy`
-branches, followed here: the mean action for the actor term, a sample for the target action).
+The policy: the README's TD3 commands make the DT deterministic (`--stoc 0 --use_entropy_reg
+0`, an MSE supervised loss: `policy: deterministic`), where the target action is the target DT's
+own; with ODT's stochastic policy (the default `policy`, which the reference's TD3 path also
+supports through its `stochastic_policy` branches) the target action is a sample. The actor term
+takes the mean action either way.
 The reference trains its critic during offline pretraining too (`td3.warmup` stands in), and
 rescales rewards per env family (Adroit / 100, MuJoCo / 1); rewards here are the env's own.
 """
@@ -46,9 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eva_rl.online.config import TD3Config
-from eva_rl.online.policy import ACTION_EPS, ActionMean, DiagNormal
-
-ACTION_BOUND = 1.0 - ACTION_EPS  # reference main.py: action_range = [low + 1e-6, high - 1e-6]
+from eva_rl.online.policy import ACTION_BOUND, ActionMean, DiagNormal
 
 
 class TwinQ(nn.Module):
@@ -158,8 +157,8 @@ class TD3:
     trainable DT parameters and the Gaussian head); `state_dict` holds all of it."""
 
     def __init__(self, model: nn.Module, head: nn.Module, cfg: TD3Config, state_dim: int,
-                 return_scale: float, device: torch.device):  # fmt: skip
-        self.cfg, self.return_scale = cfg, float(return_scale)
+                 return_scale: float, device: torch.device, stochastic: bool = True):  # fmt: skip
+        self.cfg, self.return_scale, self.stochastic = cfg, float(return_scale), stochastic
         act_dim = head.raw_log_std.numel()
         self.critic = TwinQ(state_dim, act_dim, cfg.hidden, cfg.layernorm).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -193,7 +192,8 @@ class TD3:
             # s_{t+1} and the target's action there; the last column is a stand-in (its
             # transition, if any, is terminal, so its target is r alone)
             dist = self.head_target(shift(target_mu))
-            next_actions = smoothed(sample_on_cpu(dist), cfg.policy_noise, cfg.noise_clip)
+            policy_action = sample_on_cpu(dist) if self.stochastic else dist.mean
+            next_actions = smoothed(policy_action, cfg.policy_noise, cfg.noise_clip)
             q1_next, q2_next = self.critic_target(shift(batch["states"]), next_actions)
             target = td_target(tr.rewards, tr.dones, q1_next, q2_next, cfg.gamma)
         q1, q2 = self.critic(tr.states, tr.actions)

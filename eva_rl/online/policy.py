@@ -36,6 +36,7 @@ LOG_STD_BOUNDS = (-5.0, 2.0)
 INIT_TEMPERATURE = 0.1
 ENTROPY_SAMPLES = 1
 ACTION_EPS = 1e-6
+ACTION_BOUND = 1.0 - ACTION_EPS  # ODT main.py: action_range = [low + 1e-6, high - 1e-6]
 
 
 def action_heads(model: nn.Module) -> list[nn.Sequential]:

@@ -9,7 +9,7 @@ purging on resume).
 Per iteration (online-dt's `online_tuning`): collect `rollouts` episodes per env with sampled
 actions, add them to the replay buffer (hindsight return-to-go), then `updates` updates on
 buffer segments: the policy loss backward, its gradient norm clipped, AdamW step, then the
-temperature's Adam step. With `td3.enabled` (eva_rl/online/critic.py) a TD3 critic steps on
+temperature's Adam step (with `policy: deterministic`, the action MSE and no temperature). With `td3.enabled` (eva_rl/online/critic.py) a TD3 critic steps on
 each batch first, the policy loss adds its actor term, both targets move after the policy step,
 and `actor_interval - 1` critic-only steps follow. Evaluations (mean action) run when the env
 steps cross a multiple of `eval_every`, and at the start and the end. TensorBoard has two step
@@ -36,7 +36,7 @@ from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_loss
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast
 from eva_rl.training.loop import Window, adamw
-from eva_rl.training.losses import action_preds
+from eva_rl.training.losses import action_mse, action_preds
 from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
 
 ENV_AXIS = "env_steps"  # tb/ subfolder of the scalars against env steps
@@ -65,7 +65,10 @@ class OnlineTrainer:
         self.hooks = list(adapted.hooks) if adapted is not None else []
         self.penalty = adapted.penalty if adapted is not None else None
         self.device = next(model.parameters()).device
-        self.params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+        self.stochastic = cfg.policy == "stochastic"  # else the head and temperature rest
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if self.stochastic:
+            self.params += list(head.parameters())
         self.optimizer = adamw(self.params, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup(cfg.optim.warmup_steps)
@@ -82,7 +85,7 @@ class OnlineTrainer:
         self.td3 = None  # off: no critic, and `_update` is ODT's alone
         if cfg.td3.enabled:
             self.td3 = TD3(model, head, cfg.td3, buffer.state_dim, buffer.return_scale,
-                           self.device)  # fmt: skip
+                           self.device, stochastic=self.stochastic)  # fmt: skip
         if cfg.resume:
             self._resume()
         self.writers: dict[str, SummaryWriter] = {}
@@ -190,13 +193,17 @@ class OnlineTrainer:
             batch = self.buffer.sample_with_ends(self.cfg.optim.batch_size)
             self._critic_step(batch)
         with autocast(self.device, self.precision), ActionMean(self.model) as mu:
-            action_preds(self.model, batch)
-        dist = self.head(mu.value)
-        losses = odt_losses(dist, batch["actions"], batch["attention_mask"],
-                            self.temperature, self.cfg.target_entropy)  # fmt: skip
-        policy = losses.policy
+            preds = action_preds(self.model, batch)
+        if self.stochastic:
+            dist = self.head(mu.value)
+            losses = odt_losses(dist, batch["actions"], batch["attention_mask"],
+                                self.temperature, self.cfg.target_entropy)  # fmt: skip
+            supervised, mean = losses.policy, dist.mean
+        else:  # the reference's `mse_loss_fn`: the offline fine-tuning loss
+            supervised, mean = action_mse(preds, batch), preds.float()
+        policy = supervised
         if self.td3 is not None:  # + coef * mean(-Q1(s, mean action))
-            rl = self.td3.actor_loss(batch["states"], dist.mean, batch["attention_mask"])
+            rl = self.td3.actor_loss(batch["states"], mean, batch["attention_mask"])
             policy = policy + rl
         if self.penalty is not None:
             policy = policy + self.penalty(self.model)
@@ -207,12 +214,13 @@ class OnlineTrainer:
         for hook in self.hooks:
             hook.after_step(self.counts["updates"])
         self.scheduler.step()
-        self.temperature_optimizer.zero_grad(set_to_none=True)
-        losses.temperature.backward()
-        self.temperature_optimizer.step()
+        if self.stochastic:
+            self.temperature_optimizer.zero_grad(set_to_none=True)
+            losses.temperature.backward()
+            self.temperature_optimizer.step()
+            self.window.penalties.append(losses.entropy.float())
         self.counts["updates"] += 1
-        self.window.losses.append(losses.policy.detach().float())
-        self.window.penalties.append(losses.entropy.float())
+        self.window.losses.append(supervised.detach().float())
         self.stats = {**self.stats, "grad_norm": grad_norm.detach()}
         if self.td3 is not None:
             self.stats["rl_loss"] = rl.detach()
@@ -242,12 +250,15 @@ class OnlineTrainer:
         loss = torch.stack(self.window.losses).mean().item()
         scalars = {
             "train/loss": loss,
-            "train/entropy": torch.stack(self.window.penalties).mean().item(),
-            "train/temperature": self.temperature.value.item(),
-            "train/log_std": self.head.log_std.mean().item(),
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": self.stats["grad_norm"].item(),
         }
+        if self.stochastic:
+            scalars |= {
+                "train/entropy": torch.stack(self.window.penalties).mean().item(),
+                "train/temperature": self.temperature.value.item(),
+                "train/log_std": self.head.log_std.mean().item(),
+            }
         if self.td3 is not None:
             for key in ("critic_loss", "q", "rl_loss"):
                 scalars[f"train/{key}"] = self.stats[key].item()

@@ -184,7 +184,7 @@ def readme(
         "",
         _scale(rows),
         "",
-        _score_legend(score, STEP_UNITS[rows[0].step_unit]),
+        _score_legend(score, STEP_UNITS[rows[0].step_unit], rows),
         "",
         configuration_table(stats, score),
         "",
@@ -242,6 +242,7 @@ def _scale(rows) -> str:
             f"{first['env_steps']} env steps per run ({first['rollouts']} episode(s) per env, "
             f"then {first['updates']} updates of batch {optim['batch_size']}, per iteration; "
             f"exploration target {first['rtg_scale']:g} x the best offline return; "
+            f"policy loss: {_online_losses(rows, with_td3=True)}; "
         )
     else:
         loop = first["loop"]
@@ -258,7 +259,24 @@ def _scale(rows) -> str:
     )
 
 
-def _score_legend(score: str, unit: str) -> str:
+def _online_losses(rows, with_td3: bool = False) -> str:
+    """The supervised loss the online runs trained (logged as train/loss), with TD3's term
+    where it was on; the distinct ones, in the runs' order, joined by ' / '."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        config = row.summary.config
+        if config.get("policy", "stochastic") == "deterministic":
+            loss = f"action MSE (deterministic policy, exploration noise {config['expl_noise']:g})"
+        else:
+            loss = "ODT loss (negative log-likelihood - temperature x entropy)"
+        td3 = config.get("td3", {})
+        if with_td3 and td3.get("enabled"):
+            loss += f" plus TD3's {td3['coef']:g} x -Q"
+        seen[loss] = None
+    return " / ".join(seen)
+
+
+def _score_legend(score: str, unit: str, rows) -> str:
     paper_metric = " (the paper's metric; success at any step of the episode beside it)."
     one = unit.removesuffix("s")
     return (
@@ -268,11 +286,7 @@ def _score_legend(score: str, unit: str) -> str:
         f"run did not evaluate there) divided by the {unit}: higher = faster adaptation"
         + (" (online: sample efficiency). " if unit == "env steps" else ". ")
         + "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
-        + (
-            "logged ODT loss (negative log-likelihood - temperature x entropy)"
-            if unit == "env steps"
-            else "logged training MSE"
-        )
+        + (f"logged {_online_losses(rows)}" if unit == "env steps" else "logged training MSE")
         + "; grad signal = gradient norm at initialisation (mean over runs). "
         "Intervals: 95% stratified bootstrap (rliable, 2000 resamples), seeds resampled within "
         "tasks; IQM = interquartile mean over tasks x seeds."

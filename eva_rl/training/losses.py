@@ -22,7 +22,12 @@ def action_preds(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
 def action_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """MSE between predicted and dataset actions on real (unpadded) steps only, reduced in fp32
     whatever precision the forward ran in."""
-    preds = action_preds(model, batch).float()
+    return action_mse(action_preds(model, batch), batch)
+
+
+def action_mse(preds: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`action_loss` of predictions already made (B, K, act_dim), reduced in fp32."""
+    preds = preds.float()
     mask = batch["attention_mask"].unsqueeze(-1).to(preds.dtype)
     sq = (preds - batch["actions"]) ** 2 * mask
     return sq.sum() / (mask.sum() * batch["actions"].shape[-1])
