@@ -83,6 +83,26 @@ def test_a_set_override_sets_one_key_and_keeps_the_rest_of_its_section(
     assert run.config["method"] == {"rank": 2, "calibration_batches": 1, "name": "eva"}
 
 
+def test_a_set_value_follows_the_grid_through_placeholders(checkpoint, mw_root, tmp_path):
+    """`{seed}` and `{method}` (method.name's short name) in a `set` string: one setting per run,
+    as an online sweep's `from_run` naming the offline sweep's run of the same point."""
+    template = "offline/seed={seed},method={method}/s={method.name}"
+    path = write_sweep(tmp_path, checkpoint, mw_root, set={"task": "hammer-v3",
+                                                           "stats": template})  # fmt: skip
+    runs = {r.name: r.config["stats"] for r in plan(load_sweep(path)) if not r.baseline}
+    assert runs == {
+        "method=lora,seed=0": "offline/seed=0,method=lora/s=lora",
+        "method=lora,seed=1": "offline/seed=1,method=lora/s=lora",
+        "method=eva,seed=0": "offline/seed=0,method=eva/s=eva",
+        "method=eva,seed=1": "offline/seed=1,method=eva/s=eva",
+    }
+    path = write_sweep(tmp_path, checkpoint, mw_root, set={"task": "hammer-v3",
+                                                           "stats": "x/{rank}"})  # fmt: skip
+    with pytest.raises(UserError, match=r"set.stats names \{rank\}, which is not a grid key of "
+                                        r"this run \(grid keys: method.name, seed\)"):
+        plan(load_sweep(path))
+
+
 def test_bad_run_configs_fail_before_anything_runs(checkpoint, mw_root, tmp_path):
     path = write_sweep(tmp_path, checkpoint, mw_root, grid={"method.name": ["lora", "lorra"]})
     with pytest.raises(UserError, match="unknown method 'lorra'"):

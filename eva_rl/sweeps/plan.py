@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -48,6 +49,29 @@ def run_name(point: dict[str, Any]) -> str:
     return ",".join(parts)
 
 
+PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+def fill(value: Any, point: dict[str, Any], key: str) -> Any:
+    """A `set` value with each `{grid key}` (or its short name: `{method}` for method.name)
+    replaced by the run's value, so one setting can follow the grid: `from_run:
+    runs/sweeps/offline/seed={seed},task={task},method={method}` starts each online run from
+    the offline sweep's run of the same point."""
+    if not isinstance(value, str):
+        return value
+    names = {**{ALIASES.get(k, k): v for k, v in point.items()}, **point}
+
+    def one(match: re.Match) -> str:
+        if match.group(1) not in names:
+            raise UserError(
+                f"set.{key} names {{{match.group(1)}}}, which is not a grid key of this run "
+                f"(grid keys: {', '.join(point)})"
+            )
+        return str(names[match.group(1)])
+
+    return PLACEHOLDER.sub(one, value)
+
+
 def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     """The runs of a sweep, each config resolved from `base` (default: the base file as it is
     now) and validated, so a bad key fails before anything runs."""
@@ -57,7 +81,8 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
         name = run_name(point)
         # `set` as dotted keys: a nested section (`set.method.name=lora` on the command line)
         # sets its keys, it does not replace the base's whole section
-        overrides = {**flatten(cfg.set), **point, "out": str(Path(cfg.out) / name)}
+        filled = {k: fill(v, point, k) for k, v in flatten(cfg.set).items()}
+        overrides = {**filled, **point, "out": str(Path(cfg.out) / name)}
         data = copy.deepcopy(base)
         for key, value in overrides.items():
             set_path(data, key, value)
