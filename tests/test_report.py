@@ -468,3 +468,30 @@ def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkey
         (out / "tensorboard" / e.relative_to(result / "tensorboard")).read_bytes() == e.read_bytes()
         for e in events
     )
+
+
+def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
+    """`gain` = the score at the end less the run's own at step 0 (an online run's start); a
+    hypothesis without a reference tests it against 0, and only it."""
+    from eva_rl.config import from_dict
+    from eva_rl.reports.hypotheses import Hypothesis, HypothesesFile, evaluate_hypotheses
+
+    root = tmp_path / "runs"
+    for seed, (start, end) in enumerate([(0.3, 0.5), (0.2, 0.3), (0.4, 0.45), (0.1, 0.2)]):
+        write_run(root, "hammer-v3", "lora", 8, seed, (start, end))
+        path = root / f"hammer-v3/lora-r8-s{seed}-fp32/summary.json"
+        summary = json.loads(path.read_text())
+        summary["eval"][0]["step"] = 0
+        path.write_text(json.dumps(summary))
+    write_run(root, "hammer-v3", "eva", 8, 0, (0.1, 0.2))  # no step 0: no gain
+    rows = collect_runs(root)
+    gains = sorted(r.gain for r in rows if r.method == "lora")
+    assert gains == pytest.approx([0.05, 0.1, 0.1, 0.2])
+    assert [r.gain for r in rows if r.method == "eva"] == [None]
+    h = Hypothesis(name="G", claim="online lifts LoRA", method="lora", tasks=["hammer-v3"],
+                   seeds=[0, 1, 2, 3], ranks=[8], alternative="greater", metric="gain")  # fmt: skip
+    (test,) = evaluate_hypotheses(rows, [h])
+    assert test.mean_diff == pytest.approx(0.1125)
+    assert test.p == pytest.approx(1 / 16)  # 4 positive gains: only all-plus reaches the mean
+    with pytest.raises(UserError, match="hypothesis G: name a reference method"):
+        from_dict(HypothesesFile, {"hypotheses": [{**h.__dict__, "metric": "score"}]})

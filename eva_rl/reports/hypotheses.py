@@ -23,16 +23,22 @@ class Hypothesis:
     name: str  # H1: how notes cite it
     claim: str  # in words, what a rejection of "no difference" in `alternative`'s direction says
     method: str
-    reference: str  # `method` minus `reference`, paired by (task, seed, rank)
     tasks: list[str]
     seeds: list[int]
     ranks: list[int]  # adapter ranks (both methods at the same rank)
+    # `method` minus `reference`, paired by (task, seed, rank); None: `method`'s values
+    # against 0, which only `gain` (the lift over the run's own start) means anything for
+    reference: str | None = None
     alternative: Literal["less", "greater", "two-sided"] = "two-sided"  # of the mean difference
     alpha: float = 0.05  # the level of this one test (any correction over a family included)
-    metric: Literal["score", "success_final", "success_any", "ret", "auc", "heldout_loss"] = "score"
+    metric: Literal["score", "success_final", "success_any", "ret", "auc", "heldout_loss",
+                    "gain"] = "score"  # fmt: skip
 
     def __post_init__(self):
-        for name in (self.method, self.reference):
+        if self.reference is None and self.metric != "gain":
+            raise UserError(f"hypothesis {self.name}: name a reference method (only metric gain, "
+                            "the lift over each run's own start, is tested against 0)")  # fmt: skip
+        for name in (n for n in (self.method, self.reference) if n is not None):
             if name not in METHODS:
                 raise UserError(f"hypothesis {self.name}: unknown method {name!r} (eva-rl methods)")
         if self.method == self.reference:
@@ -90,7 +96,8 @@ def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[H
         unknown = sorted(set(h.tasks) - tasks)
         if unknown:
             raise UserError(f"hypothesis {h.name} names task(s) no run has: {', '.join(unknown)}")
-        mine, theirs = _by_pair(rows, h, h.method), _by_pair(rows, h, h.reference)
+        mine = _by_pair(rows, h, h.method)
+        theirs = _by_pair(rows, h, h.reference) if h.reference else dict.fromkeys(mine, 0.0)
         pairs = [p for p in h.planned if p in mine and p in theirs]
         test = HypothesisTest(h, finished=len(pairs))
         if len(pairs) == len(h.planned):

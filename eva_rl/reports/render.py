@@ -125,14 +125,15 @@ def hypothesis_table(tests, score: str) -> str:
     rows = []
     for t in tests:
         h = t.hypothesis
-        metric = score if h.metric == "score" else h.metric
+        metric = {"score": score, "gain": f"{score} at the end - at step 0"}.get(h.metric, h.metric)
         where = f"{', '.join(h.tasks)}; r {', '.join(map(str, h.ranks))}; {len(h.seeds)} seeds"
         diff = (
             f"{t.mean_diff:+{spec}} [{t.ci[0]:+{spec}}, {t.ci[1]:+{spec}}]"
             if t.p is not None else "-"
         )  # fmt: skip
         p = "-" if t.p is None else f"{t.p:.3g}" + ("" if t.exact else " MC")
-        rows.append([h.name, h.claim, f"{h.method} - {h.reference} ({metric})", where,
+        comparison = f"{h.method} - {h.reference}" if h.reference else f"{h.method} vs 0"
+        rows.append([h.name, h.claim, f"{comparison} ({metric})", where,
                      f"{t.finished} of {len(h.planned)}", diff, f"{p} ({h.alternative})",
                      f"{h.alpha:g}", t.verdict])  # fmt: skip
     return markdown.table(header, rows)

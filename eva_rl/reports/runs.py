@@ -59,6 +59,16 @@ class Row:
     path: Path | None = field(default=None, metadata=NOT_CSV)  # the run's directory
     step_unit: str = field(default="updates", metadata=NOT_CSV)  # updates, or env_steps (online)
 
+    @property
+    def gain(self) -> float | None:
+        """The score at the last evaluation less the run's own at step 0 (an online run's
+        start), None without a step-0 evaluation: what the run added to where it started."""
+        first = self.curve[0] if self.curve else None
+        if first is None or first[0] != 0 or self.score is None:
+            return None
+        start = first[1].get(self.score_name)
+        return None if start is None else self.score - start
+
     @classmethod
     def csv_columns(cls) -> list[str]:
         """runs.csv's header: every field but the NOT_CSV ones, in declaration order."""
