@@ -129,6 +129,7 @@ def test_every_shipped_run_and_sweep_config_validates():
 
     from eva_rl.config import flatten, read_yaml, set_path
     from eva_rl.sweeps import load_sweep
+    from eva_rl.sweeps.plan import fill
     from eva_rl.sweeps.stages import config_class
     from eva_rl.training.pretrain import PretrainConfig
 
@@ -147,7 +148,9 @@ def test_every_shipped_run_and_sweep_config_validates():
         base = read_yaml(Path(__file__).parents[1] / sweep.base)
         for point in sweep.points:
             data = copy.deepcopy(base)
-            for key, value in {**flatten(sweep.set), **point, "out": "x"}.items():
+            filled = {k: fill(v, point, k) for k, v in flatten(sweep.set).items()}
+            for key, value in {**filled, **point, "out": "x"}.items():
                 set_path(data, key, value)
+            assert "{" not in str(data.get("from_run")), path
             from_dict(config_class(sweep.command), data)
     assert len(sweeps) >= 10
