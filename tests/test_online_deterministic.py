@@ -80,7 +80,7 @@ def test_trains_the_action_mse_and_leaves_head_and_temperature(checkpoint, mw_ro
     assert summary["updates"] == 12 and len(values) == 12
     scalars = read_scalars(out / "tb")
     logged = [v for _, v in scalars["train/loss"]]
-    assert logged == pytest.approx([np.mean(values[i:i + 4]) for i in (0, 4, 8)], rel=1e-6)
+    assert logged == pytest.approx([np.mean(values[i : i + 4]) for i in (0, 4, 8)], rel=1e-6)
     assert not {"train/entropy", "train/temperature", "train/log_std"} & set(scalars)
     state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)
     fresh = GaussianHead(state["head"]["raw_log_std"].numel())

@@ -474,7 +474,7 @@ def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
     """`gain` = the score at the end less the run's own at step 0 (an online run's start); a
     hypothesis without a reference tests it against 0, and only it."""
     from eva_rl.config import from_dict
-    from eva_rl.reports.hypotheses import Hypothesis, HypothesesFile, evaluate_hypotheses
+    from eva_rl.reports.hypotheses import HypothesesFile, Hypothesis, evaluate_hypotheses
 
     root = tmp_path / "runs"
     for seed, (start, end) in enumerate([(0.3, 0.5), (0.2, 0.3), (0.4, 0.45), (0.1, 0.2)]):

@@ -98,8 +98,11 @@ def test_a_set_value_follows_the_grid_through_placeholders(checkpoint, mw_root, 
     }
     path = write_sweep(tmp_path, checkpoint, mw_root, set={"task": "hammer-v3",
                                                            "stats": "x/{rank}"})  # fmt: skip
-    with pytest.raises(UserError, match=r"set.stats names \{rank\}, which is not a grid key of "
-                                        r"this run \(grid keys: method.name, seed\)"):
+    with pytest.raises(
+        UserError,
+        match=r"set.stats names \{rank\}, which is not a grid key of "
+        r"this run \(grid keys: method.name, seed\)",
+    ):
         plan(load_sweep(path))
 
 

@@ -9,9 +9,10 @@ purging on resume).
 Per iteration (online-dt's `online_tuning`): collect `rollouts` episodes per env with sampled
 actions, add them to the replay buffer (hindsight return-to-go), then `updates` updates on
 buffer segments: the policy loss backward, its gradient norm clipped, AdamW step, then the
-temperature's Adam step (with `policy: deterministic`, the action MSE and no temperature). With `td3.enabled` (eva_rl/online/critic.py) a TD3 critic steps on
-each batch first, the policy loss adds its actor term, both targets move after the policy step,
-and `actor_interval - 1` critic-only steps follow. Evaluations (mean action) run when the env
+temperature's Adam step (with `policy: deterministic`, the action MSE and no temperature). With
+`td3.enabled` (eva_rl/online/critic.py) a TD3 critic steps on each batch first, the policy loss
+adds its actor term, both targets move after the policy step, and `actor_interval - 1`
+critic-only steps follow. Evaluations (mean action) run when the env
 steps cross a multiple of `eval_every`, and at the start and the end. TensorBoard has two step
 axes, so two folders: `tb/` against updates (`train/*`, `eval/*`) and `tb/env_steps/` against
 env steps (`online/*`), each purged separately on resume.
