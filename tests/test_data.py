@@ -202,3 +202,39 @@ def test_list_reads_any_minari_dataset(tmp_path, monkeypatch, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("other/pendulum/random-v0: 3 episodes, 15 steps, return")
     assert "success" not in line
+
+
+def test_success_among_the_best_return_tenth():
+    """The final-step success of the best-return tenth (at least one episode), ties by order."""
+    returns = np.array([5.0, 9.0, 1.0, 9.0, 3.0, 2.0, 8.0, 7.0, 6.0, 4.0, 0.0, 10.0,
+                        11.0, 0.5, 0.2, 0.1, 0.3, 0.4, 0.6, 0.7])  # fmt: skip
+    success = [1.0] * 11 + [0.0, 0.0] + [1.0] * 7  # the two best (11, 10) fail
+    assert catalog.top_return_success(returns, success) == 0.0
+    assert catalog.top_return_success(returns[:9], success[:9]) == 1.0  # one episode: 9.0
+    assert catalog.top_return_success(returns, []) is None
+
+
+def test_list_recomputes_a_summary_written_before_the_best_return_tenth(mw_root, tmp_path,
+                                                                       capsys):  # fmt: skip
+    import json
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(mw_root, root)
+    dataset = catalog.load("metaworld/hammer-v3/scripted-v0", root)
+    returns, success = [], []
+    for episode in dataset.iterate_episodes():
+        returns.append(float(np.sum(episode.rewards)))
+        success.append(float(np.asarray(episode.infos["success"])[-1]))
+    expected = success[int(np.argmax(returns))]  # 4 episodes: the tenth is the best one
+    path = catalog.dataset_dir(root, "metaworld/hammer-v3/scripted-v0") / catalog.SUMMARY_FILE
+    assert json.loads(path.read_text())["success_final_top"] == expected
+    older = json.loads(path.read_text())
+    del older["success_final_top"]  # as an eva_rl before it wrote the key
+    path.write_text(json.dumps(older))
+    assert catalog.read_summary("metaworld/hammer-v3/scripted-v0", root)["success_final_top"] == (
+        expected
+    )
+    assert main(["data", "list", "--root", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"(best-return tenth {expected:.2f})" in next(x for x in lines if "hammer" in x)
