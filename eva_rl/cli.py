@@ -62,8 +62,8 @@ def _online_flags(p) -> None:
         "--checkpoint": "checkpoint", "--stats": "stats", "--datasets": "datasets",
         "--task": "task", "--env": "env", "--data-root": "data_root", "--method": "method.name",
         "--rank": "method.rank", "--rho": "method.rho", "--from": "from_run",
-        "--env-steps": "env_steps", "--eval-every": "eval_every", "--out": "out",
-        "--resume": "resume", **COMMON,
+        "--env-steps": "env_steps", "--eval-every": "eval_every", "--policy": "policy",
+        "--td3": "td3.enabled", "--out": "out", "--resume": "resume", **COMMON,
     })  # fmt: skip
 
 

@@ -99,3 +99,18 @@ def test_with_td3_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, 
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["td3"]["critic"]:
         assert torch.equal(a["td3"]["critic"][k], b["td3"]["critic"][k]), k
+
+
+def test_cli_flags_choose_the_policy_and_td3(checkpoint, mw_root, tmp_path):
+    from test_online import overrides
+
+    from eva_rl.cli import main
+    from eva_rl.config import load_config
+    from eva_rl.online.config import OnlineConfig
+
+    out = tmp_path / "cli"
+    items = overrides(checkpoint, mw_root, out, "env_steps=30", "updates=2", "td3.hidden=8")
+    assert main(["online", "--policy", "deterministic", "--td3", *items]) == 0
+    cfg = load_config(OnlineConfig, out / "config.yaml")
+    assert cfg.policy == "deterministic" and cfg.td3.enabled
+    assert "train/critic_loss" in read_scalars(out / "tb")

@@ -34,7 +34,7 @@ class TD3Config:
     reference code's (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers, `get_args.py`
     arguments, used by `main.py` and `trainer.py`); see eva_rl/online/critic.py for the recipe."""
 
-    enabled: bool = False  # off: no critic is built and ODT's update is untouched
+    enabled: bool = False  # add TD3's critic and actor term (off: no critic, the update as before)
     coef: float = 0.1  # weight of -Q in the policy loss: --actor_rl_coeff 0.1 (README: 0.1)
     normalize: bool = False  # divide coef by mean |Q| of the batch: --normalized_rl_coeff 0
     gamma: float = 0.99  # discount of the critic's TD target: --gamma 0.99
