@@ -212,6 +212,7 @@ def test_success_among_the_best_return_tenth():
     assert catalog.top_return_success(returns, success) == 0.0
     assert catalog.top_return_success(returns[:9], success[:9]) == 1.0  # one episode: 9.0
     assert catalog.top_return_success(returns, []) is None
+    assert catalog.top_return_success(returns, success[:-1]) is None  # not every episode
 
 
 def test_list_recomputes_a_summary_written_before_the_best_return_tenth(mw_root, tmp_path,

@@ -261,8 +261,8 @@ def top_return_success(returns: np.ndarray, final_success: list[float]) -> float
     return stands for success in the data. A DT conditioned on a high return imitates these
     episodes, and online fine-tuning chases return; where they mostly fail (stick-pull's
     scripted data: 0.40 against 0.18 overall, its two best episodes failures), return is a
-    poor guide to success."""
-    if not final_success:
+    poor guide to success. None unless every episode records success."""
+    if not final_success or len(final_success) != len(returns):
         return None
     best = np.argsort(-returns, kind="stable")[: max(1, len(returns) // 10)]
     return float(np.mean(np.asarray(final_success)[best]))
@@ -324,14 +324,10 @@ def format_summary(s: dict[str, Any]) -> str:
     """One line per dataset, as `data build` and `data list` print it."""
     if "broken" in s:
         return f"{s['dataset_id']}: BROKEN: {s['broken']}"
-    success = (
-        ""
-        if s.get("success_any") is None
-        else (
-            f"  success any {s['success_any']:.2f} final {s['success_final']:.2f} "
-            f"(best-return tenth {s['success_final_top']:.2f})"
-        )
-    )
+    success, top = "", s.get("success_final_top")
+    if s.get("success_any") is not None:
+        success = f"  success any {s['success_any']:.2f} final {s['success_final']:.2f}"
+        success += "" if top is None else f" (best-return tenth {top:.2f})"
     return (
         f"{s['dataset_id']}: {s['episodes']} episodes, {s['transitions']} steps, return "
         f"{s['return_mean']:.1f} [{s['return_min']:.1f}, {s['return_max']:.1f}]{success}"
