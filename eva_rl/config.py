@@ -269,7 +269,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 @functools.cache  # one parse of the class's module per process, not one per flag
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its comment in the class source (the trailing `# ...` of its line, else the
-    comment lines just above it): the help text of the field's command-line flag."""
+    comment lines just above it): the help text of the field's command-line flag. Fields a
+    dataclass inherits take their base's comment unless the subclass comments them again."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """`field_docs` of the fields written in `cls`'s own source."""
     import inspect
     import re
 

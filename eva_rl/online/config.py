@@ -2,26 +2,20 @@
 
 "ODT" below is the Online Decision Transformer's reference code (facebookresearch/online-dt,
 `main.py` arguments); where eva_rl keeps its own fine-tuning default instead, the comment says
-why. The settings shared with `eva-rl finetune` (method, EVA's collector, evaluation) are its
-dataclasses, so a method and an evaluation mean the same thing in both commands.
+why. The settings shared with `eva-rl finetune` (base, data, method, EVA's collector, evaluation,
+seed and execution) are its `AdaptedRunConfig`, so they mean the same thing in both commands.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from eva_rl.adapters.methods import MethodConfig
-from eva_rl.assets import SHIPPED
-from eva_rl.data.catalog import dataset_id
 from eva_rl.errors import UserError
-from eva_rl.eva.collector import CollectorConfig
 from eva_rl.online.buffer import DEFAULT_CAPACITY
 from eva_rl.online.policy import INIT_TEMPERATURE
-from eva_rl.runtime import Precision, check_precision
-from eva_rl.training.finetune import FinetuneCollectorConfig, FinetuneEvalConfig
+from eva_rl.training.finetune import AdaptedRunConfig
 from eva_rl.training.loop import OptimConfig
 
 Policy = Literal["stochastic", "deterministic"]
@@ -77,16 +71,10 @@ class TD3Config:
 
 
 @dataclass
-class OnlineConfig:
-    checkpoint: str = SHIPPED  # the pretrained base: a checkpoint directory or a hub id
-    stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
-    datasets: list[str] = field(default_factory=list)  # Minari ids of the offline data
-    task: str = ""  # shorthand for a Meta-World task's data: metaworld/<task>/scripted-v0
-    env: str | None = None  # play in this env (default: the env each dataset recorded)
-    data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
-    out: str = ""  # the run directory
-    method: MethodConfig = field(default_factory=MethodConfig)  # adapters: adapter + head train
-    collector: FinetuneCollectorConfig = field(default_factory=FinetuneCollectorConfig)
+class OnlineConfig(AdaptedRunConfig):
+    """The run settings of `AdaptedRunConfig` (an adapter trains with the policy's head; ODT
+    evaluates on 10 episodes), then the online loop's."""
+
     from_run: str | None = None  # a finished `eva-rl finetune` run: start from its agent/
     env_steps: int = 10_000  # online interactions in all (ODT stops at max_online_iters or 1M)
     capacity: int = DEFAULT_CAPACITY  # replay buffer, whole trajectories (ODT replay_size 1000)
@@ -114,22 +102,12 @@ class OnlineConfig:
     temperature_lr: float = 1e-4  # ODT: Adam(lr=1e-4, betas=(0.9, 0.999)) on log temperature
     target_entropy: float | None = None  # None: -act_dim (ODT)
     eval_every: int = 1000  # env steps between evaluations (ODT: every 10 iterations)
-    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)  # ODT 10 episodes
     save_every: int = 10  # iterations between checkpoints (what a resume restarts from)
     log_every: int = 50  # updates between training-loss logs
-    seed: int = 0  # of sampling, initialisation, exploration and training
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
-    threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
-    resume: bool = False  # continue from checkpoints/latest (same config)
     td3: TD3Config = field(default_factory=TD3Config)  # RL gradients for low-return data (off)
 
     def __post_init__(self):
-        if not self.task and not self.datasets:
-            raise UserError("name the offline data: --datasets ID [ID ...] or --task TASK")
-        if not self.out:
-            raise UserError("name the run directory with --out DIR")
-        check_precision(self.precision)
+        super().__post_init__()
         names = ("env_steps", "capacity", "rollouts", "eval_every", "save_every", "log_every")
         positive = {k: getattr(self, k) for k in names}
         bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
@@ -143,14 +121,3 @@ class OnlineConfig:
             raise UserError("init_temperature and temperature_lr must be finite and > 0")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise UserError(f"target_entropy must be finite, got {self.target_entropy}")
-
-    @property
-    def dataset_ids(self) -> list[str]:
-        return self.datasets or [dataset_id(self.task)]
-
-    def collector_config(self) -> CollectorConfig:
-        """EVA's collector, as `eva-rl finetune` builds it (the run's rank, rho, seed, device)."""
-        return CollectorConfig(rank=self.method.rank, rho=self.method.rho,
-                               target_modules=list(self.method.target_modules), seed=self.seed,
-                               device=self.device, precision=self.precision,
-                               **dataclasses.asdict(self.collector))  # fmt: skip

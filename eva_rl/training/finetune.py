@@ -108,25 +108,22 @@ class FinetuneCollectorConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class AdaptedRunConfig:
+    """What every run that adapts a pretrained agent to offline data names, `eva-rl finetune`'s
+    and `eva-rl online`'s alike: the base, the data, the run folder, the method and EVA's
+    collector, the evaluation, and how the run executes."""
+
     checkpoint: str = SHIPPED  # a checkpoint directory or a Hugging Face hub id
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
     datasets: list[str] = field(default_factory=list)  # Minari ids of the downstream data
     task: str = ""  # shorthand for a Meta-World task's data: metaworld/<task>/scripted-v0
-    env: str | None = None  # evaluate in this env (default: the env each dataset recorded)
+    env: str | None = None  # evaluate (online: also play) in this env (default: the datasets')
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
     out: str = ""  # the run directory
     method: MethodConfig = field(default_factory=MethodConfig)
     collector: FinetuneCollectorConfig = field(default_factory=FinetuneCollectorConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=100))
-    loop: LoopConfig = field(
-        default_factory=lambda: LoopConfig(
-            steps=2000, log_every=50, eval_every=500, save_every=500, eval_at_start=True
-        )
-    )
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
-    seed: int = 0  # of sampling, initialisation and training
+    seed: int = 0  # of sampling, initialisation and training (online: and exploration)
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Precision = "auto"  # auto (bf16 where the hardware has it natively) | bf16 | fp32
     threads: int = 0  # torch CPU threads; 0: a share of the free cores (eva_rl.runtime)
@@ -158,6 +155,17 @@ class FinetuneConfig:
             precision=self.precision,
             **dataclasses.asdict(self.collector),
         )
+
+
+@dataclass
+class FinetuneConfig(AdaptedRunConfig):
+    split: SplitConfig = field(default_factory=SplitConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=100))
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            steps=2000, log_every=50, eval_every=500, save_every=500, eval_at_start=True
+        )
+    )
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
