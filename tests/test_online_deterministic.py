@@ -4,11 +4,13 @@ Gaussian noise (the TD3 reference's `--stoc 0`), alone and with TD3."""
 import numpy as np
 import pytest
 import torch
-from test_online import config, kill_and_resume, read_scalars
+from test_online import config, kill_and_resume, overrides, read_scalars
 
+from eva_rl.cli import main
+from eva_rl.config import load_config
 from eva_rl.online import trainer as trainer_module
 from eva_rl.online.collect import SAMPLE_TAG, SampledAction
-from eva_rl.online.config import TD3Config
+from eva_rl.online.config import OnlineConfig, TD3Config
 from eva_rl.online.critic import TD3, shift, smoothed, td_target, transitions
 from eva_rl.online.policy import ACTION_BOUND, GaussianHead
 from eva_rl.online.run import online
@@ -102,12 +104,6 @@ def test_with_td3_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, 
 
 
 def test_cli_flags_choose_the_policy_and_td3(checkpoint, mw_root, tmp_path):
-    from test_online import overrides
-
-    from eva_rl.cli import main
-    from eva_rl.config import load_config
-    from eva_rl.online.config import OnlineConfig
-
     out = tmp_path / "cli"
     items = overrides(checkpoint, mw_root, out, "env_steps=30", "updates=2", "td3.hidden=8")
     assert main(["online", "--policy", "deterministic", "--td3", *items]) == 0

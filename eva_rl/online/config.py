@@ -121,3 +121,8 @@ class OnlineConfig(AdaptedRunConfig):
             raise UserError("init_temperature and temperature_lr must be finite and > 0")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise UserError(f"target_entropy must be finite, got {self.target_entropy}")
+
+    @property
+    def stochastic(self) -> bool:
+        """ODT's Gaussian policy (head, temperature, sampled exploration), else the DT's own."""
+        return self.policy == "stochastic"

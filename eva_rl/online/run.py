@@ -102,7 +102,7 @@ class OnlineRun:
         self.temperature = Temperature(cfg.init_temperature).to(self.agent.device)
         self.init = {
             "trainable_parameters": trainable_parameters(model)
-            + (trainable_parameters(self.head) if cfg.policy == "stochastic" else 0),
+            + (trainable_parameters(self.head) if cfg.stochastic else 0),
             "total_parameters": sum(p.numel() for p in self.agent.model.parameters()),
             "gradient_signal": gradient_signal(model, calibration),
             "collector_seconds": eva["seconds"] if eva else None,
@@ -128,7 +128,7 @@ class OnlineRun:
         collect_cfg = EvalConfig(episodes=cfg.rollouts, target_returns=explore, device=device,
                                  precision=self.precision, max_envs=cfg.eval.max_envs,
                                  workers=cfg.eval.workers)  # fmt: skip
-        noise = cfg.expl_noise if cfg.policy == "deterministic" else None
+        noise = None if cfg.stochastic else cfg.expl_noise
         self.collector = Collector(tuned, self.envs, collect_cfg, self.head, noise)
 
     def evaluate(self, env_steps: int, updates: int) -> EvalPoint:
@@ -145,7 +145,7 @@ class OnlineRun:
 
     def write_agent(self, directory: Path) -> None:
         export_adapted(self.adapted, directory, self.cfg.checkpoint, self.initial)
-        if self.cfg.policy == "stochastic":  # the deterministic policy is the DT alone
+        if self.cfg.stochastic:  # the deterministic policy is the DT alone
             save_head(directory, self.head, self.temperature)
         atomic_write_json(directory / META_FILE, dataclasses.asdict(self.meta))
 

@@ -12,10 +12,10 @@ buffer segments: the policy loss backward, its gradient norm clipped, AdamW step
 temperature's Adam step (with `policy: deterministic`, the action MSE and no temperature). With
 `td3.enabled` (eva_rl/online/critic.py) a TD3 critic steps on each batch first, the policy loss
 adds its actor term, both targets move after the policy step, and `actor_interval - 1`
-critic-only steps follow. Evaluations (mean action) run when the env
-steps cross a multiple of `eval_every`, and at the start and the end. TensorBoard has two step
-axes, so two folders: `tb/` against updates (`train/*`, `eval/*`) and `tb/env_steps/` against
-env steps (`online/*`), each purged separately on resume.
+critic-only steps follow. Evaluations (mean action) run when the env steps cross a multiple of
+`eval_every`, and at the start and the end. TensorBoard has two step axes, so two folders:
+`tb/` against updates (`train/*`, `eval/*`) and `tb/env_steps/` against env steps (`online/*`),
+each purged separately on resume.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class OnlineTrainer:
         self.hooks = list(adapted.hooks) if adapted is not None else []
         self.penalty = adapted.penalty if adapted is not None else None
         self.device = next(model.parameters()).device
-        self.stochastic = cfg.policy == "stochastic"  # else the head and temperature rest
+        self.stochastic = cfg.stochastic  # else the head and temperature rest
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.stochastic:
             self.params += list(head.parameters())
