@@ -71,6 +71,12 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     assert [p["updates"] for p in summary["eval"]] == [0, 8, 12]
     assert summary["auc_env_steps"] is not None
     assert json.loads((out / "summary.json").read_text())["env_steps"] == 90
+    speed, phases = summary["throughput"], summary["throughput"]["phase_seconds"]
+    assert 0 < phases["collect"] and 0 < phases["update"] and 0 < phases["evaluate"]
+    assert phases["critic_warmup"] == 0  # no TD3
+    assert sum(phases.values()) <= summary["train_seconds"] + 0.05  # phases lie inside the loop
+    assert speed["env_steps_per_s"] == pytest.approx(90 / phases["collect"], rel=0.02)
+    assert speed["updates_per_s"] == pytest.approx(12 / phases["update"], rel=0.02)
     env_axis = read_scalars(out / "tb" / "env_steps")
     assert [s for s, _ in env_axis["online/collect_return"]] == [30, 60, 90]
     assert [s for s, _ in env_axis["online/return"]] == [0, 60, 90]

@@ -194,6 +194,7 @@ class OnlineRun:
             "episodes_collected": counts["episodes"],
             "auc_env_steps": curve_auc([(p.step, p.metrics[score]) for p in points]),
             "collected": history["collected"],
+            "throughput": throughput(history.get("phase_seconds", {}), counts),
             "dataset": dataset,
         }
         save_checkpoint_dir(self.out / "agent", self.write_agent)
@@ -224,3 +225,14 @@ class OnlineRun:
                 overwrite=True)  # fmt: skip
             written[name] = {"root": str(self.out / MINARI_DIR), "episodes": len(records)}
         return written
+
+
+def throughput(phase_seconds: dict[str, float], counts: dict[str, int]) -> dict:
+    """Env-steps/s while collecting and updates/s while updating, each over its own phase's
+    seconds (so neither is diluted by the other or by evaluations), with the seconds."""
+    collect, update = phase_seconds.get("collect", 0.0), phase_seconds.get("update", 0.0)
+    return {
+        "env_steps_per_s": round(counts["env_steps"] / collect, 2) if collect else None,
+        "updates_per_s": round(counts["updates"] / update, 2) if update else None,
+        "phase_seconds": {k: round(v, 4) for k, v in phase_seconds.items()},
+    }

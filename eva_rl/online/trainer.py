@@ -20,6 +20,7 @@ each purged separately on resume.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_st
 
 ENV_AXIS = "env_steps"  # tb/ subfolder of the scalars against env steps
 COLLECT_SEED = 1 << 20  # collected episode n is reset with seed COLLECT_SEED * (seed + 1) + n
+PHASES = ("collect", "update", "critic_warmup", "evaluate")  # where a run's seconds went
 
 
 def warmup(steps: int) -> Callable[[int], float]:
@@ -80,7 +82,12 @@ class OnlineTrainer:
         self.store = EpisodeStore(self.run_dir / "episodes")
         self.latest = self.run_dir / "checkpoints" / "latest"
         self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0}
-        self.history: dict[str, Any] = {"eval": [], "collected": [], "seconds": 0.0}
+        self.history: dict[str, Any] = {
+            "eval": [],
+            "collected": [],
+            "seconds": 0.0,
+            "phase_seconds": dict.fromkeys(PHASES, 0.0),
+        }
         self.window = Window([], [], 1)
         self.stats: dict[str, torch.Tensor] = {}
         self.td3 = None  # off: no critic, and `_update` is ODT's alone
@@ -125,7 +132,8 @@ class OnlineTrainer:
             if not self.history["eval"]:
                 self._evaluate()
                 if self.td3 is not None:
-                    self._warm_critic()
+                    with self._timed("critic_warmup"):
+                        self._warm_critic()
             while self.counts["env_steps"] < self.cfg.env_steps:
                 before_steps = self.counts["env_steps"]
                 self._iteration()
@@ -146,12 +154,14 @@ class OnlineTrainer:
     def _iteration(self) -> None:
         cfg, counts = self.cfg, self.counts
         last_eval = counts["env_steps"] // cfg.eval_every
-        self._collect()
+        with self._timed("collect"):
+            self._collect()
         self.model.train()
-        for _ in range(cfg.updates):
-            self._update()
-            if counts["updates"] % cfg.log_every == 0:
-                self._log()
+        with self._timed("update"):
+            for _ in range(cfg.updates):
+                self._update()
+                if counts["updates"] % cfg.log_every == 0:
+                    self._log()
         counts["iterations"] += 1
         done = counts["env_steps"] >= cfg.env_steps
         if done or counts["env_steps"] // cfg.eval_every > last_eval:
@@ -160,6 +170,17 @@ class OnlineTrainer:
         if done or counts["iterations"] % cfg.save_every == 0:
             self.window.check(self.latest, self.history.get("saved_step"))
             self.save()
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Add the block's seconds to `phase`: env-steps/s and updates/s are each measured on
+        their own phase, not diluted by the other (the summary's `throughput`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            phases = self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
+            phases[phase] += time.perf_counter() - started
 
     def _collect(self) -> None:
         """One iteration's episodes: on disk, in the buffer, counted and logged."""
@@ -273,7 +294,8 @@ class OnlineTrainer:
 
     def _evaluate(self) -> None:
         env_steps, updates = self.counts["env_steps"], self.counts["updates"]
-        point = self.evaluate_fn(env_steps, updates)
+        with self._timed("evaluate"):
+            point = self.evaluate_fn(env_steps, updates)
         self.history["eval"].append(point.to_dict())
         for key, value in point.metrics.items():
             if key != "updates":
