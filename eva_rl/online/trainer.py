@@ -30,6 +30,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from eva_rl.kernels import speed_up
 from eva_rl.online.buffer import TrajectoryBuffer
 from eva_rl.online.collect import EpisodeStore
 from eva_rl.online.config import OnlineConfig
@@ -68,6 +69,7 @@ class OnlineTrainer:
         self.hooks = list(adapted.hooks) if adapted is not None else []
         self.penalty = adapted.penalty if adapted is not None else None
         self.device = next(model.parameters()).device
+        speed_up(model)  # the offline Trainer's dropout, attention and cast kernels
         self.stochastic = cfg.stochastic  # else the head and temperature rest
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.stochastic:
