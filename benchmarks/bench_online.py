@@ -90,12 +90,12 @@ def main() -> None:
         f"\n{args.task}, {args.env_steps} env steps, LoRA r8, {args.threads} threads, "
         f"precision {results[args.variants[0]][0]['precision']}, medians of {args.rounds}"
     )
-    print(f"{'variant':20s} {'env-steps/s':>12s} {'ratio':>6s} {'updates/s':>10s} {'ratio':>6s}")
+    print(f"{'variant':26s} {'env-steps/s':>12s} {'ratio':>6s} {'updates/s':>10s} {'ratio':>6s}")
     for variant, rows in results.items():
         steps = statistics.median(x["env_steps_per_s"] for x in rows)
         updates = statistics.median(x["updates_per_s"] for x in rows)
         print(
-            f"{variant:20s} {steps:12.1f} {steps / base['env_steps_per_s']:6.2f} "
+            f"{variant:26s} {steps:12.1f} {steps / base['env_steps_per_s']:6.2f} "
             f"{updates:10.2f} {updates / base['updates_per_s']:6.2f}"
         )
 
