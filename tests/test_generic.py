@@ -165,7 +165,10 @@ def test_targets_from_any_dataset_and_a_hub_id_offline(hopper, tmp_path, capsys,
     with minari_root(hopper / "minari"):
         best = max(float(np.sum(e.rewards)) for e in minari.load_dataset(DATA).iterate_episodes())
     assert json.loads(out.read_text())["envs"]["Hopper-v5"]["target_return"] == pytest.approx(best)
+    # offline as a user sets it before starting; huggingface_hub read the variable at import,
+    # so the test sets its constant too (else the load retries a network that is not there)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     capsys.readouterr()
     hub = ["evaluate", "--checkpoint", "edbeeching/decision-transformer-gym-hopper-medium"]
     assert main([*hub, "--episodes", "1", "--out", str(tmp_path / "hub.json")]) == 2
