@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 
 META_FILE = "eva_rl.json"
+WEIGHTS = "model.safetensors"  # what save_pretrained writes (transformers SAFE_WEIGHTS_NAME)
 
 
 @dataclass
@@ -284,6 +286,54 @@ def checkpoint_ref(path: str | os.PathLike) -> str:
     return str(source.resolve()) if isinstance(source, Path) else source
 
 
+def weights_digest(path: str | os.PathLike) -> str | None:
+    """sha256 of a local checkpoint's weights file (None for a hub id): how an adapter knows its
+    base again after the base moved (`resolve_base`)."""
+    source = locate_checkpoint(path)
+    weights = source / WEIGHTS if isinstance(source, Path) else None
+    if weights is None or not weights.is_file():
+        return None
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def resolve_base(adapter: Path, named: str) -> str:
+    """The base checkpoint of the adapter in `adapter`, which names it `named` (an absolute
+    directory or a hub id). Where that directory is not here (a run folder made on another
+    machine or checkout), the same path's tails are tried under the working directory and the
+    project root (`/elsewhere/results/pretrained/mt40-cpu/agent` -> `results/pretrained/...`),
+    and a candidate is taken only if its content is the adapter's base: its weights' sha256 as
+    recorded at export, and its normalisation stats as the adapter carries them."""
+    if Path(named, "config.json").is_file() or HUB_ID.match(named):
+        return named
+    own = adapter / META_FILE
+    meta = read_meta(own) if own.is_file() else None
+    digest = meta.provenance.get("base_weights_sha256") if meta else None
+    parts = Path(named).parts
+    for i in range(1, len(parts)):
+        for root in dict.fromkeys((Path.cwd(), assets.root())):
+            candidate = root / Path(*parts[i:])
+            if (candidate / "config.json").is_file() and _same_base(candidate, meta, digest):
+                return str(candidate.resolve())
+    raise UserError(
+        f"adapter {adapter} was trained on {named}, which is not a checkpoint directory here, "
+        f"and no checkpoint with its base's {'weights and ' if digest else ''}stats is at the "
+        "end of that path here; restore the base checkpoint at that path"
+    )
+
+
+def _same_base(candidate: Path, meta: AgentMeta | None, digest: str | None) -> bool:
+    """Whether `candidate` is the base an adapter recorded: every recorded fingerprint agrees
+    (weights' sha256, normalisation stats) and there was at least one to check."""
+    checks = []
+    if digest is not None:
+        checks.append(weights_digest(candidate) == digest)
+    if meta is not None and (candidate / META_FILE).is_file():
+        theirs = read_meta(candidate / META_FILE)
+        fields = ("state_mean", "state_std", "return_scale", "context_length")
+        checks.append(all(getattr(theirs, f) == getattr(meta, f) for f in fields))
+    return bool(checks) and all(checks)
+
+
 def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device = "cpu") -> Agent:
     """Any agent directory: a checkpoint, or a fine-tuned adapter (`agent/` of a finetune run,
     PEFT's format) merged into the base checkpoint it names; the adapter's `eva_rl.json` holds
@@ -298,11 +348,7 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"{adapter_config} is not a readable adapter config ({e!r})") from None
-    if not Path(base_path, "config.json").is_file() and not HUB_ID.match(base_path):
-        raise UserError(
-            f"adapter {path} was trained on {base_path}, which is not a checkpoint directory here; "
-            "restore the base checkpoint at that path"
-        )
+    base_path = resolve_base(path, base_path)
     # the adapter's eva_rl.json carries its base's stats, so a plain base needs no `stats`
     own = path / META_FILE if (path / META_FILE).is_file() else None
     base = Agent.load(base_path, stats=stats or own, device=device)

@@ -322,6 +322,81 @@ def test_a_matching_adapter_still_loads(checkpoint, tmp_path):
     assert agent.source == str(adapter) and agent.model.config.n_layer == 2
 
 
+def moved_adapter(checkpoint, tmp_path, monkeypatch):
+    """A trained-looking LoRA adapter (B random) whose config names its base at an absolute
+    path that is not here, while a copy of the base sits at that path's tail under the working
+    directory: a run folder made in another checkout. Returns (adapter, base copy)."""
+    import torch
+
+    from eva_rl.adapters.export import export_adapted
+    from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
+    from eva_rl.agent import Agent, weights_digest
+
+    project = tmp_path / "checkout"
+    base = project / "results" / "pretrained" / "agent"
+    shutil.copytree(checkpoint, base)
+    agent = Agent.load(base)
+    adapted = build_method(agent.model, MethodConfig(name="lora", rank=2), BuildContext())
+    torch.manual_seed(0)
+    for name, p in adapted.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    adapter = tmp_path / "run" / "agent"
+    export_adapted(adapted, adapter, str(base), None)
+    meta = json.loads((base / "eva_rl.json").read_text())
+    meta["provenance"] = {"base_weights_sha256": weights_digest(base)}
+    (adapter / "eva_rl.json").write_text(json.dumps(meta))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/elsewhere/results/pretrained/agent"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(project)
+    return adapter, base
+
+
+def test_an_adapter_finds_its_moved_base_by_content(checkpoint, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from eva_rl.agent import Agent, load_agent, resolve_base
+
+    adapter, base = moved_adapter(checkpoint, tmp_path, monkeypatch)
+    assert resolve_base(adapter, "/elsewhere/results/pretrained/agent") == str(base.resolve())
+    moved = load_agent(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(config | {"base_model_name_or_path": str(base)}))  # fmt: skip
+    named = load_agent(adapter)
+    plain = Agent.load(base)
+    for a, b in zip(moved.model.parameters(), named.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same merged weights as with the base's true path
+    assert any(not torch.equal(a, b) for a, b in
+               zip(moved.model.parameters(), plain.model.parameters(), strict=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("change", ["weights", "stats"])
+def test_a_different_checkpoint_at_the_moved_path_is_refused(
+    change, checkpoint, tmp_path, monkeypatch, capsys
+):
+    from eva_rl.agent import Agent
+
+    adapter, base = moved_adapter(checkpoint, tmp_path, monkeypatch)
+    if change == "weights":  # retrained: same stats, other weights
+        agent = Agent.load(base)
+        next(agent.model.parameters()).data.add_(1.0)
+        agent.model.save_pretrained(base)
+    else:  # recorded without a digest, and a base with other stats at the path
+        meta = json.loads((adapter / "eva_rl.json").read_text())
+        (adapter / "eva_rl.json").write_text(json.dumps(meta | {"provenance": {}}))
+        theirs = json.loads((base / "eva_rl.json").read_text())
+        theirs["return_scale"] *= 2
+        (base / "eva_rl.json").write_text(json.dumps(theirs))
+    args = ["evaluate", "--checkpoint", str(adapter), "--episodes", "1", "--out", "e.json"]
+    capsys.readouterr()  # saving's progress bars
+    assert main(args) == 2
+    one_line_error(capsys, f"adapter {adapter} was trained on /elsewhere/results/pretrained/agent",
+                   "restore the base checkpoint at that path")  # fmt: skip
+    assert not (tmp_path / "checkout" / "e.json").exists()
+
+
 # --- class 6 (YAML part): aliases bounded -------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from transformers import DecisionTransformerModel
 from conftest import HAMMER, tiny_finetune_overrides
 from eva_rl.adapters.export import export_adapted, save_initial_adapter
 from eva_rl.adapters.methods import METHODS, BuildContext, MethodConfig, build_method
-from eva_rl.agent import Agent, load_agent
+from eva_rl.agent import Agent, load_agent, weights_digest
 from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
@@ -88,6 +88,7 @@ def test_every_method_starts_at_the_base_model_trains_and_reloads(
     assert mean_loss(tuned.model, batches) < 0.9 * mean_loss(base.model, batches)
     assert summary.trainable_parameters > 0 and summary.gradient_signal > 0
     assert "hammer-v3" in tuned.meta.target_returns and tuned.meta.provenance["method"] == method
+    assert tuned.meta.provenance["base_weights_sha256"] == weights_digest(checkpoint)
 
 
 @pytest.mark.parametrize("method", ["lora", "pissa", "olora", "corda", "adalora", "eva-dora"])

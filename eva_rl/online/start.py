@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eva_rl.adapters.methods import Adapted, adapter_ranks
-from eva_rl.agent import Agent, checkpoint_ref
+from eva_rl.agent import Agent, checkpoint_ref, resolve_base
 from eva_rl.errors import UserError
 
 
@@ -44,7 +44,9 @@ def from_finetune_run(cfg, base: Agent) -> Start:
             "export` leaves them out): start from the run's own folder, or rerun it"
         )
     named = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-    if named != checkpoint_ref(cfg.checkpoint):
+    if not named:
+        raise UserError(f"--from {run}: its adapter_config.json names no base checkpoint")
+    if resolve_base(agent_dir, named) != checkpoint_ref(cfg.checkpoint):
         raise UserError(
             f"--from {run} adapted {named}, not --checkpoint {cfg.checkpoint}; pass that checkpoint"
         )
