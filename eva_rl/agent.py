@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -30,9 +29,9 @@ from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
+from eva_rl.weights import check_weights, weights_digest
 
 META_FILE = "eva_rl.json"
-WEIGHTS = "model.safetensors"  # what save_pretrained writes (transformers SAFE_WEIGHTS_NAME)
 
 
 @dataclass
@@ -286,16 +285,6 @@ def checkpoint_ref(path: str | os.PathLike) -> str:
     return str(source.resolve()) if isinstance(source, Path) else source
 
 
-def weights_digest(path: str | os.PathLike) -> str | None:
-    """sha256 of a local checkpoint's weights file (None for a hub id): how an adapter knows its
-    base again after the base moved (`resolve_base`)."""
-    source = locate_checkpoint(path)
-    weights = source / WEIGHTS if isinstance(source, Path) else None
-    if weights is None or not weights.is_file():
-        return None
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
-
-
 def resolve_base(adapter: Path, named: str) -> str:
     """The base checkpoint of the adapter in `adapter`, which names it `named` (an absolute
     directory or a hub id). Where that directory is not here (a run folder made on another
@@ -357,34 +346,6 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
     with _quiet_loading():
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     return Agent(merged.eval(), meta, str(path))
-
-
-# attention masks older GPT-2 code saved with the weights (hub DTs): buffers, not weights
-OLD_BUFFERS = re.compile(r"\.attn\.(masked_)?bias$")
-
-
-def check_weights(model: DecisionTransformerModel, info: dict, source: Path | str) -> None:
-    """Refuse a checkpoint whose tensors do not match its config.json (missing, unexpected or
-    mis-shaped: transformers would fill or drop them silently) or hold NaN or inf."""
-    order = {name: i for i, name in enumerate(model.state_dict())}
-    problems = [f"{k} missing" for k in sorted(info["missing_keys"], key=order.get)]
-    unexpected = [k for k in info["unexpected_keys"] if not OLD_BUFFERS.search(k)]
-    problems += [f"{k} unexpected" for k in sorted(unexpected)]
-    problems += [f"{k} is {tuple(saved)}, config says {tuple(want)}"
-                 for k, saved, want in sorted(info["mismatched_keys"])]  # fmt: skip
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise UserError(
-            f"checkpoint {source} does not match its config.json ({'; '.join(problems[:3])}"
-            f"{more}); restore the config.json saved with these weights, or retrain"
-        )
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise UserError(
-                f"checkpoint {source} holds non-finite weights ({name}: {bad} of "
-                f"{tensor.numel()} values NaN or inf); restore or retrain it"
-            )
 
 
 @contextlib.contextmanager

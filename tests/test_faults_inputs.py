@@ -330,7 +330,8 @@ def moved_adapter(checkpoint, tmp_path, monkeypatch):
 
     from eva_rl.adapters.export import export_adapted
     from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
-    from eva_rl.agent import Agent, weights_digest
+    from eva_rl.agent import Agent
+    from eva_rl.weights import weights_digest
 
     project = tmp_path / "checkout"
     base = project / "results" / "pretrained" / "agent"

@@ -10,7 +10,7 @@ from transformers import DecisionTransformerModel
 from conftest import HAMMER, tiny_finetune_overrides
 from eva_rl.adapters.export import export_adapted, save_initial_adapter
 from eva_rl.adapters.methods import METHODS, BuildContext, MethodConfig, build_method
-from eva_rl.agent import Agent, load_agent, weights_digest
+from eva_rl.agent import Agent, load_agent
 from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.data.segments import load_trajectories
@@ -18,6 +18,7 @@ from eva_rl.errors import UserError
 from eva_rl.reports.tensorboard import read_scalars
 from eva_rl.training.finetune import FinetuneConfig, finetune
 from eva_rl.training.losses import action_loss, action_preds
+from eva_rl.weights import weights_digest
 
 
 def tiny_finetune(checkpoint, mw_root, out, method, *extra):

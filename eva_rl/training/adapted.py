@@ -16,12 +16,13 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
-from eva_rl.agent import Agent, AgentMeta, checkpoint_ref, weights_digest
+from eva_rl.agent import Agent, AgentMeta, checkpoint_ref, locate_checkpoint
 from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
 from eva_rl.eva.state import META_FILE as EVA_META
 from eva_rl.eva.state import load_state, log_collection, save_result
 from eva_rl.results import RunSummary
 from eva_rl.training.rundir import provenance, run_dir
+from eva_rl.weights import weights_digest
 
 QUIET = (  # benign warnings PEFT and transformers raise on every run of these methods
     "`is_gradient_checkpointing` is deprecated",
@@ -70,7 +71,7 @@ def tuned_meta(base: AgentMeta, targets: dict[str, float], cfg: Any, precision: 
         cfg.dataset_ids,
         precision,
         base_checkpoint=checkpoint_ref(cfg.checkpoint),
-        base_weights_sha256=weights_digest(cfg.checkpoint),  # finds a moved base: resolve_base
+        base_weights_sha256=weights_digest(locate_checkpoint(cfg.checkpoint)),  # see resolve_base
         base_provenance=base.provenance,
         method=cfg.method.name,
     )
