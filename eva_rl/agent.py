@@ -298,7 +298,7 @@ def resolve_base(adapter: Path, named: str) -> str:
     meta = read_meta(own) if own.is_file() else None
     digest = meta.provenance.get("base_weights_sha256") if meta else None
     parts = Path(named).parts
-    for i in range(1, len(parts)):
+    for i in range(1 if Path(named).is_absolute() else 0, len(parts)):
         for root in dict.fromkeys((Path.cwd(), assets.root())):
             candidate = root / Path(*parts[i:])
             if (candidate / "config.json").is_file() and _same_base(candidate, meta, digest):
