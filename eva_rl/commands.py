@@ -117,6 +117,9 @@ def cmd_online(args) -> None:
         f"{_fmt(final.get('return'), '.1f')} after {s['env_steps']} env steps, {s['updates']} "
         f"updates, {s['episodes_collected']} episodes collected; {s['wall_seconds']:.0f} s"
     )
+    speed = s["throughput"]
+    print(f"speed: {_fmt(speed['updates_per_s'], '.1f')} updates/s updating, "
+          f"{_fmt(speed['env_steps_per_s'], '.0f')} env-steps/s collecting")  # fmt: skip
     print(f"run: {cfg.out}; collected data: {', '.join(s['dataset'])} under {cfg.out}/minari")
 
 

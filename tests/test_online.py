@@ -117,6 +117,8 @@ def test_cli_runs_and_the_api_names_resolve(checkpoint, mw_root, tmp_path, capsy
     assert main(["online", *flags, *rest]) == 0
     printed = capsys.readouterr().out
     assert "after 30 env steps, 2 updates, 1 episodes collected" in printed
+    speed = json.loads((out / "summary.json").read_text())["throughput"]
+    assert f"speed: {speed['updates_per_s']:.1f} updates/s updating, " in printed
     assert load_config(OnlineConfig, out / "config.yaml").task == "hammer-v3"
     assert eva_rl.online_finetune is online and eva_rl.OnlineConfig is OnlineConfig
     head, temperature = eva_rl.load_online_head(out / "agent")
