@@ -275,3 +275,7 @@ def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     assert "90 env steps per run" in text and "divided by the env steps" in text
     assert "| env step 60 |" in text  # the timeline's columns: evaluations at env-step budgets
     assert len((report / "runs.csv").read_text().strip().splitlines()) == 5
+    assert main(["export", str(runs), "--out", str(tmp_path / "export")]) == 0
+    exported = tmp_path / "export" / "method=eva,seed=1"
+    assert not (exported / "episodes").exists()  # the raw store: minari/ has the same episodes
+    assert (exported / "minari/eva_rl/online-hammer-v3-v0/data/main_data.hdf5").is_file()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from eva_rl.kernels import speed_up
 from eva_rl.online.buffer import TrajectoryBuffer
-from eva_rl.online.collect import EpisodeStore
+from eva_rl.online.collect import EPISODE_STORE, EpisodeStore
 from eva_rl.online.config import OnlineConfig
 from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
@@ -81,7 +81,7 @@ class OnlineTrainer:
         self.temperature_optimizer = torch.optim.Adam(
             temperature.parameters(), lr=cfg.temperature_lr, betas=(0.9, 0.999)
         )
-        self.store = EpisodeStore(self.run_dir / "episodes")
+        self.store = EpisodeStore(self.run_dir / EPISODE_STORE)
         self.latest = self.run_dir / "checkpoints" / "latest"
         self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0}
         self.history: dict[str, Any] = {

@@ -9,12 +9,14 @@ from pathlib import Path
 from eva_rl import ownership
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
+from eva_rl.online.collect import EPISODE_STORE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
 
 # what an exported run leaves behind: resumable state and weights (a report reads none of them),
-# and the lock of the process that ran it
-HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin", ownership.LOCK)
+# an online run's raw episode store (its minari/ dataset holds the same episodes), and the lock
+# of the process that ran it
+HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin", EPISODE_STORE, ownership.LOCK)
 
 
 def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict:
