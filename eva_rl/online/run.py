@@ -194,7 +194,7 @@ class OnlineRun:
             "episodes_collected": counts["episodes"],
             "auc_env_steps": curve_auc([(p.step, p.metrics[score]) for p in points]),
             "collected": history["collected"],
-            "throughput": throughput(history.get("phase_seconds", {}), counts),
+            "throughput": throughput(history["phase_seconds"], counts),
             "dataset": dataset,
         }
         save_checkpoint_dir(self.out / "agent", self.write_agent)
@@ -230,7 +230,7 @@ class OnlineRun:
 def throughput(phase_seconds: dict[str, float], counts: dict[str, int]) -> dict:
     """Env-steps/s while collecting and updates/s while updating, each over its own phase's
     seconds (so neither is diluted by the other or by evaluations), with the seconds."""
-    collect, update = phase_seconds.get("collect", 0.0), phase_seconds.get("update", 0.0)
+    collect, update = phase_seconds["collect"], phase_seconds["update"]
     return {
         "env_steps_per_s": round(counts["env_steps"] / collect, 2) if collect else None,
         "updates_per_s": round(counts["updates"] / update, 2) if update else None,

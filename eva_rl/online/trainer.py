@@ -115,6 +115,7 @@ class OnlineTrainer:
             self.td3.load_state_dict(state["td3"])
         torch.set_rng_state(state["torch_rng"])
         self.counts, self.history = state["counts"], state["history"]
+        self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))  # before 6cfacb7
         self.window = Window.from_state(state["window"])
         self.store.truncate(self.counts["episodes"])  # collected after the checkpoint: again
 
@@ -181,8 +182,7 @@ class OnlineTrainer:
         try:
             yield
         finally:
-            phases = self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
-            phases[phase] += time.perf_counter() - started
+            self.history["phase_seconds"][phase] += time.perf_counter() - started
 
     def _collect(self) -> None:
         """One iteration's episodes: on disk, in the buffer, counted and logged."""
