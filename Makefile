@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/eva-rl quickstart
 
+# one pytest worker per core this process may use (tests/conftest.py), long tests spread by work stealing
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check eva_rl tests benchmarks

@@ -1,8 +1,18 @@
 """Shared fixtures: every test gets its own Minari root, so no test touches a user's datasets."""
 
-import numpy as np
-import pytest
-import torch
+from eva_rl.runtime import cpu_count, quiet_waits
+
+quiet_waits()  # before torch loads OpenMP: test workers share the cores as the CLI's runs do
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (make test): the cores this process may use (affinity, cgroup quota), not
+    the machine's."""
+    return cpu_count()
 
 
 @pytest.fixture(scope="module")
