@@ -71,7 +71,7 @@ def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
     torch.testing.assert_close(stats["critic_loss"], by_hand.detach())
 
 
-def test_trains_the_action_mse_and_leaves_head_and_temperature(checkpoint, mw_root, tmp_path,
+def test_trains_the_action_mse_leaves_the_head_and_has_no_temperature(checkpoint, mw_root, tmp_path,
                                                                monkeypatch):  # fmt: skip
     values = []
     real = trainer_module.action_mse
@@ -87,6 +87,7 @@ def test_trains_the_action_mse_and_leaves_head_and_temperature(checkpoint, mw_ro
     state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)
     fresh = GaussianHead(state["head"]["raw_log_std"].numel())
     assert torch.equal(state["head"]["raw_log_std"], fresh.raw_log_std.detach())
+    assert "temperature" not in state and "temperature_optimizer" not in state
     assert not (out / "agent" / "gaussian_head.json").exists()
     actions = np.load(out / "episodes" / "0000000.npz")["actions"]
     assert np.all(np.abs(actions) < 1) and actions.std(axis=0).min() > 0

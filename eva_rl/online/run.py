@@ -99,7 +99,10 @@ class OnlineRun:
         self.initial = save_initial_adapter(self.adapted, out)
         model = self.adapted.model
         self.head = GaussianHead.for_model(model).to(self.agent.device)
-        self.temperature = Temperature(cfg.init_temperature).to(self.agent.device)
+        # the deterministic policy keeps the head as its action map (tanh or not) and has no
+        # entropy term, so no temperature
+        self.temperature = (Temperature(cfg.init_temperature).to(self.agent.device)
+                            if cfg.stochastic else None)  # fmt: skip
         self.init = {
             "trainable_parameters": trainable_parameters(model)
             + (trainable_parameters(self.head) if cfg.stochastic else 0),

@@ -57,7 +57,7 @@ class OnlineTrainer:
     the history. `collect(first_seed)` returns env -> recorded episodes; `evaluate(env_steps,
     updates)` an EvalPoint; `export(directory)` writes the user's agent beside a checkpoint."""
 
-    def __init__(self, model, head: GaussianHead, temperature: Temperature,
+    def __init__(self, model, head: GaussianHead, temperature: Temperature | None,
                  buffer: TrajectoryBuffer, cfg: OnlineConfig, run_dir: Path, *,
                  collect: Callable[[int], dict], evaluate: Callable[[int, int], EvalPoint],
                  export: Callable[[Path], None], adapted=None,
@@ -70,7 +70,7 @@ class OnlineTrainer:
         self.penalty = adapted.penalty if adapted is not None else None
         self.device = next(model.parameters()).device
         speed_up(model)  # the offline Trainer's dropout, attention and cast kernels
-        self.stochastic = cfg.stochastic  # else the head and temperature rest
+        self.stochastic = cfg.stochastic  # else the head only maps mu to the action, untrained
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.stochastic:
             self.params += list(head.parameters())
@@ -78,9 +78,11 @@ class OnlineTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup(cfg.optim.warmup_steps)
         )
-        self.temperature_optimizer = torch.optim.Adam(
-            temperature.parameters(), lr=cfg.temperature_lr, betas=(0.9, 0.999)
-        )
+        self.temperature_optimizer = None  # the deterministic policy: no entropy term
+        if self.stochastic:
+            self.temperature_optimizer = torch.optim.Adam(
+                temperature.parameters(), lr=cfg.temperature_lr, betas=(0.9, 0.999)
+            )
         self.store = EpisodeStore(self.run_dir / EPISODE_STORE)
         self.latest = self.run_dir / "checkpoints" / "latest"
         self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0}
@@ -104,10 +106,11 @@ class OnlineTrainer:
         state = load_state(self.latest / STATE_FILE)
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
-        self.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        if self.stochastic:
+            self.temperature.load_state_dict(state["temperature"])
+            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
             hook.load_state_dict(hook_state)
@@ -313,10 +316,8 @@ class OnlineTrainer:
         state = {
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),
-            "temperature": self.temperature.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "temperature_optimizer": self.temperature_optimizer.state_dict(),
             "buffer": self.buffer.state_dict(),
             "hooks": [hook.state_dict() for hook in self.hooks],
             "torch_rng": torch.get_rng_state(),
@@ -325,6 +326,9 @@ class OnlineTrainer:
             "history": self.history,
             "window": self.window.state_dict(),
         }
+        if self.stochastic:
+            state["temperature"] = self.temperature.state_dict()
+            state["temperature_optimizer"] = self.temperature_optimizer.state_dict()
         if self.td3 is not None:
             state["td3"] = self.td3.state_dict()
         save_state(self.latest, state, self.export)
