@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import HAMMER
+from eva_rl.adapters.methods import METHODS
 from eva_rl.cli import main
 from eva_rl.config import load_config
 from eva_rl.online.config import OnlineConfig
@@ -203,10 +204,11 @@ def test_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_path)
             assert torch.equal(a[k], b[k]), (name, k)
 
 
-@pytest.mark.parametrize("method", ["fft", "eva", "pissa", "adalora"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_methods_train_online(method, checkpoint, mw_root, tmp_path):
-    """fft trains everything; EVA collects on the offline data; a base-rewriting method and
-    AdaLoRA (hooks, penalty) export as finetune's do."""
+    """Every method of the registry: fft trains everything; EVA collects on the offline data;
+    LoRA-GA and CorDA take their calibration batches; base-rewriting methods and AdaLoRA
+    (hooks, penalty) export as finetune's do, and the export reloads."""
     out = tmp_path / method
     extra = ("env_steps=30", "updates=3", "collector.batch_size=16", "collector.max_batches=4")
     summary = online(config(checkpoint, mw_root, out, f"method.name={method}", *extra),
