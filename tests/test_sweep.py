@@ -15,6 +15,7 @@ from eva_rl.cli import main
 from eva_rl.errors import UserError
 from eva_rl.runtime import resolve_precision
 from eva_rl.sweeps import expand, gpu_slots, load_sweep, plan, run_name, sweep
+from eva_rl.sweeps.executors import start_ray
 
 
 def test_grid_expansion_is_the_full_product_first_key_slowest():
@@ -395,6 +396,17 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(
 
 
 @pytest.mark.slow  # two Ray starts, three tiny runs: ~28 s on 2 busy cores
+def test_a_local_ray_instance_runs_its_tasks_at_the_sweeps_priority():
+    """Ray's default worker niceness (15) starved a local sweep's runs beside other work."""
+    ray = pytest.importorskip("ray")
+    start_ray(None)
+    try:
+        niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    finally:
+        ray.shutdown()
+    assert niceness == os.nice(0)
+
+
 def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     checkpoint, mw_root, tmp_path, monkeypatch, capsys
 ):
