@@ -71,8 +71,9 @@ def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
     torch.testing.assert_close(stats["critic_loss"], by_hand.detach())
 
 
-def test_trains_the_action_mse_leaves_the_head_and_has_no_temperature(checkpoint, mw_root, tmp_path,
-                                                               monkeypatch):  # fmt: skip
+def test_trains_the_action_mse_leaves_the_head_and_has_no_temperature(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
     values = []
     real = trainer_module.action_mse
     monkeypatch.setattr(trainer_module, "action_mse",

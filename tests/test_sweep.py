@@ -395,7 +395,6 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow  # two Ray starts, three tiny runs: ~28 s on 2 busy cores
 def test_a_local_ray_instance_runs_its_tasks_at_the_sweeps_priority():
     """Ray's default worker niceness (15) starved a local sweep's runs beside other work."""
     ray = pytest.importorskip("ray")
@@ -407,6 +406,7 @@ def test_a_local_ray_instance_runs_its_tasks_at_the_sweeps_priority():
     assert niceness == os.nice(0)
 
 
+@pytest.mark.slow  # two Ray starts, three tiny runs: ~28 s on 2 busy cores
 def test_a_sweep_on_a_local_ray_instance_completes_and_resumes(
     checkpoint, mw_root, tmp_path, monkeypatch, capsys
 ):

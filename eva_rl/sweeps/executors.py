@@ -166,8 +166,8 @@ def import_ray():
 def start_ray(address: str | None) -> None:
     """Connect to the Ray cluster at `address`, or start a local instance of this machine's
     cores whose tasks run at the sweep's own priority. Ray starts workers at nice 15 by
-    default, so on a machine with other work a local sweep's runs starved (its test took 33 s
-    alone and 698 s beside four busy processes); the local executor's runs inherit the
+    default, so on a machine with other work a local sweep's runs starved (its test: 33 s on an
+    idle machine, 895 s beside three busy processes); the local executor's runs inherit the
     sweep's priority, and so do these. A cluster's own settings are left as they are."""
     ray = import_ray()
     options: dict[str, Any] = {"address": address}
