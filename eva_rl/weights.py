@@ -9,11 +9,9 @@ from pathlib import Path
 
 import torch
 from transformers import DecisionTransformerModel
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from eva_rl.errors import UserError
-
-WEIGHTS = "model.safetensors"  # what save_pretrained writes (transformers SAFE_WEIGHTS_NAME)
-
 
 # attention masks older GPT-2 code saved with the weights (hub DTs): buffers, not weights
 OLD_BUFFERS = re.compile(r"\.attn\.(masked_)?bias$")
@@ -46,7 +44,7 @@ def check_weights(model: DecisionTransformerModel, info: dict, source: Path | st
 def weights_digest(source: Path | str) -> str | None:
     """sha256 of a checkpoint directory's weights file (None for a hub id, `str`): how an
     adapter knows its base again after the base moved (`eva_rl.agent.resolve_base`)."""
-    weights = source / WEIGHTS if isinstance(source, Path) else None
+    weights = source / SAFE_WEIGHTS_NAME if isinstance(source, Path) else None
     if weights is None or not weights.is_file():
         return None
     return hashlib.sha256(weights.read_bytes()).hexdigest()
