@@ -209,7 +209,8 @@ class Agent:
         save_checkpoint_dir(path, lambda tmp: self._write(tmp))
 
     def _write(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        with quiet_transformers():
+            self.model.save_pretrained(directory)
         atomic_write_json(directory / META_FILE, dataclasses.asdict(self.meta))
 
     @classmethod
@@ -237,7 +238,7 @@ class Agent:
             )
         meta = read_meta(meta_path)
         try:
-            with _quiet_loading():
+            with quiet_transformers():
                 model, info = DecisionTransformerModel.from_pretrained(
                     source,
                     local_files_only=isinstance(source, Path),
@@ -343,16 +344,16 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
     base = Agent.load(base_path, stats=stats or own, device=device)
     meta = base.meta if own is None or stats is None else read_meta(own)
     check_adapter(path, base.model, base_path)
-    with _quiet_loading():
+    with quiet_transformers():
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     return Agent(merged.eval(), meta, str(path))
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No weight-loading progress bars (a DT is one small file; the bars are noise), and not
-    PEFT's use of a property transformers deprecates (nothing a user can act on), without
-    changing either setting for anything else."""
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars loading or saving weights (a DT is one small file; the bars are noise
+    between a run's own, at every checkpoint), and not PEFT's use of a property transformers
+    deprecates (nothing a user can act on), without changing either setting for anything else."""
     from transformers.utils import logging
 
     was, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()

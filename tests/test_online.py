@@ -163,10 +163,11 @@ def test_sampled_actions_are_reproducible_by_seed(checkpoint, mw_root, tmp_path)
     assert np.all(np.abs(first) <= 1) and first.std(axis=0).min() > 0
 
 
-def kill_and_resume(checkpoint, mw_root, tmp_path, *extra) -> Path:
+def kill_and_resume(checkpoint, mw_root, tmp_path, *extra,
+                    saved_inside=lambda counts: 0 < counts["env_steps"] < 150) -> Path:  # fmt: skip
     """An uninterrupted run in tmp_path/a; the same run SIGKILLed after its first checkpoint
-    and resumed in tmp_path/b; asserts their counts, summaries and episodes are equal.
-    Returns b."""
+    (whose counts must satisfy `saved_inside`) and resumed in tmp_path/b; asserts their counts,
+    summaries and episodes are equal. Returns b."""
     extra = ("env_steps=150", "updates=10", *extra)
     whole = online(config(checkpoint, mw_root, tmp_path / "a", *extra), progress=False)
     out = tmp_path / "b"
@@ -182,7 +183,7 @@ def kill_and_resume(checkpoint, mw_root, tmp_path, *extra) -> Path:
     child.wait()
     assert state.exists() and not (out / "summary.json").exists(), "killed too late"
     saved = torch.load(state, weights_only=True)["counts"]
-    assert 0 < saved["env_steps"] < 150
+    assert saved_inside(saved), saved
     resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
     for key in ("env_steps", "updates", "episodes_collected", "auc_env_steps", "final"):
         assert resumed[key] == whole[key], key

@@ -203,6 +203,21 @@ def test_on_killed_then_resumed_equals_uninterrupted(checkpoint, mw_root, tmp_pa
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_killed_inside_the_critic_warmup_then_resumed_equals_uninterrupted(
+    checkpoint, mw_root, tmp_path
+):
+    """The warm-up saves every `updates * save_every` critic steps (10 here): a run killed
+    after one of those resumes there, not from the start, and ends as the uninterrupted one."""
+    out = kill_and_resume(checkpoint, mw_root, tmp_path, *ON, "td3.warmup=400",
+                          saved_inside=lambda c: c["env_steps"] == 0
+                          and 0 < c["critic_warmup"] < 400)  # fmt: skip
+    a, b = (torch.load(r / "checkpoints/latest/state.pt", weights_only=True)
+            for r in (tmp_path / "a", out))  # fmt: skip
+    assert a["counts"] == b["counts"] and b["counts"]["critic_warmup"] == 400
+    for k in a["td3"]["critic"]:
+        assert torch.equal(a["td3"]["critic"][k], b["td3"]["critic"][k]), k
+
+
 @pytest.mark.parametrize("method", ["fft", "adalora"])
 def test_on_trains_with_other_methods(method, checkpoint, mw_root, tmp_path):
     """fft: every parameter has a Polyak copy; AdaLoRA: its hooks and penalty run beside."""

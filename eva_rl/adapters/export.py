@@ -50,11 +50,12 @@ def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
 def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
     """Write the trained weights: a full checkpoint, or PEFT adapter files whose base is
     `base_checkpoint` (a directory or a hub id)."""
-    from eva_rl.agent import checkpoint_ref
+    from eva_rl.agent import checkpoint_ref, quiet_transformers
 
     model = adapted.model
     if METHODS[adapted.method].trains_full_model:
-        model.save_pretrained(directory)
+        with quiet_transformers():
+            model.save_pretrained(directory)
         return
     kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
     with _config_for_saving(model, base_model_name_or_path=checkpoint_ref(base_checkpoint)):

@@ -85,7 +85,8 @@ class OnlineTrainer:
             )
         self.store = EpisodeStore(self.run_dir / EPISODE_STORE)
         self.latest = self.run_dir / "checkpoints" / "latest"
-        self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0}
+        self.counts = {"env_steps": 0, "updates": 0, "iterations": 0, "episodes": 0,
+                       "critic_warmup": 0}  # fmt: skip
         self.history: dict[str, Any] = {
             "eval": [],
             "collected": [],
@@ -118,6 +119,7 @@ class OnlineTrainer:
             self.td3.load_state_dict(state["td3"])
         torch.set_rng_state(state["torch_rng"])
         self.counts, self.history = state["counts"], state["history"]
+        self.counts.setdefault("critic_warmup", self.cfg.td3.warmup)  # before: saved after it
         self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))  # before 6cfacb7
         self.window = Window.from_state(state["window"])
         self.store.truncate(self.counts["episodes"])  # collected after the checkpoint: again
@@ -137,9 +139,9 @@ class OnlineTrainer:
         try:
             if not self.history["eval"]:
                 self._evaluate()
-                if self.td3 is not None:
-                    with self._timed("critic_warmup"):
-                        self._warm_critic()
+            if self.td3 is not None and self.counts["critic_warmup"] < self.cfg.td3.warmup:
+                with self._timed("critic_warmup"):
+                    self._warm_critic()
             while self.counts["env_steps"] < self.cfg.env_steps:
                 before_steps = self.counts["env_steps"]
                 self._iteration()
@@ -257,11 +259,25 @@ class OnlineTrainer:
 
     def _warm_critic(self) -> None:
         """`td3.warmup` critic-only steps on the seeded buffer; the critic's target moves every
-        `actor_interval` steps, as it does after each policy step in the reference."""
-        for step in range(self.cfg.td3.warmup):
-            self._critic_step(self.buffer.sample_with_ends(self.cfg.optim.batch_size))
-            if (step + 1) % self.cfg.td3.actor_interval == 0:
-                self.td3.update_critic_target()
+        `actor_interval` steps, as it does after each policy step in the reference. A long
+        warm-up (the reference's 10,000 steps take minutes) shows its progress and is saved
+        every `updates * save_every` steps, the iterations' period in gradient steps, so a
+        killed run resumes inside it."""
+        cfg, counts = self.cfg, self.counts
+        period = cfg.updates * cfg.save_every
+        bar = tqdm(total=cfg.td3.warmup, initial=counts["critic_warmup"], desc="critic warm-up",
+                   unit="step", disable=not self.progress)  # fmt: skip
+        with bar:
+            while counts["critic_warmup"] < cfg.td3.warmup:
+                self._critic_step(self.buffer.sample_with_ends(cfg.optim.batch_size))
+                counts["critic_warmup"] += 1
+                if counts["critic_warmup"] % cfg.td3.actor_interval == 0:
+                    self.td3.update_critic_target()
+                bar.update()
+                if self.progress and counts["critic_warmup"] % 100 == 0:
+                    bar.set_postfix(critic_loss=f"{self.stats['critic_loss'].item():.3g}")
+                if period and counts["critic_warmup"] % period == 0:
+                    self.save()
 
     def _critic_step(self, batch: dict[str, torch.Tensor]) -> None:
         """One TD3 critic step on `batch`, the target policy's actions from its own forward."""
