@@ -306,11 +306,11 @@ class RunSummary:
     wall_seconds: float = field(metadata={"before": 0.0})
     config: dict[str, Any] = field(metadata={"before": {}})
     precision: str = field(metadata={"before": "fp32"})  # summaries before bf16 existed: fp32
-    score_name: str  # before it existed: success_final where measured, else return
     # what an evaluation's `step` counts: updates (finetune) or env_steps (online)
     step_unit: str = field(default="updates", metadata={"before": "updates"})
 
-    DERIVED = ("final", "initial", "best_score", "total_rank")  # written for readers, not read
+    # written for readers, not read: a summary's score_name follows from its evaluations
+    DERIVED = ("final", "initial", "best_score", "total_rank", "score_name")
 
     @property
     def final(self) -> dict[str, float]:
@@ -329,25 +329,34 @@ class RunSummary:
         return sum(self.ranks.values())
 
     @property
+    def score_name(self) -> str:
+        """The primary score the evaluations report (`score` is its value): the first of
+        `SCORES` they measured. Derived, not stored, so every writer (finetune, online) and
+        every summary, however old, names it the same way."""
+        for point in self.eval:
+            for name in SCORES:
+                if name in point.metrics:
+                    return name
+        return "return"
+
+    @property
     def label(self) -> str:
         return self.task or ",".join(self.datasets)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["eval"] = [p.to_dict() for p in self.eval]
-        derived = self.final, self.initial, self.best(), self.total_rank
+        derived = self.final, self.initial, self.best(), self.total_rank, self.score_name
         return out | dict(zip(self.DERIVED, derived, strict=True))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSummary:
         points = [EvalPoint.from_dict(p) for p in d["eval"]]
-        final = points[-1].metrics if points else {}
         before = {
             f.name: copy.deepcopy(f.metadata["before"])
             for f in fields(cls)
             if "before" in f.metadata
         }
-        before["score_name"] = "success_final" if "success_final" in final else "return"
         values = {f.name: d[f.name] if f.name in d else before[f.name] for f in fields(cls)}
         values["ranks"] = {k: int(v) for k, v in values["ranks"].items()}
         return cls(**values | {"eval": points, "datasets": list(values["datasets"])})

@@ -495,3 +495,24 @@ def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
     assert test.p == pytest.approx(1 / 16)  # 4 positive gains: only all-plus reaches the mean
     with pytest.raises(UserError, match="hypothesis G: name a reference method"):
         from_dict(HypothesesFile, {"hypotheses": [{**h.__dict__, "metric": "score"}]})
+
+
+def test_a_summary_names_its_score_from_its_evaluations():
+    """`score_name` follows from what the evaluations measured, whatever the file says: an
+    online summary once wrote `return` for a D4RL-normalised score (HalfCheetah)."""
+    from eva_rl.results import RunSummary
+
+    def summary(point: dict, written: str) -> dict:
+        return {"method": "lora", "task": None, "datasets": ["d"], "rank": 4, "rho": 2.0,
+                "seed": 0, "steps": 10, "final_loss": 0.1, "trainable_parameters": 1,
+                "gradient_signal": 0.1, "score_name": written,
+                "eval": [{"step": 0, **point}, {"step": 10, **point}]}  # fmt: skip
+
+    normalised = {"score": 1.8, "normalized_return": 1.8, "return": -59.9, "length": 1000.0}
+    success = {"score": 0.5, "success_final": 0.5, "success_any": 0.6, "return": 9.0}
+    plain = {"score": -59.9, "return": -59.9, "length": 1000.0}
+    for point, name in ((normalised, "normalized_return"), (success, "success_final"),
+                        (plain, "return")):  # fmt: skip
+        read = RunSummary.from_dict(summary(point, written="return"))
+        assert read.score_name == name and read.to_dict()["score_name"] == name
+        assert RunSummary.from_dict(read.to_dict()).to_dict() == read.to_dict()

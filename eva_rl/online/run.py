@@ -184,18 +184,15 @@ class OnlineRun:
             processes=1, effective_batch_size=cfg.optim.batch_size,
             train_seconds=history["seconds"], wall_seconds=history["wall_seconds"],
             config=to_dict(cfg), precision=self.precision,
-            score_name=next((n for n in ("success_final", "return") if n in points[-1].metrics),
-                            "return"),
             step_unit="env_steps",
         )  # fmt: skip
         dataset = self._write_dataset(counts["episodes"])
-        score = summary.score_name if summary.score_name in points[-1].metrics else "return"
         out = summary.to_dict() | {
             "env_steps": counts["env_steps"],
             "updates": counts["updates"],
             "iterations": counts["iterations"],
             "episodes_collected": counts["episodes"],
-            "auc_env_steps": curve_auc([(p.step, p.metrics[score]) for p in points]),
+            "auc_env_steps": curve_auc([(p.step, p.metrics["score"]) for p in points]),
             "collected": history["collected"],
             "throughput": throughput(history["phase_seconds"], counts),
             "dataset": dataset,

@@ -174,6 +174,7 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
     return Row(
         **from_summary,
         task=s.label,
+        score_name=s.score_name,
         score=final.get("score"),
         success_final=final.get("success_final"),
         success_any=final.get("success_any"),

@@ -39,7 +39,7 @@ from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
-from eva_rl.results import SCORES, EvalPoint, RunSummary
+from eva_rl.results import EvalPoint, RunSummary
 from eva_rl.runtime import (
     Precision,
     check_precision,
@@ -305,7 +305,6 @@ class FinetuneRun:
             wall_seconds=history["wall_seconds"],
             config=to_dict(cfg),
             precision=self.precision,
-            score_name=_score_name(points),
         )
         if self.main:
             save_checkpoint_dir(self.out / "agent", self.write_agent)
@@ -313,11 +312,3 @@ class FinetuneRun:
             log_hparams(self.out / "tb", cfg, summary)
         return summary
 
-
-def _score_name(points: list[EvalPoint]) -> str:
-    """The primary score the evaluations reported (see eva_rl.results)."""
-    for point in points:
-        for name in SCORES:
-            if name in point.metrics:
-                return name
-    return "return"
