@@ -311,4 +311,3 @@ class FinetuneRun:
             atomic_write_json(self.out / SUMMARY_FILE, summary.to_dict())
             log_hparams(self.out / "tb", cfg, summary)
         return summary
-
