@@ -1,6 +1,7 @@
 """Fine-tuning with every method: builds, trains, exports for plain PEFT, resumes, refuses."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -116,7 +117,9 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
         opt.zero_grad()
         action_loss(model, batch).backward()
         opt.step()
-    export_adapted(adapted, tmp_path / "adapter", str(checkpoint), initial)
+    with warnings.catch_warnings():  # PEFT's advice to convert, while converting: not shown
+        warnings.simplefilter("error")
+        export_adapted(adapted, tmp_path / "adapter", str(checkpoint), initial)
 
     plain = DecisionTransformerModel.from_pretrained(checkpoint, local_files_only=True)
     loaded = PeftModel.from_pretrained(plain, str(tmp_path / "adapter"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,18 @@ def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, init
             model.save_pretrained(directory)
         return
     kwargs = {} if initial is None else {"path_initial_model_for_weight_conversion": str(initial)}
-    with _config_for_saving(model, base_model_name_or_path=checkpoint_ref(base_checkpoint)):
+    with (
+        _config_for_saving(model, base_model_name_or_path=checkpoint_ref(base_checkpoint)),
+        warnings.catch_warnings(),
+    ):
+        # PEFT's conversion rewrites the initial adapter's config from the trained one (CorDA's
+        # settings kept, then "ignored"), loads it beside the trained one and then advises
+        # converting the adapter "into a normal LoRA adapter", which is what it is doing
+        warnings.filterwarnings("ignore", ".*changes the base weights of the model", UserWarning)
+        warnings.filterwarnings("ignore", "`corda_config` specified but will be ignored")
+        # a 0-sized factor is a layer AdaLoRA pruned to rank 0, not the unsharded ZeRO-3/FSDP
+        # parameter PEFT takes it for: eva_rl never shards parameters (DDP keeps whole copies)
+        warnings.filterwarnings("ignore", ".*LoRA tensor\\(s\\) have invalid shape")
         model.save_pretrained(directory, **kwargs)
     config_path = directory / "adapter_config.json"
     config = json.loads(config_path.read_text())
