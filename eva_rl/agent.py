@@ -36,13 +36,13 @@ META_FILE = "eva_rl.json"
 
 @dataclass
 class ModelConfig:
-    hidden_size: int = 128
-    n_layer: int = 3
-    n_head: int = 1
+    hidden_size: int = 128  # width of the token embeddings and the blocks
+    n_layer: int = 3  # GPT-2 blocks
+    n_head: int = 1  # attention heads per block
     context_length: int = 20  # K timesteps, 3K tokens
-    dropout: float = 0.1
+    dropout: float = 0.1  # GPT-2's embedding, attention and residual dropout
     max_ep_len: int = 1000  # size of the timestep embedding; must exceed the horizon
-    activation_function: str = "relu"
+    activation_function: str = "relu"  # of the blocks' MLPs (transformers' names)
 
     def __post_init__(self):
         if self.hidden_size % self.n_head:

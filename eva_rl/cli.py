@@ -10,7 +10,6 @@ when that command runs (its config imports torch; `eva-rl suites` should not).
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import re
 import signal
@@ -34,7 +33,7 @@ from eva_rl.commands import (
     cmd_sweep,
     cmd_video,
 )  # fmt: skip
-from eva_rl.errors import RunError, UserError
+from eva_rl.errors import RunError, UserError, out_of_room
 from eva_rl.runtime import quiet_waits
 
 # --- arguments: each command's flags, derived from its config -----------------------------
@@ -247,9 +246,9 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                 g = sub.add_parser(group, help=f"{group}: " + ", ".join(
                     n.split(" ")[1] for n in COMMANDS if n.startswith(group + " ")))  # fmt: skip
                 groups[group] = g.add_subparsers(dest=f"{group}_command", required=True)
-            p = groups[group].add_parser(leaf, help=help_text)
+            p = groups[group].add_parser(leaf, help=help_text, formatter_class=RAW)
         else:
-            p = sub.add_parser(name, help=help_text)
+            p = sub.add_parser(name, help=help_text, formatter_class=RAW)
         p.set_defaults(func=handler, config_keys=[], overrides=[])
         if name == command and add_flags is not None:
             added = _added(add_flags, p)
@@ -261,6 +260,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 NOT_CONFIG = {"target_return"}  # flags a command handles itself
+RAW = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written; flags' help wrapped
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # key=value, dotted key
 
 
@@ -275,6 +275,10 @@ class _Recorder:
         action = self.parser.add_argument(*args, **kwargs)
         self.actions.append(action)
         return action
+
+    # add_flags ends the help with the settings that have no flag
+    epilog = property(lambda self: self.parser.epilog,
+                      lambda self, text: setattr(self.parser, "epilog", text))  # fmt: skip
 
 
 def _added(add_flags, parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -349,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 0
     except Exception as e:
-        reason = _out_of_room(e)
+        reason = out_of_room(e)
         if reason is None:
             raise
         print(f"eva-rl: {reason}; partial outputs discarded (a run keeps its last checkpoint: "
@@ -362,23 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         if torchrun:
             distributed.shutdown()
     return 0
-
-
-FULL = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
-
-
-def _out_of_room(error: BaseException) -> str | None:
-    """What a write that found no room said: a full disk or quota, or a name too long, as an
-    OSError anywhere in the chain, or as the libraries word it (torch.save's RuntimeError)."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in FULL:
-            where = f" ({seen.filename})" if seen.filename else ""
-            return os.strerror(seen.errno).lower() + where
-        if "No space left on device" in str(seen) or "file write failed" in str(seen):
-            return "no space left on device"
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _terminate_as_interrupt():

@@ -294,7 +294,7 @@ def _own_field_docs(cls: type) -> dict[str, str]:
             above.append(stripped.lstrip("# "))
             continue
         match = re.match(r"^\s+(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", line)
-        if match and not stripped.startswith(("def ", "@", "return", "if ", "raise")):
+        if match and not stripped.startswith(("def ", "@", "return ", "if ", "raise ")):
             docs.setdefault(match.group(1), match.group(2) or " ".join(above))
         above = []
     return docs
@@ -341,8 +341,41 @@ def add_flags(parser, cls: type, flags: dict[str, str]) -> None:
         elif base in (int, float):
             kwargs["type"] = base
         shown = "" if default in (None, "", [], False) else f" (default: {default})"
-        kwargs["help"] = (doc or key) + shown
+        kwargs["help"] = ((doc or key) + shown).replace("%", "%%")  # argparse formats it with %
         parser.add_argument(flag, **kwargs)
+    parser.epilog = settings_help(cls, set(flags.values()))
+
+
+def leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of config `cls` that holds a value (nested sections expanded)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            keys += leaf_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def settings_help(cls: type, flagged: set[str], width: int = 100) -> str:
+    """The end of a command's --help: the settings that have no flag, each with its default
+    and comment, so that `--help` shows every knob a run has (ODT's and TD3's included)."""
+    import textwrap
+
+    lines = ["settings without a flag (as key=value anywhere on the line, or in --config FILE;"
+             " every flag's key too):"]  # fmt: skip
+    for key in leaf_keys(cls):
+        if key in flagged:
+            continue
+        _, default, doc = describe(cls, key)
+        shown = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
+                               default_flow_style=True, width=width)  # fmt: skip
+        lines.append(f"  {key}={shown.removesuffix(chr(10)).removesuffix('...').strip()}")
+        if doc:
+            lines += textwrap.wrap(doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
 
 
 def _strip_optional(tp: Any) -> Any:

@@ -23,9 +23,9 @@ class QuickstartConfig:
     task: str = "peg-unplug-side-v3"
     methods: list[str] = field(default_factory=lambda: ["eva", "lora"])  # compared side by side
     steps: int = 300  # updates per run
-    eval_every: int = 100
-    seed: int = 0
-    checkpoint: str = SHIPPED
+    eval_every: int = 100  # updates between evaluations
+    seed: int = 0  # of both runs (the same batches and episodes)
+    checkpoint: str = SHIPPED  # the agent both runs adapt
     base: str = "configs/finetune/cw10-cpu.yaml"  # finetune config of both runs
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
     out: str = "runs/quickstart"  # runs, report and video go here

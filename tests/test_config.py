@@ -1,3 +1,4 @@
+import argparse
 from dataclasses import dataclass, field
 
 import pytest
@@ -154,3 +155,40 @@ def test_every_shipped_run_and_sweep_config_validates():
             assert "{" not in str(data.get("from_run")), path
             from_dict(config_class(sweep.command), data)
     assert len(sweeps) >= 10
+
+
+CONFIG_COMMANDS = {  # every command whose options come from a config dataclass
+    "data build": "eva_rl.data.build:DataBuildConfig",
+    "data record": "eva_rl.data.record:RecordConfig",
+    "pretrain": "eva_rl.training.pretrain:PretrainConfig",
+    "evaluate": "eva_rl.evaluation:EvaluateConfig",
+    "collect": "eva_rl.eva.state:CollectConfig",
+    "finetune": "eva_rl.training.finetune:FinetuneConfig",
+    "online": "eva_rl.online.config:OnlineConfig",
+    "quickstart": "eva_rl.quickstart:QuickstartConfig",
+    "video": "eva_rl.compare:CompareConfig",
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+def test_help_documents_every_setting_of_the_command(command, capsys):
+    """Each setting is a documented flag or a documented line of --help's end (key=default
+    and the field's comment): a user finds every knob (e.g. online's td3.warmup) there."""
+    import importlib
+
+    from eva_rl.cli import COMMANDS, _added, main
+    from eva_rl.config import describe, leaf_keys
+
+    module, name = CONFIG_COMMANDS[command].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    flagged = {a.dest for a in _added(COMMANDS[command][1], argparse.ArgumentParser())}
+    for key in leaf_keys(cls):
+        assert describe(cls, key)[2], f"{name}.{key} has no comment to show in --help"
+        default = describe(cls, key)[1]
+        assert key in flagged or f"\n  {key}=" in text, f"{command} --help lacks {key}"
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert key in flagged or f"\n  {key}={default}\n" in text, key

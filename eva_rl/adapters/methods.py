@@ -36,7 +36,8 @@ class MethodConfig:
     rank: int = 8  # nominal rank r (AdaLoRA: the average rank it prunes down to)
     rho: float = 2.0  # EVA: components per layer before redistribution; AdaLoRA: initial rank / r
     alpha: float = 0.0  # LoRA alpha; 0 means alpha = rank (scale 1)
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the adapter's input (PEFT's lora_dropout)
+    # GPT-2 block matrices adapted: c_attn (q, k, v), c_proj (attention and MLP out), c_fc
     target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
     # The action head maps the last hidden state to the 4-D Meta-World action, which means the
     # same in every task; the adapted blocks already change what it sees, and training it fully

@@ -28,7 +28,7 @@ from eva_rl.io import check_writable
 class RecordConfig:
     env: str = ""  # a gymnasium env id (or a Meta-World v3 task)
     id: str = ""  # the Minari dataset id to write, namespace/name-vN
-    episodes: int = 100
+    episodes: int = 100  # episodes to record
     checkpoint: str | None = None  # the agent that acts; None: uniform random actions
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
     noise: float = 0.0  # agent's Gaussian action noise, as a fraction of each action's range/2
@@ -36,8 +36,8 @@ class RecordConfig:
     horizon: int | None = None  # episode cut; default: the agent's horizon, else the env's limit
     seed: int = 0  # episode i is reset with seed + i (its noise too)
     root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari/datasets
-    overwrite: bool = False
-    device: str = "auto"
+    overwrite: bool = False  # replace an existing dataset of that id
+    device: str = "auto"  # of the agent: auto (CUDA when present), cpu, cuda, cuda:N
     precision: str = "auto"  # auto | bf16 | fp32 (checked by the agent's run: no torch here)
     workers: int = 0  # env-stepping processes for the agent's rollouts; 0: auto
 

@@ -66,7 +66,9 @@ class CollectorConfig:
     whiten: bool = False  # divide components by sqrt of their singular values (as PEFT)
     max_batches: int = 100  # cap: stop (with a warning) even if not every layer converged
     batch_size: int = 64  # segments per batch
+    # the layers whose inputs are collected (GPT-2 block matrices, by name suffix)
     target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    # the tokens whose layer inputs count: return-to-go, state, action
     token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     # covariance: exact streaming statistics; incremental-svd: PEFT's algorithm, for comparison
     method: Literal["covariance", "incremental-svd"] = "covariance"

@@ -99,12 +99,13 @@ class SplitConfig:
 class FinetuneCollectorConfig:
     """EVA's collector settings; its rank, rho, target modules, seed and device are the run's."""
 
-    tau: float = 0.99
-    whiten: bool = False
-    max_batches: int = 100
-    batch_size: int = 64
+    tau: float = 0.99  # a layer has converged when its components' cosines reach this
+    whiten: bool = False  # components divided by the sqrt of their singular values (PEFT)
+    max_batches: int = 100  # stop there (with a warning) if some layer has not converged
+    batch_size: int = 64  # segments per collector batch
+    # the tokens whose layer inputs count: return-to-go, state, action
     token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
-    method: str = "covariance"
+    method: str = "covariance"  # exact streaming statistics; incremental-svd: PEFT's algorithm
 
 
 @dataclass

@@ -42,7 +42,7 @@ from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_st
 @dataclass
 class OptimConfig:
     lr: float = 1e-4  # AdamW's peak learning rate
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
     warmup_steps: int = 1000  # linear warm-up, then cosine decay to the floor at the last step
     grad_clip: float = 0.25  # gradient norm clip
     batch_size: int = 64  # segments per update (per process under torchrun)

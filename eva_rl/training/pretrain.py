@@ -34,7 +34,7 @@ from eva_rl.training.rundir import provenance, run_dir
 class PretrainEvalConfig:
     episodes: int = 3  # per env
     envs: list[str] = field(default_factory=list)  # empty: every env of the data
-    seed: int = 1000
+    seed: int = 1000  # episode i is reset with seed + i
 
 
 @dataclass
