@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import write_minari
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
-from eva_rl.cli import main
+from eva_rl.cli import COMMANDS, main
 
 
 @pytest.fixture
@@ -181,3 +181,10 @@ def test_a_key_value_after_a_one_value_option_is_its_value_not_an_override():
     assert args.task == "hammer-v3" and args.overrides == ["loop.steps=5"]
     args = parse(["evaluate", "--tasks", "reach-v3", "episodes=5", "--checkpoint", "c"])
     assert args.envs == ["reach-v3"] and args.overrides == ["episodes=5"]  # several values
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0 and f"usage: eva-rl {command}" in capsys.readouterr().out
