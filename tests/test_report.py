@@ -516,3 +516,19 @@ def test_a_summary_names_its_score_from_its_evaluations():
         read = RunSummary.from_dict(summary(point, written="return"))
         assert read.score_name == name and read.to_dict()["score_name"] == name
         assert RunSummary.from_dict(read.to_dict()).to_dict() == read.to_dict()
+
+
+def test_forest_plot_of_large_differences_with_unbounded_intervals(tmp_path):
+    """3 pairs: the sign-flip interval is unbounded; a difference of 7 (a normalised return)
+    lies beyond the success scale's 1 and must still be drawn (its error bar once went
+    negative and matplotlib refused the plot)."""
+    from eva_rl.reports.aggregate import Comparison
+    from eva_rl.reports.plots import forest
+
+    inf = float("inf")
+    wide = Comparison("deterministic", "stochastic", n=3, tasks=1, mean_diff=7.0,
+                      ci=(-inf, inf), sd=1.0, p=0.25, exact=True)  # fmt: skip
+    bounded = Comparison("eva", "lora", n=10, tasks=1, mean_diff=-0.2, ci=(-0.5, 0.1), sd=0.3,
+                         p=0.2, exact=True)  # fmt: skip
+    forest([wide, bounded], tmp_path / "forest.png", "normalized_return")
+    assert (tmp_path / "forest.png").stat().st_size > 0

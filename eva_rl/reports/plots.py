@@ -95,7 +95,10 @@ def forest(comparisons, path: Path, score: str) -> None:
     interval, Holm-adjusted p and the number of pairs."""
     fig, ax = figure(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
     ys = np.arange(len(comparisons))[::-1]
-    reach = max([1.0] + [abs(x) for c in comparisons for x in c.ci if np.isfinite(x)])
+    # the axis holds every finite end and every mean (a return's differences exceed 1 even
+    # where no interval is finite), with room for an unbounded end
+    finite = [abs(x) for c in comparisons for x in (*c.ci, c.mean_diff) if np.isfinite(x)]
+    reach = 1.1 * max([1.0, *finite])
     for y, c in zip(ys, comparisons, strict=True):
         low, high = np.clip(c.ci, -reach, reach)  # unbounded (5 pairs or fewer): to the edge
         ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - low], [high - c.mean_diff]],
