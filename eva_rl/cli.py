@@ -157,7 +157,8 @@ def _report_flags(p) -> None:
         help="what configurations are compared with, one or more of: a method (every other "
         "method against it at the same rank), METHOD:REF (that method against REF too, e.g. "
         "eva-dora:dora), a value of a sweep grid or --by key (precision=fp32: each "
-        "configuration against itself with that value, and all of them pooled)",
+        "configuration against itself with that value, and all of them pooled; keys varied "
+        "together as k1=v1,k2=v2)",
     )
     p.add_argument(
         "--hypotheses",

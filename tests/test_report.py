@@ -532,3 +532,39 @@ def test_forest_plot_of_large_differences_with_unbounded_intervals(tmp_path):
                          p=0.2, exact=True)  # fmt: skip
     forest([wide, bounded], tmp_path / "forest.png", "normalized_return")
     assert (tmp_path / "forest.png").stat().st_size > 0
+
+
+def test_a_reference_of_keys_a_sweep_varies_together(tmp_path):
+    """Two sub-grids that set two keys together (online: policy and td3.enabled): the
+    reference names both values, each method is compared with itself there, and the methods
+    are pooled; a value of either key that no configuration has is refused."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "sweep.yaml").write_text(
+        "grid:\n"
+        "  - {policy: [stochastic], td3.enabled: [false], method.name: [eva, lora]}\n"
+        "  - {policy: [deterministic], td3.enabled: [true], method.name: [eva, lora]}\n"
+    )
+    for seed in range(2):
+        for method in ("eva", "lora"):
+            for policy, td3, final in (("stochastic", False, 0.2), ("deterministic", True, 0.6)):
+                write_run(root / policy, "hammer-v3", method, 8, seed, (0.1, final + 0.1 * seed))
+                path = next((root / policy).rglob(f"{method}-r8-s{seed}-fp32/summary.json"))
+                summary = json.loads(path.read_text())
+                summary["config"] |= {"policy": policy, "td3": {"enabled": td3}}
+                path.write_text(json.dumps(summary))
+    stats = aggregate(collect_runs(root))
+    reference = "policy=stochastic,td3.enabled=False"
+    got = {c.label: c for c in compare(stats, reference)}
+    assert set(got) == {
+        "eva r8 rho2 policy=deterministic,td3.enabled=True",
+        "lora r8 policy=deterministic,td3.enabled=True",
+        "all 2 configurations policy=deterministic,td3.enabled=True",
+    }
+    lora = got["lora r8 policy=deterministic,td3.enabled=True"]
+    assert lora.reference == "lora r8 policy=stochastic,td3.enabled=False"
+    assert lora.n == 2 and lora.mean_diff == pytest.approx(0.4)
+    both = got["all 2 configurations policy=deterministic,td3.enabled=True"]
+    assert both.n == 4 and both.reference == reference and both.mean_diff == pytest.approx(0.4)
+    with pytest.raises(UserError, match="td3.enabled=maybe matches no configuration"):
+        compare(stats, "policy=stochastic,td3.enabled=maybe")

@@ -215,13 +215,14 @@ def reference_of(s: ConfigStats, stats: list[ConfigStats], reference: str):
     """The configuration `s` is compared with under one `--reference` entry: a method name ->
     that method at the same rank (or its only configuration) and variant; `METHOD:REF` -> the
     same, for METHOD's configurations only; `key=value` -> the same configuration with that
-    value of a variant key (`precision=fp32`). None if `s` is a reference itself or has none."""
+    value of a variant key (`precision=fp32`), `k1=v1,k2=v2` with those values of keys a sweep
+    varies together (`policy=stochastic,td3.enabled=False`). None if `s` is a reference itself
+    or has none."""
     if "=" in reference:
-        key, value = reference.split("=", 1)
-        mine = dict(s.variant)
-        if mine.get(key, value) == value:  # s varies no such key, or is the reference itself
+        values, mine = settings(reference), dict(s.variant)
+        if all(mine.get(k, v) == v for k, v in values.items()):  # s is the reference itself
             return None
-        want = tuple((k, value if k == key else v) for k, v in s.variant)
+        want = tuple((k, values.get(k, v)) for k, v in s.variant)
         same = (s.method, s.rank, s.rho, want)
         return next((r for r in stats if (r.method, r.rank, r.rho, r.variant) == same), None)
     method, _, reference = reference.rpartition(":")
@@ -237,7 +238,7 @@ def check_reference(stats: list[ConfigStats], reference: str, planned=()) -> Non
     without its comparisons."""
     if "=" in reference:
         variants = {f"{k}={v}" for s in stats for k, v in s.variant}
-        if reference not in variants:
+        if not set(reference.split(",")) <= variants:
             listed = ", ".join(sorted(variants)) or "none: the sweep varies no other key"
             raise UserError(
                 f"--reference {reference} matches no configuration (variants: {listed})"
@@ -277,7 +278,7 @@ def compare(
                     out.append(comparison)
                     matched.append((s, ref))
         if "=" in reference:
-            out += pooled(matched, *reference.split("=", 1))
+            out += pooled(matched, reference)
     pending = {
         (c.label, ref.label)
         for reference in references
@@ -348,14 +349,24 @@ def difference(label: str, reference: str, pairs: list[tuple], diffs: np.ndarray
     return comparison
 
 
-def pooled(matched: list[tuple[ConfigStats, ConfigStats]], key: str, value: str):
+def settings(reference: str) -> dict[str, str]:
+    """`--reference k1=v1,k2=v2` -> {k1: v1, k2: v2}."""
+    return dict(item.split("=", 1) for item in reference.split(","))
+
+
+def pooled(matched: list[tuple[ConfigStats, ConfigStats]], reference: str):
     """Under `--reference key=value`, the configurations with another value of `key` against
     themselves at `value`, pooled: one comparison per other value over every (configuration,
     task, seed) pair (`all 4 configurations precision=bf16`), where 2+ configurations have
-    one. Does the setting matter, whatever the method?"""
+    one. Does the setting matter, whatever the method? Keys varied together count as one."""
+    keys = list(settings(reference))
+
+    def values_of(s: ConfigStats) -> str:
+        return ",".join(f"{k}={dict(s.variant)[k]}" for k in keys)
+
     out = []
-    for other in sorted({dict(s.variant)[key] for s, _ in matched}):
-        group = [(s, ref) for s, ref in matched if dict(s.variant)[key] == other]
+    for other in sorted({values_of(s) for s, _ in matched}):
+        group = [(s, ref) for s, ref in matched if values_of(s) == other]
         if len(group) < 2:
             continue
         pairs, diffs = [], []
@@ -363,8 +374,8 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], key: str, value: str)
             these, their_diffs = differences(s, ref)
             pairs += [(task, (s.label, seed)) for task, seed in these]
             diffs += list(their_diffs)
-        label = f"all {len(group)} configurations {key}={other}"
-        out.append(difference(label, f"{key}={value}", pairs, np.array(diffs)))
+        label = f"all {len(group)} configurations {other}"
+        out.append(difference(label, reference, pairs, np.array(diffs)))
     return out
 
 
