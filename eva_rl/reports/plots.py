@@ -85,8 +85,15 @@ def learning_curves(
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    # as many columns as the longest label allows (an 8 pt character ~0.075 in, a marker and
+    # gap ~0.6 in), the figure taller by the rows that makes
+    width, height = fig.get_size_inches()
+    entry = 0.6 + 0.075 * max(map(len, labels), default=0)
+    ncol = max(1, min(len(labels), 6, int(width // entry)))
+    below = 0.15 + 0.2 * -(-len(labels) // ncol)  # inches for the legend's rows
+    fig.set_size_inches(width, height + below)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
+    fig.tight_layout(rect=(0, below / (height + below), 1, 1))
     save(fig, path)
 
 
