@@ -238,7 +238,7 @@ COMMANDS = {
 def parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the flags of `command` only (the others list their help line)."""
     root = argparse.ArgumentParser(prog="eva-rl", description=__doc__.splitlines()[0])
-    sub = root.add_subparsers(dest="command", required=True)
+    sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
     groups = {}  # "data" -> the subparsers of `eva-rl data ...`
     for name, (help_text, add_flags, has_config, handler) in COMMANDS.items():
         if " " in name:
@@ -277,9 +277,21 @@ class _Recorder:
         self.actions.append(action)
         return action
 
-    # add_flags ends the help with the settings that have no flag
-    epilog = property(lambda self: self.parser.epilog,
-                      lambda self, text: setattr(self.parser, "epilog", text))  # fmt: skip
+    # add_flags leaves here how to make the help's end (the settings that have no flag)
+    make_epilog = property(lambda self: self.parser.make_epilog,
+                           lambda self, f: setattr(self.parser, "make_epilog", f))  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser, whose help ends with every setting without a flag: made only when
+    help is printed (it reads every config field's comment), not at each command's start."""
+
+    make_epilog = None
+
+    def format_help(self) -> str:
+        if self.make_epilog is not None:
+            self.epilog = self.make_epilog()
+        return super().format_help()
 
 
 def _added(add_flags, parser: argparse.ArgumentParser) -> list[argparse.Action]:

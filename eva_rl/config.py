@@ -343,7 +343,8 @@ def add_flags(parser, cls: type, flags: dict[str, str]) -> None:
         shown = "" if default in (None, "", [], False) else f" (default: {default})"
         kwargs["help"] = ((doc or key) + shown).replace("%", "%%")  # argparse formats it with %
         parser.add_argument(flag, **kwargs)
-    parser.epilog = settings_help(cls, set(flags.values()))
+    # the help's end, made when help is printed (eva_rl.cli), not at every command's start
+    parser.make_epilog = functools.partial(settings_help, cls, set(flags.values()))
 
 
 def leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -372,7 +373,7 @@ def settings_help(cls: type, flagged: set[str], width: int = 100) -> str:
         _, default, doc = describe(cls, key)
         shown = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
                                default_flow_style=True, width=width)  # fmt: skip
-        lines.append(f"  {key}={shown.removesuffix(chr(10)).removesuffix('...').strip()}")
+        lines.append(f"  {key}={shown.removesuffix('...' + chr(10)).strip()}")  # a scalar's end
         if doc:
             lines += textwrap.wrap(doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
