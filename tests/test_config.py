@@ -187,8 +187,8 @@ def test_help_documents_every_setting_of_the_command(command, capsys):
     text = capsys.readouterr().out
     flagged = {a.dest for a in _added(COMMANDS[command][1], argparse.ArgumentParser())}
     for key in leaf_keys(cls):
-        assert describe(cls, key)[2], f"{name}.{key} has no comment to show in --help"
-        default = describe(cls, key)[1]
+        _, default, doc = describe(cls, key)
+        assert doc, f"{name}.{key} has no comment to show in --help"
         assert key in flagged or f"\n  {key}=" in text, f"{command} --help lacks {key}"
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             assert key in flagged or f"\n  {key}={default}\n" in text, key
