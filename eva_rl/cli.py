@@ -171,6 +171,7 @@ def _export_flags(p) -> None:
     p.add_argument("runs", help="a sweep's out directory (or any directory of runs)")
     p.add_argument("--out", required=True, help="destination, e.g. results/<name>/runs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--weights", action="store_true", help="keep final weights: runs that load")
 
 
 def _curve_flags(p) -> None:

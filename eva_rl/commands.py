@@ -183,9 +183,10 @@ def cmd_report(args) -> None:
 def cmd_export(args) -> None:
     from eva_rl.sweeps import export_runs
 
-    result = export_runs(args.runs, args.out, args.overwrite)
+    result = export_runs(args.runs, args.out, args.overwrite, args.weights)
     pending = f"; {result['pending']} runs of the sweep not finished" if result["pending"] else ""
-    print(f"{result['runs']} finished runs -> {result['out']} (no checkpoints or weights){pending}")
+    left = "no checkpoints" if args.weights else "no checkpoints or weights"
+    print(f"{result['runs']} finished runs -> {result['out']} ({left}){pending}")
     print(f"report: eva-rl report {result['out']} --out <report dir>")
 
 

@@ -5,12 +5,14 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from eva_rl import ownership
+from eva_rl.agent import load_agent
 from eva_rl.cli import main
 from eva_rl.errors import UserError
 from eva_rl.runtime import resolve_precision
@@ -249,6 +251,19 @@ def check_export(runs, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
     assert main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert "no finished runs (summary.json) under" in capsys.readouterr().err
+    # --weights: the final adapters and EVA states too, never checkpoints; the runs load from it
+    loadable = tmp_path / "export-weights"
+    assert main(["export", str(runs), "--out", str(loadable), "--weights"]) == 0
+    final = {
+        p.relative_to(runs) for p in runs.rglob("*.safetensors") if "checkpoints" not in p.parts
+    }
+    assert Path("method=eva,seed=0/agent/adapter_model.safetensors") in final
+    assert Path("method=eva,seed=0/eva/eva_state.safetensors") in final
+    assert {p.relative_to(loadable) for p in loadable.rglob("*") if p.is_file()} == kept | final
+    run = "method=eva,seed=0/agent"
+    there, here = load_agent(runs / run).model, load_agent(loadable / run).model
+    assert all(torch.equal(a, b) for a, b in zip(there.state_dict().values(),
+                                                 here.state_dict().values(), strict=True))
     for source in (runs, export):
         assert main(["report", str(source), "--out", str(tmp_path / f"report-{source.name}")]) == 0
     report = {n: (tmp_path / n / "runs.csv").read_text() for n in ("report-runs", "report-export")}

@@ -1,4 +1,5 @@
-"""What of a sweep gets committed: its finished runs without checkpoints or weights."""
+"""What of a sweep gets committed: its finished runs without checkpoints (and without weights,
+unless asked for)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ from eva_rl.sweeps.status import sweep_status
 # an online run's raw episode store (its minari/ dataset holds the same episodes), and the lock
 # of the process that ran it
 HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin", EPISODE_STORE, ownership.LOCK)
+# with `weights`: each run's final agent (adapter, Gaussian head, or full model) and an EVA run's
+# collected state stay, so the exported runs load (`evaluate --checkpoint`, `online --from`) and
+# count as finished where copied back into a sweep's out; resumable state still goes
+WITHOUT_WEIGHTS = ("checkpoints", "*.pt", EPISODE_STORE, ownership.LOCK)
 
 
-def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict:
+def export_runs(
+    src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False, weights: bool = False
+) -> dict:
     """Copy what a report reads from the finished runs under `src` (a sweep's directory or any
     tree of runs) to `dst`, e.g. to commit them under results/: each run's config, summary,
     TensorBoard logs and JSON records, the sweep's files and its baseline evaluations, without
-    checkpoints, weights, logs or unfinished runs. `dst` appears whole or not at all."""
+    checkpoints, weights (unless `weights`), logs or unfinished runs. `dst` appears whole or not
+    at all."""
     src, dst = Path(src), Path(dst)
     runs = sorted(
         p.parent.relative_to(src)
@@ -49,7 +57,8 @@ def export_runs(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool 
     if (src / BASELINE_DIR).is_dir():
         shutil.copytree(src / BASELINE_DIR, staged / BASELINE_DIR)
     for run in runs:
-        shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*HEAVY))
+        left = WITHOUT_WEIGHTS if weights else HEAVY
+        shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*left))
     old = dst.with_name(f".{dst.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)  # left by an export that died while swapping
     if dst.is_symlink():
