@@ -155,6 +155,12 @@ def cmd_sweep(args) -> None:
         f" and {result['baselines']} baseline evaluation(s) under {result['out']}; "
         f"TensorBoard: tensorboard --logdir {result['out']}"
     )
+    if blocked := result["blocked"]:
+        names = ", ".join(list(blocked)[:3]) + ("..." if len(blocked) > 3 else "")
+        print(
+            f"not run yet, {len(blocked)} waiting for the run each starts from to finish: "
+            f"{names} (from_run {next(iter(blocked.values()))}, ...); run the sweep again then"
+        )
     print(f"report: eva-rl report {result['out']} --out results/<name>")
 
 

@@ -243,25 +243,31 @@ def test_from_a_finetune_run(checkpoint, mw_root, tmp_path, capsys):
     assert code == 2 and "has no adapter weights" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow  # spawns run processes
-def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
-    checkpoint, mw_root, tmp_path, capsys
-):
+def online_sweep(checkpoint, mw_root, tmp_path, grid: dict, settings: dict) -> Path:
+    """A sweep file of online runs on the hammer data at `overrides`' tiny scale."""
     import yaml
 
     from eva_rl.config import apply_override
 
-    base, settings = tmp_path / "online.yaml", {}
+    base, fixed = tmp_path / "online.yaml", {}
     for item in overrides(checkpoint, mw_root, "x"):
         if item.split("=")[0] not in ("out", "datasets", "method.name", "threads"):
-            apply_override(settings, item)
-    base.write_text(yaml.safe_dump(settings))
+            apply_override(fixed, item)
+    base.write_text(yaml.safe_dump(fixed))
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
-        "base": str(base), "command": "online", "out": str(tmp_path / "runs"),
-        "grid": {"method.name": ["lora", "eva"], "seed": [0, 1]},
-        "set": {"task": "hammer-v3", "collector.batch_size": 16}, "workers": 2,
+        "base": str(base), "command": "online", "out": str(tmp_path / "runs"), "grid": grid,
+        "set": {"task": "hammer-v3", **settings}, "workers": 2,
     }))  # fmt: skip
+    return sweep_file
+
+
+@pytest.mark.slow  # spawns run processes
+def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    grid = {"method.name": ["lora", "eva"], "seed": [0, 1]}
+    sweep_file = online_sweep(checkpoint, mw_root, tmp_path, grid, {"collector.batch_size": 16})
     assert main(["sweep", str(sweep_file)]) == 0
     runs = tmp_path / "runs"
     summary = json.loads((runs / "method=eva,seed=1" / "summary.json").read_text())
@@ -282,3 +288,39 @@ def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     exported = tmp_path / "export" / "method=eva,seed=1"
     assert not (exported / "episodes").exists()  # the raw store: minari/ has the same episodes
     assert (exported / "minari/eva_rl/online-hammer-v3-v0/data/main_data.hdf5").is_file()
+
+
+@pytest.mark.slow  # spawns run processes
+def test_an_online_sweep_waits_for_the_runs_it_starts_from(checkpoint, mw_root, tmp_path, capsys):
+    """Chained to an offline sweep still running: a run whose `from_run` has finished runs, the
+    others wait (not failed, no folder) until an invocation finds their start finished."""
+    import shutil
+
+    from conftest import tiny_finetune_overrides
+    from eva_rl.training.finetune import FinetuneConfig, finetune
+
+    starts = tmp_path / "offline"
+    items = tiny_finetune_overrides(
+        checkpoint, mw_root, starts / "seed=0", "lora", "loop.steps=10", "precision=fp32"
+    )
+    finetune(load_config(FinetuneConfig, None, items), progress=False)
+    settings = {"from_run": f"{starts}/seed={{seed}}", "method.name": "lora", "updates": 0}
+    sweep_file = online_sweep(checkpoint, mw_root, tmp_path, {"seed": [0, 1]}, settings)
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(sweep_file)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (1 run now, 0 already finished)" in out
+    waits = f"1 waiting for the run each starts from to finish: seed=1 (from_run {starts}/seed=1"
+    assert waits in out
+    assert (runs / "seed=0/summary.json").is_file() and not (runs / "seed=1").exists()
+    assert json.loads((runs / "runs.json").read_text())["seed=1"]["status"] == "blocked"
+    assert main(["sweep", str(sweep_file), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "1 of 2 runs finished, 1 waiting for the run they start from to finish" in status
+    shutil.copytree(starts / "seed=0", starts / "seed=1")  # as the offline sweep finishes it
+    assert main(["sweep", str(sweep_file), "--status"]) == 0
+    assert "1 of 2 runs finished, 1 waiting, 1 of 1 baselines" in capsys.readouterr().out
+    assert main(["sweep", str(sweep_file)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (1 run now, 1 already finished)" in out and "waiting" not in out
+    assert (runs / "seed=1/summary.json").is_file()

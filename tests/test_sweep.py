@@ -262,8 +262,10 @@ def check_export(runs, tmp_path, capsys):
     assert {p.relative_to(loadable) for p in loadable.rglob("*") if p.is_file()} == kept | final
     run = "method=eva,seed=0/agent"
     there, here = load_agent(runs / run).model, load_agent(loadable / run).model
-    assert all(torch.equal(a, b) for a, b in zip(there.state_dict().values(),
-                                                 here.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(there.state_dict().values(), here.state_dict().values(), strict=True)
+    )
     for source in (runs, export):
         assert main(["report", str(source), "--out", str(tmp_path / f"report-{source.name}")]) == 0
     report = {n: (tmp_path / n / "runs.csv").read_text() for n in ("report-runs", "report-export")}

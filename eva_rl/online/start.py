@@ -41,7 +41,7 @@ def from_finetune_run(cfg, base: Agent) -> Start:
     ):
         raise UserError(
             f"--from {run} has no adapter weights (agent/adapter_model.safetensors; `eva-rl "
-            "export` leaves them out): start from the run's own folder, or rerun it"
+            "export` leaves them out without --weights): start from the run's own folder"
         )
     named = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     if not named:

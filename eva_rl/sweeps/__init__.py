@@ -7,11 +7,14 @@ compares them all. Every run's config is resolved when the sweep starts, from a 
 config kept in `out/base_config.yaml`: editing config files while a sweep runs changes no run.
 Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
-config changed since the sweep started. `reuse` names other sweeps' directories: a finished run
-there with this run's config (up to where and how fast it ran) is copied in instead of run again.
+config changed since the sweep started. A run that starts `from_run` a run not finished yet (an
+online sweep chained to an offline one still running) waits: it is left for a later invocation.
+`reuse` names other sweeps' directories: a finished run there with this run's config (up to
+where and how fast it ran) is copied in instead of run again.
 One sweep keeps one precision: `precision` pins what `auto` means for its runs, and a sweep
 resumed on a machine where `auto` would resolve otherwise refuses until it is set.
-`eva-rl export` copies a sweep's finished runs without checkpoints or weights (to commit them).
+`eva-rl export` copies a sweep's finished runs without checkpoints or weights (to commit them;
+`--weights` keeps the final weights, so a fresh machine can copy them back and resume the rest).
 
 The executor runs the runs: `local` (default) in spawned processes of this machine, `ray` as Ray
 tasks (`pip install 'eva_rl[ray]'`) on a local Ray instance or the cluster at `address`, each
@@ -99,7 +102,9 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
     copied = reuse_finished(runs, cfg.reuse)
-    todo = [r for r in runs if not r.done_file.is_file()]
+    unfinished = [r for r in runs if not r.done_file.is_file()]
+    blocked = {r.name: r.waits_for for r in unfinished if r.waits_for}  # not run this time
+    todo = [r for r in unfinished if r.name not in blocked]
     for run in todo:  # the sweep's own run folders, an older eva_rl's included, are eva_rl's
         if not run.baseline and run.out.is_dir():
             ownership.claim(run.out, "run")
@@ -108,6 +113,8 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
         for r in runs
     }
+    for name, start in blocked.items():
+        index[name] |= {"status": "blocked", "waits_for": start}
     previous = json.loads((out / INDEX_FILE).read_text()) if (out / INDEX_FILE).is_file() else {}
     for r in runs:
         if r.name not in waiting and "seconds" in previous.get(r.name, {}):  # kept from before
@@ -116,7 +123,8 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",
+    bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
+               unit="run",
                disable=not progress)  # fmt: skip
     # closing: an interrupt or error here stops the executor's runs too
     with bar, contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
@@ -139,8 +147,9 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     return {
         "runs": len(runs) - baselines,
         "ran": sum(not r.baseline for r in todo),
-        "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in todo),
+        "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in unfinished),
         "copied": len(copied),
         "baselines": baselines,
+        "blocked": blocked,
         "out": out,
     }

@@ -36,6 +36,13 @@ class Run:
         return Path(self.config["out"])
 
     @property
+    def waits_for(self) -> str | None:
+        """The run this one starts from (`from_run`) while that has not finished: an online
+        sweep chained to an offline one runs each run once its offline run is there."""
+        start = None if self.baseline else self.config.get("from_run")
+        return start if start and not (Path(start) / "summary.json").is_file() else None
+
+    @property
     def done_file(self) -> Path:
         return self.out if self.baseline else self.out / "summary.json"
 

@@ -1,7 +1,8 @@
 """Where a sweep stands, read from its files: a run is finished when its summary is there (as the
 sweep itself decides), started when its folder is there without one (running, or stopped and
-resumable), failed when the index says its last attempt failed, else waiting (before the sweep
-starts, every run of its plan); a waiting run that `reuse` would copy is counted apart. How long
+resumable), failed when the index says its last attempt failed, blocked while the run it starts
+from (`from_run`) has not finished, else waiting (before the sweep starts, every run of its plan);
+a waiting run that `reuse` would copy is counted apart. How long
 the rest should take comes from the finished runs' pace (their summaries' wall time, a reusable
 run's from its source), method by method: a DoRA run takes about twice a LoRA run, so one pace
 for all would misjudge a sweep whose methods run in blocks. Each method's pace is that of its
@@ -31,13 +32,14 @@ class SweepStatus:
     started: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # run -> its unfinished `from_run`
     baselines: tuple[int, int] = (0, 0)  # finished, planned
     methods: dict[str, str] = field(default_factory=dict)  # run -> its grid's method, if any
     reused: dict[str, Path] = field(default_factory=dict)  # waiting run -> a finished copy
 
     @property
     def total(self) -> int:
-        return len(self.done) + len(self.started) + len(self.failed) + len(self.waiting)
+        return sum(map(len, (self.done, self.started, self.failed, self.waiting, self.blocked)))
 
     @cached_property
     def seconds(self) -> dict[str, float]:
@@ -65,15 +67,18 @@ class SweepStatus:
         for name, seconds in self.seconds.items():
             paces.setdefault(self.methods.get(name), []).append(seconds)
         median = {method: statistics.median(times[-RECENT:]) for method, times in paces.items()}
-        unfinished = [*self.started, *self.failed, *set(self.waiting) - set(self.reused)]
+        unfinished = [*self.started, *self.failed, *self.blocked,
+                      *set(self.waiting) - set(self.reused)]  # fmt: skip
         total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
         return total / max(1, parallel) / 3600
 
     def describe(self, parallel: int) -> str:
         """For a person: the counts, the failed runs, the time left (where it can be estimated)."""
         parts = [f"{len(self.done)} of {self.total} runs finished"]
+        blocked = "waiting for the run they start from to finish"
         for names, label in ((self.started, "started (running, or stopped and resumable)"),
-                             (self.failed, "failed"), (self.waiting, "waiting")):  # fmt: skip
+                             (self.failed, "failed"), (self.waiting, "waiting"),
+                             (self.blocked, blocked)):  # fmt: skip
             if names:
                 parts.append(f"{len(names)} {label}")
         if self.reused:
@@ -115,6 +120,8 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
             status.failed.append(name)
         elif (out / name).is_dir():
             status.started.append(name)
+        elif "waits_for" in entry and not (Path(entry["waits_for"]) / "summary.json").is_file():
+            status.blocked[name] = entry["waits_for"]
         else:
             status.waiting.append(name)
     status.baselines = (finished, baselines)
