@@ -438,6 +438,9 @@ def test_hypotheses_file_errors_name_the_entry_and_write_nothing(
         "cw10-study-bf16-cpu",  # two runs directories, --by precision
         "rank-budget-study-cpu",
         "online-halfcheetah-cpu",  # online runs, --by policy, a two-key --reference
+        "rank-budget-cpu",
+        "locomotion-halfcheetah-cpu",  # normalised returns
+        "finetune-hammer-v3-cpu",
     ],
 )
 def test_committed_reports_are_reproduced_from_their_runs(name, tmp_path, monkeypatch):
