@@ -307,6 +307,10 @@ def test_an_online_sweep_waits_for_the_runs_it_starts_from(checkpoint, mw_root, 
     settings = {"from_run": f"{starts}/seed={{seed}}", "method.name": "lora", "updates": 0}
     sweep_file = online_sweep(checkpoint, mw_root, tmp_path, {"seed": [0, 1]}, settings)
     runs = tmp_path / "runs"
+    assert main(["sweep", str(sweep_file), "--status"]) == 0  # not started: from the plan
+    blocked = "1 waiting for the run they start from to finish"
+    planned = capsys.readouterr().out
+    assert f"0 of 2 runs finished, 1 waiting, {blocked}, 0 of 1 baselines" in planned
     assert main(["sweep", str(sweep_file)]) == 0
     out = capsys.readouterr().out
     assert "2 runs (1 run now, 0 already finished)" in out
@@ -316,7 +320,7 @@ def test_an_online_sweep_waits_for_the_runs_it_starts_from(checkpoint, mw_root, 
     assert json.loads((runs / "runs.json").read_text())["seed=1"]["status"] == "blocked"
     assert main(["sweep", str(sweep_file), "--status"]) == 0
     status = capsys.readouterr().out
-    assert "1 of 2 runs finished, 1 waiting for the run they start from to finish" in status
+    assert f"1 of 2 runs finished, {blocked}" in status
     shutil.copytree(starts / "seed=0", starts / "seed=1")  # as the offline sweep finishes it
     assert main(["sweep", str(sweep_file), "--status"]) == 0
     assert "1 of 2 runs finished, 1 waiting, 1 of 1 baselines" in capsys.readouterr().out

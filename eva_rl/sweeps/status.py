@@ -129,8 +129,8 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
 
 
 def planned_status(cfg: SweepConfig) -> SweepStatus:
-    """`sweep_status` of the sweep's out or, before it starts, its plan with every run waiting;
-    either way the waiting runs its `reuse` would copy are marked."""
+    """`sweep_status` of the sweep's out or, before it starts, its plan with every run waiting
+    (or blocked, on its `from_run`); either way the waiting runs `reuse` would copy are marked."""
     from eva_rl.sweeps.plan import plan, reusable
 
     out = Path(cfg.out)
@@ -140,7 +140,9 @@ def planned_status(cfg: SweepConfig) -> SweepStatus:
     snapshot = out / BASE_FILE  # a started sweep's runs are planned from its copy of the base
     runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None)
     if status is None:
-        status = SweepStatus(out, waiting=[r.name for r in runs if not r.baseline],
+        planned = [r for r in runs if not r.baseline]
+        status = SweepStatus(out, waiting=[r.name for r in planned if not r.waits_for],
+                             blocked={r.name: r.waits_for for r in planned if r.waits_for},
                              baselines=(0, sum(r.baseline for r in runs)))  # fmt: skip
         status.methods = {r.name: r.overrides["method.name"] for r in runs
                           if "method.name" in r.overrides}  # fmt: skip
