@@ -3,6 +3,7 @@ executors (local processes, Ray)."""
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from eva_rl.errors import UserError
 from eva_rl.runtime import resolve_precision
 from eva_rl.sweeps import expand, gpu_slots, load_sweep, plan, run_name, sweep
 from eva_rl.sweeps.executors import start_ray
+from eva_rl.sweeps.plan import run_config
 
 
 def test_grid_expansion_is_the_full_product_first_key_slowest():
@@ -144,6 +146,32 @@ def test_time_left_takes_each_methods_own_pace(tmp_path):
     assert "the median time of its method's last 5 finished runs" in status.describe(parallel=2)
 
 
+def test_a_run_log_keeps_a_bar_once_a_minute_and_status_reads_where_it_stands(tmp_path):
+    """A progress bar in a run's log: its redraws at most once per `every`, its last state
+    before other output always, so the log ends where the run stands and `last_bar` reads it."""
+    from tqdm import tqdm
+
+    from eva_rl.sweeps.executors import BarLog
+    from eva_rl.sweeps.status import last_bar
+
+    log = tmp_path / "run.log"
+    with BarLog(str(log), every=3600) as f:
+        print("a warning", file=f)
+        bar = tqdm(total=10_000, desc="train", file=f, unit="step", mininterval=0)
+        for _ in range(6300):
+            bar.update()
+        assert log.read_bytes().count(b"\r") == 1  # the first draw; 6,300 redraws held back
+        bar.set_postfix(loss="0.0123")
+        assert last_bar(log) == "train 0/10000 [00:00<?, ?step/s]"
+        print("evaluating", file=f)  # other output: the bar's last state is written first
+        assert re.fullmatch(r"train 6300/10000 \[\S+<\S+, \S+step/s, loss=0\.0123\]",
+                            last_bar(log))  # fmt: skip
+        bar.update(10)
+    assert "6310/10000" in last_bar(log) and log.read_text().endswith("]\n")  # what it held
+    assert log.read_text().startswith("a warning\n") and "0123]\nevaluating\n" in log.read_text()
+    assert last_bar(tmp_path / "none.log") is None
+
+
 def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
     checkpoint, mw_root, tmp_path, capsys
 ):
@@ -209,6 +237,9 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     status = capsys.readouterr().out
     assert "2 of 4 runs finished, 2 started (running, or stopped and resumable), 1 of 1 " in status
     assert "h left at 2 runs at a time" in status
+    steps = run_config(next(r for r in plan(load_sweep(path)) if not r.baseline), 1).loop.steps
+    # where each started run stands: its log's last progress bar (the train bar, at its end)
+    assert re.search(rf"\n  method=eva,seed=0: train {steps}/{steps} \[\S+<00:00", status)
     saved = yaml.safe_load((runs / "sweep.yaml").read_text())
     del saved["command"]  # as an eva_rl before online sweeps wrote it: a finetune sweep
     (runs / "sweep.yaml").write_text(yaml.safe_dump(saved))

@@ -5,6 +5,7 @@ and their results as they finish, and count a run whose worker died as failed.""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import time
@@ -24,20 +25,51 @@ from eva_rl.sweeps.stages import runner
 
 
 def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
-    """Worker: one run (or baseline evaluation), its output and warnings in `log`."""
+    """Worker: one run (or baseline evaluation), its output, warnings and progress bars in
+    `log` (a bar there moves at most once a minute: `tail` the log, or `sweep --status`)."""
     set_threads(threads)
     started = time.perf_counter()
-    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with BarLog(log) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         warnings.simplefilter("default")
         try:
             if run.baseline:
                 run_baseline(run)
             else:
-                runner(run.command)(run_config(run, threads, device), False)
+                runner(run.command)(run_config(run, threads, device), True)
         except Exception:  # reported in the parent; the sweep goes on with the other runs
             traceback.print_exc(file=f)
             return {"ok": False, "seconds": time.perf_counter() - started}
     return {"ok": True, "seconds": time.perf_counter() - started}
+
+
+class BarLog(io.TextIOWrapper):
+    """A run's log file in which a progress bar's redraw (a write starting with a carriage
+    return) is kept at most once a minute; the bar's last state before any other output is
+    always kept, and that output starts on a line of its own, so the log ends where the run is."""
+
+    def __init__(self, path: str, every: float = 60.0):
+        super().__init__(open(path, "ab"), encoding="utf-8", line_buffering=True)  # noqa: SIM115
+        self.every, self.last, self.held, self.in_bar = every, float("-inf"), "", False
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r") and "\n" not in text:
+            self.in_bar = True
+            if time.monotonic() - self.last < self.every:
+                self.held = text
+                return len(text)
+            self.last, self.held = time.monotonic(), ""
+            super().write(text)
+            return self.flush() or len(text)
+        lead = self.held + ("\n" if self.in_bar and not text.startswith(("\n", "\r")) else "")
+        super().write(lead + text)
+        self.held, self.in_bar = "", False
+        return len(text)
+
+    def close(self) -> None:
+        if self.in_bar and not self.closed:  # what follows in the file starts a line
+            super().write(self.held + "\n")
+            self.held, self.in_bar = "", False
+        super().close()
 
 
 def shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:

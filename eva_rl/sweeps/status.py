@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +37,7 @@ class SweepStatus:
     baselines: tuple[int, int] = (0, 0)  # finished, planned
     methods: dict[str, str] = field(default_factory=dict)  # run -> its grid's method, if any
     reused: dict[str, Path] = field(default_factory=dict)  # waiting run -> a finished copy
+    where: dict[str, str] = field(default_factory=dict)  # started run -> its log's last bar
 
     @property
     def total(self) -> int:
@@ -91,6 +93,8 @@ class SweepStatus:
             shown = ", ".join(self.failed[:3]) + ("..." if len(self.failed) > 3 else "")
             text += f"\nfailed: {shown} (logs in {self.out / '_logs'}); running the sweep again "
             text += "retries them"
+        for name, bar in self.where.items():
+            text += f"\n  {name}: {bar}"
         hours = self.hours_left(parallel)
         if hours is not None and len(self.done) + len(self.reused) < self.total:
             runs = f"{parallel} run{'s' * (parallel > 1)}"
@@ -120,12 +124,32 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
             status.failed.append(name)
         elif (out / name).is_dir():
             status.started.append(name)
+            if bar := last_bar(out / "_logs" / f"{name}.log"):
+                status.where[name] = bar
         elif "waits_for" in entry and not (Path(entry["waits_for"]) / "summary.json").is_file():
             status.blocked[name] = entry["waits_for"]
         else:
             status.waiting.append(name)
     status.baselines = (finished, baselines)
     return status
+
+
+BAR = re.compile(r"^(?P<desc>[^:|]+):\s+\d+%\|[^|]*\|\s*(?P<rest>\S.*)$")
+
+
+def last_bar(log: Path, tail: int = 4096) -> str | None:
+    """Where a run's last progress bar stood, from its log (`executors.BarLog`): `train
+    6300/10000 [40:12<23:30, 2.61step/s, loss=0.0123]`; None without a bar."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            lines = re.split(r"[\r\n]", f.read().decode("utf-8", "replace"))
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if match := BAR.match(line.strip()):
+            return f"{match['desc'].strip()} {match['rest']}"
+    return None
 
 
 def planned_status(cfg: SweepConfig) -> SweepStatus:
