@@ -89,7 +89,10 @@ def play_both(agent: Agent, horizon: int = 60, slots: int = 6) -> tuple[torch.Te
 def test_last_token_forward_on_kept_windows_equals_the_full_forward():
     agent = shipped()
     fast, full = play_both(agent)
-    assert torch.equal(fast, full)  # the same products, in the same kernels: bit for bit
+    # bit for bit on an AVX-512 Xeon (the same products in the same kernels); where the GEMM
+    # kernel's blocking depends on the row count (an AVX2 EPYC) it differs by fp32 rounding
+    # (2.8e-7 there), while any other window or position would move actions by > 1e-3
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=0)
     adapted = lora(agent)
     fast, full = play_both(adapted)
     torch.testing.assert_close(fast, full, atol=1e-6, rtol=0)
@@ -121,8 +124,11 @@ def test_evaluation_reproduces_the_base_commits_episodes_in_every_layout(layout)
         episodes = result.envs[name].episodes
         got = [(e.ret, e.length, e.success_any, e.success_final) for e in episodes]
         assert [g[1:] for g in got] == [e[1:] for e in expected]
-        # bit for bit here; rel 1e-9 leaves room for a CPU whose GEMM kernels sum differently
-        assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], rel=1e-9, abs=0)
+        # bit for bit on the machine that recorded them; on a CPU whose GEMM kernels sum
+        # differently the rounding grows along the episode's physics (an AVX2 EPYC: up to 5e-6
+        # relative after 40 steps), still far inside 1e-4, which another episode or action
+        # sequence (returns apart by percents) is not
+        assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], rel=1e-4, abs=0)
 
 
 def test_a_non_finite_action_is_an_error_naming_it():

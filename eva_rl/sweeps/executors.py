@@ -52,6 +52,8 @@ class BarLog(io.TextIOWrapper):
         self.every, self.last, self.held, self.in_bar = every, float("-inf"), "", False
 
     def write(self, text: str) -> int:
+        if not text:  # tqdm probes the file with an empty write: not output
+            return 0
         if text.startswith("\r") and "\n" not in text:
             self.in_bar = True
             if time.monotonic() - self.last < self.every:
