@@ -2,12 +2,12 @@
 sweep itself decides), started when its folder is there without one (running, or stopped and
 resumable), failed when the index says its last attempt failed, blocked while the run it starts
 from (`from_run`) has not finished, else waiting (before the sweep starts, every run of its plan);
-a waiting run that `reuse` would copy is counted apart. How long
-the rest should take comes from the finished runs' pace (their summaries' wall time, a reusable
-run's from its source), method by method: a DoRA run takes about twice a LoRA run, so one pace
-for all would misjudge a sweep whose methods run in blocks. Each method's pace is that of its
-last `RECENT` runs to finish: runs slowed by other work on the machine earlier (or sped up by a
-quieter one) stop counting once newer runs show the machine's present pace."""
+a waiting run that `reuse` would copy is counted apart. How long the rest should take comes from
+the finished runs' pace (their summaries' wall time, a reusable run's from its source), method by
+method: a DoRA run takes about twice a LoRA run, so one pace for all would misjudge a sweep whose
+methods run in blocks. Each method's pace is that of its last `RECENT` runs to finish: runs
+slowed by other work on the machine earlier (or sped up by a quieter one) stop counting once
+newer runs show the machine's present pace."""
 
 from __future__ import annotations
 
