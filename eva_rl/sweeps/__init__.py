@@ -103,7 +103,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs.mkdir(exist_ok=True)
     copied = reuse_finished(runs, cfg.reuse)
     unfinished = [r for r in runs if not r.done_file.is_file()]
-    blocked = {r.name: r.waits_for for r in unfinished if r.waits_for}  # not run this time
+    blocked = {r.name: start for r in unfinished if (start := r.waits_for)}  # not run this time
     todo = [r for r in unfinished if r.name not in blocked]
     for run in todo:  # the sweep's own run folders, an older eva_rl's included, are eva_rl's
         if not run.baseline and run.out.is_dir():
@@ -124,8 +124,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
     bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
-               unit="run",
-               disable=not progress)  # fmt: skip
+               unit="run", disable=not progress)  # fmt: skip
     # closing: an interrupt or error here stops the executor's runs too
     with bar, contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
         for run, result in finished:

@@ -60,8 +60,8 @@ class BarLog(io.TextIOWrapper):
                 self.held = text
                 return len(text)
             self.last, self.held = time.monotonic(), ""
-            super().write(text)
-            return self.flush() or len(text)
+            super().write(text)  # line buffering flushes at a carriage return
+            return len(text)
         lead = self.held + ("\n" if self.in_bar and not text.startswith(("\n", "\r")) else "")
         super().write(lead + text)
         self.held, self.in_bar = "", False

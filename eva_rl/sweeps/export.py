@@ -14,14 +14,14 @@ from eva_rl.online.collect import EPISODE_STORE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
 
-# what an exported run leaves behind: resumable state and weights (a report reads none of them),
-# an online run's raw episode store (its minari/ dataset holds the same episodes), and the lock
+# what an exported run leaves behind: resumable state (a report reads none of it), an online
+# run's raw episode store (its minari/ dataset holds the same episodes), and the lock
 # of the process that ran it
-HEAVY = ("checkpoints", "*.safetensors", "*.pt", "*.bin", EPISODE_STORE, ownership.LOCK)
-# with `weights`: each run's final agent (adapter, Gaussian head, or full model) and an EVA run's
-# collected state stay, so the exported runs load (`evaluate --checkpoint`, `online --from`) and
-# count as finished where copied back into a sweep's out; resumable state still goes
-WITHOUT_WEIGHTS = ("checkpoints", "*.pt", EPISODE_STORE, ownership.LOCK)
+HEAVY = ("checkpoints", "*.pt", EPISODE_STORE, ownership.LOCK)
+# and weights, unless asked for (`weights`): each run's final agent (adapter, Gaussian head, or
+# full model) and an EVA run's collected state, so the exported runs load (`evaluate
+# --checkpoint`, `online --from`) and count as finished where copied back into a sweep's out
+WEIGHTS = ("*.safetensors", "*.bin")
 
 
 def export_runs(
@@ -56,9 +56,9 @@ def export_runs(
             shutil.copy2(src / name, staged / name)
     if (src / BASELINE_DIR).is_dir():
         shutil.copytree(src / BASELINE_DIR, staged / BASELINE_DIR)
+    left = shutil.ignore_patterns(*HEAVY, *(() if weights else WEIGHTS))
     for run in runs:
-        left = WITHOUT_WEIGHTS if weights else HEAVY
-        shutil.copytree(src / run, staged / run, ignore=shutil.ignore_patterns(*left))
+        shutil.copytree(src / run, staged / run, ignore=left)
     old = dst.with_name(f".{dst.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)  # left by an export that died while swapping
     if dst.is_symlink():
