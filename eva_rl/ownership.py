@@ -21,7 +21,7 @@ from pathlib import Path
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json
 
-MARKER = ".eva_rl"  # JSON: {"kind": "run" | "sweep" | "report" | ..., "pid": creator}
+MARKER = ".eva_rl"  # JSON: {"kind": "run" | "sweep" | "report" | ...} (who uses it: LOCK)
 LOCK = ".eva_rl.lock"  # holds the pid of the process using the directory
 
 
@@ -42,7 +42,7 @@ def claim(path: str | os.PathLike, kind: str) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if not owned(path):
-        atomic_write_json(path / MARKER, {"kind": kind, "pid": os.getpid()})
+        atomic_write_json(path / MARKER, {"kind": kind})
     return path
 
 
