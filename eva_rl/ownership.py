@@ -21,7 +21,7 @@ from pathlib import Path
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json
 
-MARKER = ".eva_rl"  # JSON: {"kind": "run" | "sweep" | "report" | ...} (who uses it: LOCK)
+MARKER = ".eva_rl"  # JSON: {"kind": "run" | "sweep" | "report" | ...}; who uses it: LOCK
 LOCK = ".eva_rl.lock"  # holds the pid of the process using the directory
 
 
