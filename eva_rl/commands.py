@@ -182,6 +182,8 @@ def cmd_report(args) -> None:
         f"{result['runs']} runs{left}, {result['configs']} configurations -> "
         f"{result['out']}/README.md"
     )
+    if result["registration"] is not None:  # the README's sentence, without its markdown
+        print(result["registration"].sentence().replace("`", "").replace("**", ""))
     for test in result["hypotheses"]:
         print(f"{test.hypothesis.name}: {test.verdict}")
 

@@ -398,6 +398,9 @@ def test_preregistered_hypotheses_are_tested_once_their_pairs_are_complete(runs,
     assert "H1: supported (p < 0.05)\nH2: not supported\nH3: waiting: 3 of 4 pairs" in printed
     readme = (out / "README.md").read_text()
     assert f"--hypotheses {path}" in readme and "claim: EVA loses to LoRA on hammer" in readme
+    # not in a repository: the report says its pre-registration cannot be checked, never claims it
+    unchecked = "cannot be checked here: the file is not in a git repository."
+    assert f"Pre-registration of `{path}` {unchecked}" in readme and unchecked in printed
     rows = {r.split(" | ")[0][2:]: r for r in readme.splitlines() if r.startswith("| H")}
     # six pairs all +0.1: only the all-plus pattern reaches the mean, p = 1/64 one-sided
     assert "| 6 of 6 | +0.100 [+0.100, +0.100] | 0.0156 (greater) | 0.05 | supported" in rows["H1"]

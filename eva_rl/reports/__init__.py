@@ -18,7 +18,8 @@ from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
 from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, finished_seeds
-from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses
+from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses, tested_runs
+from eva_rl.reports.registration import check_registration
 from eva_rl.reports.runs import Row, as_dirs, collect_runs, planned_configs, read_baselines
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 from eva_rl.results import STEP_UNITS
@@ -50,7 +51,10 @@ def write_report(
     registered = load_hypotheses(hypotheses) if hypotheses is not None else None
     baselines = read_baselines(dirs)
     rows = collect_runs(dirs, baselines, by)
-    tested = None if registered is None else (hypotheses, evaluate_hypotheses(rows, registered))
+    tested = None
+    if registered is not None:  # on every finished run, before any filter below
+        registration = check_registration(hypotheses, tested_runs(rows, registered))
+        tested = (hypotheses, evaluate_hypotheses(rows, registered), registration)
     where = " or ".join(str(d) for d in dirs)
     if tasks:
         missing = sorted(set(tasks) - {r.task for r in rows})
@@ -90,6 +94,7 @@ def write_report(
         "comparisons": comparisons,
         "left_out": len(left_out or []),
         "hypotheses": [] if tested is None else tested[1],
+        "registration": None if tested is None else tested[2],
     }
 
 

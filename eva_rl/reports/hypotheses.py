@@ -109,6 +109,15 @@ def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[H
     return out
 
 
+def tested_runs(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Path]:
+    """The folders of the finished runs that some hypothesis tests (either side of a pair)."""
+    return sorted({
+        r.path for h in hypotheses for r in rows
+        if r.path is not None and r.method in (h.method, h.reference)
+        and (r.task, r.seed, r.rank) in set(h.planned)
+    })  # fmt: skip
+
+
 def _by_pair(rows: list[Row], h: Hypothesis, method: str) -> dict[tuple[str, int, int], float]:
     """`method`'s finished runs of the hypothesis's pairs: (task, seed, rank) -> metric."""
     planned, out = set(h.planned), {}

@@ -339,18 +339,19 @@ def _comparison_section(comparisons, reference, score: str, steps, step_unit) ->
     return parts
 
 
-def _hypothesis_section(path, tests, score: str) -> list[str]:
+def _hypothesis_section(path, tests, registration, score: str) -> list[str]:
     return [
         "",
-        f"**Pre-registered hypotheses** (`{path}`, written before the runs that test them "
-        "had finished): each is tested once, when all its planned (task, seed, rank) "
-        "pairs have finished, with the sign-flip permutation test of the mean paired "
-        "difference in the direction it names (exact up to 16 pairs) at its own level; "
-        "until then it waits, untested. The file:",
+        f"**Pre-registered hypotheses** (`{path}`): each is tested once, when all its planned "
+        "(task, seed, rank) pairs have finished, with the sign-flip permutation test of the "
+        "mean paired difference in the direction it names (exact up to 16 pairs) at its own "
+        "level; until then it waits, untested. The file:",
         "",
         "```yaml",
         Path(path).read_text().strip(),
         "```",
+        "",
+        registration.sentence(),
         "",
         hypothesis_table(tests, score),
     ]
