@@ -26,7 +26,6 @@ from eva_rl.adapters.export import export_adapted, save_initial_adapter
 from eva_rl.adapters.methods import METHODS, BuildContext, build_method, trainable_parameters
 from eva_rl.agent import META_FILE, Agent
 from eva_rl.config import to_dict
-from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, Evaluator, scaled_target
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
@@ -37,9 +36,16 @@ from eva_rl.online.head import save_head
 from eva_rl.online.policy import GaussianHead, Temperature
 from eva_rl.online.start import from_finetune_run
 from eva_rl.results import EvalPoint, RunSummary
-from eva_rl.runtime import resolve_device, resolve_precision, set_threads
+from eva_rl.runtime import set_threads
 from eva_rl.stats import curve_auc
-from eva_rl.training.adapted import eva_result, log_hparams, log_setup, run_recipe, tuned_meta
+from eva_rl.training.adapted import (
+    AdaptedRun,
+    eva_result,
+    log_hparams,
+    log_setup,
+    run_recipe,
+    tuned_meta,
+)
 from eva_rl.training.finetune import SUMMARY_FILE
 from eva_rl.training.losses import action_loss, gradient_signal
 from eva_rl.video import log_videos
@@ -52,18 +58,13 @@ def online(cfg: OnlineConfig, progress: bool = True) -> dict:
     return run_recipe(OnlineRun, cfg, progress)
 
 
-class OnlineRun:
+class OnlineRun(AdaptedRun):
     """One run as a recipe: loading checks every input before the run folder exists; `setup`
     builds the method, head and buffer; `train` runs `OnlineTrainer`; `save` writes the agent,
     the collected dataset and the summary."""
 
     def __init__(self, cfg: OnlineConfig, progress: bool):
-        self.started = time.perf_counter()
-        self.cfg, self.progress, self.out = cfg, progress, Path(cfg.out)
-        device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, device)
-        self.agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
-        self.data = load_trajectories(cfg.dataset_ids, cfg.data_root)
+        super().__init__(cfg, progress)
         self.agent.check_dims(self.data.state_dim, self.data.act_dim, "the offline data")
         self.method = cfg.method.name
         self.start = from_finetune_run(cfg, self.agent) if cfg.from_run else None

@@ -2,12 +2,13 @@
 EVA's collector result (collected once into the run's `eva/`, reloaded on resume), the tuned
 agent's meta (the base's normalisation, the task's target, the run's provenance), and the
 TensorBoard records of the adapter at initialisation and of the run's hyperparameters, and the
-runner that takes a stage's recipe object (`FinetuneRun`, `OnlineRun`) through its folder."""
+base and runner of a stage's recipe object (`FinetuneRun`, `OnlineRun`)."""
 
 from __future__ import annotations
 
 import copy
 import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
 from eva_rl.agent import Agent, AgentMeta, checkpoint_ref, locate_checkpoint
+from eva_rl.data.segments import load_trajectories
 from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
 from eva_rl.eva.state import META_FILE as EVA_META
 from eva_rl.eva.state import load_state, log_collection, save_result
 from eva_rl.results import RunSummary
+from eva_rl.runtime import resolve_device, resolve_precision
 from eva_rl.training.rundir import provenance, run_dir
 from eva_rl.weights import weights_digest
 
@@ -31,6 +34,19 @@ QUIET = (  # benign warnings PEFT and transformers raise on every run of these m
     "Full backward hook is firing when gradients are computed with respect to module outputs",
     "The following rank_pattern keys did not match any targeted module",  # AdaLoRA's masks
 )
+
+
+class AdaptedRun:
+    """What every recipe of an adapted agent loads first, before its run folder exists (so a
+    bad input leaves no folder): the device and precision, the base agent and the datasets."""
+
+    def __init__(self, cfg: Any, progress: bool):
+        self.started = time.perf_counter()
+        self.cfg, self.progress, self.out = cfg, progress, Path(cfg.out)
+        device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, device)
+        self.agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
+        self.data = load_trajectories(cfg.dataset_ids, cfg.data_root)
 
 
 def run_recipe(recipe: Callable[[Any, bool], Any], cfg: Any, progress: bool) -> Any:

@@ -34,7 +34,6 @@ from eva_rl.agent import META_FILE, Agent
 from eva_rl.assets import SHIPPED
 from eva_rl.config import to_dict
 from eva_rl.data.catalog import dataset_id
-from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
@@ -43,11 +42,16 @@ from eva_rl.results import EvalPoint, RunSummary
 from eva_rl.runtime import (
     Precision,
     check_precision,
-    resolve_device,
-    resolve_precision,
     set_threads,
 )
-from eva_rl.training.adapted import eva_result, log_hparams, log_setup, run_recipe, tuned_meta
+from eva_rl.training.adapted import (
+    AdaptedRun,
+    eva_result,
+    log_hparams,
+    log_setup,
+    run_recipe,
+    tuned_meta,
+)
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
 from eva_rl.video import log_videos
@@ -174,18 +178,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunSummary:
     return run_recipe(FinetuneRun, cfg, progress)
 
 
-class FinetuneRun:
+class FinetuneRun(AdaptedRun):
     """One run as a recipe: loading checks every input before the run folder exists; `setup`
     builds the method on calibration batches (EVA collected on the training split), `train`
     runs the loop with evaluations, `save` writes the final agent and summary."""
 
     def __init__(self, cfg: FinetuneConfig, progress: bool):
-        self.started = time.perf_counter()
-        self.cfg, self.progress, self.out = cfg, progress, Path(cfg.out)
-        device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, device)
-        self.agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
-        self.data = load_trajectories(cfg.dataset_ids, cfg.data_root)
+        super().__init__(cfg, progress)
         self.traj, self.heldout = self.data.split(cfg.split.heldout, cfg.split.seed)
         # refuses data of other shapes; each rank of a torchrun job draws its own batches
         self.sampler = self.agent.segment_sampler(self.traj, distributed.rank_seed(cfg.seed))
