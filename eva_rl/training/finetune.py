@@ -39,11 +39,7 @@ from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.results import EvalPoint, RunSummary
-from eva_rl.runtime import (
-    Precision,
-    check_precision,
-    set_threads,
-)
+from eva_rl.runtime import Precision, check_precision, set_threads
 from eva_rl.training.adapted import (
     AdaptedRun,
     eva_result,
