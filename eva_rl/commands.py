@@ -159,7 +159,8 @@ def cmd_sweep(args) -> None:
         names = ", ".join(list(blocked)[:3]) + ("..." if len(blocked) > 3 else "")
         print(
             f"not run yet, {len(blocked)} waiting for the run each starts from to finish: "
-            f"{names} (from_run {next(iter(blocked.values()))}, ...); run the sweep again then"
+            f"{names} (from_run {next(iter(blocked.values()))}, ...); run the sweep again then "
+            "(wait=true: this sweep waits for them)"
         )
     print(f"report: eva-rl report {result['out']} --out results/<name>")
 

@@ -328,3 +328,44 @@ def test_an_online_sweep_waits_for_the_runs_it_starts_from(checkpoint, mw_root, 
     out = capsys.readouterr().out
     assert "2 runs (1 run now, 1 already finished)" in out and "waiting" not in out
     assert (runs / "seed=1/summary.json").is_file()
+
+
+@pytest.mark.slow  # spawns run processes
+def test_a_sweep_told_to_wait_runs_each_run_once_its_start_finishes(
+    checkpoint, mw_root, tmp_path, capsys, monkeypatch
+):
+    """`wait=true`: the run whose start is there runs at once, the other as soon as its start
+    finishes (here, copied in while the sweep waits), all in one invocation."""
+    import shutil
+    import threading
+
+    import eva_rl.sweeps
+    from conftest import tiny_finetune_overrides
+    from eva_rl.training.finetune import FinetuneConfig, finetune
+
+    monkeypatch.setattr(eva_rl.sweeps, "POLL_SECONDS", 0.2)
+    starts, runs = tmp_path / "offline", tmp_path / "runs"
+    items = tiny_finetune_overrides(
+        checkpoint, mw_root, starts / "seed=0", "lora", "loop.steps=10", "precision=fp32"
+    )
+    finetune(load_config(FinetuneConfig, None, items), progress=False)
+    settings = {"from_run": f"{starts}/seed={{seed}}", "method.name": "lora", "updates": 0}
+    sweep_file = online_sweep(checkpoint, mw_root, tmp_path, {"seed": [0, 1]}, settings)
+
+    def finish_the_second_start():  # once the first online run is done, as an offline sweep
+        while not (runs / "seed=0" / "summary.json").is_file():
+            time.sleep(0.1)
+        shutil.copytree(starts / "seed=0", tmp_path / "copying")
+        (tmp_path / "copying").rename(starts / "seed=1")  # whole, as a finished run appears
+
+    helper = threading.Thread(target=finish_the_second_start, daemon=True)
+    helper.start()
+    assert main(["sweep", str(sweep_file), "wait=true"]) == 0
+    helper.join(timeout=5)
+    captured = capsys.readouterr()
+    assert "2 runs (2 run now, 0 already finished)" in captured.out
+    assert "not run yet" not in captured.out
+    assert "1 runs wait for the run each starts from to finish (checked every 0.2 s" in captured.err
+    index = json.loads((runs / "runs.json").read_text())
+    assert [index[f"seed={s}"]["status"] for s in (0, 1)] == ["done", "done"]
+    assert (runs / "seed=1/summary.json").is_file()

@@ -8,7 +8,8 @@ config kept in `out/base_config.yaml`: editing config files while a sweep runs c
 Re-running the same sweep skips finished runs (those with `summary.json`), resumes interrupted
 ones from their last checkpoint, and restarts those that died before one; it refuses if the base
 config changed since the sweep started. A run that starts `from_run` a run not finished yet (an
-online sweep chained to an offline one still running) waits: it is left for a later invocation.
+online sweep chained to an offline one still running) waits: it is left for a later invocation,
+or, with `wait: true`, run by this one as soon as its start has finished.
 `reuse` names other sweeps' directories: a finished run there with this run's config (up to
 where and how fast it ran) is copied in instead of run again.
 One sweep keeps one precision: `precision` pins what `auto` means for its runs, and a sweep
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,20 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         return _run(cfg, out, runs, progress)
 
 
+POLL_SECONDS = 60.0  # how often a waiting sweep looks for finished `from_run`s
+
+
+def _started(waiting: list[Run], bar: tqdm) -> list[Run]:
+    """The `waiting` runs whose `from_run` has finished, once there is one: sleeps till then."""
+    message = (f"{len(waiting)} runs wait for the run each starts from to finish (checked "
+               f"every {POLL_SECONDS:g} s; Ctrl-C stops, finished runs are kept)")  # fmt: skip
+    tqdm.write(message, file=sys.stderr)
+    while not (ready := [r for r in waiting if r.waits_for is None]):
+        bar.set_postfix(waiting=len(waiting))
+        time.sleep(POLL_SECONDS)
+    return ready
+
+
 def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
@@ -123,19 +140,32 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
+    ran = [r for r in todo if not r.baseline]
     bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
                unit="run", disable=not progress)  # fmt: skip
-    # closing: an interrupt or error here stops the executor's runs too
-    with bar, contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
-        for run, result in finished:
-            index[run.name]["status"] = "done" if result["ok"] else "failed"
-            if "seconds" in result:  # not known for a run its Ray worker lost
-                index[run.name]["seconds"] = round(result["seconds"], 1)
-            if not result["ok"]:
-                failed.append(run.name)
+    with bar:
+        while True:
+            # closing: an interrupt or error here stops the executor's runs too
+            with contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
+                for run, result in finished:
+                    index[run.name]["status"] = "done" if result["ok"] else "failed"
+                    if "seconds" in result:  # not known for a run its Ray worker lost
+                        index[run.name]["seconds"] = round(result["seconds"], 1)
+                    if not result["ok"]:
+                        failed.append(run.name)
+                    atomic_write_json(out / INDEX_FILE, index)
+                    bar.update(1)
+                    bar.set_postfix(failed=len(failed), last=run.name[-40:])
+            if not (cfg.wait and blocked):
+                break
+            todo = _started([r for r in runs if r.name in blocked], bar)
+            for run in todo:
+                del blocked[run.name]
+                index[run.name] = {"overrides": run.overrides, "status": "pending"}
             atomic_write_json(out / INDEX_FILE, index)
-            bar.update(1)
-            bar.set_postfix(failed=len(failed), last=run.name[-40:])
+            ran += todo
+            bar.total += len(todo)
+            bar.refresh()
     if failed:
         raise RunError(
             f"{len(failed)} of {len(runs)} runs failed (logs in {logs}): {', '.join(failed[:3])}"
@@ -145,7 +175,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     baselines = sum(r.baseline for r in runs)
     return {
         "runs": len(runs) - baselines,
-        "ran": sum(not r.baseline for r in todo),
+        "ran": len(ran),
         "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in unfinished),
         "copied": len(copied),
         "baselines": baselines,

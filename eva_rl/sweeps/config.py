@@ -42,6 +42,9 @@ class SweepConfig:
     # what `precision: auto` means for this sweep's runs (fp32 or bf16); None: each machine's
     # choice. A sweep resumed on a machine that would choose otherwise refuses and names this
     precision: str | None = None
+    # runs whose `from_run` has not finished (a sweep chained to one still running): false,
+    # leave them for a later invocation; true, wait and run each once its start has finished
+    wait: bool = False
 
     def __post_init__(self):
         if not self.out:
