@@ -160,11 +160,8 @@ def _report_flags(p) -> None:
         "configuration against itself with that value, and all of them pooled; keys varied "
         "together as k1=v1,k2=v2)",
     )
-    p.add_argument(
-        "--hypotheses",
-        help="a YAML file of hypotheses registered before the runs (configs/hypotheses/): "
-        "each is tested once all its planned pairs have finished",
-    )
+    p.add_argument("--hypotheses", help="a YAML file of hypotheses registered before the "
+                   "runs (configs/hypotheses/), each tested once its pairs finish")  # fmt: skip
 
 
 def _export_flags(p) -> None:
@@ -187,6 +184,8 @@ def _sweep_flags(p) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--status", action="store_true",
                    help="print how far the sweep is and the time left; run nothing")  # fmt: skip
+    p.add_argument("--blind", action="store_true", help="--status without the running runs' "
+                   "scores, returns and losses (a pre-registered study)")  # fmt: skip
 
 
 def _list_flags(p) -> None:

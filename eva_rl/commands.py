@@ -135,7 +135,7 @@ def cmd_sweep(args) -> None:
 
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     cfg = load_sweep(args.sweep, [*flags, *args.overrides])
-    if args.status:
+    if args.status or args.blind:
         from eva_rl.sweeps import planned_status
         from eva_rl.sweeps.config import INDEX_FILE
         from eva_rl.sweeps.executors import shares
@@ -143,7 +143,7 @@ def cmd_sweep(args) -> None:
         status = planned_status(cfg)
         left = status.total - len(status.done) - len(status.reused)
         # as many at once as the local executor would run for what is left
-        print(status.describe(shares(cfg, [cpu_count()], left)[0]))
+        print(status.describe(shares(cfg, [cpu_count()], left)[0], blind=args.blind))
         if not (Path(cfg.out) / INDEX_FILE).is_file():
             print(f"not started; eva-rl sweep {args.sweep} starts it")
         return

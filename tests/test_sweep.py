@@ -172,6 +172,27 @@ def test_a_run_log_keeps_a_bar_once_a_minute_and_status_reads_where_it_stands(tm
     assert last_bar(tmp_path / "none.log") is None
 
 
+def test_a_blind_status_shows_where_runs_are_without_what_they_report(tmp_path):
+    """`--blind`: a pre-registered study watched without its outcomes (an online run's bar
+    carries its last evaluation's score and its last episode's return)."""
+    from eva_rl.sweeps.status import SweepStatus
+
+    bars = {
+        "seed=1": "env steps 2500/5000 [40:12<41:30, 1.02step/s, updates=1250, score=0.433, "
+        "collected=512]",
+        "seed=2": "train 6300/10000 [40:12<23:30, 2.61step/s, loss=0.0123]",
+        "seed=3": "critic warm-up 10/100 [00:02<00:18, 5.0step/s]",
+    }
+    status = SweepStatus(tmp_path, started=list(bars), where=bars)
+    seen = status.describe(2)
+    assert "score=0.433" in seen and "loss=0.0123" in seen
+    blind = status.describe(2, blind=True)
+    assert "\n  seed=1: env steps 2500/5000 [40:12<41:30, 1.02step/s]" in blind
+    assert "\n  seed=2: train 6300/10000 [40:12<23:30, 2.61step/s]" in blind
+    assert "\n  seed=3: critic warm-up 10/100 [00:02<00:18, 5.0step/s]" in blind
+    assert not re.search(r", \w+=", blind)  # no value any run reports is left
+
+
 def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
     checkpoint, mw_root, tmp_path, capsys
 ):
@@ -240,6 +261,10 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     steps = run_config(next(r for r in plan(load_sweep(path)) if not r.baseline), 1).loop.steps
     # where each started run stands: its log's last progress bar (the train bar, at its end)
     assert re.search(rf"\n  method=eva,seed=0: train {steps}/{steps} \[\S+<00:00", status)
+    assert main(["sweep", str(path), "--blind"]) == 0  # the same, without the runs' losses
+    blind = capsys.readouterr().out
+    assert "loss=" in status and "loss=" not in blind
+    assert re.search(rf"\n  method=eva,seed=0: train {steps}/{steps} \[[^=\]]*\]\n", blind)
     saved = yaml.safe_load((runs / "sweep.yaml").read_text())
     del saved["command"]  # as an eva_rl before online sweeps wrote it: a finetune sweep
     (runs / "sweep.yaml").write_text(yaml.safe_dump(saved))

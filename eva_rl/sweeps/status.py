@@ -74,8 +74,9 @@ class SweepStatus:
         total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
         return total / max(1, parallel) / 3600
 
-    def describe(self, parallel: int) -> str:
-        """For a person: the counts, the failed runs, the time left (where it can be estimated)."""
+    def describe(self, parallel: int, blind: bool = False) -> str:
+        """For a person: the counts, the failed runs, where the running runs are (`blind`:
+        without the values their bars report), the time left (where it can be estimated)."""
         parts = [f"{len(self.done)} of {self.total} runs finished"]
         blocked = "waiting for the run they start from to finish"
         for names, label in ((self.started, "started (running, or stopped and resumable)"),
@@ -94,7 +95,7 @@ class SweepStatus:
             text += f"\nfailed: {shown} (logs in {self.out / '_logs'}); running the sweep again "
             text += "retries them"
         for name, bar in self.where.items():
-            text += f"\n  {name}: {bar}"
+            text += f"\n  {name}: {POSTFIX.sub('', bar) if blind else bar}"
         hours = self.hours_left(parallel)
         if hours is not None and len(self.done) + len(self.reused) < self.total:
             runs = f"{parallel} run{'s' * (parallel > 1)}"
@@ -134,6 +135,9 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
     return status
 
 
+# a bar's reported values (`, score=0.43`, `, loss=0.0123`): what a blind status leaves out, so
+# that a pre-registered study's progress can be watched without looking at its outcomes
+POSTFIX = re.compile(r",\s*\w+=[^,\]]*")
 BAR = re.compile(r"^(?P<desc>[^:|]+):\s+\d+%\|[^|]*\|\s*(?P<rest>\S.*)$")
 
 
