@@ -111,11 +111,13 @@ def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[H
 
 def tested_runs(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Path]:
     """The folders of the finished runs that some hypothesis tests (either side of a pair)."""
-    return sorted({
-        r.path for h in hypotheses for r in rows
-        if r.path is not None and r.method in (h.method, h.reference)
-        and (r.task, r.seed, r.rank) in set(h.planned)
-    })  # fmt: skip
+    found: set[Path] = set()
+    for h in hypotheses:
+        planned = set(h.planned)
+        sides = (h.method, h.reference)
+        found |= {r.path for r in rows if r.path is not None and r.method in sides
+                  and (r.task, r.seed, r.rank) in planned}  # fmt: skip
+    return sorted(found)
 
 
 def _by_pair(rows: list[Row], h: Hypothesis, method: str) -> dict[tuple[str, int, int], float]:
