@@ -109,8 +109,8 @@ def _started(waiting: list[Run], bar: tqdm) -> list[Run]:
     message = (f"{len(waiting)} runs wait for the run each starts from to finish (checked "
                f"every {POLL_SECONDS:g} s; Ctrl-C stops, finished runs are kept)")  # fmt: skip
     tqdm.write(message, file=sys.stderr)
+    bar.set_postfix(waiting=len(waiting))
     while not (ready := [r for r in waiting if r.waits_for is None]):
-        bar.set_postfix(waiting=len(waiting))
         time.sleep(POLL_SECONDS)
     return ready
 
@@ -140,7 +140,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
-    ran = [r for r in todo if not r.baseline]
+    ran = sum(not r.baseline for r in todo)  # runs, baselines apart, over every round
     bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
                unit="run", disable=not progress)  # fmt: skip
     with bar:
@@ -163,7 +163,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
                 del blocked[run.name]
                 index[run.name] = {"overrides": run.overrides, "status": "pending"}
             atomic_write_json(out / INDEX_FILE, index)
-            ran += todo
+            ran += len(todo)
             bar.total += len(todo)
             bar.refresh()
     if failed:
@@ -175,7 +175,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     baselines = sum(r.baseline for r in runs)
     return {
         "runs": len(runs) - baselines,
-        "ran": len(ran),
+        "ran": ran,
         "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in unfinished),
         "copied": len(copied),
         "baselines": baselines,
