@@ -331,11 +331,13 @@ def test_an_online_sweep_waits_for_the_runs_it_starts_from(checkpoint, mw_root, 
 
 
 @pytest.mark.slow  # spawns run processes
+@pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_sweep_told_to_wait_runs_each_run_once_its_start_finishes(
-    checkpoint, mw_root, tmp_path, capsys, monkeypatch
+    executor, checkpoint, mw_root, tmp_path, capsys, monkeypatch
 ):
     """`wait=true`: the run whose start is there runs at once, the other as soon as its start
-    finishes (here, copied in while the sweep waits), all in one invocation."""
+    finishes (here, copied in while the first runs), beside it on the second worker rather
+    than after it, all in one invocation."""
     import shutil
     import threading
 
@@ -343,7 +345,7 @@ def test_a_sweep_told_to_wait_runs_each_run_once_its_start_finishes(
     from conftest import tiny_finetune_overrides
     from eva_rl.training.finetune import FinetuneConfig, finetune
 
-    monkeypatch.setattr(eva_rl.sweeps, "POLL_SECONDS", 0.2)
+    monkeypatch.setattr(eva_rl.sweeps.executors, "POLL_SECONDS", 0.2)
     starts, runs = tmp_path / "offline", tmp_path / "runs"
     items = tiny_finetune_overrides(
         checkpoint, mw_root, starts / "seed=0", "lora", "loop.steps=10", "precision=fp32"
@@ -352,16 +354,25 @@ def test_a_sweep_told_to_wait_runs_each_run_once_its_start_finishes(
     settings = {"from_run": f"{starts}/seed={{seed}}", "method.name": "lora", "updates": 0}
     sweep_file = online_sweep(checkpoint, mw_root, tmp_path, {"seed": [0, 1]}, settings)
 
-    def finish_the_second_start():  # once the first online run is done, as an offline sweep
-        while not (runs / "seed=0" / "summary.json").is_file():
-            time.sleep(0.1)
+    first_done_when_second_began = []
+
+    def finish_the_second_start():  # once the first online run has begun, as an offline sweep
+        while not (runs / "_logs" / "seed=0.log").is_file():
+            time.sleep(0.05)
         shutil.copytree(starts / "seed=0", tmp_path / "copying")
         (tmp_path / "copying").rename(starts / "seed=1")  # whole, as a finished run appears
+        while json.loads((runs / "runs.json").read_text())["seed=1"]["status"] != "pending":
+            time.sleep(0.05)  # taken on, by a free worker at once (the run's imports take long)
+        first_done_when_second_began.append((runs / "seed=0" / "summary.json").is_file())
 
     helper = threading.Thread(target=finish_the_second_start, daemon=True)
     helper.start()
-    assert main(["sweep", str(sweep_file), "wait=true"]) == 0
+    if executor == "ray":
+        pytest.importorskip("ray")
+    args = ["sweep", str(sweep_file), "wait=true", "workers=3", f"executor={executor}"]
+    assert main(args) == 0  # workers: one free for the run that waits
     helper.join(timeout=5)
+    assert first_done_when_second_began == [False]  # not after the first, as in rounds
     captured = capsys.readouterr()
     assert "2 runs (2 run now, 0 already finished)" in captured.out
     assert "not run yet" not in captured.out

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from eva_rl.config import read_yaml, save_config, to_dict
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import atomic_write_json, atomic_write_text
 from eva_rl.ownership import DirectoryLock
+from eva_rl.sweeps import executors
 from eva_rl.sweeps.config import (
     BASE_FILE,
     BASELINE_DIR,
@@ -59,7 +59,7 @@ from eva_rl.sweeps.config import (
 )
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
 from eva_rl.sweeps.export import export_runs
-from eva_rl.sweeps.plan import Run, check_precision, plan, reuse_finished, run_name
+from eva_rl.sweeps.plan import Feed, Run, check_precision, plan, reuse_finished, run_name
 from eva_rl.sweeps.status import SweepStatus, planned_status, sweep_status
 
 __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",
@@ -101,20 +101,6 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         return _run(cfg, out, runs, progress)
 
 
-POLL_SECONDS = 60.0  # how often a waiting sweep looks for finished `from_run`s
-
-
-def _started(waiting: list[Run], bar: tqdm) -> list[Run]:
-    """The `waiting` runs whose `from_run` has finished, once there is one: sleeps till then."""
-    message = (f"{len(waiting)} runs wait for the run each starts from to finish (checked "
-               f"every {POLL_SECONDS:g} s; Ctrl-C stops, finished runs are kept)")  # fmt: skip
-    tqdm.write(message, file=sys.stderr)
-    bar.set_postfix(waiting=len(waiting))
-    while not (ready := [r for r in waiting if r.waits_for is None]):
-        time.sleep(POLL_SECONDS)
-    return ready
-
-
 def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
@@ -122,9 +108,7 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     unfinished = [r for r in runs if not r.done_file.is_file()]
     blocked = {r.name: start for r in unfinished if (start := r.waits_for)}  # not run this time
     todo = [r for r in unfinished if r.name not in blocked]
-    for run in todo:  # the sweep's own run folders, an older eva_rl's included, are eva_rl's
-        if not run.baseline and run.out.is_dir():
-            ownership.claim(run.out, "run")
+    _claim(todo)
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
@@ -140,32 +124,40 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
-    ran = sum(not r.baseline for r in todo)  # runs, baselines apart, over every round
+    ran = sum(not r.baseline for r in todo)  # runs, baselines apart, those that join included
     bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
                unit="run", disable=not progress)  # fmt: skip
+
+    def joined(ready: list[Run]) -> None:  # blocked runs whose start has finished: pending now
+        nonlocal ran
+        _claim(ready)
+        for run in ready:
+            del blocked[run.name]
+            index[run.name] = {"overrides": run.overrides, "status": "pending"}
+        atomic_write_json(out / INDEX_FILE, index)
+        ran += len(ready)
+        bar.total += len(ready)
+        bar.set_postfix(waiting=len(blocked))
+
+    feed = Feed(todo, [r for r in runs if r.name in blocked], cfg.wait, joined)
     with bar:
-        while True:
-            # closing: an interrupt or error here stops the executor's runs too
-            with contextlib.closing(EXECUTORS[cfg.executor](cfg, todo, logs)) as finished:
-                for run, result in finished:
-                    index[run.name]["status"] = "done" if result["ok"] else "failed"
-                    if "seconds" in result:  # not known for a run its Ray worker lost
-                        index[run.name]["seconds"] = round(result["seconds"], 1)
-                    if not result["ok"]:
-                        failed.append(run.name)
-                    atomic_write_json(out / INDEX_FILE, index)
-                    bar.update(1)
-                    bar.set_postfix(failed=len(failed), last=run.name[-40:])
-            if not (cfg.wait and blocked):
-                break
-            todo = _started([r for r in runs if r.name in blocked], bar)
-            for run in todo:
-                del blocked[run.name]
-                index[run.name] = {"overrides": run.overrides, "status": "pending"}
-            atomic_write_json(out / INDEX_FILE, index)
-            ran += len(todo)
-            bar.total += len(todo)
-            bar.refresh()
+        if feed.open:
+            tqdm.write(f"{len(blocked)} runs wait for the run each starts from to finish (checked "
+                       f"every {executors.POLL_SECONDS:g} s, as workers free up; Ctrl-C stops, "
+                       "finished runs are kept)", file=sys.stderr)  # fmt: skip
+            bar.set_postfix(waiting=len(blocked))
+        # closing: an interrupt or error here stops the executor's runs too
+        with contextlib.closing(EXECUTORS[cfg.executor](cfg, feed, logs)) as finished:
+            for run, result in finished:
+                index[run.name]["status"] = "done" if result["ok"] else "failed"
+                if "seconds" in result:  # not known for a run its Ray worker lost
+                    index[run.name]["seconds"] = round(result["seconds"], 1)
+                if not result["ok"]:
+                    failed.append(run.name)
+                atomic_write_json(out / INDEX_FILE, index)
+                bar.update(1)
+                bar.set_postfix(failed=len(failed), last=run.name[-40:],
+                                **({"waiting": len(blocked)} if feed.open else {}))  # fmt: skip
     if failed:
         raise RunError(
             f"{len(failed)} of {len(runs)} runs failed (logs in {logs}): {', '.join(failed[:3])}"
@@ -182,3 +174,10 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
         "blocked": blocked,
         "out": out,
     }
+
+
+def _claim(runs: list[Run]) -> None:
+    """The sweep's own run folders, an older eva_rl's included, are eva_rl's."""
+    for run in runs:
+        if not run.baseline and run.out.is_dir():
+            ownership.claim(run.out, "run")

@@ -1,5 +1,6 @@
 """Executors: where a sweep's runs run. `local`: each run in its own spawned process of this
-machine (GPU slots shared out when `gpus` is set); `ray`: each run a Ray task. Both yield runs
+machine (GPU slots shared out when `gpus` is set); `ray`: each run a Ray task. Both take their
+runs from a `Feed` (a waiting sweep's blocked runs join it as their starts finish), yield runs
 and their results as they finish, and count a run whose worker died as failed."""
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from eva_rl.errors import UserError
 from eva_rl.runtime import cpu_count, quiet_waits, set_threads
 from eva_rl.sweeps.baseline import run_baseline
 from eva_rl.sweeps.config import SweepConfig
-from eva_rl.sweeps.plan import Run, run_config
+from eva_rl.sweeps.plan import Feed, Run, run_config
 from eva_rl.sweeps.stages import runner
+
+POLL_SECONDS = 60.0  # how often a waiting sweep looks for finished `from_run`s
 
 
 def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dict[str, Any]:
@@ -130,7 +133,7 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+def _local(cfg: SweepConfig, feed: Feed, logs: Path) -> Iterator[tuple[Run, dict]]:
     """Each run in its own spawned process (a fresh interpreter, no torch/MuJoCo state shared),
     at most `workers` at once; yields runs and results as they finish. A process that dies
     without a result (killed, out of memory) is a failed run whose log says how it ended; the
@@ -144,17 +147,19 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
 
         slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
     quiet_waits()  # the runs' processes inherit it, even when torch is loaded here already
-    workers, threads = shares(cfg, [cpu_count()], len(todo))
+    runs = _count(feed)
+    workers, threads = shares(cfg, [cpu_count()], runs)
     if slots:
-        workers = min(workers if cfg.workers else len(slots), len(slots), max(1, len(todo)))
+        workers = min(workers if cfg.workers else len(slots), len(slots), max(1, runs))
         threads = cfg.threads or max(1, cpu_count() // workers)
     ctx = get_context("spawn")
-    free, queue = list(slots), list(todo)
+    free = list(slots)
     running: dict[int, tuple[Any, Run, str | None, Any]] = {}  # sentinel -> process, run, ...
     try:
-        while queue or running:
-            while queue and len(running) < workers:
-                run = queue.pop(0)
+        while feed.ready or running or feed.open:
+            feed.poll()
+            while feed.ready and len(running) < workers:
+                run = feed.ready.pop(0)
                 device = free.pop(0) if slots else None
                 receive, send = ctx.Pipe(duplex=False)
                 log = str(logs / f"{run.name}.log")
@@ -163,7 +168,10 @@ def _local(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run,
                     process.start()
                 send.close()
                 running[process.sentinel] = (process, run, device, receive)
-            for sentinel in wait_for(list(running)):
+            if not running:  # all that is left waits for its start
+                time.sleep(POLL_SECONDS)
+                continue
+            for sentinel in wait_for(list(running), _poll_timeout(feed)):
                 process, run, device, receive = running.pop(sentinel)
                 try:  # a process that died mid-run sent nothing: reading finds the pipe closed
                     result = receive.recv() if receive.poll() else None
@@ -217,29 +225,35 @@ def _run_in_dir(cwd: str, run: Run, threads: int, log: str) -> dict[str, Any]:
     return _run_one(run, threads, log)
 
 
-def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, dict]]:
+def _ray(cfg: SweepConfig, feed: Feed, logs: Path) -> Iterator[tuple[Run, dict]]:
     """Each run as a Ray task holding `threads` CPUs and `gpus` GPUs; at most `workers` in
     flight (0: all, Ray schedules them as resources free up). Yields runs and results as they
     finish; a task Ray lost (a crashed or killed worker) is a failed run, not retried."""
     ray = import_ray()
-    if not todo:
+    if not (feed.ready or feed.open):
         return  # no cluster to start
     start_ray(cfg.address)
     pending: dict[Any, Run] = {}
     try:
         cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
-        _, threads = shares(cfg, cores, len(todo))
+        _, threads = shares(cfg, cores, _count(feed))
         task = ray.remote(num_cpus=threads, num_gpus=cfg.gpus, max_retries=0)(_run_in_dir)
         # Ray sets CUDA_VISIBLE_DEVICES per task: `auto` then picks the GPU it was given
-        queue, cwd = list(todo), os.getcwd()
-        while queue or pending:
-            while queue and (not cfg.workers or len(pending) < cfg.workers):
-                run = queue.pop(0)
+        cwd = os.getcwd()
+        while feed.ready or pending or feed.open:
+            feed.poll()
+            while feed.ready and (not cfg.workers or len(pending) < cfg.workers):
+                run = feed.ready.pop(0)
                 pending[task.remote(cwd, run, threads, str(logs / f"{run.name}.log"))] = run
-            [ref], _ = ray.wait(list(pending))
-            run = pending.pop(ref)
+            if not pending:  # all that is left waits for its start
+                time.sleep(POLL_SECONDS)
+                continue
+            done, _ = ray.wait(list(pending), timeout=_poll_timeout(feed))
+            if not done:
+                continue
+            run = pending.pop(done[0])
             try:
-                result = ray.get(ref)
+                result = ray.get(done[0])
             except ray.exceptions.RayError as e:
                 with open(logs / f"{run.name}.log", "a") as f:
                     print(f"Ray lost this run: {e}", file=f)
@@ -249,6 +263,16 @@ def _ray(cfg: SweepConfig, todo: list[Run], logs: Path) -> Iterator[tuple[Run, d
         for ref in pending:
             ray.cancel(ref, force=True)
         ray.shutdown()
+
+
+def _count(feed: Feed) -> int:
+    """The runs the executor may start: the ready ones and those it waits for."""
+    return len(feed.ready) + (len(feed.blocked) if feed.open else 0)
+
+
+def _poll_timeout(feed: Feed) -> float | None:
+    """How long to wait for a running run to finish before looking at the blocked ones."""
+    return POLL_SECONDS if feed.open else None
 
 
 EXECUTORS = {"local": _local, "ray": _ray}

@@ -11,6 +11,7 @@ import re
 import shutil
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,33 @@ class Run:
     @property
     def done_file(self) -> Path:
         return self.out if self.baseline else self.out / "summary.json"
+
+
+@dataclass
+class Feed:
+    """The runs an executor starts, in order: the `ready` ones, then, with `wait`, each
+    `blocked` one as soon as `poll()` finds its `from_run` finished (`on_ready` is told), so
+    that it takes the first free worker instead of waiting for the others to end."""
+
+    ready: list[Run]
+    blocked: list[Run]
+    wait: bool = False
+    on_ready: Callable[[list[Run]], None] = lambda runs: None
+
+    @property
+    def open(self) -> bool:
+        """Runs may still join: some are blocked and the sweep waits for them."""
+        return self.wait and bool(self.blocked)
+
+    def poll(self) -> None:
+        if not self.open:
+            return
+        started = [r.waits_for is None for r in self.blocked]  # read once: starts finish now
+        now = [r for r, s in zip(self.blocked, started, strict=True) if s]
+        if now:
+            self.blocked = [r for r, s in zip(self.blocked, started, strict=True) if not s]
+            self.ready.extend(now)
+            self.on_ready(now)
 
 
 def run_name(point: dict[str, Any]) -> str:
