@@ -504,6 +504,34 @@ def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
         from_dict(HypothesesFile, {"hypotheses": [{**h.__dict__, "metric": "score"}]})
 
 
+def test_a_registered_test_of_20_pairs_is_exact(tmp_path):
+    """A hypothesis pooling 2 tasks x 10 seeds (the budget study's H4, registered as an exact
+    test) enumerates all 2^20 sign patterns: its p is a count of the patterns whose sum
+    reaches the observed one, made here by a recursion over integer sums, not by the code's
+    enumeration (the tables' Monte Carlo beyond 16 pairs gives 0.00340 for 0.00336)."""
+    from collections import Counter
+
+    from eva_rl.reports.hypotheses import Hypothesis, evaluate_hypotheses
+
+    cents = [12, -3, 7, 0, 5, 9, -6, 4, 11, 2, -1, 8, 3, 6, -4, 10, 1, 5, -2, 7]
+    root = tmp_path / "runs"
+    for i, c in enumerate(cents):
+        task, seed = ("hammer-v3", "push-v3")[i // 10], i % 10
+        write_run(root, task, "lora", 8, seed, (0.3, 0.4))
+        write_run(root, task, "eva", 8, seed, (0.3, 0.4 + c / 100))
+    h = Hypothesis(name="H", claim="EVA above LoRA", method="eva", reference="lora",
+                   tasks=["hammer-v3", "push-v3"], seeds=list(range(10)), ranks=[8],
+                   alternative="greater")  # fmt: skip
+    (test,) = evaluate_hypotheses(collect_runs(root), [h])
+    sums = Counter({0: 1})  # flipping a subset S lowers the sum by 2 sum(S): as extreme iff <= 0
+    for c in cents:
+        sums = sums + Counter({t + c: n for t, n in sums.items()})
+    expected = sum(n for t, n in sums.items() if t <= 0) / 2**20
+    assert test.exact and test.finished == 20
+    assert test.p == pytest.approx(expected, rel=1e-12)
+    assert test.ci[0] > 0  # this p (0.0034) rejects, so the inverted interval excludes 0
+
+
 def test_a_summary_names_its_score_from_its_evaluations():
     """`score_name` follows from what the evaluations measured, whatever the file says: an
     online summary once wrote `return` for a D4RL-normalised score (HalfCheetah)."""

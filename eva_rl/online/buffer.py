@@ -3,10 +3,12 @@
 As in the Online Decision Transformer's reference code (facebookresearch/online-dt,
 `replay_buffer.py` and `data.py`): the buffer holds at most `capacity` trajectories (ODT: 1000),
 is seeded with the offline data's highest-return ones and, once full, replaces the oldest entry
-with each new one. ODT orders the seeded trajectories by return, lowest first, and overwrites from
-slot 0, so the lowest-return seeded trajectory is the first to go, then the next, then the online
-ones in the order they came. A collected trajectory enters with its return-to-go recomputed from
-its own rewards (hindsight relabelling), not the exploration target it was played with.
+with each new one, overwriting from slot 0. Here the seeded trajectories are always ordered by
+return, lowest first, so the lowest-return one is the first to go, then the next, then the online
+ones in the order they came; ODT orders them only when the data hold more than `capacity` (else
+it keeps the data's order), which changes which seeded trajectory goes first, nothing else.
+A collected trajectory enters with its return-to-go recomputed from its own rewards (hindsight
+relabelling), not the exploration target it was played with.
 
 Segments come from `SegmentSampler` on the buffer's current `Trajectories`, so they are drawn
 exactly as in offline fine-tuning: trajectory in proportion to its length (ODT's `sample_trajs`),
@@ -263,7 +265,7 @@ class TrajectoryBuffer:
 
 def _top_by_return(traj: Trajectories, capacity: int) -> np.ndarray:
     """The episodes with the `capacity` highest returns, lowest return first (ties: dataset
-    order), as ODT's buffer keeps them."""
+    order), as ODT's buffer keeps them when it has to choose (module docstring)."""
     returns = traj.returns_to_go[traj.episode_start].astype(np.float64)
     return np.argsort(returns, kind="stable")[-capacity:]
 

@@ -344,7 +344,7 @@ def _hypothesis_section(path, tests, registration, score: str) -> list[str]:
         "",
         f"**Pre-registered hypotheses** (`{path}`): each is tested once, when all its planned "
         "(task, seed, rank) pairs have finished, with the sign-flip permutation test of the "
-        "mean paired difference in the direction it names (exact up to 16 pairs) at its own "
+        "mean paired difference in the direction it names (exact up to 20 pairs) at its own "
         "level; until then it waits, untested. The file:",
         "",
         "```yaml",
