@@ -504,6 +504,20 @@ def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
         from_dict(HypothesesFile, {"hypotheses": [{**h.__dict__, "metric": "score"}]})
 
 
+def test_gain_subtracts_the_start_in_the_measure_of_the_end(tmp_path):
+    """`gain` is `score` at the end less `score` at step 0, even where an evaluation's score is
+    not the run's `score_name` metric (envs of a task that disagree on success: the score falls
+    back to the return while `success_final` is still averaged over those that have it)."""
+    root = tmp_path / "runs"
+    write_run(root, "hammer-v3", "lora", 8, 0, (0.3, 0.5))
+    path = root / "hammer-v3/lora-r8-s0-fp32/summary.json"
+    summary = json.loads(path.read_text())
+    summary["eval"][0] |= {"step": 0, "score": 0.1}  # success_final stays 0.3
+    path.write_text(json.dumps(summary))
+    (row,) = collect_runs(root)
+    assert row.score_name == "success_final" and row.gain == pytest.approx(0.5 - 0.1)
+
+
 def test_a_registered_test_of_20_pairs_is_exact(tmp_path):
     """A hypothesis pooling 2 tasks x 10 seeds (the budget study's H4, registered as an exact
     test) enumerates all 2^20 sign patterns: its p is a count of the patterns whose sum

@@ -66,7 +66,7 @@ class Row:
         first = self.curve[0] if self.curve else None
         if first is None or first[0] != 0 or self.score is None:
             return None
-        start = first[1].get(self.score_name)
+        start = first[1].get("score")  # the same measure as `score`, whatever it names
         return None if start is None else self.score - start
 
     @classmethod
