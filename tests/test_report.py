@@ -148,9 +148,14 @@ def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(ru
         main(["report", str(runs), "--out", str(out), "--reference", "lora", "eva-dora:dora"]) == 0
     )
     readme = (out / "README.md").read_text()
-    assert "and the 3 more the sweep plans, whose runs have not finished" in readme
+    assert "and the 3 more the sweep plans, with fewer than 2 finished pairs" in readme
     with pytest.raises(UserError, match="these runs have no pissa configuration"):
         compare(stats, ["lora", "pissa:dora"], planned)
+    write_run(runs, "hammer-v3", "dora", 8, 0, (0.1, 0.2))  # one pair: not testable yet
+    stats = aggregate(collect_runs(runs))
+    comparisons = compare(stats, ["lora", "eva-dora:dora"], planned_configs(runs, stats[0].rows))
+    assert [c.label for c in comparisons] == ["fft", "eva r8 rho2"]
+    assert {c.family for c in comparisons} == {5}  # dora - lora still counted, at p = 1
 
 
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):

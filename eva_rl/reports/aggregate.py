@@ -260,8 +260,9 @@ def compare(
     """Every configuration against its reference under each entry of `references`
     (`reference_of`; `["lora", "eva-dora:dora"]`: everything against LoRA, and EVA+DoRA against
     DoRA too), paired by (task, seed); Holm's correction over all of them and over those the
-    sweep plans (`planned` configurations) that have no runs yet, at p = 1: an interim report's
-    adjusted p-values then hold for the whole family the design fixed."""
+    sweep plans (`planned` configurations) that cannot be tested yet (fewer than 2 finished
+    pairs), at p = 1: an interim report's adjusted p-values then hold for the whole family the
+    design fixed."""
     references = [references] if isinstance(references, str) else list(references)
     configs = [Planned(m, rank, rho, variant) for m, rank, rho, variant in planned]
     for reference in references:
@@ -272,9 +273,9 @@ def compare(
         for s in stats:
             ref = reference_of(s, stats, reference)
             if ref is not None and (s.label, ref.label) not in seen:
-                seen.add((s.label, ref.label))
                 comparison = paired(s, ref)
-                if comparison is not None:
+                if comparison is not None:  # else (< 2 pairs yet) it stays pending below
+                    seen.add((s.label, ref.label))
                     out.append(comparison)
                     matched.append((s, ref))
         if "=" in reference:

@@ -297,7 +297,7 @@ def _score_legend(score: str, unit: str, rows) -> str:
 def _comparison_section(comparisons, reference, score: str, steps, step_unit) -> list[str]:
     pending = comparisons[0].family - len(comparisons)
     family = "the comparisons below" + (
-        f" and the {pending} more the sweep plans, whose runs have not finished (counted "
+        f" and the {pending} more the sweep plans, with fewer than 2 finished pairs (counted "
         "as p = 1, so these adjusted p-values hold for the whole family)"
         if pending else ""
     )  # fmt: skip
