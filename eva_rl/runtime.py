@@ -234,3 +234,24 @@ def autocast(device: torch.device, precision: str):
 
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's generators a run draws from, for its checkpoint: the CPU one and, on CUDA, the
+    device's (native dropout and samples drawn there), so that a resume continues both."""
+    import torch
+
+    states = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore `rng_states`; a checkpoint written before CUDA's was kept, or on another kind of
+    device, restores the CPU generator only."""
+    import torch
+
+    torch.set_rng_state(states["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in states:
+        torch.cuda.set_rng_state(states["cuda_rng"], device)

@@ -172,3 +172,19 @@ def test_cli_sets_wait_policy_before_torch_and_spawned_children_inherit(tmp_path
     line = next(x for x in out.splitlines() if x.startswith("RESULT"))
     expected = [user] * 2 + ["None"] if user else ["10000"] * 2 + ["1"]  # the user's stand alone
     assert line.split()[1:] == expected
+
+
+def test_rng_states_resume_the_draws_of_the_runs_device():
+    """A checkpoint's generator states continue the same draws after a fresh process seeds
+    itself: the CPU generator everywhere, and the device's own where a run is on CUDA (its
+    native dropout and the policy's samples are drawn there)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    torch.rand(3, device=device)  # moved on from the seed, as a run is by its checkpoint
+    states = runtime.rng_states(device)
+    assert set(states) == {"torch_rng"} | ({"cuda_rng"} if device.type == "cuda" else set())
+    expected = torch.rand(4, device=device), torch.rand(4)
+    torch.manual_seed(1)  # the resumed process's setup
+    runtime.set_rng_states(states, device)
+    assert torch.equal(torch.rand(4, device=device), expected[0])
+    assert torch.equal(torch.rand(4), expected[1])

@@ -37,7 +37,7 @@ from eva_rl.online.config import OnlineConfig
 from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import autocast
+from eva_rl.runtime import autocast, rng_states, set_rng_states
 from eva_rl.training.loop import Window, adamw
 from eva_rl.training.losses import action_mse, action_preds
 from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
@@ -117,7 +117,7 @@ class OnlineTrainer:
             hook.load_state_dict(hook_state)
         if self.td3 is not None:
             self.td3.load_state_dict(state["td3"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_states(state, self.device)
         self.counts, self.history = state["counts"], state["history"]
         self.counts.setdefault("critic_warmup", self.cfg.td3.warmup)  # before: saved after it
         self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))  # before 6cfacb7
@@ -336,7 +336,7 @@ class OnlineTrainer:
             "scheduler": self.scheduler.state_dict(),
             "buffer": self.buffer.state_dict(),
             "hooks": [hook.state_dict() for hook in self.hooks],
-            "torch_rng": torch.get_rng_state(),
+            **rng_states(self.device),
             "counts": dict(self.counts),
             "precision": self.precision,
             "history": self.history,

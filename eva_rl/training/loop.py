@@ -34,7 +34,7 @@ from eva_rl.data.segments import MAX_BATCH, SegmentSampler
 from eva_rl.errors import RunError, UserError
 from eva_rl.kernels import speed_up
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import autocast
+from eva_rl.runtime import autocast, rng_states, set_rng_states
 from eva_rl.training.losses import action_loss
 from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
 
@@ -236,7 +236,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         mine = state["processes"][distributed.rank()]
         self.sampler.load_state_dict(mine["sampler"])
-        torch.set_rng_state(mine["torch_rng"])
+        set_rng_states(mine, self.device)
         for hook, hook_state in zip(self.hooks, state.get("hooks", []), strict=True):
             hook.load_state_dict(hook_state)
         self.step, self.history = state["step"], state["history"]
@@ -329,7 +329,7 @@ class Trainer:
     def save(self) -> None:
         """Write `checkpoints/latest` atomically: the user's export plus `state.pt`."""
         rngs = distributed.gather_objects(
-            {"sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+            {"sampler": self.sampler.state_dict(), **rng_states(self.device)}
         )
         if not self.main:
             return
@@ -339,7 +339,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "processes": rngs,  # per rank: sampler and torch RNG states
+            "processes": rngs,  # per rank: sampler and torch RNG states (CPU, CUDA)
             "hooks": [hook.state_dict() for hook in self.hooks],
             "step": self.step,
             "precision": self.precision,
