@@ -43,7 +43,9 @@ from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_p
 @dataclass
 class EvalConfig:
     episodes: int = 10  # per env
-    seed: int = 0  # episode i is reset with seed + i
+    # episode i is reset with seed + i: by default the episodes a run's evaluations play
+    # (finetune, pretrain: 1000 + i), none of which `data record` (0 + i) recorded
+    seed: int = 1000
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     # asks for more than the target (1.2: 20% more, `scaled_target`: also for negative returns)
     target_scale: float = 1.0

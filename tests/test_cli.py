@@ -47,7 +47,7 @@ def test_evaluate_writes_report_and_refuses_to_overwrite(ckpt, tmp_path, capsys)
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert len(report["envs"]["push-v3"]["episodes"]) == 2
-    assert report["config"]["checkpoint"] == str(ckpt) and report["config"]["seed"] == 0
+    assert report["config"]["checkpoint"] == str(ckpt) and report["config"]["seed"] == 1000
     assert "| push-v3 |" in capsys.readouterr().out
     assert any((tmp_path / "eval_tb").iterdir())
     stopped = tmp_path / "stopped.json"  # interrupted while writing: nothing of it is left

@@ -54,7 +54,7 @@ def test_exactly_n_episodes_per_env_with_early_termination():
     result = evaluate(agent, names, EvalConfig(episodes=6, workers=1), progress=False)
     long_eps, short_eps = episodes_of(result, names[0]), episodes_of(result, names[1])
     assert len(long_eps) == len(short_eps) == 6
-    assert [e["seed"] for e in long_eps] == list(range(6))
+    assert [e["seed"] for e in long_eps] == list(range(1000, 1006))  # the default seed 1000
     lengths = [e["length"] for e in long_eps]
     assert len(set(lengths)) > 1 and max(lengths) < 100  # terminated early, at varying steps
     assert all(e["length"] == 3 for e in short_eps)
@@ -92,7 +92,8 @@ def test_batched_forward_equals_each_episode_alone():
     """Same seeds played together and one at a time give identical episodes (here the context is
     shorter than the horizon, so both padded and full windows are exercised)."""
     agent = tiny_agent(39, 4, horizon=12, targets={"reach-v3": 300.0, "push-v3": 50.0})
-    batched = evaluate(agent, ["reach-v3", "push-v3"], EvalConfig(episodes=3), progress=False)
+    cfg = EvalConfig(episodes=3, seed=0)
+    batched = evaluate(agent, ["reach-v3", "push-v3"], cfg, progress=False)
     for name in ("reach-v3", "push-v3"):
         alone = [
             episodes_of(
@@ -106,7 +107,8 @@ def test_batched_forward_equals_each_episode_alone():
 def test_batched_equals_alone_while_the_batch_shrinks():
     agent = tiny_agent(4, 1, horizon=60, targets={"InvertedPendulum-v5": 60.0}, seed=1)
     name = "InvertedPendulum-v5"
-    batched = episodes_of(evaluate(agent, [name], EvalConfig(episodes=4), progress=False), name)
+    cfg = EvalConfig(episodes=4, seed=0)
+    batched = episodes_of(evaluate(agent, [name], cfg, progress=False), name)
     alone = [
         episodes_of(evaluate(agent, [name], EvalConfig(episodes=1, seed=i), progress=False), name)[
             0
@@ -287,13 +289,13 @@ def test_videos_decode_to_the_expected_frames_and_change_no_episode(tmp_path):
         {**e, **({"video": str(tmp_path / "videos" / f"reach-v3-seed{e['seed']}.mp4")}
                  if i < 2 else {})} for i, e in enumerate(episodes_of(plain, "reach-v3"))
     ]  # fmt: skip
-    frames = read_frames(tmp_path / "videos" / "reach-v3-seed0.mp4")
+    frames = read_frames(tmp_path / "videos" / "reach-v3-seed1000.mp4")
     assert frames.shape == (1 + 10 // 2, 64, 64, 3) and frames.std() > 0  # not a blank image
-    assert not (tmp_path / "videos" / "reach-v3-seed2.mp4").exists()
+    assert not (tmp_path / "videos" / "reach-v3-seed1002.mp4").exists()
     log_videos(filmed, tmp_path / "tb", step=5)
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
-    assert acc.Tags()["images"] == ["video/reach-v3/seed0", "video/reach-v3/seed1"]
+    assert acc.Tags()["images"] == ["video/reach-v3/seed1000", "video/reach-v3/seed1001"]
 
 
 def test_no_renderer_is_one_line_naming_what_to_install(monkeypatch):
