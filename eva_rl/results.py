@@ -253,14 +253,17 @@ class EvalPoint:
     step: int
     metrics: dict[str, float]  # score, success_final, success_any, return, length, heldout_loss...
     episodes: dict[str, list[Episode]] = field(default_factory=dict)  # env -> episodes
+    score_name: str | None = None  # what `score` is (EvalResult's); None in older summaries
 
     def to_dict(self) -> dict[str, Any]:
         eps = {env: [e.to_dict() for e in es] for env, es in self.episodes.items()}
-        return {"step": self.step, **self.metrics, "episodes": eps}
+        named = {"score_name": self.score_name} if self.score_name else {}
+        return {"step": self.step, **self.metrics, **named, "episodes": eps}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalPoint:
-        metrics = {k: v for k, v in d.items() if k not in ("step", "episodes") and v is not None}
+        skip = ("step", "episodes", "score_name")
+        metrics = {k: v for k, v in d.items() if k not in skip and v is not None}
         if "score" not in metrics:  # written before scores existed: success, else the return
             for name in ("success_final", "return"):
                 if name in metrics:
@@ -269,12 +272,12 @@ class EvalPoint:
         episodes = {
             env: [Episode.from_dict(e) for e in es] for env, es in d.get("episodes", {}).items()
         }
-        return cls(int(d["step"]), metrics, episodes)
+        return cls(int(d["step"]), metrics, episodes, d.get("score_name"))
 
     @classmethod
     def of(cls, step: int, result: EvalResult, **extra: float) -> EvalPoint:
         episodes = {name: r.episodes for name, r in result.envs.items()}
-        return cls(step, {**result.metrics(), **extra}, episodes)
+        return cls(step, {**result.metrics(), **extra}, episodes, result.score_name)
 
 
 STEP_UNITS = {"updates": "updates", "env_steps": "env steps"}  # RunSummary.step_unit -> words
@@ -330,9 +333,12 @@ class RunSummary:
 
     @property
     def score_name(self) -> str:
-        """The primary score the evaluations report (`score` is its value): the first of
-        `SCORES` they measured. Derived, not stored, so every writer (finetune, online) and
-        every summary, however old, names it the same way."""
+        """The primary score the evaluations report (`score` is its value): as the evaluation
+        named it (the return where a task's envs disagree on success), or, in summaries before
+        that was kept, the first of `SCORES` they measured."""
+        for point in self.eval:
+            if point.score_name:
+                return point.score_name
         for point in self.eval:
             for name in SCORES:
                 if name in point.metrics:

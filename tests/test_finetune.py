@@ -199,8 +199,9 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
     assert summary["method"] == "eva" and summary["rho"] == 1.5 and summary["seed"] == 3
     assert [e["step"] for e in summary["eval"]] == [0, 10, 20]
     assert summary["initial"] == {
-        k: v for k, v in summary["eval"][0].items() if k != "step" and k != "episodes"
+        k: v for k, v in summary["eval"][0].items() if k not in ("step", "episodes", "score_name")
     }
+    assert summary["eval"][0]["score_name"] == summary["score_name"] == "success_final"
     assert len(summary["eval"][0]["episodes"]["hammer-v3"]) == 1  # every episode kept
     assert summary["collector_seconds"] > 0 and summary["total_rank"] == 2 * 8
     assert set(summary["ranks"]) == set(json.loads((out / "eva/eva.json").read_text())["layers"])

@@ -572,6 +572,27 @@ def test_a_summary_names_its_score_from_its_evaluations():
         assert RunSummary.from_dict(read.to_dict()).to_dict() == read.to_dict()
 
 
+def test_a_summary_of_envs_that_disagree_on_success_names_the_return():
+    """Two envs, one reporting success and one not: the evaluation's score is the return (the
+    one every env has), and the summary calls it so, though its metrics hold a success mean
+    too (it once named that)."""
+    from eva_rl.results import EnvResult, Episode, EvalPoint, EvalResult, RunSummary
+
+    result = EvalResult({
+        "reach-v3": EnvResult("reach-v3", 1.0, [Episode(0, 9.0, 10, 1.0, 1.0)]),
+        "Pendulum-v1": EnvResult("Pendulum-v1", 1.0, [Episode(0, -3.0, 10)]),
+    })  # fmt: skip
+    point = EvalPoint.of(10, result)
+    assert point.metrics["score"] == pytest.approx(3.0) and "success_final" in point.metrics
+    summary = RunSummary.from_dict({
+        "method": "lora", "task": None, "datasets": ["d"], "rank": 4, "rho": 2.0, "seed": 0,
+        "steps": 10, "final_loss": 0.1, "trainable_parameters": 1, "gradient_signal": 0.1,
+        "eval": [point.to_dict()],
+    })  # fmt: skip
+    assert summary.score_name == "return" and summary.eval[0].score_name == "return"
+    assert RunSummary.from_dict(summary.to_dict()).to_dict() == summary.to_dict()
+
+
 def test_forest_plot_of_large_differences_with_unbounded_intervals(tmp_path):
     """3 pairs: the sign-flip interval is unbounded; a difference of 7 (a normalised return)
     lies beyond the success scale's 1 and must still be drawn (its error bar once went
