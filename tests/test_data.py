@@ -122,6 +122,26 @@ def test_skip_existing_and_overwrite(tmp_path, capsys):
     assert "metaworld/reach-v3/scripted-v0: 3 episodes, 600 steps" in out
 
 
+def test_an_overwrite_that_fails_to_install_keeps_the_old_dataset(tmp_path, monkeypatch):
+    """The old dataset moves aside before the new one moves in; if that second rename fails
+    (here made to), the old one is put back instead of deleted with the staging folder."""
+    root = str(tmp_path)
+    args = ["data", "build", "--suite", "mt50", "--tasks", "reach-v3", "--root", root]
+    assert main(args + ["--episodes", "2"]) == 0
+    rename, final = os.rename, catalog.dataset_dir(tmp_path, dataset_id("reach-v3"))
+
+    def failing(src, dst):  # the new dataset's move into place fails, the old one's move back not
+        if Path(dst) == final and "old-" not in str(src):
+            raise OSError("disk went away")
+        rename(src, dst)
+
+    monkeypatch.setattr(catalog.os, "rename", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        main(args + ["--episodes", "3", "--overwrite"])
+    monkeypatch.undo()
+    assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 2
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

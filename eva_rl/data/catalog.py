@@ -93,7 +93,12 @@ def install(staged_root: Path, root: Path, dataset_id: str, overwrite: bool) -> 
             raise UserError(f"dataset {dataset_id} already exists at {final}; pass --overwrite")
         trash = staged_root / f"old-{uuid.uuid4().hex[:8]}"
         os.rename(final, trash)
-    os.rename(dataset_dir(staged_root, dataset_id), final)
+    try:
+        os.rename(dataset_dir(staged_root, dataset_id), final)
+    except OSError:
+        if trash is not None:  # the old dataset back in place, not left to the staging's cleanup
+            os.rename(trash, final)
+        raise
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
     namespace = parse_dataset_id(dataset_id)[0]
