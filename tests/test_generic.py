@@ -86,6 +86,12 @@ def test_random_recording_runs_to_the_envs_own_limit(env, steps, tmp_path):
     assert len(episode.actions) == steps and episode.truncations[-1]
     spec = dataset.recover_environment().spec  # the recorded env ends where the data does
     assert (spec.kwargs.get("horizon") or spec.max_episode_steps) == steps
+    success = (episode.infos or {}).get("success")  # kept where the env reports it, as an
+    if env == "hammer-v3":  # agent's recording keeps it: T+1 entries, 0 at reset
+        assert success.shape == (steps + 1,) and success[0] == 0
+        assert set(np.unique(success)) <= {0.0, 1.0}
+    else:
+        assert success is None
 
 
 def test_recording_an_unknown_env_is_one_line(tmp_path, capsys):

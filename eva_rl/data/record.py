@@ -126,9 +126,11 @@ def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bo
         obs, _ = env.reset(seed=cfg.seed + i)
         track = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
                  "truncations": []}  # fmt: skip
+        success = [0.0]  # Minari's T+1 infos, 0 at reset, as an agent's recording keeps them
         for t in range(horizon):
             action = rng.uniform(low, high).astype(env.action_space.dtype)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
+            success.append(float(info.get("success", np.nan)))
             cut = t + 1 == horizon and not (terminated or truncated)
             for key, value in zip(track, (obs, action, reward, terminated, truncated or cut),
                                   strict=True):  # fmt: skip
@@ -136,7 +138,8 @@ def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bo
             if terminated or truncated:
                 break
         episode = {k: np.asarray(v) for k, v in track.items()}
-        episodes.append({**episode, "infos": {}, "seed": cfg.seed + i})
+        infos = {} if np.isnan(success).any() else {"success": np.asarray(success)}
+        episodes.append({**episode, "infos": infos, "seed": cfg.seed + i})
     return episodes
 
 
