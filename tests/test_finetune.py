@@ -18,6 +18,7 @@ from eva_rl.data.segments import load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.reports.tensorboard import read_scalars
 from eva_rl.training.finetune import FinetuneConfig, finetune
+from eva_rl.training.loop import lr_lambda
 from eva_rl.training.losses import action_loss, action_preds
 from eva_rl.weights import weights_digest
 
@@ -223,6 +224,10 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
     ):
         assert tag in scalars, tag
     assert scalars["init/trainable_parameters"][0][1] == summary["trainable_parameters"]
+    lr = lr_lambda(2, 20, config.optim.final_lr_ratio)  # each point: the update just made's rate
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx(
+        [config.optim.lr * lr(step - 1) for step, _ in scalars["train/lr"]]
+    )
     assert any(t.startswith("rank_init/encoder.h.0") for t in scalars)
     adapter = json.loads((out / "agent/adapter_config.json").read_text())
     assert adapter["fan_in_fan_out"] is True and adapter["rank_pattern"]

@@ -65,7 +65,8 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
 ):
     out = tmp_path / "run"
     filmed = ("eval.video=1", "eval.video_size=32", "eval.video_every=5")
-    summary = online(config(checkpoint, mw_root, out, *filmed), progress=False)
+    warm = "optim.warmup_steps=10"  # still warming at the first logs: the logged lr moves
+    summary = online(config(checkpoint, mw_root, out, *filmed, warm), progress=False)
     assert summary["env_steps"] == 90 and summary["iterations"] == 3
     assert summary["updates"] == 12 and summary["episodes_collected"] == 3
     assert [p["step"] for p in summary["eval"]] == [0, 60, 90]
@@ -85,6 +86,8 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     updates_axis = read_scalars(out / "tb")
     assert [s for s, _ in updates_axis["eval/return"]] == [0, 8, 12]
     assert "train/temperature" in updates_axis and "train/entropy" in updates_axis
+    logged_lr = updates_axis["train/lr"]  # the rate of the update just made: warm-up step / 10
+    assert [v for _, v in logged_lr] == pytest.approx([1e-3 * min(s / 10, 1) for s, _ in logged_lr])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from eva_rl.video import read_frames

@@ -95,6 +95,7 @@ class OnlineTrainer:
         }
         self.window = Window([], [], 1)
         self.stats: dict[str, torch.Tensor] = {}
+        self.lr = 0.0  # the last update's learning rate
         self.td3 = None  # off: no critic, and `_update` is ODT's alone
         if cfg.td3.enabled:
             self.td3 = TD3(model, head, cfg.td3, buffer.state_dim, buffer.return_scale,
@@ -242,6 +243,7 @@ class OnlineTrainer:
         self.optimizer.step()
         for hook in self.hooks:
             hook.after_step(self.counts["updates"])
+        self.lr = self.scheduler.get_last_lr()[0]  # this update's, logged (the next one's after)
         self.scheduler.step()
         if self.stochastic:
             self.temperature_optimizer.zero_grad(set_to_none=True)
@@ -293,7 +295,7 @@ class OnlineTrainer:
         loss = torch.stack(self.window.losses).mean().item()
         scalars = {
             "train/loss": loss,
-            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/lr": self.lr,
             "train/grad_norm": self.stats["grad_norm"].item(),
         }
         if self.stochastic:

@@ -199,7 +199,7 @@ class Trainer:
             self.optimizer, lr_lambda(optim.warmup_steps, loop.steps, optim.final_lr_ratio)
         )
         self.latest = self.run_dir / "checkpoints" / "latest"
-        self.step = 0
+        self.step, self.lr = 0, 0.0  # updates made, the last one's learning rate
         self.history: dict[str, Any] = {"eval": []}
         self.window = Window([], [], 1)
         self.progress = progress
@@ -278,6 +278,7 @@ class Trainer:
         self.optimizer.step()
         for hook in self.hooks:
             hook.after_step(self.step)
+        self.lr = self.scheduler.get_last_lr()[0]  # this update's, logged (the next one's after)
         self.scheduler.step()
         self.step += 1
         self.window.losses.append(loss.detach().float())
@@ -304,7 +305,7 @@ class Trainer:
         n = len(self.window.losses)
         loss = _mean_over_processes(torch.stack(self.window.losses).sum().item()) / n
         self._scalar("train/loss", loss)
-        self._scalar("train/lr", self.scheduler.get_last_lr()[0])
+        self._scalar("train/lr", self.lr)
         self._scalar("train/grad_norm", self.grad_norm.item())
         if self.penalty is not None:
             self._scalar("train/penalty", torch.stack(self.window.penalties).sum().item() / n)
