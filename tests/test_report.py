@@ -509,6 +509,25 @@ def test_gain_is_tested_against_zero_and_needs_a_step_0_evaluation(tmp_path):
         from_dict(HypothesesFile, {"hypotheses": [{**h.__dict__, "metric": "score"}]})
 
 
+def test_the_legend_says_where_an_auc_cannot_start_at_0(runs, tmp_path):
+    """A run with neither an evaluation at 0 nor a base-agent baseline has its AUC from its
+    first evaluation, and the README says so instead of claiming "from update 0"."""
+    for method in ("lora", "eva", "fft"):  # on a task without a baseline
+        for seed in range(3):
+            write_run(runs, "reach-v3", method, 8, seed, (0.2, 0.4))
+    rows = collect_runs(runs)
+    assert {r.auc_from for r in rows if r.task == "reach-v3"} == {50}
+    assert {r.auc_from for r in rows if r.task != "reach-v3"} == {0}  # from the baselines
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    legend = "here 9 of 27 runs have no score at 0 (no evaluation there, no baseline), so theirs "
+    readme = (out / "README.md").read_text()
+    assert legend + "spans from their first evaluation (update 50)" in readme
+    (runs / "reach-v3").rename(tmp_path / "aside")
+    assert main(["report", str(runs), "--out", str(out), "--overwrite"]) == 0
+    assert "no score at 0" not in (out / "README.md").read_text()
+
+
 def test_gain_subtracts_the_start_in_the_measure_of_the_end(tmp_path):
     """`gain` is `score` at the end less `score` at step 0, even where an evaluation's score is
     not the run's `score_name` metric (envs of a task that disagree on success: the score falls

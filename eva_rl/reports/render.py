@@ -277,6 +277,16 @@ def _online_losses(rows, with_td3: bool = False) -> str:
     return " / ".join(seen)
 
 
+def _late_auc(rows, one: str) -> str:
+    """Where some runs' AUC cannot start at 0 (no evaluation there, no base-agent baseline)."""
+    late = [r.auc_from for r in rows if r.auc_from]
+    if not late:
+        return ""
+    start = f"{one} {min(late):,}" + ("" if len(set(late)) == 1 else f"-{max(late):,}")
+    return (f"; here {len(late)} of {len(rows)} runs have no score at 0 (no evaluation there, "
+            f"no baseline), so theirs spans from their first evaluation ({start})")  # fmt: skip
+
+
 def _score_legend(score: str, unit: str, rows) -> str:
     paper_metric = " (the paper's metric; success at any step of the episode beside it)."
     one = unit.removesuffix("s")
@@ -284,7 +294,8 @@ def _score_legend(score: str, unit: str, rows) -> str:
         f"**Score** = {SCORE_LABEL[score]} at the end of fine-tuning"
         + (paper_metric if score == "success_final" else ".")
         + f" AUC = area under the score curve from {one} 0 (the base agent's score where a "
-        f"run did not evaluate there) divided by the {unit}: higher = faster adaptation"
+        f"run did not evaluate there) divided by the {unit}{_late_auc(rows, one)}: higher = "
+        "faster adaptation"
         + (" (online: sample efficiency). " if unit == "env steps" else ". ")
         + "Held-out loss = action MSE on the episodes held out of training; train loss = the last "
         + (f"logged {_online_losses(rows)}" if unit == "env steps" else "logged training MSE")

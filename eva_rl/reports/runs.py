@@ -58,6 +58,7 @@ class Row:
     summary: RunSummary | None = field(default=None, metadata=NOT_CSV)
     path: Path | None = field(default=None, metadata=NOT_CSV)  # the run's directory
     step_unit: str = field(default="updates", metadata=NOT_CSV)  # updates, or env_steps (online)
+    auc_from: int | None = field(default=0, metadata=NOT_CSV)  # the AUC curve's first step
 
     @property
     def gain(self) -> float | None:
@@ -181,6 +182,7 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
         ret=final.get("return"),
         best_score=s.best(),
         auc=curve_auc(points),
+        auc_from=points[0][0] if points else None,
         heldout_loss=final.get("heldout_loss"),
         total_rank=s.total_rank,
         variant=tuple((k, s.precision if k == "precision" else str(config.get(k))) for k in keys),
