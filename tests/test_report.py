@@ -414,12 +414,26 @@ def test_preregistered_hypotheses_are_tested_once_their_pairs_are_complete(runs,
     assert "| 3 of 4 | - | - (greater) | 0.05 | waiting: 3 of 4 pairs finished |" in rows["H3"]
 
 
+def test_a_hypothesis_on_a_planned_task_without_runs_waits(runs, tmp_path, capsys):
+    """Early in a sweep a planned task may have no finished run: its hypothesis waits (0 of N
+    pairs) instead of failing the report as a typo would."""
+    (runs / "sweep.yaml").write_text(
+        "grid:\n  task: [hammer-v3, push-v3, reach-v3]\n  seed: [0, 1, 2]\n"
+        "  method.name: [lora, eva, fft]\n"
+    )
+    path = tmp_path / "hypotheses.yaml"
+    path.write_text(HYPOTHESES.replace("tasks: [hammer-v3]", "tasks: [reach-v3]", 1))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--hypotheses", str(path)]) == 0
+    assert "H2: waiting: 0 of 3 pairs finished" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
         (("alpha: 0.025", "alfa: 0.025"), "unknown config key 'hypotheses[1].alfa'"),
         (("method: eva\n", "method: evo\n", 1), "hypothesis H1: unknown method 'evo'"),
-        (("tasks: [hammer-v3]", "tasks: [hamer-v3]", 1), "H2 names task(s) no run has: hamer-v3"),
+        (("tasks: [hammer-v3]", "tasks: [hamer-v3]", 1), "no sweep plans: hamer-v3"),
         (("alternative: less", "alternative: lower"), "must be one of ['less', 'greater', 'two"),
         (("name: H2", "name: H1"), "hypothesis names repeat (H1, H1, H3)"),
     ],

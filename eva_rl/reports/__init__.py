@@ -20,7 +20,14 @@ from eva_rl.reports import plots, render
 from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, finished_seeds
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses, tested_runs
 from eva_rl.reports.registration import check_registration
-from eva_rl.reports.runs import Row, as_dirs, collect_runs, planned_configs, read_baselines
+from eva_rl.reports.runs import (
+    Row,
+    as_dirs,
+    collect_runs,
+    planned_configs,
+    planned_tasks,
+    read_baselines,
+)
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 from eva_rl.results import STEP_UNITS
 
@@ -54,7 +61,8 @@ def write_report(
     tested = None
     if registered is not None:  # on every finished run, before any filter below
         registration = check_registration(hypotheses, tested_runs(rows, registered))
-        tested = (hypotheses, evaluate_hypotheses(rows, registered), registration)
+        tests = evaluate_hypotheses(rows, registered, planned_tasks(dirs))
+        tested = (hypotheses, tests, registration)
     where = " or ".join(str(d) for d in dirs)
     if tasks:
         missing = sorted(set(tasks) - {r.task for r in rows})

@@ -93,15 +93,19 @@ class HypothesisTest:
 EXACT_PAIRS = 20
 
 
-def evaluate_hypotheses(rows: list[Row], hypotheses: list[Hypothesis]) -> list[HypothesisTest]:
+def evaluate_hypotheses(
+    rows: list[Row], hypotheses: list[Hypothesis], planned: set[str] = frozenset()
+) -> list[HypothesisTest]:
     """Each hypothesis on its planned pairs among `rows` (every finished run, whatever the
-    tables hold): tested once all have finished, else counted."""
-    tasks = {r.task for r in rows}
+    tables hold): tested once all have finished, else counted. A task must have runs or be
+    `planned` by the sweep (one with none finished yet waits)."""
+    tasks = {r.task for r in rows} | set(planned)
     out = []
     for h in hypotheses:
         unknown = sorted(set(h.tasks) - tasks)
         if unknown:
-            raise UserError(f"hypothesis {h.name} names task(s) no run has: {', '.join(unknown)}")
+            raise UserError(f"hypothesis {h.name} names task(s) no run has and no sweep plans: "
+                            f"{', '.join(unknown)}")  # fmt: skip
         mine = _by_pair(rows, h, h.method)
         theirs = _by_pair(rows, h, h.reference) if h.reference else dict.fromkeys(mine, 0.0)
         pairs = [p for p in h.planned if p in mine and p in theirs]

@@ -213,6 +213,19 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     return sorted(planned, key=str)
 
 
+def planned_tasks(runs_dirs: list[Path]) -> set[str]:
+    """The tasks the sweeps that made `runs_dirs` plan (their grids' and `set`'s `task`),
+    finished or not."""
+    out = set()
+    for path in (d / SWEEP_FILE for d in runs_dirs):
+        if path.is_file():
+            sweep = read_yaml(path)
+            out |= {str(t) for g in as_grids(sweep.get("grid") or {}) for t in g.get("task", [])}
+            if "task" in (sweep.get("set") or {}):
+                out.add(str(sweep["set"]["task"]))
+    return out
+
+
 def variant_keys(runs_dir: Path) -> list[str]:
     """The grid keys of the sweep that made `runs_dir` (if one did) that tell configurations of
     the same method apart: an lr or precision grid gives one configuration per value."""
