@@ -47,6 +47,7 @@ _EXPORTS = {
     "LoopConfig": ("eva_rl.training.loop", "LoopConfig"),
     "EvalConfig": ("eva_rl.evaluation", "EvalConfig"),
     "OnlineConfig": ("eva_rl.online.config", "OnlineConfig"),
+    "TD3Config": ("eva_rl.online.config", "TD3Config"),
     "load_online_head": ("eva_rl.online.head", "load_head"),
     "CompareConfig": ("eva_rl.compare", "CompareConfig"),
     "SweepConfig": ("eva_rl.sweeps", "SweepConfig"),

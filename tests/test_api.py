@@ -30,3 +30,7 @@ def test_the_worked_example_runs_as_written(mw_root, tmp_path, monkeypatch):
     assert [p.step for p in summary.eval] == [0, 10, 20] and summary.method == "eva"
     assert len(result.envs["hammer-v3"].episodes) == 3
     assert (tmp_path / "runs" / "api-example" / "summary.json").is_file()
+    online = namespace["online"]  # started from that run, its episodes kept
+    assert online["config"]["from_run"] == "runs/api-example"
+    assert online["updates"] == 4 * online["iterations"] and online["iterations"] >= 1
+    assert (tmp_path / "runs" / "api-online" / "summary.json").is_file()
