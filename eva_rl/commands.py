@@ -136,12 +136,18 @@ def cmd_sweep(args) -> None:
     flags = [f"{key}={value}" for key in ("executor", "address") if (value := getattr(args, key))]
     cfg = load_sweep(args.sweep, [*flags, *args.overrides])
     if args.status or args.blind:
-        from eva_rl.sweeps import planned_status
+        import dataclasses
+
+        from eva_rl.config import read_yaml
+        from eva_rl.sweeps import SWEEP_FILE, planned_status
         from eva_rl.sweeps.config import INDEX_FILE
         from eva_rl.sweeps.executors import shares
 
         status = planned_status(cfg)
         left = status.total - len(status.done) - len(status.reused)
+        saved = Path(cfg.out) / SWEEP_FILE  # the last invocation's, `workers=` override included
+        if saved.is_file() and not any(o.startswith("workers=") for o in args.overrides):
+            cfg = dataclasses.replace(cfg, workers=read_yaml(saved).get("workers", cfg.workers))
         # as many at once as the local executor would run for what is left
         print(status.describe(shares(cfg, [cpu_count()], left)[0], blind=args.blind))
         if not (Path(cfg.out) / INDEX_FILE).is_file():

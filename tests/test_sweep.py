@@ -258,6 +258,12 @@ def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     status = capsys.readouterr().out
     assert "2 of 4 runs finished, 2 started (running, or stopped and resumable), 1 of 1 " in status
     assert "h left at 2 runs at a time" in status
+    saved = yaml.safe_load((runs / "sweep.yaml").read_text())  # as `sweep ... workers=1` saves it
+    (runs / "sweep.yaml").write_text(yaml.safe_dump(saved | {"workers": 1}))
+    assert main(["sweep", str(path), "--status"]) == 0  # the running invocation's pace
+    assert "h left at 1 run at a time" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--status", "workers=2"]) == 0  # or the one asked about
+    assert "h left at 2 runs at a time" in capsys.readouterr().out
     steps = run_config(next(r for r in plan(load_sweep(path)) if not r.baseline), 1).loop.steps
     # where each started run stands: its log's last progress bar (the train bar, at its end)
     assert re.search(rf"\n  method=eva,seed=0: train {steps}/{steps} \[\S+<00:00", status)
