@@ -190,7 +190,7 @@ def cmd_report(args) -> None:
         f"{result['out']}/README.md"
     )
     if result["registration"] is not None:  # the README's sentence, without its markdown
-        print(result["registration"].sentence().replace("`", "").replace("**", ""))
+        print(result["registration"].sentence(markdown=False))
     for test in result["hypotheses"]:
         print(f"{test.hypothesis.name}: {test.verdict}")
 

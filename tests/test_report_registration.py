@@ -73,6 +73,8 @@ def test_the_file_commit_against_the_first_start_and_finish(repo, tmp_path, when
     assert found.holds is holds
     assert words.format(path=path) in found.sentence()
     assert "2027-01-15 08:00 UTC" in found.sentence()  # T0, as a reader reads it
+    plain = words.format(path=path).replace("`", "").replace("**", "")  # the terminal's
+    assert plain in found.sentence(markdown=False) and not {"`", "*"} & set(found.sentence(False))
 
 
 def test_a_later_change_counts_not_the_first_commit(repo, tmp_path):

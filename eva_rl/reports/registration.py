@@ -31,8 +31,10 @@ class Registration:
             return None
         return self.committed < self.first_finish
 
-    def sentence(self) -> str:
-        where = f"`{self.path}`"
+    def sentence(self, markdown: bool = True) -> str:
+        """What the check found, for the README (markdown) or a terminal (plain)."""
+        code, bold = ("`", "**") if markdown else ("", "")
+        where = f"{code}{self.path}{code}"
         if self.unknown:
             return f"Pre-registration of {where} cannot be checked here: {self.unknown}."
         if self.first_finish is None:
@@ -44,8 +46,8 @@ class Registration:
                 f"{_utc(self.first_start)} and the first finished at {_utc(self.first_finish)} "
                 "(their TensorBoard wall times)")  # fmt: skip
         if not self.holds:
-            return (f"**Not pre-registered**: {when}, so the file was changed after a run it "
-                    "tests had finished; read its tests as exploratory.")  # fmt: skip
+            return (f"{bold}Not pre-registered{bold}: {when}, so the file was changed after a "
+                    "run it tests had finished; read its tests as exploratory.")  # fmt: skip
         before = "any of them started" if self.committed < self.first_start else (
             "any of them finished (some had started)")  # fmt: skip
         return f"Pre-registered: {when}; committed before {before}."
