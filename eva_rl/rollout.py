@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from eva_rl.agent import Agent
+from eva_rl.data.catalog import success_infos
 from eva_rl.errors import UserError
 from eva_rl.results import Episode
 from eva_rl.runtime import autocast
@@ -299,6 +300,5 @@ def _as_arrays(track: dict[str, list]) -> dict:
     out = {key: np.asarray(track[key]) for key in TRACK[:5]}
     out["observations"] = out["observations"].astype(np.float32)
     out["actions"] = out["actions"].astype(np.float32)
-    success = np.asarray(track["success"], dtype=np.float64)
-    out["infos"] = {} if np.isnan(success).any() else {"success": np.r_[0.0, success]}
+    out["infos"] = success_infos(track["success"])
     return out

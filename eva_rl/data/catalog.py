@@ -58,6 +58,13 @@ def minari_root(root: Path) -> Iterator[None]:
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def success_infos(success) -> dict[str, np.ndarray]:
+    """An episode's Minari `infos` from the env's per-step `success` (NaN where it reported
+    none): T+1 entries, 0 at reset, or none unless every step reported it."""
+    success = np.asarray(success, dtype=np.float64)
+    return {} if np.isnan(success).any() else {"success": np.r_[0.0, success]}
+
+
 def dataset_dir(root: Path, dataset_id: str) -> Path:
     return root / dataset_id
 

@@ -126,7 +126,7 @@ def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bo
         obs, _ = env.reset(seed=cfg.seed + i)
         track = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
                  "truncations": []}  # fmt: skip
-        success = [0.0]  # Minari's T+1 infos, 0 at reset, as an agent's recording keeps them
+        success = []  # per step, as an agent's recording keeps it (`catalog.success_infos`)
         for t in range(horizon):
             action = rng.uniform(low, high).astype(env.action_space.dtype)
             obs, reward, terminated, truncated, info = env.step(action)
@@ -138,8 +138,7 @@ def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bo
             if terminated or truncated:
                 break
         episode = {k: np.asarray(v) for k, v in track.items()}
-        infos = {} if np.isnan(success).any() else {"success": np.asarray(success)}
-        episodes.append({**episode, "infos": infos, "seed": cfg.seed + i})
+        episodes.append({**episode, "infos": catalog.success_infos(success), "seed": cfg.seed + i})
     return episodes
 
 
