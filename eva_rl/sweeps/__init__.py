@@ -106,15 +106,15 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     logs.mkdir(exist_ok=True)
     copied = reuse_finished(runs, cfg.reuse)
     unfinished = [r for r in runs if not r.done_file.is_file()]
-    blocked = {r.name: start for r in unfinished if (start := r.waits_for)}  # not run this time
-    todo = [r for r in unfinished if r.name not in blocked]
+    waits = {r.name: start for r in unfinished if (start := r.waits_for)}  # not run yet
+    todo = [r for r in unfinished if r.name not in waits]
     _claim(todo)
     waiting = {r.name for r in todo}
     index = {
         r.name: {"overrides": r.overrides, "status": "pending" if r.name in waiting else "done"}
         for r in runs
     }
-    for name, start in blocked.items():
+    for name, start in waits.items():
         index[name] |= {"status": "blocked", "waits_for": start}
     previous = json.loads((out / INDEX_FILE).read_text()) if (out / INDEX_FILE).is_file() else {}
     for r in runs:
@@ -124,28 +124,24 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             index[r.name]["copied_from"] = (r.out / COPIED_FILE).read_text().strip()
     atomic_write_json(out / INDEX_FILE, index)
     failed: list[str] = []
-    ran = sum(not r.baseline for r in todo)  # runs, baselines apart, those that join included
-    bar = tqdm(total=len(runs) - len(blocked), initial=len(runs) - len(unfinished), desc="sweep",
+    bar = tqdm(total=len(runs) - len(waits), initial=len(runs) - len(unfinished), desc="sweep",
                unit="run", disable=not progress)  # fmt: skip
 
     def joined(ready: list[Run]) -> None:  # blocked runs whose start has finished: pending now
-        nonlocal ran
         _claim(ready)
         for run in ready:
-            del blocked[run.name]
             index[run.name] = {"overrides": run.overrides, "status": "pending"}
         atomic_write_json(out / INDEX_FILE, index)
-        ran += len(ready)
         bar.total += len(ready)
-        bar.set_postfix(waiting=len(blocked))
+        bar.set_postfix(waiting=len(feed.blocked))
 
-    feed = Feed(todo, [r for r in runs if r.name in blocked], cfg.wait, joined)
+    feed = Feed(todo, [r for r in runs if r.name in waits], cfg.wait, joined)
     with bar:
         if feed.open:
-            tqdm.write(f"{len(blocked)} runs wait for the run each starts from to finish (checked "
+            tqdm.write(f"{len(waits)} runs wait for the run each starts from to finish (checked "
                        f"every {executors.POLL_SECONDS:g} s, as workers free up; Ctrl-C stops, "
                        "finished runs are kept)", file=sys.stderr)  # fmt: skip
-            bar.set_postfix(waiting=len(blocked))
+            bar.set_postfix(waiting=len(waits))
         # closing: an interrupt or error here stops the executor's runs too
         with contextlib.closing(EXECUTORS[cfg.executor](cfg, feed, logs)) as finished:
             for run, result in finished:
@@ -156,8 +152,8 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
                     failed.append(run.name)
                 atomic_write_json(out / INDEX_FILE, index)
                 bar.update(1)
-                bar.set_postfix(failed=len(failed), last=run.name[-40:],
-                                **({"waiting": len(blocked)} if feed.open else {}))  # fmt: skip
+                waiting = {"waiting": len(feed.blocked)} if feed.open else {}
+                bar.set_postfix(failed=len(failed), last=run.name[-40:], **waiting)
     if failed:
         raise RunError(
             f"{len(failed)} of {len(runs)} runs failed (logs in {logs}): {', '.join(failed[:3])}"
@@ -165,13 +161,14 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
             + "; fix the cause and run the sweep again (finished runs are kept)"
         )
     baselines = sum(r.baseline for r in runs)
+    left = {r.name: r.config["from_run"] for r in feed.blocked}  # blocked runs are no baselines
     return {
         "runs": len(runs) - baselines,
-        "ran": ran,
+        "ran": sum(not r.baseline for r in unfinished) - len(left),
         "skipped": sum(not r.baseline for r in runs) - sum(not r.baseline for r in unfinished),
         "copied": len(copied),
         "baselines": baselines,
-        "blocked": blocked,
+        "blocked": left,
         "out": out,
     }
 
