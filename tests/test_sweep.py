@@ -148,7 +148,8 @@ def test_time_left_takes_each_methods_own_pace(tmp_path):
 
 def test_a_run_log_keeps_a_bar_once_a_minute_and_status_reads_where_it_stands(tmp_path):
     """A progress bar in a run's log: its redraws at most once per `every`, its last state
-    before other output always, so the log ends where the run stands and `last_bar` reads it."""
+    before other output always (without tqdm's padding, which is relative to a draw the log
+    need not hold), so the log ends where the run stands and `last_bar` reads it."""
     from tqdm import tqdm
 
     from eva_rl.sweeps.executors import BarLog
@@ -167,7 +168,9 @@ def test_a_run_log_keeps_a_bar_once_a_minute_and_status_reads_where_it_stands(tm
         assert re.fullmatch(r"train 6300/10000 \[\S+<\S+, \S+step/s, loss=0\.0123\]",
                             last_bar(log))  # fmt: skip
         bar.update(10)
-    assert "6310/10000" in last_bar(log) and log.read_text().endswith("]\n")  # what it held
+        padded = bar.format_meter(6320, 10_000, 1.0, prefix="train") + "   "  # as tqdm pads
+        f.write("\r" + padded)  # a draw shorter than its last one
+    assert "6320/10000" in last_bar(log) and log.read_text().endswith("]\n")  # held, unpadded
     assert log.read_text().startswith("a warning\n") and "0123]\nevaluating\n" in log.read_text()
     assert last_bar(tmp_path / "none.log") is None
 

@@ -48,7 +48,9 @@ def _run_one(run: Run, threads: int, log: str, device: str | None = None) -> dic
 class BarLog(io.TextIOWrapper):
     """A run's log file in which a progress bar's redraw (a write starting with a carriage
     return) is kept at most once a minute; the bar's last state before any other output is
-    always kept, and that output starts on a line of its own, so the log ends where the run is."""
+    always kept, and that output starts on a line of its own, so the log ends where the run is.
+    A redraw is kept without tqdm's trailing blanks: they pad it to the length of tqdm's last
+    draw, which the file may not hold."""
 
     def __init__(self, path: str, every: float = 60.0):
         super().__init__(open(path, "ab"), encoding="utf-8", line_buffering=True)  # noqa: SIM115
@@ -58,12 +60,12 @@ class BarLog(io.TextIOWrapper):
         if not text:  # tqdm probes the file with an empty write: not output
             return 0
         if text.startswith("\r") and "\n" not in text:
-            self.in_bar = True
+            self.in_bar, bar = True, text.rstrip(" ")
             if time.monotonic() - self.last < self.every:
-                self.held = text
+                self.held = bar
                 return len(text)
             self.last, self.held = time.monotonic(), ""
-            super().write(text)  # line buffering flushes at a carriage return
+            super().write(bar)  # line buffering flushes at a carriage return
             return len(text)
         lead = self.held + ("\n" if self.in_bar and not text.startswith(("\n", "\r")) else "")
         super().write(lead + text)
