@@ -129,13 +129,24 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["eva", "adalora"])
+@pytest.mark.parametrize("method", ["eva", "adalora", "pissa"])
 def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monkeypatch):
-    """EVA reuses its saved collector result; AdaLoRA restores its importance statistics."""
+    """EVA reuses its saved collector result; AdaLoRA restores its importance statistics;
+    PiSSA's checkpoints export through PEFT's conversion, which must leave every update in
+    train mode (the DT's dropout on) and the random generators untouched."""
     import eva_rl.training.loop as train_mod
 
-    finetune(tiny_finetune(checkpoint, mw_root, tmp_path / "a", method), progress=False)
-    real, calls = train_mod.action_loss, {"n": 0}
+    real, modes = train_mod.action_loss, []
+
+    def spy(model, batch):
+        modes.append(model.training)
+        return real(model, batch)
+
+    monkeypatch.setattr(train_mod, "action_loss", spy)
+    cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "a", method)
+    finetune(cfg, progress=False)
+    assert modes.count(True) == cfg.loop.steps  # held-out losses are the eval-mode calls
+    calls = {"n": 0}
 
     def crash_at_update_15(model, batch):
         if model.training:

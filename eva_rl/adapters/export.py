@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from eva_rl.adapters.methods import METHODS, Adapted
 from eva_rl.io import atomic_write_json
 
@@ -50,7 +52,19 @@ def save_initial_adapter(adapted: Adapted, run_dir: Path) -> Path | None:
 
 def export_adapted(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
     """Write the trained weights: a full checkpoint, or PEFT adapter files whose base is
-    `base_checkpoint` (a directory or a hub id)."""
+    `base_checkpoint` (a directory or a hub id). A training run exports at every checkpoint,
+    so the model leaves in the mode it came in and the random generators as they were: PEFT's
+    conversion against `initial` loads it beside the trained adapter (drawing its throwaway
+    initialisation from the generator) and then puts the whole model in eval mode."""
+    model = adapted.model
+    training = model.training
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _export(adapted, directory, base_checkpoint, initial)
+    model.train(training)
+
+
+def _export(adapted: Adapted, directory: Path, base_checkpoint: str, initial: Path | None):
     from eva_rl.agent import checkpoint_ref, quiet_transformers
 
     model = adapted.model
