@@ -186,6 +186,14 @@ def _sweep_flags(p) -> None:
                    help="print how far the sweep is and the time left; run nothing")  # fmt: skip
     p.add_argument("--blind", action="store_true", help="--status without the running runs' "
                    "scores, returns and losses (a pre-registered study)")  # fmt: skip
+    import functools
+
+    from eva_rl.config import settings_help
+    from eva_rl.sweeps.config import SweepConfig
+
+    title = "the sweep file's keys (each also as key=value on the line, e.g. workers=2):"
+    p.make_epilog = functools.partial(settings_help, SweepConfig, {"executor", "address"},
+                                      title=title)  # fmt: skip
 
 
 def _list_flags(p) -> None:

@@ -340,7 +340,11 @@ def add_flags(parser, cls: type, flags: dict[str, str]) -> None:
             kwargs["choices"] = list(typing.get_args(base))
         elif base in (int, float):
             kwargs["type"] = base
-        shown = "" if default in (None, "", [], False) else f" (default: {default})"
+        shown = (
+            ""
+            if default is None or default is False or default in ("", [])
+            else (f" (default: {default})")
+        )  # 0 is shown: `0 in (False,)` would hide it
         kwargs["help"] = ((doc or key) + shown).replace("%", "%%")  # argparse formats it with %
         parser.add_argument(flag, **kwargs)
     # the help's end, made when help is printed (eva_rl.cli), not at every command's start
@@ -360,13 +364,16 @@ def leaf_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def settings_help(cls: type, flagged: set[str], width: int = 100) -> str:
+SETTINGS = ("settings without a flag (as key=value anywhere on the line, or in --config FILE;"
+            " every flag's key too):")  # fmt: skip
+
+
+def settings_help(cls: type, flagged: set[str], width: int = 100, title: str = SETTINGS) -> str:
     """The end of a command's --help: the settings that have no flag, each with its default
     and comment, so that `--help` shows every knob a run has (ODT's and TD3's included)."""
     import textwrap
 
-    lines = ["settings without a flag (as key=value anywhere on the line, or in --config FILE;"
-             " every flag's key too):"]  # fmt: skip
+    lines = [title]
     for key in leaf_keys(cls):
         if key in flagged:
             continue

@@ -68,11 +68,13 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.max_envs < 0:
-            raise UserError(f"max_envs must be >= 0 (0 = all at once), got {self.max_envs}")
+            raise UserError(f"max_envs must be >= 0 (0 = auto: 20 on a CPU, all at once on a "
+                            f"GPU), got {self.max_envs}")  # fmt: skip
         if self.episodes < 1:
             raise UserError(f"eval episodes must be >= 1, got {self.episodes}")
         if self.workers < 0:
-            raise UserError(f"eval workers must be >= 0 (0 = one per core), got {self.workers}")
+            raise UserError(f"eval workers must be >= 0 (0 = auto, 1 = in this process), got "
+                            f"{self.workers}")  # fmt: skip
         if not math.isfinite(self.target_scale):
             raise UserError(f"target_scale must be finite, got {self.target_scale}")
         check_precision(self.precision)

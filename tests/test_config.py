@@ -167,13 +167,15 @@ CONFIG_COMMANDS = {  # every command whose options come from a config dataclass
     "online": "eva_rl.online.config:OnlineConfig",
     "quickstart": "eva_rl.quickstart:QuickstartConfig",
     "video": "eva_rl.compare:CompareConfig",
+    "sweep": "eva_rl.sweeps.config:SweepConfig",  # the sweep file's keys
 }
 
 
 @pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
 def test_help_documents_every_setting_of_the_command(command, capsys):
     """Each setting is a documented flag or a documented line of --help's end (key=default
-    and the field's comment): a user finds every knob (e.g. online's td3.warmup) there."""
+    and the field's comment): a user finds every knob (e.g. online's td3.warmup) there, and
+    every number's default, 0 included."""
     import importlib
 
     from eva_rl.cli import COMMANDS, _added, main
@@ -191,4 +193,5 @@ def test_help_documents_every_setting_of_the_command(command, capsys):
         assert doc, f"{name}.{key} has no comment to show in --help"
         assert key in flagged or f"\n  {key}=" in text, f"{command} --help lacks {key}"
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            assert key in flagged or f"\n  {key}={default}\n" in text, key
+            shown = f"(default: {default})" in " ".join(text.split())  # as argparse wraps it
+            assert shown if key in flagged else f"\n  {key}={default}\n" in text, key
