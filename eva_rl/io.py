@@ -60,7 +60,10 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
 
 
 def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_dir)`, then swap `tmp_dir` into `path` with renames."""
+    """Call `write(tmp_dir)`, make it durable, then swap it into `path` with two renames. The
+    previous `path` is deleted only once the new one is in place: an interrupt between the
+    renames puts it back, and a kill there leaves it as `.NAME.old-*`, which
+    `restore_checkpoint_dir` puts back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -68,9 +71,53 @@ def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
     try:
         tmp.mkdir()
         write(tmp)
+        _fsync_tree(tmp)
         if path.exists():
             os.rename(path, old)
         os.rename(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        if old.exists() and not path.exists():
+            os.rename(old, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_holds(path: str | os.PathLike, name: str) -> bool:
+    """Whether the checkpoint folder `path` holds file `name`, or the previous one does that a
+    kill between `save_checkpoint_dir`'s renames left hidden (`restore_checkpoint_dir`)."""
+    path = Path(path)
+    hidden = path.parent.glob(f".{path.name}.old-*")
+    return (path / name).is_file() or any((old / name).is_file() for old in hidden)
+
+
+def restore_checkpoint_dir(path: str | os.PathLike) -> None:
+    """After a kill inside `save_checkpoint_dir`: put a previous `path` (`.NAME.old-*`, whole)
+    back where none is, and remove the half-written `.NAME.tmp-*` folders."""
+    path = Path(path)
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if not path.exists():
+            os.rename(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush a folder's files and the folders themselves to disk, before it replaces one."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

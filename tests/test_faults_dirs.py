@@ -122,7 +122,9 @@ def test_a_moved_run_folder_resumes_where_it_is_and_leaves_no_temporary_file(
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
     out.rename(moved)
-    (moved / "checkpoints" / ".latest.tmp-0badcafe").mkdir()  # a checkpoint write killed midway
+    checkpoints = moved / "checkpoints"  # as a kill between a checkpoint swap's renames leaves it
+    (checkpoints / "latest").rename(checkpoints / ".latest.old-1badcafe")
+    (checkpoints / ".latest.tmp-0badcafe").mkdir()  # the new one, half written
     assert main(finetune_args(checkpoint, mw_root, moved, *more, "resume=true")) == 0
     assert (moved / "summary.json").is_file() and not out.exists()
     assert [p.name for p in (moved / "checkpoints").iterdir()] == ["latest"]

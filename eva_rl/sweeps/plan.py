@@ -18,6 +18,7 @@ from typing import Any
 
 from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
+from eva_rl.io import checkpoint_holds
 from eva_rl.sweeps.config import ALIASES, BASELINE_DIR, COPIED_FILE, SweepConfig
 from eva_rl.sweeps.stages import config_class
 
@@ -281,5 +282,5 @@ def run_config(run: Run, threads: int, device: str | None = None):
     if not evaluation.get("workers"):  # env processes within this run's share of the cores
         evaluation["workers"] = max(1, threads // 2)
     # a run killed before its first checkpoint is restarted by finetune itself
-    data["resume"] = (run.out / "checkpoints" / "latest" / "state.pt").is_file()
+    data["resume"] = checkpoint_holds(run.out / "checkpoints" / "latest", "state.pt")
     return from_dict(config_class(run.command), data)

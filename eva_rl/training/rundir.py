@@ -20,7 +20,13 @@ import yaml
 from eva_rl import distributed, ownership
 from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_text, check_writable, save_checkpoint_dir
+from eva_rl.io import (
+    atomic_write_text,
+    check_writable,
+    checkpoint_holds,
+    restore_checkpoint_dir,
+    save_checkpoint_dir,  # fmt: skip
+)
 from eva_rl.ownership import DirectoryLock
 
 STATE_FILE = "state.pt"
@@ -80,7 +86,7 @@ def run_dir(out: Path, cfg: Any, resume: bool) -> Iterator[None]:
 
 
 def _has_state(out: Path) -> bool:
-    return (out / "checkpoints" / "latest" / STATE_FILE).is_file()
+    return checkpoint_holds(out / "checkpoints" / "latest", STATE_FILE)
 
 
 def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
@@ -132,9 +138,11 @@ def _replace_stale(out: Path, lock: DirectoryLock | None) -> None:  # always Non
 
 
 def _remove_leftovers(out: Path) -> None:
-    """A checkpoint write killed midway leaves a hidden temporary folder: never resumed from."""
-    for leftover in (out / "checkpoints").glob(".latest.*-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """A checkpoint write killed midway leaves a hidden temporary folder, never resumed from,
+    or, killed between its renames, the previous checkpoint under a hidden name: put back (the
+    final agent folder alike)."""
+    restore_checkpoint_dir(out / "checkpoints" / "latest")
+    restore_checkpoint_dir(out / "agent")
 
 
 def save_state(latest: Path, state: dict[str, Any], export: Callable[[Path], None]) -> None:
