@@ -10,7 +10,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 
 
 def test_import_is_light_and_names_resolve():
-    code = "import sys, eva_rl; print('torch' in sys.modules); print(eva_rl.FinetuneConfig)"
+    """`import eva_rl`, and the sweeps (what `sweep --status` and `export` load), without torch."""
+    code = ("import sys, eva_rl, eva_rl.sweeps; print('torch' in sys.modules); "
+            "print(eva_rl.FinetuneConfig)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
     assert lines == ["False", "<class 'eva_rl.training.finetune.FinetuneConfig'>"]

@@ -3,3 +3,7 @@ keeps training on its own rollouts with a stochastic policy (Zheng, Zhang & Grov
 Decision Transformer*, ICML 2022): `policy` holds the Gaussian head, the distributions, the
 learned temperature and ODT's losses; `buffer` the replay buffer of whole trajectories and the
 dataset of what was collected."""
+
+# an online run's collected episodes, one .npz each (what a resume reloads): named here, where
+# `eva-rl export` reads it without loading torch
+EPISODE_STORE = "episodes"

@@ -18,8 +18,6 @@ from eva_rl.io import atomic_write_bytes
 from eva_rl.online.policy import ACTION_BOUND, ActionMean, GaussianHead
 from eva_rl.rollout import MeanAction
 
-EPISODE_STORE = "episodes"  # a run's collected episodes, one .npz each: what a resume reloads
-
 SAMPLE_TAG = 0x6F6E6C696E65  # "online": keeps these draws apart from NoisyAction's
 
 

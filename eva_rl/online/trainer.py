@@ -31,8 +31,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from eva_rl.kernels import speed_up
+from eva_rl.online import EPISODE_STORE
 from eva_rl.online.buffer import TrajectoryBuffer
-from eva_rl.online.collect import EPISODE_STORE, EpisodeStore
+from eva_rl.online.collect import EpisodeStore
 from eva_rl.online.config import OnlineConfig
 from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses

@@ -10,7 +10,7 @@ from pathlib import Path
 from eva_rl import ownership
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
-from eva_rl.online.collect import EPISODE_STORE
+from eva_rl.online import EPISODE_STORE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
 
