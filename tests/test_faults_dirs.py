@@ -43,6 +43,63 @@ def test_export_into_its_own_source_is_refused(checkpoint, mw_root, tmp_path, ca
     assert (out / "agent").is_dir() and any((out / "checkpoints").iterdir())
 
 
+def _runs(folder, *names):
+    """A folder of finished runs as export reads them (a summary each), made by eva_rl."""
+    ownership.claim(folder, "sweep")
+    for name in names:
+        (folder / name / "checkpoints" / "latest").mkdir(parents=True)
+        (folder / name / "summary.json").write_text("{}")
+    return folder
+
+
+def test_export_replaces_only_an_earlier_export_and_never_its_source(tmp_path, capsys):
+    """--overwrite replaces an export; never a sweep's out (its checkpoints, a live run), a
+    folder holding the source, nor one eva_rl did not make; a single run is named as such."""
+    sweep_a, sweep_b = _runs(tmp_path / "a", "r1"), _runs(tmp_path / "b", "r9")
+    assert main(["export", str(sweep_b), "--out", str(sweep_a), "--overwrite"]) == 2
+    one_line_error(capsys, f"{sweep_a} is an eva-rl folder of runs, not an export")
+    inner = _runs(tmp_path / "a" / "group", "r2")
+    assert main(["export", str(inner), "--out", str(sweep_a), "--overwrite"]) == 2
+    one_line_error(capsys, f"--out {sweep_a} holds the runs it exports")
+    assert main(["export", str(sweep_a / "r1"), "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "is one run; export the folder that holds its runs")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "runs.json").write_text("{}")  # like an old export, but it holds checkpoints
+    (mine / "checkpoints").mkdir()
+    assert main(["export", str(sweep_b), "--out", str(mine), "--overwrite"]) == 2
+    one_line_error(capsys, f"{mine} exists and was not made by eva-rl")
+    assert (sweep_a / "r1" / "checkpoints" / "latest").is_dir() and (mine / "runs.json").is_file()
+    assert not list(tmp_path.glob(".*"))  # no staging folder left
+
+
+def test_an_export_that_fails_or_was_killed_while_swapping_loses_nothing(tmp_path, monkeypatch):
+    import shutil
+
+    from eva_rl.sweeps.export import export_runs
+
+    src, dst = _runs(tmp_path / "sweep", "r1", "r2"), tmp_path / "export"
+    export_runs(src, dst)
+    real = shutil.copytree
+
+    def full_disk(source, target, **kwargs):
+        if source.name == "r2":
+            raise OSError(28, "No space left on device")
+        return real(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_runs(src, dst, overwrite=True)
+    monkeypatch.setattr(shutil, "copytree", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "sweep"]  # nothing staged
+    dst.rename(tmp_path / ".export.replaced")  # killed between the swap's renames
+    (src / "r3").mkdir()
+    (src / "r3" / "summary.json").write_text("{}")
+    export_runs(src, dst, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "sweep"]
+    assert sorted(p.name for p in dst.iterdir() if not p.name.startswith(".")) == ["r1", "r2", "r3"]
+
+
 def _hold_lock(folder, kind):
     """Another process that made `folder` and works in it (holds its lock) for a minute."""
     code = (

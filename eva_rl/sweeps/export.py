@@ -33,6 +33,9 @@ def export_runs(
     checkpoints, weights (unless `weights`), logs or unfinished runs. `dst` appears whole or not
     at all."""
     src, dst = Path(src), Path(dst)
+    if (src / "summary.json").is_file():
+        raise UserError(f"{src} is one run; export the folder that holds its runs (a sweep's "
+                        "out), or copy the run itself")  # fmt: skip
     runs = sorted(
         p.parent.relative_to(src)
         for p in src.rglob("summary.json")
@@ -42,31 +45,56 @@ def export_runs(
         raise UserError(f"no finished runs (summary.json) under {src}; is it a sweep's out?")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise UserError(f"--out {dst} is inside the runs it exports ({src}); choose another one")
+    if dst.resolve() in src.resolve().parents:
+        raise UserError(f"--out {dst} holds the runs it exports ({src}); choose another one")
+    old = dst.with_name(f".{dst.name}.replaced")
+    if old.is_dir() and not dst.exists():  # an export killed while swapping: the previous one
+        old.rename(dst)
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; pass --overwrite or choose another destination")
-    older = any((dst / name).is_file() for name in (SWEEP_FILE, INDEX_FILE))  # no marker yet
-    if not older:
-        ownership.check_replaceable(dst, "export")
+    _check_replaceable(dst)
     check_writable(dst, directory=True)
-    staged = dst.with_name(f".{dst.name}.exporting")
-    shutil.rmtree(staged, ignore_errors=True)
-    ownership.claim(staged, "export")
-    for name in (SWEEP_FILE, BASE_FILE, INDEX_FILE):
-        if (src / name).is_file():
-            shutil.copy2(src / name, staged / name)
-    if (src / BASELINE_DIR).is_dir():
-        shutil.copytree(src / BASELINE_DIR, staged / BASELINE_DIR)
-    left = shutil.ignore_patterns(*HEAVY, *(() if weights else WEIGHTS))
-    for run in runs:
-        shutil.copytree(src / run, staged / run, ignore=left)
-    old = dst.with_name(f".{dst.name}.replaced")
-    shutil.rmtree(old, ignore_errors=True)  # left by an export that died while swapping
-    if dst.is_symlink():
-        dst.unlink()
-    elif dst.exists():
-        dst.rename(old)
-    staged.rename(dst)
+    staged = dst.with_name(f".{dst.name}.exporting-{os.getpid()}")
+    try:
+        ownership.claim(staged, "export")
+        for name in (SWEEP_FILE, BASE_FILE, INDEX_FILE):
+            if (src / name).is_file():
+                shutil.copy2(src / name, staged / name)
+        if (src / BASELINE_DIR).is_dir():
+            shutil.copytree(src / BASELINE_DIR, staged / BASELINE_DIR)
+        left = shutil.ignore_patterns(*HEAVY, *(() if weights else WEIGHTS))
+        for run in runs:
+            shutil.copytree(src / run, staged / run, ignore=left)
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.is_symlink():
+            dst.unlink()
+        elif dst.exists():
+            dst.rename(old)
+        try:
+            staged.rename(dst)
+        except BaseException:
+            if old.is_dir() and not dst.exists():
+                old.rename(dst)
+            raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     status = sweep_status(src)
     pending = status.total - len(status.done) if status else 0
     return {"runs": len(runs), "pending": pending, "out": dst}
+
+
+def _check_replaceable(dst: Path) -> None:
+    """Only an earlier export is replaced: an eva_rl folder of another kind (a sweep's out, a
+    run) holds checkpoints and maybe a live process; a folder eva_rl did not make is not ours.
+    An export made before exports were marked is known by its sweep files and no checkpoint."""
+    if not dst.is_dir() or dst.is_symlink() or not any(dst.iterdir()):
+        return
+    if ownership.owned(dst):
+        if not ownership.owned(dst, "export"):
+            raise UserError(f"{dst} is an eva-rl folder of runs, not an export: --overwrite "
+                            "replaces only an earlier export; choose another --out")  # fmt: skip
+        return
+    marked = any((dst / name).is_file() for name in (SWEEP_FILE, INDEX_FILE))
+    if not marked or any(dst.rglob("checkpoints")):
+        ownership.check_replaceable(dst, "export")  # refuses: not made by eva-rl
