@@ -119,3 +119,21 @@ def _scalars(run_dir, tag):
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     return acc.Scalars(tag)
+
+
+def test_a_state_saved_on_a_gpu_resumes_on_any_device(tmp_path, monkeypatch):
+    """`device` is a setting a resume may change: a GPU run's state loads onto the CPU (the
+    model and optimizer take it where they are), and the saved losses join the new device's."""
+    import torch.serialization
+
+    from eva_rl.training.loop import Window
+    from eva_rl.training.rundir import load_state
+
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save({"model": {"w": torch.ones(2)}, "step": 5}, tmp_path / "state.pt")  # as on a GPU
+    monkeypatch.undo()
+    state = load_state(tmp_path / "state.pt")
+    assert state["step"] == 5 and state["model"]["w"].device == torch.device("cpu")
+    saved = Window([torch.tensor(0.5)], [], first_step=3).state_dict()
+    window = Window.from_state(saved, torch.device("meta"))  # any device other than the CPU
+    assert window.losses[0].device.type == "meta" and window.first_step == 3

@@ -123,7 +123,7 @@ class OnlineTrainer:
         self.counts, self.history = state["counts"], state["history"]
         self.counts.setdefault("critic_warmup", self.cfg.td3.warmup)  # before: saved after it
         self.history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))  # before 6cfacb7
-        self.window = Window.from_state(state["window"])
+        self.window = Window.from_state(state["window"], self.device)
         self.store.truncate(self.counts["episodes"])  # collected after the checkpoint: again
 
     def run(self) -> dict[str, Any]:

@@ -154,9 +154,10 @@ class Window:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> Window:
+    def from_state(cls, state: dict, device: torch.device) -> Window:
+        """On the training device, where the next losses join them."""
         losses, penalties = (
-            [torch.tensor(x, dtype=torch.float32) for x in state[key]]
+            [torch.tensor(x, dtype=torch.float32, device=device) for x in state[key]]
             for key in ("losses", "penalties")
         )
         return cls(losses, penalties, state["first_step"])
@@ -241,7 +242,7 @@ class Trainer:
             hook.load_state_dict(hook_state)
         self.step, self.history = state["step"], state["history"]
         if "window" in state:  # checkpoints before the window was saved resume a fresh one
-            self.window = Window.from_state(state["window"])
+            self.window = Window.from_state(state["window"], self.device)
         else:
             self.window = Window([], [], self.step + 1)
 

@@ -161,11 +161,12 @@ def save_state(latest: Path, state: dict[str, Any], export: Callable[[Path], Non
 
 def load_state(path: Path) -> dict[str, Any]:
     """A training state, unpickling nothing but tensors and plain containers (a checkpoint
-    someone else wrote cannot run code here)."""
+    someone else wrote cannot run code here), onto the CPU: a run trained on a GPU resumes on
+    another device (the model, optimizer and generators take the state where they are)."""
     import pickle
 
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         raise UserError(
             f"{path} holds objects other than tensors and plain data (eva_rl never writes "
