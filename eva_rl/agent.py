@@ -57,6 +57,18 @@ class ModelConfig:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+def check_timesteps(traj, max_ep_len: int) -> None:
+    """Refuse data whose timesteps the model has no embedding for (an index error deep in the
+    forward otherwise, a device-side assert on CUDA)."""
+    last = int(traj.timesteps.max()) if len(traj.timesteps) else 0
+    if last >= max_ep_len:
+        raise UserError(
+            f"dataset {', '.join(traj.dataset_ids)} has episodes of {last + 1} steps, but the "
+            f"model embeds timesteps 0..{max_ep_len - 1} (max_ep_len {max_ep_len}); use data of "
+            f"episodes up to {max_ep_len} steps, or a model with max_ep_len >= {last + 1}"
+        )
+
+
 def horizon_message(horizon: int, max_ep_len: int) -> str:
     """The one rule for horizons, in pretraining configs and in stats files alike."""
     return (
@@ -169,6 +181,7 @@ class Agent:
         from eva_rl.data.segments import SegmentSampler
 
         self.check_dims(traj.state_dim, traj.act_dim, f"dataset {', '.join(traj.dataset_ids)}")
+        check_timesteps(traj, self.model.config.max_ep_len)
         longest = int(traj.episode_length.max())
         if longest < self.meta.context_length:
             warnings.warn(

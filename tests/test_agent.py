@@ -122,3 +122,20 @@ def test_normalize_uses_checkpoint_stats():
     agent = tiny_agent(state_dim=3)
     out = agent.normalize(torch.tensor([[0.1, 2.1, -1.9]]))
     np.testing.assert_allclose(out.numpy(), [[0.0, 1.0, -1.0]], atol=1e-6)
+
+
+def test_data_longer_than_the_timestep_embedding_is_refused(mw_root):
+    """An episode step the model has no timestep embedding for fails in one line naming both
+    lengths, before any forward (an index error there; a device-side assert on CUDA)."""
+    from conftest import HAMMER
+    from eva_rl.data.segments import load_trajectories
+
+    traj = load_trajectories([HAMMER], mw_root)
+    steps = int(traj.timesteps.max()) + 1
+    agent = tiny_agent()
+    agent.model.config.max_ep_len = steps  # every timestep embedded: fine
+    agent.segment_sampler(traj, seed=0)
+    agent.model.config.max_ep_len = steps - 1
+    with pytest.raises(UserError, match=f"has episodes of {steps} steps, but the model embeds "
+                       f"timesteps 0..{steps - 2}"):  # fmt: skip
+        agent.segment_sampler(traj, seed=0)

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from eva_rl import distributed
-from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, horizon_message
+from eva_rl.agent import (
+    Agent,
+    AgentMeta,
+    ModelConfig,
+    build_model,
+    check_timesteps,
+    horizon_message,  # fmt: skip
+)
 from eva_rl.data.catalog import suite_datasets
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.distributed import is_main
@@ -73,6 +80,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     horizon = cfg.horizon or (suite.horizon if suite else traj.horizon())
     if horizon > cfg.model.max_ep_len:
         raise UserError(horizon_message(horizon, cfg.model.max_ep_len) + "; set horizon=")
+    check_timesteps(traj, cfg.model.max_ep_len)
     with run_dir(out, cfg, cfg.resume):
         return _train(cfg, suite, traj, ids, horizon, progress)
 
