@@ -110,7 +110,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mw_root, tmp_path, mo
     ):
         train(model, sampler, LoopConfig(steps=10, save_every=2), tmp_path)
     state = torch.load(tmp_path / "checkpoints/latest/state.pt", weights_only=False)
+    assert state["step"] == 2 and state["history"]["saved_step"] == 2  # a resume names it
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_not_checkpointed(
+    mw_root, tmp_path, monkeypatch
+):
+    """The update of step 4 has a finite loss but a NaN gradient, which reaches the weights:
+    its checkpoint is not written as a good one."""
+    import eva_rl.training.loop as train_mod
+
+    real_loss, calls = train_mod.action_loss, {"n": 0}
+
+    def nan_gradient_at_step_4(model, batch):
+        calls["n"] += 1
+        loss = real_loss(model, batch)
+        if calls["n"] != 4:
+            return loss
+        return loss + 0.0 * torch.sqrt(loss - loss.detach())  # forward + 0; backward 0 x inf
+
+    monkeypatch.setattr(train_mod, "action_loss", nan_gradient_at_step_4)
+    model, sampler = setup(mw_root)
+    with pytest.raises(RunError, match=r"gradient norm became nan at step 4; the last good "
+                       r"checkpoint \(step 2\) is kept"):  # fmt: skip
+        train(model, sampler, LoopConfig(steps=10, save_every=2), tmp_path)
+    state = torch.load(tmp_path / "checkpoints/latest/state.pt", weights_only=False)
     assert state["step"] == 2
+    assert all(bool(torch.isfinite(value).all()) for value in state["model"].values())
 
 
 def _scalars(run_dir, tag):

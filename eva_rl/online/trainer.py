@@ -253,6 +253,7 @@ class OnlineTrainer:
             self.window.penalties.append(losses.entropy.float())
         self.counts["updates"] += 1
         self.window.losses.append(supervised.detach().float())
+        self.window.grad_norms.append(grad_norm.detach().float())
         self.stats = {**self.stats, "grad_norm": grad_norm.detach()}
         if self.td3 is not None:
             self.stats["rl_loss"] = rl.detach()
@@ -332,6 +333,7 @@ class OnlineTrainer:
         """`checkpoints/latest` atomically: the user's export plus everything a resume needs."""
         started, before = self._clock
         self.history["seconds"] = before + time.perf_counter() - started
+        self.history["saved_step"] = self.counts["updates"]  # in the checkpoint too
         state = {
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),
@@ -351,4 +353,3 @@ class OnlineTrainer:
         if self.td3 is not None:
             state["td3"] = self.td3.state_dict()
         save_state(self.latest, state, self.export)
-        self.history["saved_step"] = self.counts["updates"]

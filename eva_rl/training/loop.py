@@ -122,18 +122,26 @@ class StepHook(Protocol):
 
 @dataclass
 class Window:
-    """The training losses since the last log line, kept as tensors until they are read."""
+    """The training losses since the last log line, kept as tensors until they are read, and
+    the updates' gradient norms: a finite loss can still give non-finite gradients (a penalty,
+    an overflow in the backward), which would reach the weights and the next checkpoint."""
 
     losses: list[torch.Tensor]
     penalties: list[torch.Tensor]
     first_step: int  # the step the window's first loss belongs to (1-based)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)  # before clipping
 
     def check(self, latest: Path, saved_step: int | None) -> None:
-        """Raise `RunError` naming the first step whose loss was not finite."""
-        if not self.losses or bool(torch.isfinite(torch.stack(self.losses)).all()):
+        """Raise `RunError` naming the first step whose loss or gradient was not finite."""
+        first = {}  # what -> (index of its first non-finite value, the value)
+        for what, series in (("loss", self.losses), ("gradient norm", self.grad_norms)):
+            values = torch.stack(series) if series else None
+            if values is not None and not bool(torch.isfinite(values).all()):
+                bad = int((~torch.isfinite(values)).nonzero()[0, 0])
+                first[what] = (bad, values[bad].item())
+        if not first:
             return
-        values = torch.stack(self.losses)
-        bad = int((~torch.isfinite(values)).nonzero()[0, 0])
+        what, (bad, value) = min(first.items(), key=lambda item: item[1][0])
         if saved_step is not None:
             where = (
                 f"the last good checkpoint (step {saved_step}) is kept in {latest}; a resume "
@@ -142,7 +150,7 @@ class Window:
         else:
             where = "nothing was kept; run again"
         raise RunError(
-            f"loss became {values[bad].item()} at step {self.first_step + bad}; {where} with a "
+            f"{what} became {value} at step {self.first_step + bad}; {where} with a "
             "lower optim.lr or more optim.warmup_steps"
         )
 
@@ -151,16 +159,18 @@ class Window:
             "losses": [x.item() for x in self.losses],
             "penalties": [x.item() for x in self.penalties],
             "first_step": self.first_step,
+            "grad_norms": [x.item() for x in self.grad_norms],
         }
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> Window:
-        """On the training device, where the next losses join them."""
-        losses, penalties = (
-            [torch.tensor(x, dtype=torch.float32, device=device) for x in state[key]]
-            for key in ("losses", "penalties")
+        """On the training device, where the next losses join them (a checkpoint written
+        before gradient norms were kept has none)."""
+        losses, penalties, norms = (
+            [torch.tensor(x, dtype=torch.float32, device=device) for x in state.get(key, [])]
+            for key in ("losses", "penalties", "grad_norms")
         )
-        return cls(losses, penalties, state["first_step"])
+        return cls(losses, penalties, state["first_step"], norms)
 
 
 class Trainer:
@@ -283,6 +293,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.window.losses.append(loss.detach().float())
+        self.window.grad_norms.append(self.grad_norm.detach().float())
         self.window.penalties.append(
             torch.zeros((), device=loss.device) if extra is None else extra.detach().float()
         )
@@ -337,6 +348,7 @@ class Trainer:
             return
         started, seconds_before = self._clock
         self.history["seconds"] = seconds_before + time.perf_counter() - started
+        self.history["saved_step"] = self.step  # in the checkpoint too: a resume names it
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -349,7 +361,6 @@ class Trainer:
             "window": self.window.state_dict(),
         }
         save_state(self.latest, state, lambda directory: self.export(directory, self.step))
-        self.history["saved_step"] = self.step
 
 
 def _data_parallel(model: torch.nn.Module) -> torch.nn.Module:
