@@ -265,6 +265,20 @@ def online_sweep(checkpoint, mw_root, tmp_path, grid: dict, settings: dict) -> P
     return sweep_file
 
 
+def test_a_from_run_in_no_existing_folder_is_refused_before_anything_runs(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """A mistyped `from_run` would leave its runs blocked for good (`wait: true`: a sweep
+    polling forever); a start whose sweep has begun (its folder exists) may still be running."""
+    typo = tmp_path / "offlin" / "seed={seed}"
+    sweep_file = online_sweep(checkpoint, mw_root, tmp_path, {"seed": [0]},
+                              {"from_run": str(typo), "method.name": "lora"})  # fmt: skip
+    assert main(["sweep", str(sweep_file), "wait=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"run seed=0: from_run {tmp_path}/offlin/seed=0 is in no folder that exists" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow  # spawns run processes
 def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     checkpoint, mw_root, tmp_path, capsys

@@ -88,6 +88,16 @@ def test_a_set_override_sets_one_key_and_keeps_the_rest_of_its_section(
     assert run.config["method"] == {"rank": 2, "calibration_batches": 1, "name": "eva"}
 
 
+def test_one_baseline_per_distinct_evaluation(checkpoint, mw_root, tmp_path):
+    """Runs that evaluate the same data two ways (here fp32 and bf16) get two baselines, not
+    one per run of the second way."""
+    grid = {"precision": ["fp32", "bf16"], "seed": [0, 1], "method.name": ["lora"]}
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid=grid)
+    baselines = [r for r in plan(load_sweep(path)) if r.baseline]
+    assert [r.name for r in baselines] == ["_baseline.hammer-v3", "_baseline.hammer-v3-1"]
+    assert [r.config["key"]["precision"] for r in baselines] == ["fp32", "bf16"]
+
+
 def test_a_set_value_follows_the_grid_through_placeholders(checkpoint, mw_root, tmp_path):
     """`{seed}` and `{method}` (method.name's short name) in a `set` string: one setting per run,
     as an online sweep's `from_run` naming the offline sweep's run of the same point."""

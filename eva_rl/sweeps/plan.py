@@ -159,12 +159,15 @@ def baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
             # online runs evaluate toward a multiple of the best offline return
             "target_scale": getattr(c, "eval_target_scale", 1.0),
         }
-        name = (c.task or ",".join(c.dataset_ids)).replace("/", "_")
-        if name in found and found[name].config["key"] != key:
-            name = f"{name}-{len([n for n in found if n.startswith(name)])}"
-        if name not in found:
-            out = str(Path(cfg.out) / BASELINE_DIR / f"{name}.json")
-            found[name] = Run(f"{BASELINE_DIR}.{name}", {}, {"out": out, "key": key}, True)
+        if any(r.config["key"] == key for r in found.values()):
+            continue
+        name = stem = (c.task or ",".join(c.dataset_ids)).replace("/", "_")
+        number = 0
+        while name in found:  # the same data evaluated otherwise: hammer-v3-1, hammer-v3-2, ...
+            number += 1
+            name = f"{stem}-{number}"
+        out = str(Path(cfg.out) / BASELINE_DIR / f"{name}.json")
+        found[name] = Run(f"{BASELINE_DIR}.{name}", {}, {"out": out, "key": key}, True)
     return list(found.values())
 
 
@@ -177,6 +180,12 @@ def _check_inputs(name: str, cfg) -> None:
         locate_checkpoint(cfg.checkpoint)
     except UserError as e:
         raise UserError(f"run {name}: {e}") from None
+    start = getattr(cfg, "from_run", None)  # may not have finished, or started, yet: its
+    if start and not Path(start).parent.is_dir():  # sweep's folder is there once that starts
+        raise UserError(
+            f"run {name}: from_run {start} is in no folder that exists ({Path(start).parent}); "
+            "check the path, or start the sweep that makes it first"
+        )
     root = catalog.datasets_root(cfg.data_root)
     for ds in cfg.dataset_ids:
         if not catalog.exists(root, ds):
