@@ -327,17 +327,23 @@ def _single_value_options(command: str | None) -> set[str]:
     return {o for a in added if a.nargs is None for o in a.option_strings} | {"--config"}
 
 
+def _is_override(arg: str) -> bool:
+    """`key=value`, unless it names a file or folder: a sweep's run folders are named like
+    overrides (`seed=0,task=hammer-v3,method=eva/agent` as a checkpoint)."""
+    return bool(OVERRIDE.match(arg)) and not os.path.exists(arg)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """argparse, with `key=value` overrides recognised wherever they stand (after a flag that
     takes several values too: `--tasks hammer-v3 episodes=5`)."""
-    command = _command_of([a for a in argv if not OVERRIDE.match(a)])
+    command = _command_of([a for a in argv if not _is_override(a)])
     takes = command in COMMANDS and COMMANDS[command][2]
     if not takes:  # no config: a key=value is a value (`--reference lora precision=fp32`)
         return parser(command).parse_args(argv)
     single = _single_value_options(command)
     is_value = [i > 0 and argv[i - 1] in single for i in range(len(argv))]
-    overrides = [a for a, v in zip(argv, is_value, strict=True) if OVERRIDE.match(a) and not v]
-    rest = [a for a, v in zip(argv, is_value, strict=True) if not OVERRIDE.match(a) or v]
+    overrides = [a for a, v in zip(argv, is_value, strict=True) if _is_override(a) and not v]
+    rest = [a for a, v in zip(argv, is_value, strict=True) if not _is_override(a) or v]
     args = parser(command).parse_args(rest)
     args.overrides = overrides
     return args

@@ -214,13 +214,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors, shaped = [], []  # shaped: the errors of the member the value's shape is of
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, key)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0])
+                container = {list: list, tuple: list, dict: dict}.get(typing.get_origin(arg))
+                if container is not None and isinstance(value, container):
+                    shaped.append(str(e))
+        raise UserError((shaped or errors)[0])
     if origin is Literal:
         if value not in args:
             raise UserError(f"config key '{key}' must be one of {list(args)}, got {value!r}")

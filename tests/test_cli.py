@@ -183,6 +183,20 @@ def test_a_key_value_after_a_one_value_option_is_its_value_not_an_override():
     assert args.envs == ["reach-v3"] and args.overrides == ["episodes=5"]  # several values
 
 
+def test_a_run_folder_named_like_an_override_is_a_path(tmp_path, monkeypatch):
+    """A sweep's run folders are named `seed=0,task=...,method=eva`: given where it exists,
+    such an argument is the path it names, not a setting."""
+    from eva_rl.cli import parse
+
+    monkeypatch.chdir(tmp_path)
+    agent = "seed=0,task=hammer-v3,method=eva/agent"
+    with pytest.raises(SystemExit):  # no such folder: a setting, and no checkpoint given
+        parse(["video", agent, "--env", "hammer-v3", "--out", "v", "episodes=2"])
+    (tmp_path / agent).mkdir(parents=True)
+    args = parse(["video", agent, "--env", "hammer-v3", "--out", "v", "episodes=2"])
+    assert args.checkpoints == [agent] and args.overrides == ["episodes=2"]
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as done:

@@ -88,6 +88,26 @@ def test_a_set_override_sets_one_key_and_keeps_the_rest_of_its_section(
     assert run.config["method"] == {"rank": 2, "calibration_batches": 1, "name": "eva"}
 
 
+def test_sweep_files_that_cannot_do_what_they_say_are_refused_in_one_line(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """A mapping as a grid value (it would replace the base's whole section), a bad entry of a
+    list of grids (named, not the whole list), an out that is a file: one line, exit 2."""
+    grid = {"method": [{"name": "lora", "rank": 4}]}
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid=grid)
+    assert main(["sweep", str(path)]) == 2
+    assert "grid key 'method' has a mapping among its values" in capsys.readouterr().err
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid=[{"seed": [0]}, "seed"])
+    assert main(["sweep", str(path)]) == 2
+    assert "config key 'grid[1]' must be a mapping, got 'seed'" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine\n")
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0]}, out=str(blocker))
+    assert main(["sweep", str(path)]) == 2
+    assert f"output {blocker} is a file; choose another path" in capsys.readouterr().err
+    assert blocker.read_text() == "mine\n" and not (tmp_path / "runs").exists()
+
+
 def test_one_baseline_per_distinct_evaluation(checkpoint, mw_root, tmp_path):
     """Runs that evaluate the same data two ways (here fp32 and bf16) get two baselines, not
     one per run of the second way."""

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from eva_rl import ownership
 from eva_rl.config import read_yaml, save_config, to_dict
 from eva_rl.errors import RunError, UserError
-from eva_rl.io import atomic_write_json, atomic_write_text
+from eva_rl.io import atomic_write_json, atomic_write_text, check_writable
 from eva_rl.ownership import DirectoryLock
 from eva_rl.sweeps import executors
 from eva_rl.sweeps.config import (
@@ -76,6 +76,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
 
         gpu_slots(cfg.gpus, torch.cuda.device_count())
     out = Path(cfg.out)
+    check_writable(out, directory=True)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
     base = read_yaml(cfg.base)
     # the executor and its resources may change between invocations; what runs may not (a

@@ -70,6 +70,12 @@ class SweepConfig:
             for key, values in grid.items():
                 if not values:
                     raise UserError(f"grid key {key!r} needs a non-empty list of values")
+                if any(isinstance(v, dict) for v in values):  # it would replace the section
+                    raise UserError(
+                        f"grid key {key!r} has a mapping among its values, which would replace "
+                        f"the base's whole {key} section; grid the keys inside it instead "
+                        f"({key}.name: [...]), or give a list of grids"
+                    )
 
     @property
     def points(self) -> list[dict[str, Any]]:
