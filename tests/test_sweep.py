@@ -226,6 +226,15 @@ def test_a_blind_status_shows_where_runs_are_without_what_they_report(tmp_path):
     assert not re.search(r", \w+=", blind)  # no value any run reports is left
 
 
+def test_the_reuse_note_follows_the_waiting_runs_it_counts(tmp_path):
+    from eva_rl.sweeps.status import SweepStatus
+
+    status = SweepStatus(tmp_path, waiting=["a", "b"], blocked={"c": "/x/c"},
+                         reused={"a": tmp_path / "elsewhere" / "a"})  # fmt: skip
+    assert ("2 waiting (1 of them finished in a `reuse` sweep: copied when the sweep (re)starts, "
+            "not run again), 1 waiting for the run they start from") in status.describe(1)  # fmt: skip
+
+
 def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
     checkpoint, mw_root, tmp_path, capsys
 ):

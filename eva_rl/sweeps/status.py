@@ -84,9 +84,9 @@ class SweepStatus:
                              (self.blocked, blocked)):  # fmt: skip
             if names:
                 parts.append(f"{len(names)} {label}")
-        if self.reused:
-            parts[-1] += (f" ({len(self.reused)} of them finished in a `reuse` sweep: copied "
-                          "when the sweep (re)starts, not run again)")  # fmt: skip
+            if names and names is self.waiting and self.reused:  # the reused are waiting runs
+                parts[-1] += (f" ({len(self.reused)} of them finished in a `reuse` sweep: "
+                              "copied when the sweep (re)starts, not run again)")  # fmt: skip
         if self.baselines[1]:
             parts.append(f"{self.baselines[0]} of {self.baselines[1]} baselines")
         text = f"{self.out}: " + ", ".join(parts)
