@@ -231,8 +231,9 @@ def test_the_reuse_note_follows_the_waiting_runs_it_counts(tmp_path):
 
     status = SweepStatus(tmp_path, waiting=["a", "b"], blocked={"c": "/x/c"},
                          reused={"a": tmp_path / "elsewhere" / "a"})  # fmt: skip
-    assert ("2 waiting (1 of them finished in a `reuse` sweep: copied when the sweep (re)starts, "
-            "not run again), 1 waiting for the run they start from") in status.describe(1)  # fmt: skip
+    note = "(1 of them finished in a `reuse` sweep: copied when the sweep (re)starts, not run "
+    note += "again)"
+    assert f"2 waiting {note}, 1 waiting for the run they start from" in status.describe(1)
 
 
 def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
