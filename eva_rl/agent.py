@@ -305,12 +305,22 @@ def resolve_base(adapter: Path, named: str) -> str:
     machine or checkout), the same path's tails are tried under the working directory and the
     project root (`/elsewhere/results/pretrained/mt40-cpu/agent` -> `results/pretrained/...`),
     and a candidate is taken only if its content is the adapter's base: its weights' sha256 as
-    recorded at export, and its normalisation stats as the adapter carries them."""
-    if Path(named, "config.json").is_file() or HUB_ID.match(named):
+    recorded at export, and its normalisation stats as the adapter carries them. The named
+    directory itself must have those weights too: a base retrained at the same path would
+    merge the adapter onto weights it was not trained with."""
+    if HUB_ID.match(named) and not Path(named).exists():
         return named
     own = adapter / META_FILE
     meta = read_meta(own) if own.is_file() else None
     digest = meta.provenance.get("base_weights_sha256") if meta else None
+    if Path(named, "config.json").is_file():
+        if digest is not None and weights_digest(Path(named)) != digest:
+            raise UserError(
+                f"adapter {adapter} was trained on other weights than those now at {named} "
+                "(their sha256 differs from the one recorded at export); restore that "
+                "checkpoint, or fine-tune the adapter again on the new one"
+            )
+        return named
     parts = Path(named).parts
     for i in range(1 if Path(named).is_absolute() else 0, len(parts)):
         for root in dict.fromkeys((Path.cwd(), assets.root())):

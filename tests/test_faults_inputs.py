@@ -423,3 +423,25 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_quickly(tmp_path, capsys):
     err = one_line_error(capsys, "the value of override datasets= nests too deeply")
     assert len(err) < 200
     assert not out.exists()
+
+
+def test_a_base_retrained_at_the_adapters_own_path_is_refused(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The adapter names its base's true path and a retrained base sits there: merging onto it
+    would give an agent nobody trained."""
+    from eva_rl.agent import Agent
+
+    adapter, base = moved_adapter(checkpoint, tmp_path, monkeypatch)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(config | {"base_model_name_or_path": str(base)}))  # fmt: skip
+    agent = Agent.load(base)
+    next(agent.model.parameters()).data.add_(1.0)
+    agent.model.save_pretrained(base)
+    args = ["evaluate", "--checkpoint", str(adapter), "--episodes", "1", "--out", "e.json"]
+    capsys.readouterr()
+    assert main(args) == 2
+    one_line_error(capsys, f"adapter {adapter} was trained on other weights than those now at "
+                   f"{base}", "restore that checkpoint")  # fmt: skip
+    assert not (tmp_path / "checkout" / "e.json").exists()
