@@ -38,6 +38,23 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# A torchrun worker that prints a digest of the dropout its first update draws, then stops.
+DROPOUT_DIGEST = """
+import sys
+import torch
+import eva_rl.training.loop as train
+from eva_rl import distributed
+from eva_rl.cli import main
+
+def first(model, batch):
+    mask = torch.nn.functional.dropout(torch.ones(64), 0.5, training=True)  # as the model draws
+    print(f"rank {distributed.rank()} dropout {mask.nonzero().flatten().tolist()}", flush=True)
+    sys.exit(0)
+train.action_loss = first
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def torchrun(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     target = [script] if script else ["-m", "eva_rl.cli"]
@@ -157,3 +174,15 @@ def test_distributed_collector_equals_union_of_shards(checkpoint, mw_root, tmp_p
         assert theirs.shape == layer.components.shape, name  # same rank
         cos = torch.nn.functional.cosine_similarity(theirs, layer.components, dim=1).abs()
         assert bool((cos >= 0.99).all()), (name, cos)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_their_own_dropout(checkpoint, mw_root, tmp_path):
+    """Each rank's batches are its own, and so are its dropout masks: the same masks on every
+    rank would make the ranks' gradients noisier copies of one another's."""
+    script = tmp_path / "digest.py"
+    script.write_text(DROPOUT_DIGEST)
+    proc = ddp_finetune(checkpoint, mw_root, tmp_path / "ddp", script=str(script))
+    masks = sorted(line for line in proc.stdout.splitlines() if " dropout " in line)
+    assert [m.split()[1] for m in masks] == ["0", "1"], proc.stdout + proc.stderr
+    assert masks[0].split(" dropout ")[1] != masks[1].split(" dropout ")[1]

@@ -216,6 +216,8 @@ class FinetuneRun(AdaptedRun):
             steps=cfg.loop.steps,
         )
         self.adapted = build_method(self.agent.model, cfg.method, context)
+        if distributed.rank():  # the same adapter everywhere, each rank its own dropout masks
+            torch.manual_seed(distributed.rank_seed(cfg.seed))
         self.initial = save_initial_adapter(self.adapted, out) if self.main else None
         self.init = {
             "trainable_parameters": trainable_parameters(self.adapted.model),

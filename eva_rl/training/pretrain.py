@@ -94,6 +94,8 @@ def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) 
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, traj.state_dim, traj.act_dim).to(device)
+    if distributed.rank():  # the same weights everywhere, each rank its own dropout masks
+        torch.manual_seed(distributed.rank_seed(cfg.seed))
     mean, std = traj.state_stats()
     meta = AgentMeta(
         state_mean=mean.tolist(),
