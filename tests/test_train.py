@@ -29,6 +29,14 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert f(4) == 1.0 and f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
 
 
+def test_a_warm_up_longer_than_the_run_is_warned_of(mw_root, tmp_path):
+    model, sampler = setup(mw_root)
+    optim = OptimConfig(lr=1e-3, warmup_steps=8, batch_size=16)
+    with pytest.warns(UserWarning, match="warmup_steps 8 >= loop.steps 4: the learning rate rises "
+                      "to 50% of optim.lr and never decays"):  # fmt: skip
+        Trainer(model, sampler, optim, LoopConfig(steps=4), tmp_path, lambda d, s: None)
+
+
 def test_lr_schedule_floor_ends_at_its_fraction_of_lr():
     f = lr_lambda(4, 12, floor=0.1)
     assert f(0) == 0.25 and f(4) == 1.0

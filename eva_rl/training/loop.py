@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,13 @@ class Trainer:
         self.forward = _data_parallel(speed_up(model))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, optim)
+        if optim.warmup_steps >= loop.steps:
+            warnings.warn(
+                f"optim.warmup_steps {optim.warmup_steps} >= loop.steps {loop.steps}: the "
+                f"learning rate rises to {loop.steps / optim.warmup_steps:.0%} of optim.lr and "
+                "never decays; lower optim.warmup_steps",
+                stacklevel=2,
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(optim.warmup_steps, loop.steps, optim.final_lr_ratio)
         )

@@ -118,7 +118,10 @@ def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
         if out.is_dir() or out.is_symlink():
             lock = DirectoryLock(out, "a run") if out.is_dir() else None
             if not resume:  # an eva_rl run that stopped before its first checkpoint
-                lock = _replace_stale(out, lock)
+                if lock is not None:
+                    lock.release()  # the folder goes: a new lock is taken on the new one
+                    lock = None
+                _replace_stale(out)
         ownership.claim(out, "run")
         lock = lock or DirectoryLock(out, "a run")
         _remove_leftovers(out)
@@ -128,13 +131,10 @@ def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
     return lock
 
 
-def _replace_stale(out: Path, lock: DirectoryLock | None) -> None:  # always None: released
+def _replace_stale(out: Path) -> None:
     """Remove an unused eva_rl folder (or a symlink left in `out`'s place) before a new run."""
-    if lock is not None:
-        lock.release()  # the folder goes: a new lock is taken on the new one
     if out.is_symlink() or any(out.iterdir()):
         ownership.remove(out)
-    return None
 
 
 def _remove_leftovers(out: Path) -> None:
