@@ -27,6 +27,7 @@ from eva_rl import assets
 from eva_rl.adapters.fit import check_adapter
 from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
+from eva_rl.data.checks import check_timesteps
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_json, save_checkpoint_dir
 from eva_rl.weights import check_weights, weights_digest
@@ -55,18 +56,6 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-
-def check_timesteps(traj, max_ep_len: int) -> None:
-    """Refuse data whose timesteps the model has no embedding for (an index error deep in the
-    forward otherwise, a device-side assert on CUDA)."""
-    last = int(traj.timesteps.max()) if len(traj.timesteps) else 0
-    if last >= max_ep_len:
-        raise UserError(
-            f"dataset {', '.join(traj.dataset_ids)} has episodes of {last + 1} steps, but the "
-            f"model embeds timesteps 0..{max_ep_len - 1} (max_ep_len {max_ep_len}); use data of "
-            f"episodes up to {max_ep_len} steps, or a model with max_ep_len >= {last + 1}"
-        )
 
 
 def horizon_message(horizon: int, max_ep_len: int) -> str:

@@ -3,7 +3,7 @@
 Each command that has a config reads an optional `--config FILE`, then `key=value` overrides
 (dotted keys, anywhere on the line), then its flags (later wins), into the stage's config
 dataclass. Flags, their types, defaults and help come from the config dataclasses themselves
-(`eva_rl.config.add_flags`), so a default lives in one place. A command's flags are built only
+(`eva_rl.flags.add_flags`), so a default lives in one place. A command's flags are built only
 when that command runs (its config imports torch; `eva-rl suites` should not).
 """
 
@@ -34,6 +34,7 @@ from eva_rl.commands import (
     cmd_video,
 )  # fmt: skip
 from eva_rl.errors import RunError, UserError, out_of_room
+from eva_rl.flags import CommandParser, added_flags
 from eva_rl.runtime import quiet_waits
 
 # --- arguments: each command's flags, derived from its config -----------------------------
@@ -42,7 +43,7 @@ COMMON = {"--device": "device", "--precision": "precision", "--seed": "seed"}
 
 
 def _finetune_flags(p) -> None:
-    from eva_rl.config import add_flags
+    from eva_rl.flags import add_flags
     from eva_rl.training.finetune import FinetuneConfig
 
     add_flags(p, FinetuneConfig, {
@@ -54,7 +55,7 @@ def _finetune_flags(p) -> None:
 
 
 def _online_flags(p) -> None:
-    from eva_rl.config import add_flags
+    from eva_rl.flags import add_flags
     from eva_rl.online.config import OnlineConfig
 
     add_flags(p, OnlineConfig, {
@@ -67,8 +68,8 @@ def _online_flags(p) -> None:
 
 
 def _evaluate_flags(p) -> None:
-    from eva_rl.config import add_flags
     from eva_rl.evaluation import EvaluateConfig
+    from eva_rl.flags import add_flags
 
     add_flags(p, EvaluateConfig, {
         "--checkpoint": "checkpoint", "--stats": "stats", "--envs": "envs", "--suite": "suite",
@@ -86,7 +87,7 @@ def _evaluate_flags(p) -> None:
 
 def _video_flags(p) -> None:
     from eva_rl.compare import CompareConfig
-    from eva_rl.config import add_flags
+    from eva_rl.flags import add_flags
 
     p.add_argument("checkpoints", nargs="+", help="agent directories (a finetune run's agent/), "
                    "checkpoints or hub ids, one film each")  # fmt: skip
@@ -101,8 +102,8 @@ def _video_flags(p) -> None:
 
 
 def _collect_flags(p) -> None:
-    from eva_rl.config import add_flags
     from eva_rl.eva.state import CollectConfig
+    from eva_rl.flags import add_flags
 
     add_flags(p, CollectConfig, {
         "--checkpoint": "checkpoint", "--stats": "stats", "--datasets": "datasets",
@@ -118,7 +119,7 @@ def _simple_flags(module: str, cls: str, flags: dict[str, str]):
     def add(p) -> None:
         import importlib
 
-        from eva_rl.config import add_flags
+        from eva_rl.flags import add_flags
 
         add_flags(p, getattr(importlib.import_module(module), cls), flags)
 
@@ -188,7 +189,7 @@ def _sweep_flags(p) -> None:
                    "scores, returns and losses (a pre-registered study)")  # fmt: skip
     import functools
 
-    from eva_rl.config import settings_help
+    from eva_rl.flags import settings_help
     from eva_rl.sweeps.config import SweepConfig
 
     title = "the sweep file's keys (each also as key=value on the line, e.g. workers=2):"
@@ -246,7 +247,7 @@ COMMANDS = {
 def parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the flags of `command` only (the others list their help line)."""
     root = argparse.ArgumentParser(prog="eva-rl", description=__doc__.splitlines()[0])
-    sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = root.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     groups = {}  # "data" -> the subparsers of `eva-rl data ...`
     for name, (help_text, add_flags, has_config, handler) in COMMANDS.items():
         if " " in name:
@@ -260,7 +261,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=help_text, formatter_class=RAW)
         p.set_defaults(func=handler, config_keys=[], overrides=[])
         if name == command and add_flags is not None:
-            added = _added(add_flags, p)
+            added = added_flags(add_flags, p)
             if has_config and name != "sweep":  # the sweep file is its config
                 keys = {a.dest for a in added} - NOT_CONFIG
                 p.set_defaults(config_keys=sorted(keys))
@@ -271,42 +272,6 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
 NOT_CONFIG = {"target_return"}  # flags a command handles itself
 RAW = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written; flags' help wrapped
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # key=value, dotted key
-
-
-class _Recorder:
-    """A parser's `add_argument` that keeps the actions it returns: argparse lists a parser's
-    actions only in its private `_actions`."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser, self.actions = parser, []
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        action = self.parser.add_argument(*args, **kwargs)
-        self.actions.append(action)
-        return action
-
-    # add_flags leaves here how to make the help's end (the settings that have no flag)
-    make_epilog = property(lambda self: self.parser.make_epilog,
-                           lambda self, f: setattr(self.parser, "make_epilog", f))  # fmt: skip
-
-
-class _Parser(argparse.ArgumentParser):
-    """A command's parser, whose help ends with every setting without a flag: made only when
-    help is printed (it reads every config field's comment), not at each command's start."""
-
-    make_epilog = None
-
-    def format_help(self) -> str:
-        if self.make_epilog is not None:
-            self.epilog = self.make_epilog()
-        return super().format_help()
-
-
-def _added(add_flags, parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """Add a command's flags to `parser`; returns the actions they added."""
-    recorder = _Recorder(parser)
-    add_flags(recorder)
-    return recorder.actions
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -323,7 +288,7 @@ def _single_value_options(command: str | None) -> set[str]:
     add_flags = COMMANDS[command][1] if command in COMMANDS else None
     if add_flags is None:
         return set()
-    added = _added(add_flags, argparse.ArgumentParser(add_help=False))
+    added = added_flags(add_flags, argparse.ArgumentParser(add_help=False))
     return {o for a in added if a.nargs is None for o in a.option_strings} | {"--config"}
 
 

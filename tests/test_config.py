@@ -178,8 +178,8 @@ def test_help_documents_every_setting_of_the_command(command, capsys):
     every number's default, 0 included."""
     import importlib
 
-    from eva_rl.cli import COMMANDS, _added, main
-    from eva_rl.config import describe, leaf_keys
+    from eva_rl.cli import COMMANDS, main
+    from eva_rl.flags import added_flags, describe, leaf_keys
 
     module, name = CONFIG_COMMANDS[command].split(":")
     cls = getattr(importlib.import_module(module), name)
@@ -187,7 +187,7 @@ def test_help_documents_every_setting_of_the_command(command, capsys):
         main([*command.split(), "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    flagged = {a.dest for a in _added(COMMANDS[command][1], argparse.ArgumentParser())}
+    flagged = {a.dest for a in added_flags(COMMANDS[command][1], argparse.ArgumentParser())}
     for key in leaf_keys(cls):
         _, default, doc = describe(cls, key)
         assert doc, f"{name}.{key} has no comment to show in --help"

@@ -2,7 +2,7 @@
 every episode (checked when a dataset is written, listed and loaded: one NaN otherwise surfaces
 as a diverged loss or a `return nan`), and actions inside the action space (warned about once
 per dataset, with the share outside: they are trained on as they are, while an env clips what
-an agent does)."""
+an agent does), and episodes no longer than a model's timestep embedding."""
 
 from __future__ import annotations
 
@@ -77,3 +77,15 @@ def warn_outside(dataset_id: str, space, actions: np.ndarray) -> None:
         "them: check how the data were recorded",
         stacklevel=3,
     )
+
+
+def check_timesteps(traj, max_ep_len: int) -> None:
+    """Refuse data whose timesteps the model has no embedding for (an index error deep in the
+    forward otherwise, a device-side assert on CUDA)."""
+    last = int(traj.timesteps.max()) if len(traj.timesteps) else 0
+    if last >= max_ep_len:
+        raise UserError(
+            f"dataset {', '.join(traj.dataset_ids)} has episodes of {last + 1} steps, but the "
+            f"model embeds timesteps 0..{max_ep_len - 1} (max_ep_len {max_ep_len}); use data of "
+            f"episodes up to {max_ep_len} steps, or a model with max_ep_len >= {last + 1}"
+        )

@@ -12,15 +12,9 @@ from typing import Any
 import torch
 
 from eva_rl import distributed
-from eva_rl.agent import (
-    Agent,
-    AgentMeta,
-    ModelConfig,
-    build_model,
-    check_timesteps,
-    horizon_message,  # fmt: skip
-)
+from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, horizon_message
 from eva_rl.data.catalog import suite_datasets
+from eva_rl.data.checks import check_timesteps
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.distributed import is_main
 from eva_rl.envs import load_suite
