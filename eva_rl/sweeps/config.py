@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from eva_rl.config import apply_override, from_dict, read_yaml
+from eva_rl.config import load_config
 from eva_rl.errors import UserError
 
 SWEEP_FILE = "sweep.yaml"
@@ -94,7 +94,4 @@ def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def load_sweep(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
-    data = read_yaml(path)
-    for item in overrides:
-        apply_override(data, item)
-    return from_dict(SweepConfig, data)
+    return load_config(SweepConfig, path, overrides)
