@@ -205,6 +205,13 @@ def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
     return f"unknown config key '{full_key}' ({hint})"
 
 
+def _list_hint(value: Any) -> str:
+    """`seed=0,1` on the command line is one string, not two numbers: say how a list is written."""
+    if isinstance(value, str) and "," in value:
+        return f" (several values are a list: [{value.replace(',', ', ')}])"
+    return ""
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -247,14 +254,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+            raise UserError(
+                f"config key '{key}' must be an integer, got {value!r}{_list_hint(value)}"
+            )
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+            raise UserError(
+                f"config key '{key}' must be a number, got {value!r}{_list_hint(value)}"
+            )
         if not math.isfinite(value):  # YAML's .nan, .inf; JSON's NaN, Infinity
             raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
@@ -263,9 +274,6 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug, not user input
-
-
-# --- command-line flags derived from configs: one place for every default and help text -----
 
 
 def from_args(cls: type[T], args, keys) -> T:

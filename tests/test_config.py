@@ -46,6 +46,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         load_config(Outer, None, ["inner.lr=fast"])
     with pytest.raises(UserError, match="'steps' must be an integer"):
         from_dict(Outer, {"steps": 1.5})
+    with pytest.raises(UserError, match=r"got '0,1' \(several values are a list: \[0, 1\]\)"):
+        load_config(Outer, None, ["steps=0,1"])  # a shell line's comma list: one string
 
 
 def test_unknown_key_names_the_nearest_valid_ones():
