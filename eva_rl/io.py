@@ -12,6 +12,15 @@ from typing import Any
 
 
 def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it (setting it, even
+    back, opens a moment in which another thread's new file gets mode 0o666)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -94,3 +94,11 @@ def test_a_checkpoint_killed_between_its_renames_is_put_back(tmp_path):
     assert (
         os.listdir(folder) == ["latest"] and (folder / "latest" / "state.pt").read_text() == "500"
     )
+
+
+def test_an_atomic_write_reads_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """Setting it (even back) is process-wide: another thread's file made meanwhile gets 0o666."""
+    mode = 0o666 & ~_umask()
+    monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the umask was set"))
+    atomic_write_text(tmp_path / "f", "x")
+    assert oct((tmp_path / "f").stat().st_mode & 0o777) == oct(mode)
