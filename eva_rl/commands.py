@@ -141,15 +141,19 @@ def cmd_sweep(args) -> None:
         from eva_rl.config import read_yaml
         from eva_rl.sweeps import SWEEP_FILE, planned_status
         from eva_rl.sweeps.config import INDEX_FILE
-        from eva_rl.sweeps.executors import shares
+        from eva_rl.sweeps.executors import local_shares, shares
 
         status = planned_status(cfg)
         left = status.total - len(status.done) - len(status.reused)
         saved = Path(cfg.out) / SWEEP_FILE  # the last invocation's, `workers=` override included
         if saved.is_file() and not any(o.startswith("workers=") for o in args.overrides):
             cfg = dataclasses.replace(cfg, workers=read_yaml(saved).get("workers", cfg.workers))
-        # as many at once as the local executor would run for what is left
-        print(status.describe(shares(cfg, [cpu_count()], left)[0], blind=args.blind))
+        # as many at once as the local executor would run for what is left (GPU slots too)
+        try:
+            parallel = local_shares(cfg, left)[1]
+        except UserError:  # a GPU sweep looked at from a machine without its GPUs
+            parallel = shares(cfg, [cpu_count()], left)[0]
+        print(status.describe(parallel, blind=args.blind))
         if not (Path(cfg.out) / INDEX_FILE).is_file():
             print(f"not started; eva-rl sweep {args.sweep} starts it")
         return

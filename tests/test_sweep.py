@@ -507,6 +507,35 @@ def test_gpu_slots_share_gpus_by_fraction_and_whole_numbers():
         gpu_slots(2, 1)
 
 
+def test_status_counts_the_runs_a_gpu_node_runs_at_once(
+    checkpoint, mw_root, tmp_path, monkeypatch, capsys
+):
+    """A quarter of a GPU per run on 2 GPUs: 8 runs at once (the local executor's count), 2
+    here by the cores when the machine asked has no GPU (a login node)."""
+    from eva_rl.sweeps.config import SweepConfig
+    from eva_rl.sweeps.executors import local_shares
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    slots, workers, _ = local_shares(SweepConfig(out="o", grid={"seed": [0]}, gpus=0.25), 20)
+    assert (len(slots), workers) == (8, 8)
+    assert local_shares(SweepConfig(out="o", grid={"seed": [0]}, gpus=0.25, workers=3), 20)[1] == 3
+    grid = {"seed": list(range(10)), "method.name": ["lora"]}
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid=grid, gpus=0.25, baseline=False,
+                       workers=0)  # fmt: skip
+    finished = tmp_path / "runs" / "seed=0,method=lora"  # a pace to estimate from
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text(json.dumps({"wall_seconds": 3600}))
+    lora = {"overrides": {"method.name": "lora"}}
+    index = {f"seed={i},method=lora": {**lora, "status": "pending"} for i in range(10)}
+    index["seed=0,method=lora"]["status"] = "done"
+    (tmp_path / "runs" / "runs.json").write_text(json.dumps(index))
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "about 1.1 h left at 8 runs at a time" in capsys.readouterr().out  # 9 x 1 h / 8
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["sweep", str(path), "--status", "workers=2"]) == 0
+    assert "about 4.5 h left at 2 runs at a time" in capsys.readouterr().out
+
+
 def test_the_ray_executor_without_ray_says_how_to_install_it(
     checkpoint, mw_root, tmp_path, monkeypatch
 ):

@@ -86,6 +86,20 @@ def shares(cfg: SweepConfig, cores: list[int], runs: int) -> tuple[int, int]:
     return workers, cfg.threads or max(1, min(max(cores), sum(cores) // workers))
 
 
+def local_shares(cfg: SweepConfig, runs: int) -> tuple[list[str], int, int]:
+    """The local executor's GPU slots (none without `gpus`), parallel runs and threads per run
+    for `runs` runs on this machine: with GPUs, as many runs as slots unless `workers` says
+    fewer."""
+    workers, threads = shares(cfg, [cpu_count()], runs)
+    if not cfg.gpus:
+        return [], workers, threads
+    import torch
+
+    slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
+    workers = min(workers if cfg.workers else len(slots), len(slots), max(1, runs))
+    return slots, workers, cfg.threads or max(1, cpu_count() // workers)
+
+
 def gpu_slots(gpus_per_run: float, devices: int) -> list[str]:
     """One entry per run that fits at once: `cuda:i` repeated 1/gpus_per_run times per GPU (a
     fraction shares a GPU), or every GPU once per whole-number share."""
@@ -143,17 +157,8 @@ def _local(cfg: SweepConfig, feed: Feed, logs: Path) -> Iterator[tuple[Run, dict
     GPU), so a GPU node runs as many runs as fit."""
     from multiprocessing.connection import wait as wait_for
 
-    slots = []
-    if cfg.gpus:
-        import torch
-
-        slots = gpu_slots(cfg.gpus, torch.cuda.device_count())
     quiet_waits()  # the runs' processes inherit it, even when torch is loaded here already
-    runs = _count(feed)
-    workers, threads = shares(cfg, [cpu_count()], runs)
-    if slots:
-        workers = min(workers if cfg.workers else len(slots), len(slots), max(1, runs))
-        threads = cfg.threads or max(1, cpu_count() // workers)
+    slots, workers, threads = local_shares(cfg, _count(feed))
     ctx = get_context("spawn")
     free = list(slots)
     running: dict[int, tuple[Any, Run, str | None, Any]] = {}  # sentinel -> process, run, ...
