@@ -88,11 +88,8 @@ def add_flags(parser, cls: type, flags: dict[str, str]) -> None:
             kwargs["choices"] = list(typing.get_args(base))
         elif base in (int, float):
             kwargs["type"] = base
-        shown = (
-            ""
-            if default is None or default is False or default in ("", [])
-            else (f" (default: {default})")
-        )  # 0 is shown: `0 in (False,)` would hide it
+        hidden = default is None or default is False or default in ("", [])  # 0 is shown
+        shown = "" if hidden else f" (default: {default})"
         kwargs["help"] = ((doc or key) + shown).replace("%", "%%")  # argparse formats it with %
         parser.add_argument(flag, **kwargs)
     # the help's end, made when help is printed (eva_rl.cli), not at every command's start
