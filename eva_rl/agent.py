@@ -29,7 +29,7 @@ from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
 from eva_rl.data.checks import check_timesteps
 from eva_rl.errors import UserError
-from eva_rl.io import atomic_write_json, save_checkpoint_dir
+from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.weights import check_weights, weights_digest
 
 META_FILE = "eva_rl.json"
@@ -208,7 +208,7 @@ class Agent:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the checkpoint directory atomically: never a half-written one at `path`."""
-        save_checkpoint_dir(path, lambda tmp: self._write(tmp))
+        atomic_write_dir(path, lambda tmp: self._write(tmp))
 
     def _write(self, directory: Path) -> None:
         with quiet_transformers():

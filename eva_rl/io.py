@@ -68,11 +68,12 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
         raise UserError(f"cannot write {path}: {parent} is not a writable directory")
 
 
-def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_dir)`, make it durable, then swap it into `path` with two renames. The
-    previous `path` is deleted only once the new one is in place: an interrupt between the
-    renames puts it back, and a kill there leaves it as `.NAME.old-*`, which
-    `restore_checkpoint_dir` puts back."""
+def atomic_write_dir(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_dir)`, make it durable, then swap it into `path` with two renames (a
+    checkpoint, an agent, an export). The previous `path` is deleted only once the new one is in
+    place: an interrupt between the renames puts it back, and a kill there leaves it as
+    `.NAME.old-*`, which `restore_dir` puts back. A symlink at `path` is replaced, its target
+    left alone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -81,39 +82,47 @@ def save_checkpoint_dir(path: str | os.PathLike, write) -> None:
         tmp.mkdir()
         write(tmp)
         _fsync_tree(tmp)
-        if path.exists():
+        if os.path.lexists(path):
             os.rename(path, old)
         os.rename(tmp, path)
         _fsync(path.parent)
     except BaseException:
-        if old.exists() and not path.exists():
+        if os.path.lexists(old) and not os.path.lexists(path):
             os.rename(old, path)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(path):
+            _remove(old)
 
 
 def checkpoint_holds(path: str | os.PathLike, name: str) -> bool:
     """Whether the checkpoint folder `path` holds file `name`, or the previous one does that a
-    kill between `save_checkpoint_dir`'s renames left hidden (`restore_checkpoint_dir`)."""
+    kill between `atomic_write_dir`'s renames left hidden (`restore_dir`)."""
     path = Path(path)
     hidden = path.parent.glob(f".{path.name}.old-*")
     return (path / name).is_file() or any((old / name).is_file() for old in hidden)
 
 
-def restore_checkpoint_dir(path: str | os.PathLike) -> None:
-    """After a kill inside `save_checkpoint_dir`: put a previous `path` (`.NAME.old-*`, whole)
-    back where none is, and remove the half-written `.NAME.tmp-*` folders."""
+def restore_dir(path: str | os.PathLike) -> None:
+    """After a kill inside `atomic_write_dir`: put a previous `path` (`.NAME.old-*`, whole) back
+    where none is, and remove the half-written `.NAME.tmp-*` folders."""
     path = Path(path)
     for old in sorted(path.parent.glob(f".{path.name}.old-*")):
-        if not path.exists():
+        if not os.path.lexists(path):
             os.rename(old, path)
         else:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, or only the link where it is a symlink."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

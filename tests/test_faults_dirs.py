@@ -92,7 +92,7 @@ def test_an_export_that_fails_or_was_killed_while_swapping_loses_nothing(tmp_pat
         export_runs(src, dst, overwrite=True)
     monkeypatch.setattr(shutil, "copytree", real)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "sweep"]  # nothing staged
-    dst.rename(tmp_path / ".export.replaced")  # killed between the swap's renames
+    dst.rename(tmp_path / ".export.old-0000")  # killed between the swap's renames
     (src / "r3").mkdir()
     (src / "r3" / "summary.json").write_text("{}")
     export_runs(src, dst, overwrite=True)

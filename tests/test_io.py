@@ -8,12 +8,12 @@ import pytest
 
 from eva_rl.errors import UserError
 from eva_rl.io import (
+    atomic_write_dir,
     atomic_write_json,
     atomic_write_text,
     check_writable,
     checkpoint_holds,
-    restore_checkpoint_dir,
-    save_checkpoint_dir,
+    restore_dir,
 )
 
 
@@ -62,7 +62,7 @@ def test_a_checkpoint_interrupted_between_its_renames_keeps_the_previous_one(tmp
     """SIGTERM (a sweep stopping its runs) arrives as KeyboardInterrupt, anywhere: after the old
     checkpoint was moved aside and before the new one took its place, the old one goes back."""
     latest = tmp_path / "checkpoints" / "latest"
-    save_checkpoint_dir(latest, _write("500"))
+    atomic_write_dir(latest, _write("500"))
     real, calls = os.rename, []
 
     def interrupted_second(src, dst):
@@ -73,11 +73,11 @@ def test_a_checkpoint_interrupted_between_its_renames_keeps_the_previous_one(tmp
 
     monkeypatch.setattr(os, "rename", interrupted_second)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint_dir(latest, _write("1000"))
+        atomic_write_dir(latest, _write("1000"))
     monkeypatch.setattr(os, "rename", real)
     assert (latest / "state.pt").read_text() == "500"
     assert os.listdir(latest.parent) == ["latest"]
-    save_checkpoint_dir(latest, _write("1000"))
+    atomic_write_dir(latest, _write("1000"))
     assert (latest / "state.pt").read_text() == "1000" and os.listdir(latest.parent) == ["latest"]
 
 
@@ -90,10 +90,29 @@ def test_a_checkpoint_killed_between_its_renames_is_put_back(tmp_path):
     (folder / ".latest.tmp-1badcafe").mkdir()  # the new one, complete or not
     assert checkpoint_holds(folder / "latest", "state.pt")
     assert not checkpoint_holds(folder / "latest", "other.pt")
-    restore_checkpoint_dir(folder / "latest")
+    restore_dir(folder / "latest")
     assert (
         os.listdir(folder) == ["latest"] and (folder / "latest" / "state.pt").read_text() == "500"
     )
+
+
+def test_a_folder_written_over_a_symlink_replaces_the_link_and_leaves_its_target(tmp_path):
+    """An export's --out may be a link (to a results disk): the link goes, the folder it
+    pointed to keeps its files; a dangling link is replaced the same way."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "state.pt").write_text("old")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    atomic_write_dir(link, _write("new"))
+    assert not link.is_symlink() and (link / "state.pt").read_text() == "new"
+    assert (target / "state.pt").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "out"]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    atomic_write_dir(dangling, _write("new"))
+    assert (dangling / "state.pt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "elsewhere", "out"]
 
 
 def test_an_atomic_write_reads_the_umask_without_setting_it(tmp_path, monkeypatch):

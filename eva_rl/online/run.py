@@ -28,7 +28,7 @@ from eva_rl.agent import META_FILE, Agent
 from eva_rl.config import to_dict
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, Evaluator, scaled_target
-from eva_rl.io import atomic_write_json, save_checkpoint_dir
+from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.online.buffer import TrajectoryBuffer, write_online_dataset
 from eva_rl.online.collect import Collector
 from eva_rl.online.config import OnlineConfig
@@ -198,7 +198,7 @@ class OnlineRun(AdaptedRun):
             "throughput": throughput(history["phase_seconds"], counts),
             "dataset": dataset,
         }
-        save_checkpoint_dir(self.out / "agent", self.write_agent)
+        atomic_write_dir(self.out / "agent", self.write_agent)
         atomic_write_json(self.out / SUMMARY_FILE, out)
         log_hparams(self.out / "tb", cfg, summary, counts["updates"])
         return out

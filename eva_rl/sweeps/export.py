@@ -9,7 +9,7 @@ from pathlib import Path
 
 from eva_rl import ownership
 from eva_rl.errors import UserError
-from eva_rl.io import check_writable
+from eva_rl.io import atomic_write_dir, check_writable, restore_dir
 from eva_rl.online import EPISODE_STORE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
@@ -47,15 +47,13 @@ def export_runs(
         raise UserError(f"--out {dst} is inside the runs it exports ({src}); choose another one")
     if dst.resolve() in src.resolve().parents:
         raise UserError(f"--out {dst} holds the runs it exports ({src}); choose another one")
-    old = dst.with_name(f".{dst.name}.replaced")
-    if old.is_dir() and not dst.exists():  # an export killed while swapping: the previous one
-        old.rename(dst)
+    restore_dir(dst)  # an export killed while swapping: the previous one comes back
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; pass --overwrite or choose another destination")
     _check_replaceable(dst)
     check_writable(dst, directory=True)
-    staged = dst.with_name(f".{dst.name}.exporting-{os.getpid()}")
-    try:
+
+    def write(staged: Path) -> None:
         ownership.claim(staged, "export")
         for name in (SWEEP_FILE, BASE_FILE, INDEX_FILE):
             if (src / name).is_file():
@@ -65,20 +63,8 @@ def export_runs(
         left = shutil.ignore_patterns(*HEAVY, *(() if weights else WEIGHTS))
         for run in runs:
             shutil.copytree(src / run, staged / run, ignore=left)
-        shutil.rmtree(old, ignore_errors=True)
-        if dst.is_symlink():
-            dst.unlink()
-        elif dst.exists():
-            dst.rename(old)
-        try:
-            staged.rename(dst)
-        except BaseException:
-            if old.is_dir() and not dst.exists():
-                old.rename(dst)
-            raise
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+
+    atomic_write_dir(dst, write)
     status = sweep_status(src)
     pending = status.total - len(status.done) if status else 0
     return {"runs": len(runs), "pending": pending, "out": dst}

@@ -37,7 +37,7 @@ from eva_rl.data.catalog import dataset_id
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
-from eva_rl.io import atomic_write_json, save_checkpoint_dir
+from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.results import EvalPoint, RunSummary
 from eva_rl.runtime import Precision, check_precision, set_threads
 from eva_rl.training.adapted import (
@@ -305,7 +305,7 @@ class FinetuneRun(AdaptedRun):
             precision=self.precision,
         )
         if self.main:
-            save_checkpoint_dir(self.out / "agent", self.write_agent)
+            atomic_write_dir(self.out / "agent", self.write_agent)
             atomic_write_json(self.out / SUMMARY_FILE, summary.to_dict())
             log_hparams(self.out / "tb", cfg, summary)
         return summary

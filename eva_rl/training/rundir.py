@@ -21,11 +21,11 @@ from eva_rl import distributed, ownership
 from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 from eva_rl.errors import UserError
 from eva_rl.io import (
+    atomic_write_dir,
     atomic_write_text,
     check_writable,
     checkpoint_holds,
-    restore_checkpoint_dir,
-    save_checkpoint_dir,  # fmt: skip
+    restore_dir,
 )
 from eva_rl.ownership import DirectoryLock
 
@@ -141,8 +141,8 @@ def _remove_leftovers(out: Path) -> None:
     """A checkpoint write killed midway leaves a hidden temporary folder, never resumed from,
     or, killed between its renames, the previous checkpoint under a hidden name: put back (the
     final agent folder alike)."""
-    restore_checkpoint_dir(out / "checkpoints" / "latest")
-    restore_checkpoint_dir(out / "agent")
+    restore_dir(out / "checkpoints" / "latest")
+    restore_dir(out / "agent")
 
 
 def save_state(latest: Path, state: dict[str, Any], export: Callable[[Path], None]) -> None:
@@ -156,7 +156,7 @@ def save_state(latest: Path, state: dict[str, Any], export: Callable[[Path], Non
         torch.save(state, buffer)
         (directory / STATE_FILE).write_bytes(buffer.getbuffer())
 
-    save_checkpoint_dir(latest, write)
+    atomic_write_dir(latest, write)
 
 
 def load_state(path: Path) -> dict[str, Any]:
