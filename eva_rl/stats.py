@@ -51,9 +51,9 @@ def stratified_bootstrap_ci(groups: list) -> tuple[float, float]:
 def curve_auc(points: list[tuple[int, float]]) -> float | None:
     """Area under a curve of (step, value) points (trapezoids) divided by the steps it spans:
     1.0 for a success curve at 1 from the first point on, so higher = faster adaptation.
-    None with fewer than two points."""
+    None with fewer than two points or no span (every point at one step)."""
     points = sorted(points)
-    if len(points) < 2:
+    if len(points) < 2 or points[-1][0] == points[0][0]:
         return None
     area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in itertools.pairwise(points))
     return area / (points[-1][0] - points[0][0])
@@ -71,6 +71,16 @@ def t_interval(values) -> tuple[float, float, float]:
 
 
 TIE = 1e-9  # differences of mean statistics closer than this count as ties (as extreme)
+
+
+def _finite(diffs) -> np.ndarray:
+    """The paired differences as floats; a NaN or inf (a diverged run's loss) has no sign to
+    flip and would make every pattern look less extreme (p = 0), so it is refused."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if not np.all(np.isfinite(diffs)):
+        raise ValueError(f"non-finite paired differences at positions "
+                         f"{np.flatnonzero(~np.isfinite(diffs)).tolist()}")  # fmt: skip
+    return diffs
 
 
 def _flips(n: int, exact_up_to: int, resamples: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -106,7 +116,7 @@ def sign_flip_test(
     fixed before the data): exact (all 2^n sign patterns) for n <= `exact_up_to`, else
     `resamples` seeded random patterns plus the observed one. The two-sided p is computed as
     `sign_flip_interval` inverts it, so the two always agree. Returns (p, exact)."""
-    diffs = np.asarray(diffs, dtype=np.float64)
+    diffs = _finite(diffs)
     n = len(diffs)
     if n == 0 or not np.any(diffs):
         return 1.0, True
@@ -132,7 +142,7 @@ def sign_flip_interval(
     sign-flip test: every shift delta that the test of d - delta does not reject at `alpha`.
     It excludes 0 exactly when `sign_flip_test` gives p < alpha, and is unbounded where no
     pattern count can reach alpha (n <= 5 pairs at 5%: the smallest p is 2 / 2^n)."""
-    diffs = np.asarray(diffs, dtype=np.float64)
+    diffs = _finite(diffs)
     flips, _ = _flips(len(diffs), exact_up_to, resamples, seed)
     needed = math.ceil(alpha * len(flips) - 1e-9)  # patterns as extreme for p >= alpha
     low = _thresholds(diffs, flips)[needed - 1] - TIE

@@ -203,7 +203,8 @@ def test_two_directories_split_by_precision_as_run_and_pool_the_setting_over_met
 ):
     """A study in fp32 and its twins from a machine where `precision: auto` meant bf16, reported
     together with --by precision: each configuration against its fp32 self, and the two pooled
-    (6 pairs; exact sign-flip p by enumeration); run names keep their directory."""
+    (6 pairs; exact sign-flip p by enumeration of the 3 seeds' blocks, as the two methods of a
+    seed share batches and episodes); run names keep their directory."""
     import itertools
 
     study, twins = tmp_path / "study", tmp_path / "twins"
@@ -229,18 +230,21 @@ def test_two_directories_split_by_precision_as_run_and_pool_the_setting_over_met
         "all 2 configurations precision=bf16",
     }  # fmt: skip
     both = comparisons["all 2 configurations precision=bf16"]
-    diffs = [0.1, 0.2, 0.3, -0.1, -0.1, -0.1]  # lora then eva, seeds 0-2
-    patterns = list(itertools.product((1, -1), repeat=6))
-    extreme = [abs(sum(s * d for s, d in zip(p, diffs, strict=True))) >= abs(sum(diffs)) - 1e-12
+    lora, eva = [0.1, 0.2, 0.3], [-0.1, -0.1, -0.1]  # seeds 0-2
+    blocks = [(a + b) / 2 for a, b in zip(lora, eva, strict=True)]  # each seed flipped whole
+    patterns = list(itertools.product((1, -1), repeat=3))
+    extreme = [abs(sum(s * d for s, d in zip(p, blocks, strict=True))) >= abs(sum(blocks)) - 1e-12
                for p in patterns]  # fmt: skip
-    assert (both.reference, both.n) == ("precision=fp32", 6)
+    assert sum(extreme) / len(patterns) == 0.5  # (the 6 pairs as independent: 0.66)
+    assert (both.reference, both.n, both.blocks) == ("precision=fp32", 6, 3)
     assert both.mean_diff == pytest.approx(0.05)
     assert both.p == pytest.approx(sum(extreme) / len(patterns)) and both.exact
     assert both.p_holm == pytest.approx(holm([c.p for c in comparisons.values()])[-1])
     readme = (out / "README.md").read_text()
     assert f"from 12 finished runs under `{study}` and `{twins}`." in readme
     assert f"The 6 under `{study}` were produced by `eva-rl sweep`" in readme
-    assert "| all 2 configurations precision=bf16 | precision=fp32 | 6 (1) | +0.050" in readme
+    pooled = "| all 2 configurations precision=bf16 | precision=fp32 | 6 (1) in 3 blocks | +0.050"
+    assert pooled in readme
     with open(out / "runs.csv") as f:
         runs = {r["run"]: r for r in csv.DictReader(f)}
     assert runs[f"{twins}/hammer-v3/eva-r8-s0-bf16"]["variant"] == "precision=bf16"
@@ -407,11 +411,18 @@ def test_preregistered_hypotheses_are_tested_once_their_pairs_are_complete(runs,
     unchecked = "cannot be checked here: the file is not in a git repository."
     assert f"Pre-registration of `{path}` {unchecked}" in readme and unchecked in printed
     rows = {r.split(" | ")[0][2:]: r for r in readme.splitlines() if r.startswith("| H")}
-    # six pairs all +0.1: only the all-plus pattern reaches the mean, p = 1/64 one-sided
-    assert "| 6 of 6 | +0.100 [+0.100, +0.100] | 0.0156 (greater) | 0.05 | supported" in rows["H1"]
+    # six pairs all +0.1: only the all-plus pattern reaches the mean, p = 1/64 one-sided; the
+    # interval at 1 - 2 alpha; two tasks per seed: the seeds' 3 blocks alone give 1/8
+    assert ("| 6 of 6 | +0.100 [+0.100, +0.100] 90% | 0.0156 (greater) | 0.05 | supported "
+            "(p < 0.05) | 0.125 |") in rows["H1"]  # fmt: skip
     # 3 pairs: no p can fall below 2 / 8, so the inverted interval is unbounded
-    assert "| 3 of 3 | +0.100 [-inf, +inf] | 1 (less) | 0.025 | not supported |" in rows["H2"]
-    assert "| 3 of 4 | - | - (greater) | 0.05 | waiting: 3 of 4 pairs finished |" in rows["H3"]
+    assert (
+        "| 3 of 3 | +0.100 [-inf, +inf] 95% | 1 (less) | 0.025 | not supported | - |"
+        in (rows["H2"])
+    )
+    assert (
+        "| 3 of 4 | - | - (greater) | 0.05 | waiting: 3 of 4 pairs finished | - |" in (rows["H3"])
+    )
 
 
 def test_a_hypothesis_on_a_planned_task_without_runs_waits(runs, tmp_path, capsys):

@@ -134,6 +134,10 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
         label = row_label(group[0])
         if any(r.score is None for r in group):
             raise UserError(f"{label} has runs without a final evaluation; finish or remove them")
+        for r in group:
+            if not np.isfinite(r.score):
+                raise UserError(f"the run {r.run} has score {r.score} (did it diverge?); paired "
+                                "tests need finite scores: rerun it or leave it out")  # fmt: skip
         seen: dict[tuple[str, int], str] = {}
         for r in group:
             if (twin := seen.setdefault((r.task, r.seed), r.run)) != r.run:
@@ -200,6 +204,9 @@ class Comparison:
     family: int = 1  # comparisons under Holm's correction, those without runs yet included
     poi: float | None = None  # rliable's probability of improvement
     mde: float | None = None  # smallest true difference detected with 80% power at 5%
+    # pooled comparisons: the (task, seed) blocks the test flips whole (their pairs' mean), as
+    # the configurations of one task and seed share its batches and evaluation episodes
+    blocks: int | None = None
     # per task with 2+ pairs, where the comparison spans several tasks: exploratory, since no
     # per-task test is fixed before the data (Holm over this comparison's tasks only)
     per_task: list[TaskDifference] = field(default_factory=list)
@@ -359,7 +366,10 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], reference: str):
     """Under `--reference key=value`, the configurations with another value of `key` against
     themselves at `value`, pooled: one comparison per other value over every (configuration,
     task, seed) pair (`all 4 configurations precision=bf16`), where 2+ configurations have
-    one. Does the setting matter, whatever the method? Keys varied together count as one."""
+    one. Does the setting matter, whatever the method? Keys varied together count as one.
+    The configurations of one (task, seed) share its batches and evaluation episodes, so their
+    differences are not independent: the test flips each (task, seed) block whole (the mean of
+    its pairs), and the mean difference is the mean over blocks."""
     keys = list(settings(reference))
 
     def values_of(s: ConfigStats) -> str:
@@ -370,13 +380,16 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], reference: str):
         group = [(s, ref) for s, ref in matched if values_of(s) == other]
         if len(group) < 2:
             continue
-        pairs, diffs = [], []
+        by_block: dict[tuple[str, int], list[float]] = {}
         for s, ref in group:
-            these, their_diffs = differences(s, ref)
-            pairs += [(task, (s.label, seed)) for task, seed in these]
-            diffs += list(their_diffs)
+            for pair, diff in zip(*differences(s, ref), strict=True):
+                by_block.setdefault(pair, []).append(float(diff))
+        blocks = sorted(by_block)
+        means = np.array([np.mean(by_block[b]) for b in blocks])
         label = f"all {len(group)} configurations {other}"
-        out.append(difference(label, reference, pairs, np.array(diffs)))
+        comparison = difference(label, reference, blocks, means)
+        comparison.n, comparison.blocks = sum(map(len, by_block.values())), len(blocks)
+        out.append(comparison)
     return out
 
 

@@ -49,6 +49,12 @@ class Hypothesis:
             raise UserError(f"hypothesis {self.name}: alpha must be in (0, 1), not {self.alpha}")
 
     @property
+    def interval_alpha(self) -> float:
+        """The level of the interval that agrees with this test: a one-sided test at alpha
+        rejects exactly when the two-sided interval at 1 - 2 alpha excludes 0 on its side."""
+        return self.alpha if self.alternative == "two-sided" else 2 * self.alpha
+
+    @property
     def planned(self) -> list[tuple[str, int, int]]:
         """The (task, seed, rank) pairs the test waits for."""
         return [(t, s, r) for t in self.tasks for s in self.seeds for r in self.ranks]
@@ -75,9 +81,13 @@ class HypothesisTest:
     hypothesis: Hypothesis
     finished: int  # planned pairs with both runs finished
     mean_diff: float | None = None  # the rest only once every planned pair has finished
-    ci: tuple[float, float] | None = None  # 95%, the inverted two-sided sign-flip test
+    ci: tuple[float, float] | None = None  # the inverted two-sided test at `interval_alpha`
     p: float | None = None
     exact: bool = True
+    # the same test with each seed's pairs as one block (their mean flipped whole), where a seed
+    # has several pairs (tasks, ranks): runs of one seed share batches and evaluation episodes,
+    # so their pairs need not be independent, which the registered test assumes
+    p_seeds: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -106,17 +116,24 @@ def evaluate_hypotheses(
         if unknown:
             raise UserError(f"hypothesis {h.name} names task(s) no run has and no sweep plans: "
                             f"{', '.join(unknown)}")  # fmt: skip
-        mine = _by_pair(rows, h, h.method)
-        theirs = _by_pair(rows, h, h.reference) if h.reference else dict.fromkeys(mine, 0.0)
+        ends: dict[int, str] = {}
+        mine = _by_pair(rows, h, h.method, ends)
+        theirs = _by_pair(rows, h, h.reference, ends) if h.reference else dict.fromkeys(mine, 0.0)
         pairs = [p for p in h.planned if p in mine and p in theirs]
         test = HypothesisTest(h, finished=len(pairs))
         if len(pairs) == len(h.planned):
             diffs = np.array([mine[p] - theirs[p] for p in pairs])
             test.mean_diff = float(diffs.mean())
-            test.ci = sign_flip_interval(diffs, exact_up_to=EXACT_PAIRS)
+            test.ci = sign_flip_interval(diffs, h.interval_alpha, exact_up_to=EXACT_PAIRS)
             test.p, test.exact = sign_flip_test(
                 diffs, exact_up_to=EXACT_PAIRS, alternative=h.alternative
             )
+            if len(pairs) > len(h.seeds):
+                seeds = np.array([seed for _, seed, _ in pairs])
+                blocks = [diffs[seeds == seed].mean() for seed in h.seeds]
+                test.p_seeds, _ = sign_flip_test(
+                    blocks, exact_up_to=EXACT_PAIRS, alternative=h.alternative
+                )
         out.append(test)
     return out
 
@@ -132,8 +149,13 @@ def tested_runs(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Path]:
     return sorted(found)
 
 
-def _by_pair(rows: list[Row], h: Hypothesis, method: str) -> dict[tuple[str, int, int], float]:
-    """`method`'s finished runs of the hypothesis's pairs: (task, seed, rank) -> metric."""
+def _by_pair(
+    rows: list[Row], h: Hypothesis, method: str, ends: dict[int, str]
+) -> dict[tuple[str, int, int], float]:
+    """`method`'s finished runs of the hypothesis's pairs: (task, seed, rank) -> metric. An AUC
+    is the registered one only over the whole curve: from step 0 (the run's own evaluation or
+    the base agent's) to the same last step on every run (`ends`: last step -> a run, shared
+    by both sides)."""
     planned, out = set(h.planned), {}
     for r in rows:
         key = (r.task, r.seed, r.rank)
@@ -146,6 +168,22 @@ def _by_pair(rows: list[Row], h: Hypothesis, method: str) -> dict[tuple[str, int
             )
         value = getattr(r, h.metric)
         if value is None:
-            raise UserError(f"hypothesis {h.name}: the run {r.run} has no {h.metric}")
+            needs = {"gain": " (a step-0 evaluation on the episodes of its last one)",
+                     "auc": " (two evaluations or more)"}.get(h.metric, "")  # fmt: skip
+            raise UserError(f"hypothesis {h.name}: the run {r.run} has no {h.metric}{needs}")
+        if not np.isfinite(value):
+            raise UserError(f"hypothesis {h.name}: the run {r.run} has {h.metric} {value} (did "
+                            "it diverge?); a sign-flip test needs finite values")  # fmt: skip
+        if h.metric == "auc":
+            if r.auc_from != 0:
+                raise UserError(f"hypothesis {h.name}: the run {r.run}'s curve starts at step "
+                                f"{r.auc_from}, not 0 (no step-0 evaluation and no base-agent "
+                                "evaluation in _baseline/), so its AUC is not the registered "
+                                "one; report it beside its sweep's _baseline/")  # fmt: skip
+            ends[r.curve[-1][0]] = r.run
         out[key] = value
+    if len(ends) > 1:
+        (a, run_a), (b, run_b) = sorted(ends.items())[:2]
+        raise UserError(f"hypothesis {h.name}: the AUCs cover different spans ({run_a} ends at "
+                        f"step {a}, {run_b} at {b}); test runs of one budget")  # fmt: skip
     return out

@@ -93,7 +93,8 @@ def comparison_table(comparisons, score: str) -> str:
     for c in comparisons:
         p = f"{c.p:.3g}" + ("" if c.exact else " (MC)")
         diff = f"{c.mean_diff:+{spec}} [{c.ci[0]:+{spec}}, {c.ci[1]:+{spec}}]"
-        rows.append([c.label, c.reference, f"{c.n} ({c.tasks})", diff, p, f"{c.p_holm:.3g}",
+        pairs = f"{c.n} ({c.tasks})" + (f" in {c.blocks} blocks" if c.blocks else "")
+        rows.append([c.label, c.reference, pairs, diff, p, f"{c.p_holm:.3g}",
                      _fmt(c.poi, ".2f"), _fmt(c.mde, spec), c.verdict])  # fmt: skip
     return markdown.table(header, rows)
 
@@ -121,21 +122,23 @@ def task_difference_table(comparisons, score: str) -> str:
 def hypothesis_table(tests, score: str) -> str:
     spec = difference_spec(score)
     header = ["hypothesis", "claim", "comparison (metric)", "tasks; ranks; seeds", "pairs",
-              "mean difference [95% paired CI]", "p (alternative)", "alpha", "verdict"]  # fmt: skip
+              "mean difference [paired CI, level]", "p (alternative)", "alpha", "verdict",
+              "p, seeds as blocks"]  # fmt: skip
     rows = []
     for t in tests:
         h = t.hypothesis
         metric = {"score": score, "gain": f"{score} at the end - at step 0"}.get(h.metric, h.metric)
         where = f"{', '.join(h.tasks)}; r {', '.join(map(str, h.ranks))}; {len(h.seeds)} seeds"
+        level = f"{100 * (1 - h.interval_alpha):.3g}%"
         diff = (
-            f"{t.mean_diff:+{spec}} [{t.ci[0]:+{spec}}, {t.ci[1]:+{spec}}]"
+            f"{t.mean_diff:+{spec}} [{t.ci[0]:+{spec}}, {t.ci[1]:+{spec}}] {level}"
             if t.p is not None else "-"
         )  # fmt: skip
         p = "-" if t.p is None else f"{t.p:.3g}" + ("" if t.exact else " MC")
         comparison = f"{h.method} - {h.reference}" if h.reference else f"{h.method} vs 0"
         rows.append([h.name, h.claim, f"{comparison} ({metric})", where,
                      f"{t.finished} of {len(h.planned)}", diff, f"{p} ({h.alternative})",
-                     f"{h.alpha:g}", t.verdict])  # fmt: skip
+                     f"{h.alpha:g}", t.verdict, _fmt(t.p_seeds, ".3g")])  # fmt: skip
     return markdown.table(header, rows)
 
 
@@ -146,7 +149,9 @@ def describe_references(references) -> str:
         if "=" in entry:
             words.append(
                 f"each configuration against the same one with {entry}, and those of each other "
-                "value pooled over their (configuration, task, seed) pairs"
+                "value pooled over their (configuration, task, seed) pairs, tested with each "
+                "(task, seed) block's mean flipped whole, as its configurations share batches "
+                "and evaluation episodes"
             )
         elif ":" in entry:
             method, reference = entry.split(":")
@@ -356,7 +361,13 @@ def _hypothesis_section(path, tests, registration, score: str) -> list[str]:
         f"**Pre-registered hypotheses** (`{path}`): each is tested once, when all its planned "
         "(task, seed, rank) pairs have finished, with the sign-flip permutation test of the "
         "mean paired difference in the direction it names (exact up to 20 pairs) at its own "
-        "level; until then it waits, untested. The file:",
+        "level; until then it waits, untested. Its interval inverts the two-sided test at the "
+        "level that agrees with the verdict (1 - alpha; 1 - 2 alpha for a one-sided test, "
+        "which rejects exactly when that interval excludes 0 on its side). Where a seed has "
+        "several pairs (tasks, ranks), those share the seed's batches and evaluation episodes "
+        "and need not be independent as the test assumes: the last column repeats the test "
+        "with each seed's pairs as one block (their mean flipped whole), a check of that "
+        "assumption, not the registered test. The file:",
         "",
         "```yaml",
         Path(path).read_text().strip(),

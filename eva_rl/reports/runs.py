@@ -63,9 +63,14 @@ class Row:
     @property
     def gain(self) -> float | None:
         """The score at the last evaluation less the run's own at step 0 (an online run's
-        start), None without a step-0 evaluation: what the run added to where it started."""
+        start), None without a step-0 evaluation or where the two played different episodes
+        (a gain is paired within the run): what the run added to where it started."""
         first = self.curve[0] if self.curve else None
         if first is None or first[0] != 0 or self.score is None:
+            return None
+        if self.summary is not None and _played(self.summary.eval[0]) != _played(
+            self.summary.eval[-1]
+        ):
             return None
         start = first[1].get("score")  # the same measure as `score`, whatever it names
         return None if start is None else self.score - start
@@ -78,6 +83,11 @@ class Row:
     def csv_row(self) -> dict[str, Any]:
         row = {k: getattr(self, k) for k in self.csv_columns()}
         return row | {"variant": variant_text(self.variant)}
+
+
+def _played(point) -> dict[str, list[int]]:
+    """An evaluation's episodes by env, as their seeds (empty where a summary kept none)."""
+    return {env: [e.seed for e in episodes] for env, episodes in point.episodes.items()}
 
 
 def variant_text(variant: tuple[tuple[str, str], ...]) -> str:
