@@ -240,10 +240,38 @@ def test_from_a_finetune_run(checkpoint, mw_root, tmp_path, capsys):
     finetuned = json.loads((run / "summary.json").read_text())["eval"][-1]
     assert summary["method"] == "lora"
     assert start["episodes"] == finetuned["episodes"]  # the same agent, the same episodes
+    code = main(["online", *overrides(checkpoint, mw_root, tmp_path / "x", f"from_run={run}",
+                                      "method.rank=4")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "x").exists()
+    assert f"--from {run} was made with method.name=lora, method.rank=2; set method.rank=2" in err
     (run / "agent" / "adapter_model.safetensors").unlink()  # as `eva-rl export` leaves a run
     code = main(["online", *overrides(checkpoint, mw_root, tmp_path / "x", f"from_run={run}")])
     err = capsys.readouterr().err
     assert code == 2 and "has no adapter weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_from_an_online_run_its_exploration_continues(checkpoint, mw_root, tmp_path, capsys):
+    """A chained online run starts from the first one's log-std and temperature (they were
+    reset to their initial values), and an export without weights is refused in one line."""
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    online(config(checkpoint, mw_root, first, "env_steps=30"), progress=False)
+    online(config(checkpoint, mw_root, second, f"from_run={first}", "env_steps=30", "updates=0"),
+           progress=False)  # fmt: skip
+    from eva_rl.online.policy import GaussianHead
+
+    learned = load_file(first / "agent" / "gaussian_head.safetensors")
+    fresh = GaussianHead(learned["raw_log_std"].numel()).raw_log_std.detach()
+    assert not torch.allclose(learned["raw_log_std"], fresh)  # the first run moved it
+    kept = load_file(second / "agent" / "gaussian_head.safetensors")  # no update: as it started
+    assert all(torch.equal(kept[k], learned[k]) for k in ("raw_log_std", "log_temperature"))
+    (first / "agent" / "gaussian_head.safetensors").unlink()
+    code = main(["online", *overrides(checkpoint, mw_root, tmp_path / "x", f"from_run={first}")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no gaussian_head.safetensors (`eva-rl export` leaves" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def online_sweep(checkpoint, mw_root, tmp_path, grid: dict, settings: dict) -> Path:

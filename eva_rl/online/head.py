@@ -37,6 +37,9 @@ def load_head(directory: str | Path) -> tuple[GaussianHead, Temperature]:
     directory = Path(directory)
     if not (directory / HEAD_CONFIG).is_file():
         raise UserError(f"{directory} holds no Gaussian head ({HEAD_CONFIG}): not an online run's")
+    if not (directory / HEAD_WEIGHTS).is_file():
+        raise UserError(f"{directory} has no {HEAD_WEIGHTS} (`eva-rl export` leaves weights out "
+                        "without --weights): load it from the run's own folder")  # fmt: skip
     config = json.loads((directory / HEAD_CONFIG).read_text())
     tensors = load_file(str(directory / HEAD_WEIGHTS))
     head = GaussianHead(config["act_dim"], squash=config["squash"],

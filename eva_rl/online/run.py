@@ -66,10 +66,7 @@ class OnlineRun(AdaptedRun):
     def __init__(self, cfg: OnlineConfig, progress: bool):
         super().__init__(cfg, progress)
         self.agent.check_dims(self.data.state_dim, self.data.act_dim, "the offline data")
-        self.method = cfg.method.name
         self.start = from_finetune_run(cfg, self.agent) if cfg.from_run else None
-        if self.start is not None:
-            self.method = self.start.method
         if cfg.env is not None and len(self.data.envs) > 1:
             raise UserError("--env plays one env: name datasets of that env only")
         self.envs = [cfg.env] if cfg.env is not None else list(self.data.envs)
@@ -104,6 +101,8 @@ class OnlineRun(AdaptedRun):
         # entropy term, so no temperature
         self.temperature = (Temperature(cfg.init_temperature).to(self.agent.device)
                             if cfg.stochastic else None)  # fmt: skip
+        if self.start is not None and self.start.head is not None and cfg.stochastic:
+            self._continue_head(*self.start.head)
         self.init = {
             "trainable_parameters": trainable_parameters(model)
             + (trainable_parameters(self.head) if cfg.stochastic else 0),
@@ -116,6 +115,12 @@ class OnlineRun(AdaptedRun):
             log_setup(out / "tb", self.init)
         self.buffer = TrajectoryBuffer.for_agent(self.agent, self.data, cfg.capacity, cfg.seed)
         self._open_envs()
+
+    def _continue_head(self, head: GaussianHead, temperature: Temperature) -> None:
+        """An online start's exploration (log-std, temperature) goes on where it stopped."""
+        with torch.no_grad():
+            self.head.raw_log_std.copy_(head.raw_log_std)
+            self.temperature.log_temperature.copy_(temperature.log_temperature)
 
     def _open_envs(self) -> None:
         """The evaluator (mean action, target eval_target_scale times the best offline return)
@@ -179,7 +184,7 @@ class OnlineRun(AdaptedRun):
         self.meta.provenance.update(steps=counts["updates"], env_steps=counts["env_steps"])
         points = [EvalPoint.from_dict(p) for p in history["eval"]]
         summary = RunSummary(
-            method=self.method, task=cfg.task or None, datasets=cfg.dataset_ids,
+            method=cfg.method.name, task=cfg.task or None, datasets=cfg.dataset_ids,
             rank=cfg.method.rank, rho=cfg.method.rho, seed=cfg.seed, steps=counts["updates"],
             eval=points, final_loss=history.get("loss"), **self.init_fields(),
             processes=1, effective_batch_size=cfg.optim.batch_size,
