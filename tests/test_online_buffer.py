@@ -82,6 +82,25 @@ def test_seeding_keeps_exactly_the_top_returns_lowest_first(ranked):
     assert buffer(ranked, capacity=10).returns().tolist() == sorted(RETURNS)  # room for all
 
 
+def test_several_envs_each_keep_their_share_of_the_buffer(ranked):
+    """Episodes 0-2 of one env (returns 5, 1, 9), 3-5 of another whose returns are 100 times
+    larger (300, 700, 200): ranked together, the top 4 held one of the first env's; by shares
+    (2 and 2) each keeps its best, interleaved by rank within its env."""
+    import dataclasses
+
+    g = ranked.returns_to_go.copy()
+    for i in (3, 4, 5):
+        start = ranked.episode_start[i]
+        g[start : start + ranked.episode_length[i]] *= 100
+    two = dataclasses.replace(ranked, returns_to_go=g, episode_env=np.array([0, 0, 0, 1, 1, 1]),
+                              envs=["Pendulum-v1", "Other-v1"])  # fmt: skip
+    assert entries(buffer(two, capacity=4)) == ["offline 0", "offline 3", "offline 2", "offline 4"]
+    assert entries(buffer(two, capacity=3)) == ["offline 0", "offline 2", "offline 4"]  # 2 + 1
+    assert entries(buffer(two, capacity=10)) == [
+        "offline 1", "offline 5", "offline 0", "offline 3", "offline 2", "offline 4"
+    ]  # fmt: skip
+
+
 def test_fifo_evicts_the_oldest_entry_seeded_or_online(ranked):
     buf = buffer(ranked, capacity=3)
     buf.add(collected(1, [0.5]))  # a low return still evicts the lowest-ranked seeded entry

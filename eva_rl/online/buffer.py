@@ -3,10 +3,11 @@
 As in the Online Decision Transformer's reference code (facebookresearch/online-dt,
 `replay_buffer.py` and `data.py`): the buffer holds at most `capacity` trajectories (ODT: 1000),
 is seeded with the offline data's highest-return ones and, once full, replaces the oldest entry
-with each new one, overwriting from slot 0. Here the seeded trajectories are always ordered by
-return, lowest first, so the lowest-return one is the first to go, then the next, then the online
-ones in the order they came; ODT orders them only when the data hold more than `capacity` (else
-it keeps the data's order), which changes which seeded trajectory goes first, nothing else.
+with each new one, overwriting from slot 0. The seeded trajectories are ordered by return, lowest
+first (ODT's `main.py` `_load_dataset` sorts them so), so the lowest-return one is the first to
+go, then the next, then the online ones in the order they came. ODT's loader also drops the
+single lowest-return trajectory (a quirk of its timestep count); here it is kept. With several
+envs (ODT has one) each env keeps a share of the buffer in proportion to its episodes.
 A collected trajectory enters with its return-to-go recomputed from its own rewards (hindsight
 relabelling), not the exploration target it was played with.
 
@@ -264,10 +265,25 @@ class TrajectoryBuffer:
 
 
 def _top_by_return(traj: Trajectories, capacity: int) -> np.ndarray:
-    """The episodes with the `capacity` highest returns, lowest return first (ties: dataset
-    order), as ODT's buffer keeps them when it has to choose (module docstring)."""
+    """The episodes the buffer starts with, lowest return first (ties: dataset order): the
+    `capacity` highest-return ones, as ODT keeps them (module docstring). With several envs
+    each keeps a share of `capacity` in proportion to its episodes (largest remainder), its
+    own best, and the shares interleave by rank within their env: ranked together, one env's
+    larger returns (another reward scale) would crowd the others' data out of the buffer."""
     returns = traj.returns_to_go[traj.episode_start].astype(np.float64)
-    return np.argsort(returns, kind="stable")[-capacity:]
+    envs = np.unique(traj.episode_env)
+    counts = np.array([np.sum(traj.episode_env == e) for e in envs])
+    keep = min(capacity, int(counts.sum()))
+    exact = keep * counts / counts.sum()
+    shares = np.floor(exact).astype(int)
+    shares[np.argsort(shares - exact, kind="stable")[: keep - shares.sum()]] += 1
+    chosen, rank = [], []
+    for env, share in zip(envs, shares, strict=True):
+        mine = np.flatnonzero(traj.episode_env == env)
+        best = mine[np.argsort(returns[mine], kind="stable")][len(mine) - share :]
+        chosen += best.tolist()
+        rank += [(i + 1) / share for i in range(share)]
+    return np.asarray(chosen, dtype=np.int64)[np.argsort(rank, kind="stable")]
 
 
 def write_online_dataset(
