@@ -252,6 +252,27 @@ def test_bad_options_are_clear_errors():
         target_layers(Toy(4), ["c_attn"])
 
 
+def test_targets_follow_peft_and_only_the_token_stream_is_collected(dt_setup):
+    """PEFT's rule: a dotted name matches the module's ending (`attn.c_proj`, not the MLP's),
+    and check_rank sees the same layers; a prediction head (one row per step, not three tokens)
+    is refused by name instead of an index error."""
+    from eva_rl.adapters.fit import is_target
+
+    model, batches = dt_setup
+    assert sorted(target_layers(model, ["attn.c_proj"])) == [
+        "encoder.h.0.attn.c_proj", "encoder.h.1.attn.c_proj"
+    ]  # fmt: skip
+    assert is_target("encoder.h.0.mlp.c_proj", ["c_proj"])
+    assert not is_target("encoder.h.0.mlp.c_proj", ["attn.c_proj"])
+    assert not is_target("encoder.h.0.mlp.xc_proj", ["c_proj"])
+    res = collect(model, iter(batches), CollectorConfig(rank=2, max_batches=2,
+                  target_modules=["attn.c_proj"]), progress=False)  # fmt: skip
+    assert sorted(res.layers) == ["encoder.h.0.attn.c_proj", "encoder.h.1.attn.c_proj"]
+    with pytest.raises(UserError, match="predict_state's input is not the transformer's token"):
+        collect(model, iter(batches), CollectorConfig(rank=2, max_batches=2,
+                target_modules=["c_fc", "predict_state"]), progress=False)  # fmt: skip
+
+
 def test_apply_eva_ranks_alpha_and_identity_at_init(dt_setup, tmp_path):
     model, batches = dt_setup
     names = list(target_layers(model, ["c_attn", "c_proj", "c_fc"]))

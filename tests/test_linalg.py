@@ -62,6 +62,25 @@ def test_incremental_svd_keeping_every_direction_is_the_svd_of_everything():
     torch.testing.assert_close(svd.total_variance(), (s**2).sum())
 
 
+def test_incremental_svd_after_a_batch_smaller_than_its_components():
+    """2 inputs, 4 components: the missing ones are zero rows (no direction, no variance) of
+    the full shape the convergence check compares, and the next batch completes them: the
+    first batch's centred inputs (rank 1) fit in 4, so the result is still exact."""
+    torch.manual_seed(2)
+    chunks = [torch.randn(2, 6), torch.randn(20, 6)]
+    svd = IncrementalSVD(6, 4, torch.device("cpu"))
+    svd.update(chunks[0])
+    components, variances = svd.decompose(4)
+    assert components.shape == (4, 6) and not components[2:].any()  # 2 rows: 2 directions
+    assert variances[1:].abs().max() < 1e-20  # 2 centred inputs span one
+    svd.update(chunks[1])
+    everything = torch.cat(chunks).double()
+    _, s, vt = torch.linalg.svd(everything - everything.mean(0), full_matrices=False)
+    components, variances = svd.decompose(4)
+    torch.testing.assert_close(variances, s[:4] ** 2)
+    torch.testing.assert_close(components.abs(), flip_signs(vt[:4]).abs())
+
+
 def planted(d=12, top=(9.0, 5.0, 3.0)):
     """A scatter matrix with known top eigenvectors (the first coordinate axes)."""
     values = torch.cat([torch.tensor(top), torch.linspace(0.5, 0.1, d - len(top))]).double()

@@ -25,12 +25,18 @@ def widths(module: torch.nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def is_target(name: str, target_modules) -> bool:
+    """PEFT's rule for a list of target names: the module's full name, or its ending after a
+    dot (`c_proj` matches every block's; `attn.c_proj` only the attention's)."""
+    return any(name == key or name.endswith(f".{key}") for key in target_modules)
+
+
 def check_rank(model: torch.nn.Module, rank: int, target_modules, rho: float | None = None):
     """Refuse a rank above the narrowest layer it adapts (past min(inputs, outputs) a rank adds
     parameters, not reach); with `rho` (EVA's collector), also `round(rho * rank)` components
     beyond a layer's inputs (they are directions among its inputs: there are no more)."""
     layers = {name: widths(m) for name, m in model.named_modules()
-              if name.rsplit(".", 1)[-1] in target_modules and widths(m)}  # fmt: skip
+              if is_target(name, target_modules) and widths(m)}  # fmt: skip
     if not layers:
         return  # no such layer: the method's builder or the collector names the target modules
     name, (d_in, d_out) = min(layers.items(), key=lambda item: sorted(item[1]))

@@ -274,7 +274,7 @@ def _build_adalora(model, cfg, ctx: BuildContext) -> Adapted:
         tfinal=tfinal,
         deltaT=max(1, steps // 100),
         total_step=steps,
-        lora_alpha=cfg.lora_alpha,
+        lora_alpha=cfg.lora_alpha,  # PEFT divides by init_r: at alpha = r the scale is 1/rho
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         modules_to_save=cfg.modules_to_save,
@@ -313,7 +313,9 @@ METHODS: dict[str, Method] = {
         "full fine-tuning of every weight (no adapter)", _build_fft, trains_full_model=True
     ),
     "lora": Method("LoRA, PEFT default init (A Kaiming-uniform, B = 0)", _build_lora_variant()),
-    "lora-gaussian": Method("LoRA with A ~ N(0, 1/r), B = 0", _build_lora_variant("gaussian")),
+    "lora-gaussian": Method(
+        "LoRA with A ~ N(0, 1/r^2) (std 1/r), B = 0", _build_lora_variant("gaussian")
+    ),
     "pissa": Method(
         "PiSSA: A, B from the top-r singular vectors of W (residual kept in the base)",
         _build_lora_variant("pissa"),

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from eva_rl import distributed
-from eva_rl.adapters.fit import check_rank
+from eva_rl.adapters.fit import check_rank, is_target
 from eva_rl.data.segments import MAX_BATCH
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
@@ -123,11 +123,11 @@ def token_mask(attention_mask: torch.Tensor, token_types: list[str] = TOKEN_TYPE
 
 
 def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Module]:
-    """Linear/Conv1D modules whose last name part is one of `target_modules` (PEFT's rule)."""
+    """The Linear/Conv1D modules `target_modules` names (PEFT's rule, `is_target`)."""
     found = {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, (torch.nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] in target_modules
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and is_target(name, target_modules)
     }
     if not found:
         raise UserError(f"no Linear/Conv1D module matches target_modules={target_modules}")
@@ -183,6 +183,12 @@ class Collector:
 
         def pre_hook(_module, args):
             if name in self.recording:
+                if args[0].dim() != 3 or args[0].shape[1] != self._tokens:
+                    raise UserError(f"{name}'s input is not the transformer's token stream "
+                                    f"({self._tokens} tokens per segment; it has shape "
+                                    f"{tuple(args[0].shape)}): EVA collects the inputs of the "
+                                    "blocks' layers (c_attn, c_proj, c_fc), not embeddings or "
+                                    "prediction heads")  # fmt: skip
                 tokens = rearrange(args[0], "b n d -> (b n) d")  # rows of token_mask's flat index
                 self._inputs[name] = tokens.index_select(0, self._rows)
                 if len(self._inputs) == len(self.recording):
@@ -195,7 +201,7 @@ class Collector:
         reallocate the ranks; True once every layer has converged."""
         self.batches += 1
         mask = token_mask(batch["attention_mask"], self.cfg.token_types)
-        self._rows = mask.flatten().nonzero().squeeze(1)
+        self._rows, self._tokens = mask.flatten().nonzero().squeeze(1), mask.shape[1]
         with torch.no_grad(), autocast(self.device, self.precision), contextlib.suppress(_Recorded):
             self.model(**batch, return_dict=True)
         inputs, self._inputs = self._inputs, {}
@@ -211,10 +217,10 @@ class Collector:
             self.previous[n] = vectors
         self.ratios = {n: self._explained(n) for n in self.names}
         self.ranks = allocate_ranks(self.ratios, self.budget)
-        done = {
-            n: bool(self.stable[n][: self.ranks[n]].all()) and n in self.previous
-            for n in self.names
-        }
+        # a layer allocated rank 0 has nothing to compare and counts as converged (as PEFT's
+        # `torch.all` of an empty tensor): its ratios stay those of the batches it saw, and it
+        # regains rank only if the other layers' ratios fall
+        done = {n: bool(self.stable[n][: self.ranks[n]].all()) for n in self.names}
         done = _agree(done)
         for n in self.names:
             if done[n] and n in self.recording:

@@ -105,6 +105,10 @@ class IncrementalSVD:
         self.mean += delta * n_new / total
         self.n = total
         _, s, vt = torch.linalg.svd(stacked, full_matrices=False)
+        missing = self.k - vt.shape[0]  # fewer rows so far than components (a small first batch)
+        if missing > 0:  # zero rows: no direction yet, never stable, no variance explained
+            vt = torch.vstack([vt, vt.new_zeros(missing, vt.shape[1])])
+            s = torch.cat([s, s.new_zeros(missing)])
         self.components, self.singular = flip_signs(vt[: self.k]), s[: self.k]
 
     def decompose(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,6 +114,8 @@ def apply_eva(
         lora_dropout=dropout,
         target_modules=sorted(eva_state),
         init_lora_weights="eva",
+        # the state holds the redistributed ranks already: rho 1 keeps PEFT from doing it again
+        # (the collector's rho, tau and whiten are in the run's eva/eva.json)
         eva_config=EvaConfig(rho=1.0, adjust_scaling_factors=True),
         fan_in_fan_out=isinstance(model.get_submodule(next(iter(eva_state))), Conv1D),
         use_dora=use_dora,
