@@ -280,6 +280,8 @@ class EvalPoint:
         return cls(step, {**result.metrics(), **extra}, episodes, result.score_name)
 
 
+SUMMARY_FILE = "summary.json"  # a run's summary; a run folder that has one has finished
+
 STEP_UNITS = {"updates": "updates", "env_steps": "env steps"}  # RunSummary.step_unit -> words
 
 

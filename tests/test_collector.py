@@ -8,10 +8,11 @@ import pytest
 import torch
 from peft import EvaConfig
 
+from eva_rl.adapters.fit import target_layers
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import UserError
-from eva_rl.eva.collector import CollectorConfig, collect, target_layers, token_mask
+from eva_rl.eva.collector import CollectorConfig, collect, token_mask
 from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.eva.state import apply_eva, load_state, save_result
 

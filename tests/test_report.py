@@ -7,7 +7,8 @@ import pytest
 
 from eva_rl.cli import main
 from eva_rl.errors import UserError
-from eva_rl.reports.aggregate import aggregate, compare
+from eva_rl.reports.aggregate import aggregate
+from eva_rl.reports.paired import compare
 from eva_rl.reports.runs import collect_runs, planned_configs
 from eva_rl.reports.tensorboard import read_scalars
 from eva_rl.stats import holm
@@ -641,7 +642,7 @@ def test_forest_plot_of_large_differences_with_unbounded_intervals(tmp_path):
     """3 pairs: the sign-flip interval is unbounded; a difference of 7 (a normalised return)
     lies beyond the success scale's 1 and must still be drawn (its error bar once went
     negative and matplotlib refused the plot)."""
-    from eva_rl.reports.aggregate import Comparison
+    from eva_rl.reports.paired import Comparison
     from eva_rl.reports.plots import forest
 
     inf = float("inf")

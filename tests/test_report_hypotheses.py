@@ -125,3 +125,30 @@ def test_pairs_that_share_a_seed_are_also_tested_as_one_block(tmp_path):
     assert test.p < 0.025 and test.p_seeds == pytest.approx(1 / 32)
     (alone,) = evaluate_hypotheses(collect_runs(root), [_h(seeds=list(range(5)), ranks=[4])])
     assert alone.p_seeds is None  # one pair per seed: nothing to block
+
+
+def test_a_pair_must_share_its_evaluation(tmp_path, capsys):
+    """Runs of one task and seed but of another protocol (another budget, other episodes) are
+    refused as a pair, in the tables and in a hypothesis, naming both runs."""
+    from eva_rl.cli import main
+
+    root = tmp_path / "runs"
+    _pairs(root, [1, 2, 3])
+    path = root / "hammer-v3/eva-r8-s1-fp32/summary.json"
+    summary = json.loads(path.read_text())
+    summary["eval"][-1]["episodes"]["hammer-v3"][0]["seed"] = 2000
+    path.write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be paired on hammer-v3, seed 1: hammer-v3/eva-r8-s1-fp32 and " in err
+    assert "were evaluated on different episodes" in err and not out.exists()
+    with pytest.raises(UserError, match="hypothesis H: .* were evaluated on different episodes"):
+        evaluate_hypotheses(collect_runs(root), [_h(seeds=[0, 1, 2])])
+    summary["eval"][-1] |= {
+        "step": 200,
+        "episodes": json.loads(path.read_text())["eval"][0]["episodes"],
+    }
+    path.write_text(json.dumps(summary))
+    with pytest.raises(UserError, match="eva-r8-s1-fp32 ends at step 200, .* at 100"):
+        evaluate_hypotheses(collect_runs(root), [_h(seeds=[0, 1, 2])])

@@ -1,6 +1,7 @@
 """Whether an adapter fits a model, checked before PEFT touches either: a saved adapter against
 the base it is loaded onto (PEFT drops tensors of layers the base lacks without a word, and
-stops at a shape mismatch with a traceback), and a rank against the layers it adapts."""
+stops at a shape mismatch with a traceback), a rank against the layers it adapts, and which
+layers a list of target names adapts (PEFT's rule)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def is_target(name: str, target_modules) -> bool:
     """PEFT's rule for a list of target names: the module's full name, or its ending after a
     dot (`c_proj` matches every block's; `attn.c_proj` only the attention's)."""
     return any(name == key or name.endswith(f".{key}") for key in target_modules)
+
+
+def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Module]:
+    """The Linear/Conv1D modules `target_modules` names (PEFT's rule, `is_target`)."""
+    found = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and is_target(name, target_modules)
+    }
+    if not found:
+        raise UserError(f"no Linear/Conv1D module matches target_modules={target_modules}")
+    return found
 
 
 def check_rank(model: torch.nn.Module, rank: int, target_modules, rho: float | None = None):

@@ -41,10 +41,9 @@ from typing import Literal
 import torch
 from einops import rearrange
 from tqdm import tqdm
-from transformers.pytorch_utils import Conv1D
 
 from eva_rl import distributed
-from eva_rl.adapters.fit import check_rank, is_target
+from eva_rl.adapters.fit import check_rank, target_layers
 from eva_rl.data.segments import MAX_BATCH
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
@@ -120,18 +119,6 @@ def token_mask(attention_mask: torch.Tensor, token_types: list[str] = TOKEN_TYPE
     """(B, K) step mask -> (B, 3K) token mask over (return, state, action) interleaved tokens."""
     keep = torch.tensor([t in token_types for t in TOKEN_TYPES], device=attention_mask.device)
     return rearrange(attention_mask.bool()[:, :, None] & keep, "b k t -> b (k t)")
-
-
-def target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Module]:
-    """The Linear/Conv1D modules `target_modules` names (PEFT's rule, `is_target`)."""
-    found = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, (torch.nn.Linear, Conv1D)) and is_target(name, target_modules)
-    }
-    if not found:
-        raise UserError(f"no Linear/Conv1D module matches target_modules={target_modules}")
-    return found
 
 
 class Collector:

@@ -35,7 +35,7 @@ from eva_rl.online.config import OnlineConfig
 from eva_rl.online.head import save_head
 from eva_rl.online.policy import GaussianHead, Temperature
 from eva_rl.online.start import from_finetune_run
-from eva_rl.results import EvalPoint, RunSummary
+from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
 from eva_rl.runtime import set_threads
 from eva_rl.stats import curve_auc
 from eva_rl.training.adapted import (
@@ -46,7 +46,6 @@ from eva_rl.training.adapted import (
     run_recipe,
     tuned_meta,
 )
-from eva_rl.training.finetune import SUMMARY_FILE
 from eva_rl.training.losses import action_loss, gradient_signal
 from eva_rl.video import log_videos
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from eva_rl.adapters.methods import METHODS, Adapted, adapter_ranks
 from eva_rl.agent import Agent, checkpoint_ref, resolve_base
 from eva_rl.errors import UserError
+from eva_rl.results import SUMMARY_FILE
 
 
 @dataclass
@@ -27,9 +28,9 @@ def from_finetune_run(cfg, base: Agent) -> Start:
 
     run = Path(cfg.from_run)
     agent_dir = run / "agent"
-    if not (run / "summary.json").is_file() or not agent_dir.is_dir():
+    if not (run / SUMMARY_FILE).is_file() or not agent_dir.is_dir():
         raise UserError(f"--from {run} is not a finished finetune run (no summary.json, agent/)")
-    _check_made_as(cfg, run, json.loads((run / "summary.json").read_text()))
+    _check_made_as(cfg, run, json.loads((run / SUMMARY_FILE).read_text()))
     head = load_head(agent_dir) if (agent_dir / HEAD_CONFIG).is_file() else None
     adapter_config = agent_dir / "adapter_config.json"
     if not adapter_config.is_file():  # fft: a full checkpoint, all of it trains

@@ -17,8 +17,9 @@ from eva_rl.adapters.methods import REFERENCE
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text, check_writable
 from eva_rl.reports import plots, render
-from eva_rl.reports.aggregate import CurvePoint, aggregate, compare, curves, finished_seeds
+from eva_rl.reports.aggregate import CurvePoint, aggregate, curves, finished_seeds
 from eva_rl.reports.hypotheses import evaluate_hypotheses, load_hypotheses, tested_runs
+from eva_rl.reports.paired import compare
 from eva_rl.reports.registration import check_registration
 from eva_rl.reports.runs import (
     Row,
@@ -48,7 +49,7 @@ def write_report(
 ) -> dict:
     """CSV, plots, README.md and method-level TensorBoard runs for every finished run under
     `runs_dir` (one directory or several, e.g. a study and a follow-up; only `tasks`, if given),
-    with paired comparisons under each `reference` entry (see `aggregate.compare`). `by`:
+    with paired comparisons under each `reference` entry (see `paired.compare`). `by`:
     config keys that split configurations besides the sweeps' grids (`precision`). `partial`
     (a sweep still running) keeps each configuration's seeds finished on every task.
     `hypotheses`: a file of pre-registered hypotheses, tested on every finished run once their

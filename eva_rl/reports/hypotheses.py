@@ -14,7 +14,7 @@ import numpy as np
 from eva_rl.adapters.methods import METHODS
 from eva_rl.config import load_config
 from eva_rl.errors import UserError
-from eva_rl.reports.runs import Row
+from eva_rl.reports.runs import Row, unpaired
 from eva_rl.stats import sign_flip_interval, sign_flip_test
 
 
@@ -120,6 +120,8 @@ def evaluate_hypotheses(
         mine = _by_pair(rows, h, h.method, ends)
         theirs = _by_pair(rows, h, h.reference, ends) if h.reference else dict.fromkeys(mine, 0.0)
         pairs = [p for p in h.planned if p in mine and p in theirs]
+        if h.reference is not None:
+            _check_paired(rows, h, pairs)
         test = HypothesisTest(h, finished=len(pairs))
         if len(pairs) == len(h.planned):
             diffs = np.array([mine[p] - theirs[p] for p in pairs])
@@ -147,6 +149,15 @@ def tested_runs(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Path]:
         found |= {r.path for r in rows if r.path is not None and r.method in sides
                   and (r.task, r.seed, r.rank) in planned}  # fmt: skip
     return sorted(found)
+
+
+def _check_paired(rows: list[Row], h: Hypothesis, pairs) -> None:
+    """Both runs of each pair ran the same evaluation (`unpaired`)."""
+    runs = {(r.method, r.task, r.seed, r.rank): r for r in rows}
+    for task, seed, rank in pairs:
+        a, b = runs[(h.method, task, seed, rank)], runs[(h.reference, task, seed, rank)]
+        if (why := unpaired(a, b)) is not None:
+            raise UserError(f"hypothesis {h.name}: {why}; a pair needs one protocol")
 
 
 def _by_pair(

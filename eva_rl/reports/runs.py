@@ -12,7 +12,7 @@ from typing import Any
 
 from eva_rl.config import flatten, read_yaml
 from eva_rl.errors import UserError
-from eva_rl.results import EvalResult, RunSummary
+from eva_rl.results import SUMMARY_FILE, EvalResult, RunSummary
 from eva_rl.stats import curve_auc
 from eva_rl.sweeps import BASELINE_DIR, SWEEP_FILE
 from eva_rl.sweeps.config import as_grids, expand
@@ -85,6 +85,19 @@ class Row:
         return row | {"variant": variant_text(self.variant)}
 
 
+def unpaired(a: Row, b: Row) -> str | None:
+    """Why two runs of a pair cannot be compared, or None: a paired difference is one of the
+    same evaluation (the same last step, the same episodes by env and seed)."""
+    if a.summary is None or b.summary is None or not a.summary.eval or not b.summary.eval:
+        return None
+    last_a, last_b = a.summary.eval[-1], b.summary.eval[-1]
+    if last_a.step != last_b.step:
+        return f"{a.run} ends at step {last_a.step}, {b.run} at {last_b.step}"
+    if _played(last_a) != _played(last_b):
+        return f"{a.run} and {b.run} were evaluated on different episodes"
+    return None
+
+
 def _played(point) -> dict[str, list[int]]:
     """An evaluation's episodes by env, as their seeds (empty where a summary kept none)."""
     return {env: [e.seed for e in episodes] for env, episodes in point.episodes.items()}
@@ -142,7 +155,7 @@ def collect_runs(
     for runs_dir in dirs:
         paths = sorted(
             p  # not in hidden folders: a sweep stages a run it copies (`reuse`) in one
-            for p in runs_dir.rglob("summary.json")
+            for p in runs_dir.rglob(SUMMARY_FILE)
             if not any(part.startswith(".") for part in p.relative_to(runs_dir).parts)
         )
         if not paths:

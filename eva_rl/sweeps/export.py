@@ -11,6 +11,7 @@ from eva_rl import ownership
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_dir, check_writable, restore_dir
 from eva_rl.online import EPISODE_STORE
+from eva_rl.results import SUMMARY_FILE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SWEEP_FILE
 from eva_rl.sweeps.status import sweep_status
 
@@ -33,12 +34,12 @@ def export_runs(
     checkpoints, weights (unless `weights`), logs or unfinished runs. `dst` appears whole or not
     at all."""
     src, dst = Path(src), Path(dst)
-    if (src / "summary.json").is_file():
+    if (src / SUMMARY_FILE).is_file():
         raise UserError(f"{src} is one run; export the folder that holds its runs (a sweep's "
                         "out), or copy the run itself")  # fmt: skip
     runs = sorted(
         p.parent.relative_to(src)
-        for p in src.rglob("summary.json")
+        for p in src.rglob(SUMMARY_FILE)
         if not any(part.startswith((".", "_")) for part in p.relative_to(src).parts)
     )
     if not runs:

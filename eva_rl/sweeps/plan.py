@@ -19,6 +19,7 @@ from typing import Any
 from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
 from eva_rl.io import checkpoint_holds
+from eva_rl.results import SUMMARY_FILE
 from eva_rl.sweeps.config import ALIASES, BASELINE_DIR, COPIED_FILE, SweepConfig
 from eva_rl.sweeps.stages import config_class
 
@@ -42,11 +43,11 @@ class Run:
         """The run this one starts from (`from_run`) while that has not finished: an online
         sweep chained to an offline one runs each run once its offline run is there."""
         start = None if self.baseline else self.config.get("from_run")
-        return start if start and not (Path(start) / "summary.json").is_file() else None
+        return start if start and not (Path(start) / SUMMARY_FILE).is_file() else None
 
     @property
     def done_file(self) -> Path:
-        return self.out if self.baseline else self.out / "summary.json"
+        return self.out if self.baseline else self.out / SUMMARY_FILE
 
 
 @dataclass
@@ -254,7 +255,7 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     for s in finished:
         with contextlib.suppress(OSError, ValueError, UserError):  # unreadable: not this run's
             config = as_current(kind, read_yaml(s / "config.yaml"))
-            config["precision"] = ran_in(s / "summary.json")
+            config["precision"] = ran_in(s / SUMMARY_FILE)
             configs[s] = config
     found = {}
     for run in todo:

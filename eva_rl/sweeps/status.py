@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from eva_rl.config import read_yaml
+from eva_rl.results import SUMMARY_FILE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SweepConfig
 
 RECENT = 5  # finished runs per method whose median wall time is its pace
@@ -51,7 +52,7 @@ class SweepStatus:
         sources = {**{n: self.out / n for n in self.done}, **self.reused}
         for name, directory in sources.items():
             with contextlib.suppress(OSError, ValueError, KeyError):  # the pace is an estimate
-                path = directory / "summary.json"
+                path = directory / SUMMARY_FILE
                 seconds = float(json.loads(path.read_text())["wall_seconds"])
                 found.append((path.stat().st_mtime, name, seconds))
         return {name: seconds for _, name, seconds in sorted(found)}
@@ -119,7 +120,7 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
         method = entry.get("overrides", {}).get("method.name")
         if method is not None:
             status.methods[name] = method
-        if (out / name / "summary.json").is_file():
+        if (out / name / SUMMARY_FILE).is_file():
             status.done.append(name)
         elif entry["status"] == "failed":
             status.failed.append(name)
@@ -127,7 +128,7 @@ def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
             status.started.append(name)
             if bar := last_bar(out / "_logs" / f"{name}.log"):
                 status.where[name] = bar
-        elif "waits_for" in entry and not (Path(entry["waits_for"]) / "summary.json").is_file():
+        elif "waits_for" in entry and not (Path(entry["waits_for"]) / SUMMARY_FILE).is_file():
             status.blocked[name] = entry["waits_for"]
         else:
             status.waiting.append(name)

@@ -38,7 +38,7 @@ from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_dir, atomic_write_json
-from eva_rl.results import EvalPoint, RunSummary
+from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
 from eva_rl.runtime import Precision, check_precision, set_threads
 from eva_rl.training.adapted import (
     AdaptedRun,
@@ -51,8 +51,6 @@ from eva_rl.training.adapted import (
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
 from eva_rl.video import log_videos
-
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass
