@@ -90,3 +90,40 @@ def test_padding_never_leaks_into_the_loss(mw_root):
         dirty[key][pad] = noise[pad]
     dirty["timesteps"][pad] = 999
     torch.testing.assert_close(action_loss(model, dirty), clean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_datasets_held_out_episodes_do_not_depend_on_the_others(mw_root):
+    """Held out alone or after another env's dataset (in either order), hammer holds out the
+    same episodes: one generator for all envs made a later env's split depend on the envs
+    before it. One env's split is what it always was."""
+    from conftest import HAMMER
+
+    push = "metaworld/push-v3/scripted-v0"
+
+    def held_first_states(ids, env):
+        traj = load_trajectories(ids, mw_root)
+        _, held = traj.split(0.5, seed=3)
+        mine = held.episode_start[held.episode_env == held.envs.index(env)]
+        return sorted(map(tuple, held.states[mine].round(6)))
+
+    alone = load_trajectories([HAMMER], mw_root)
+    env = alone.envs[0]
+    expected = np.random.default_rng(3).choice(len(alone.episode_length), 2, replace=False)
+    assert sorted(map(tuple, alone.states[alone.episode_start[expected]].round(6))) == (
+        held_first_states([HAMMER], env)
+    )
+    assert held_first_states([push, HAMMER], env) == held_first_states([HAMMER], env)
+    assert held_first_states([HAMMER, push], env) == held_first_states([HAMMER], env)
+
+
+def test_datasets_listed_twice_or_not_box_are_refused(tmp_path, mw_root):
+    from conftest import HAMMER
+    from eva_rl.errors import UserError
+
+    with pytest.raises(UserError, match=f"dataset {HAMMER} is listed twice"):
+        load_trajectories([HAMMER, HAMMER], mw_root)
+    root = tmp_path / "discrete"
+    eps = [(np.zeros((3, 4)), [0, 1], [1.0, 1.0])]
+    write_minari("test/cartpole/discrete-v0", gym.make("CartPole-v1"), eps, root)
+    with pytest.raises(UserError, match="needs Box observations and actions"):
+        load_trajectories(["test/cartpole/discrete-v0"], root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from einops import rearrange
@@ -101,14 +102,16 @@ class Trajectories:
         )
 
     def split(self, fraction: float, seed: int) -> tuple[Trajectories, Trajectories | None]:
-        """(train, held-out): `fraction` of each env's episodes held out, chosen by `seed` alone,
-        so every run on a dataset holds out the same episodes. None when nothing is held out."""
+        """(train, held-out): `fraction` of each env's episodes held out, chosen by `seed` and
+        the env's episode count alone (a generator per env), so every run on a dataset holds out
+        the same episodes, whatever other datasets it trains on. None when nothing is held
+        out."""
         if fraction <= 0:
             return self, None
-        rng = np.random.default_rng(seed)
         held = []
         for i in range(len(self.envs)):
-            mine = np.flatnonzero(self.episode_env == i)
+            rng = np.random.default_rng(seed)  # one for all envs made a later env's split
+            mine = np.flatnonzero(self.episode_env == i)  # depend on the envs before it
             count = int(round(fraction * len(mine)))
             if count >= len(mine):
                 raise UserError(
@@ -138,7 +141,7 @@ class Trajectories:
 def _dims(dataset) -> tuple[int, int]:
     """(state_dim, act_dim) of a Minari dataset with Box spaces."""
     obs, act = dataset.observation_space, dataset.action_space
-    if not hasattr(obs, "shape") or not hasattr(act, "shape") or obs.shape is None:
+    if not isinstance(obs, gym.spaces.Box) or not isinstance(act, gym.spaces.Box):
         raise UserError(
             f"dataset {dataset.spec.dataset_id} has spaces {obs} / {act}; a Decision "
             "Transformer needs Box observations and actions"
@@ -151,6 +154,10 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
     lengths, env_index, envs, terminated = [], [], [], []
     shapes: dict[str, tuple[int, int]] = {}
     limits: dict[str, int | None] = {}
+    if len(set(dataset_ids)) != len(dataset_ids):
+        twice = sorted({d for d in dataset_ids if dataset_ids.count(d) > 1})
+        raise UserError(f"dataset {', '.join(twice)} is listed twice: its episodes would count "
+                        "twice (and a held-out one would be trained on); list it once")  # fmt: skip
     for ds_id in dataset_ids:
         dataset = catalog.load(ds_id, root)
         name = env_name(dataset)
