@@ -208,6 +208,9 @@ class Evaluator:
             torch.set_num_threads(max(1, threads - self._workers))
         try:
             played = self._play(episodes)
+        except BaseException:
+            self.close()  # envs left mid-episode cannot serve another run; the next one reopens
+            raise
         finally:
             model.to(old_device).train(was_training)
             torch.set_num_threads(threads)

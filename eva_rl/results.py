@@ -179,7 +179,8 @@ class EvalResult:
 
         out = {}
         for metric in ("score", "success_final", "success_any", "normalized_return", "return"):
-            groups = [r.values(metric) for r in self.envs.values()]
+            shared = self.score_name if metric == "score" else metric  # as `mean` reads it
+            groups = [r.values(shared) for r in self.envs.values()]
             if all(v is not None for g in groups for v in g):
                 out[metric] = stratified_bootstrap_ci(groups)
         return out

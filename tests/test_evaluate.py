@@ -231,6 +231,41 @@ def test_reference_returns_make_the_score_a_normalised_return():
     assert result.mean("score") == pytest.approx(100 * (ret + 1000) / 1000)
 
 
+def test_an_evaluator_serves_again_after_a_run_that_failed():
+    """A run stopped by an error (here a NaN action) leaves envs mid-episode; the next run on
+    the same Evaluator plays the episodes a fresh one does (it raised on stale env state)."""
+    agent = tiny_agent(3, 1, horizon=15, targets={"Pendulum-v1": -100.0})
+    cfg = EvalConfig(episodes=3, max_envs=2, workers=2)  # worker processes: steps in flight
+    fresh = evaluate(agent, ["Pendulum-v1"], cfg, progress=False)
+    head = agent.model.predict_action[0]
+    saved = head.bias.detach().clone()
+    with Evaluator(agent, ["Pendulum-v1"], cfg, False) as ev:
+        with torch.no_grad():
+            head.bias.fill_(float("nan"))
+        with pytest.raises(UserError, match="non-finite action"):
+            ev.run()
+        with torch.no_grad():
+            head.bias.copy_(saved)
+        again = ev.run()
+    assert episodes_of(again, "Pendulum-v1") == episodes_of(fresh, "Pendulum-v1")
+
+
+def test_a_mixed_suites_score_interval_is_around_its_score():
+    """Success on one env, none on the other: the score is the return (the one both have),
+    and its interval is the return's, not one mixing success and return."""
+    from eva_rl.results import EnvResult, Episode
+    from eva_rl.stats import stratified_bootstrap_ci
+
+    mw = EnvResult("reach-v3", 1.0, [Episode(i, 100.0 + 10 * i, 10, 1.0, float(i % 2))
+                                     for i in range(4)])  # fmt: skip
+    pendulum = EnvResult("Pendulum-v1", 1.0, [Episode(i, -50.0 - i, 10) for i in range(4)])
+    result = EvalResult({"reach-v3": mw, "Pendulum-v1": pendulum})
+    assert result.score_name == "return"
+    low, high = result.intervals()["score"]
+    assert (low, high) == stratified_bootstrap_ci([mw.values("return"), pendulum.values("return")])
+    assert low <= result.mean("score") <= high
+
+
 def test_slots_reused_and_worker_processes_give_the_same_episodes():
     """Two slots for five episodes per env (each slot plays several), several evaluations on
     one Evaluator, and env stepping in two worker processes: every episode as when each
