@@ -35,7 +35,7 @@ from eva_rl.agent import Agent
 from eva_rl.assets import SHIPPED
 from eva_rl.envs import EnvSlots, env_dims, make_env
 from eva_rl.errors import UserError
-from eva_rl.results import EnvResult, Episode, EvalResult
+from eva_rl.results import EVAL_SEED, EnvResult, Episode, EvalResult
 from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
 from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_precision
 
@@ -45,7 +45,7 @@ class EvalConfig:
     episodes: int = 10  # per env
     # episode i is reset with seed + i: by default the episodes a run's evaluations play
     # (finetune, pretrain: 1000 + i), none of which `data record` (0 + i) recorded
-    seed: int = 1000
+    seed: int = EVAL_SEED
     target_returns: dict[str, float] = field(default_factory=dict)  # env -> target, overrides
     # asks for more than the target (1.2: 20% more, `scaled_target`: also for negative returns)
     target_scale: float = 1.0
@@ -283,7 +283,9 @@ class EvaluateConfig:
     checkpoint: str = SHIPPED  # a checkpoint or adapter directory, or a Hugging Face hub id
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
     envs: list[str] = field(default_factory=list)  # gymnasium ids or Meta-World tasks
-    suite: str | None = None  # or every env of a suite (default: the checkpoint's envs)
+    # or every env of a suite (default: the envs a fine-tuned agent was tuned on, else every
+    # env the checkpoint has a target for)
+    suite: str | None = None
     # targets from the best return in these Minari datasets, per env they recorded ([]: each
     # Meta-World env's scripted-expert data); e.g. zero-shot on envs the agent has no target for
     targets_from_datasets: list[str] | None = None
@@ -324,7 +326,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     check_writable(cfg.tb_dir, directory=True)
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.eval.device))
     envs = cfg.envs or (load_suite(cfg.suite).tasks if cfg.suite else [])
-    envs = envs or sorted(agent.meta.target_returns)
+    envs = envs or agent.meta.provenance.get("envs") or sorted(agent.meta.target_returns)
     eval_cfg = cfg.eval
     if cfg.targets_from_datasets is not None:
         found = dataset_targets(cfg.targets_from_datasets, envs)

@@ -281,6 +281,9 @@ class EvalPoint:
         return cls(step, {**result.metrics(), **extra}, episodes, result.score_name)
 
 
+# evaluation episode i is reset with EVAL_SEED + i (`EvalConfig.seed`): a dataset recorded with
+# these seeds holds the layouts an evaluation plays (`data record` warns)
+EVAL_SEED = 1000
 SUMMARY_FILE = "summary.json"  # a run's summary; a run folder that has one has finished
 
 STEP_UNITS = {"updates": "updates", "env_steps": "env steps"}  # RunSummary.step_unit -> words

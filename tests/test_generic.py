@@ -102,6 +102,20 @@ def test_recording_an_unknown_env_is_one_line(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_recording_the_evaluations_seeds_warns():
+    """Seeds 990..1009 hold the layouts an evaluation plays (1000 + i): training on them would
+    score an agent on what it saw. Seeds 0..99 (the default) do not."""
+    from eva_rl.data.record import RecordConfig
+
+    with pytest.warns(UserWarning, match=r"seeds 990\.\.1009 include the evaluation's \(1000 on\)"):
+        RecordConfig(env="Pendulum-v1", id="test/p-v0", episodes=20, seed=990)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RecordConfig(env="Pendulum-v1", id="test/p-v0", episodes=100)
+
+
 @pytest.mark.slow  # four fine-tuning runs
 @pytest.mark.parametrize("method", ["eva", "lora", "dora", "pissa"])
 def test_finetune_with_default_settings_on_a_plain_dt(method, hopper, tmp_path):

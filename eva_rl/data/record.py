@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from eva_rl.data import catalog
 from eva_rl.envs import env_dims, make_env, metaworld_task_names
 from eva_rl.errors import UserError
 from eva_rl.io import check_writable
+from eva_rl.results import EVAL_SEED
 
 
 @dataclass
@@ -50,6 +52,12 @@ class RecordConfig:
             raise UserError("noise must be >= 0 and horizon >= 1")
         if self.checkpoint is None and (self.noise or self.target_return is not None):
             raise UserError("noise and target_return act on an agent: pass --checkpoint DIR")
+        if self.seed < EVAL_SEED + 1000 and self.seed + self.episodes > EVAL_SEED:
+            last = self.seed + self.episodes - 1
+            warnings.warn(f"episodes reset with seeds {self.seed}..{last} include the "
+                          f"evaluation's ({EVAL_SEED} on): an agent trained on this data is "
+                          f"evaluated on layouts it saw; pass --seed {EVAL_SEED + 1000} or more, "
+                          "or fewer episodes", stacklevel=2)  # fmt: skip
         from minari.dataset.minari_dataset import parse_dataset_id
 
         try:

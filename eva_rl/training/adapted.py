@@ -90,6 +90,7 @@ def tuned_meta(base: AgentMeta, targets: dict[str, float], cfg: Any, precision: 
         base_weights_sha256=weights_digest(locate_checkpoint(cfg.checkpoint)),  # see resolve_base
         base_provenance=base.provenance,
         method=cfg.method.name,
+        envs=sorted(targets),  # what `evaluate` plays by default (the base's targets stay too)
     )
     return meta
 
