@@ -113,7 +113,11 @@ def test_skip_existing_and_overwrite(tmp_path, capsys):
     root = str(tmp_path)
     args = ["data", "build", "--suite", "mt50", "--tasks", "reach-v3", "--root", root]
     assert main(args + ["--episodes", "2"]) == 0
-    assert main(args + ["--episodes", "3", "--skip-existing"]) == 0
+    assert main(args + ["--episodes", "2", "--skip-existing"]) == 0  # what it would make: kept
+    capsys.readouterr()
+    assert main(args + ["--episodes", "3", "--skip-existing"]) == 2  # not what was asked for
+    err = capsys.readouterr().err
+    assert "metaworld/reach-v3/scripted-v0 exists with episodes 2; this build asks for " in err
     assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 2
     assert main(args + ["--episodes", "3", "--overwrite"]) == 0
     assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 3

@@ -112,6 +112,15 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
     chunks_left = dict.fromkeys(p.tasks, len(chunks))
     started = time.perf_counter()
     summaries = [{"task": t, **catalog.read_summary(dataset_id(t), p.root)} for t in p.skipped]
+    for summary in summaries:  # kept only if it is what this build would make
+        asked = {"seed": p.seed, "episodes": p.episodes, "horizon": p.suite.horizon}
+        differ = {k: v for k, v in asked.items() if k in summary and summary[k] != v}
+        if differ:
+            was = ", ".join(f"{k} {summary[k]}" for k in differ)
+            now = ", ".join(f"{k} {v}" for k, v in differ.items())
+            raise UserError(f"dataset {dataset_id(summary['task'])} exists with {was}; this build "
+                            f"asks for {now}: pass --overwrite to rebuild it, or build with its "
+                            "settings")  # fmt: skip
     with (
         catalog.staging(p.root) as staged,
         tqdm(
