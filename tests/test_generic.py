@@ -102,6 +102,32 @@ def test_recording_an_unknown_env_is_one_line(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_an_agents_recording_names_the_envs_own_shorter_limit(tmp_path):
+    """An agent of horizon 300 on Pendulum (its own limit 200): the episodes end at 200, and
+    the dataset's spec says 200 (it said the agent's 300)."""
+    from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+
+    torch.manual_seed(0)
+    meta = AgentMeta(
+        state_mean=[0.0] * 3,
+        state_std=[1.0] * 3,
+        return_scale=100.0,
+        context_length=5,
+        horizon=300,
+        target_returns={"Pendulum-v1": -100.0},
+    )
+    Agent(build_model(ModelConfig(hidden_size=16, n_layer=1, n_head=1, context_length=5), 3, 1),
+          meta).save(tmp_path / "agent")  # fmt: skip
+    args = ["data", "record", "--env", "Pendulum-v1", "--id", "test/pendulum-agent-v0",
+            "--episodes", "1", "--checkpoint", str(tmp_path / "agent"), "--precision", "fp32",
+            "--root", str(tmp_path / "minari")]  # fmt: skip
+    assert main(args) == 0
+    with minari_root(tmp_path / "minari"):
+        dataset = minari.load_dataset("test/pendulum-agent-v0")
+    assert [len(e.rewards) for e in dataset.iterate_episodes()] == [200]
+    assert dataset.spec.env_spec.max_episode_steps == 200
+
+
 def test_recording_the_evaluations_seeds_warns():
     """Seeds 990..1009 hold the layouts an evaluation plays (1000 + i): training on them would
     score an agent on what it saw. Seeds 0..99 (the default) do not."""

@@ -172,4 +172,14 @@ def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]
     with Evaluator(agent, [cfg.env], eval_cfg, progress=progress, record=True) as evaluator:
         result = evaluator.run()
     episodes = [{**e.trajectory, "seed": e.seed} for e in result.envs[cfg.env].episodes]
-    return episodes, agent.meta.horizon
+    # a Gymnasium env keeps its own time limit in the evaluator: the episodes end at the
+    # shorter of the two, which the dataset's spec must name (Meta-World's is the horizon)
+    own = None if cfg.env in metaworld_task_names() else _registered_limit(cfg.env)
+    return episodes, min(agent.meta.horizon, own or agent.meta.horizon)
+
+
+def _registered_limit(name: str) -> int | None:
+    try:
+        return gym.spec(name).max_episode_steps
+    except gym.error.Error:
+        return None
