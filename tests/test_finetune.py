@@ -158,10 +158,24 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
     monkeypatch.setattr(train_mod, "action_loss", crash_at_update_15)
     with pytest.raises(KeyboardInterrupt):
         finetune(tiny_finetune(checkpoint, mw_root, tmp_path / "b", method), progress=False)
-    monkeypatch.setattr(train_mod, "action_loss", real)
+    resumed = []
+
+    def count(model, batch):
+        resumed.append(model.training)
+        return real(model, batch)
+
+    def collect_again(*args, **kwargs):
+        raise AssertionError("the resumed run collected EVA's components again")
+
+    import eva_rl.training.adapted as adapted_mod
+
+    monkeypatch.setattr(train_mod, "action_loss", count)
+    monkeypatch.setattr(adapted_mod, "collect_on_trajectories", collect_again)
     torch.manual_seed(123)  # resume must not depend on the process's RNG state
     cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "b", method, "resume=true")
     finetune(cfg, progress=False)
+    # from the step-10 checkpoint, not from 0 (a restart would give the same weights here)
+    assert resumed.count(True) == cfg.loop.steps - cfg.loop.save_every
 
     def state(run):
         return torch.load(run / "checkpoints/latest/state.pt", weights_only=False)["model"]

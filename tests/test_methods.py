@@ -37,11 +37,25 @@ def test_declarations_hold_once_built(name, setup):
     spec = METHODS[name]
     model.eval(), adapted.model.eval()
     with torch.no_grad():
-        same = torch.equal(action_preds(model, batches[0]), action_preds(adapted.model, batches[0]))
-    assert same == spec.zero_output_at_init or (not same and not spec.zero_output_at_init)
+        base, tuned = action_preds(model, batches[0]), action_preds(adapted.model, batches[0])
+    assert torch.equal(base, tuned) == spec.zero_output_at_init
+    if spec.rewrites_base:  # W = W_res + B A: the same function up to rounding, B not zero
+        torch.testing.assert_close(tuned, base, atol=1e-4, rtol=0)
+        assert any(p.abs().sum() > 0 for n, p in adapted.model.named_parameters() if "lora_B" in n)
     trainable = sum(p.numel() for p in adapted.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     assert (trainable == total) == spec.trains_full_model
+    if not spec.trains_full_model:  # only the adapter trains, and exactly its parameters
+        from eva_rl.adapters.fit import widths
+
+        parts = ("lora_", "magnitude", "modules_to_save")
+        assert not [n for n, p in adapted.model.named_parameters()
+                    if p.requires_grad and not any(k in n for k in parts)]  # fmt: skip
+        layers = {n: widths(m) for n, m in model.named_modules() if n in adapted.ranks}
+        expected = sum(r * sum(layers[n]) for n, r in adapted.ranks.items())
+        expected += sum(adapted.ranks.values()) if name == "adalora" else 0  # lora_E
+        expected += sum(out for _, out in layers.values()) if name == "dora" else 0
+        assert trainable == expected
     assert bool(adapted.ranks) != spec.trains_full_model  # adapters have ranks, fft none
     assert spec.final_ranks(adapted).keys() == adapted.ranks.keys()
     assert bool(adapted.hooks) == (name == "adalora")  # the only method with a step hook

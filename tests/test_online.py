@@ -187,7 +187,20 @@ def kill_and_resume(checkpoint, mw_root, tmp_path, *extra,
     assert state.exists() and not (out / "summary.json").exists(), "killed too late"
     saved = torch.load(state, weights_only=True)["counts"]
     assert saved_inside(saved), saved
-    resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
+    from unittest import mock
+
+    from eva_rl.online.trainer import OnlineTrainer
+
+    with (
+        mock.patch.object(OnlineTrainer, "_update", autospec=True,
+                          side_effect=OnlineTrainer._update) as updates,
+        mock.patch.object(OnlineTrainer, "_collect", autospec=True,
+                          side_effect=OnlineTrainer._collect) as collects,
+    ):  # fmt: skip
+        resumed = online(config(checkpoint, mw_root, out, *extra, "resume=true"), progress=False)
+    # from the checkpoint, not from 0 (a restart would give the same numbers here)
+    assert updates.call_count == whole["updates"] - saved["updates"]
+    assert collects.call_count == whole["iterations"] - saved["iterations"]
     for key in ("env_steps", "updates", "episodes_collected", "auc_env_steps", "final"):
         assert resumed[key] == whole[key], key
     assert resumed["collected"] == whole["collected"]

@@ -43,6 +43,44 @@ def test_exploration_is_the_dt_action_plus_clamped_gaussian_noise():
     np.testing.assert_array_equal(again.choose(np.array([4, 7]), None, None), actions)
 
 
+def test_the_target_policy_is_the_dt_with_its_polyak_copies(mw_root):
+    """`target_mu` runs the real adapted DT with the trainable weights replaced by their
+    Polyak copies: after the live adapter moves, it still gives what a copy holding the old
+    weights gives (not the live model's action), in eval mode, and restores the mode."""
+    import copy
+
+    from conftest import HAMMER
+    from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
+    from eva_rl.agent import ModelConfig, build_model
+    from eva_rl.data.segments import SegmentSampler, load_trajectories
+    from eva_rl.online.policy import action_mean
+
+    traj = load_trajectories([HAMMER], mw_root)
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(hidden_size=16, n_layer=1, n_head=1, context_length=5),
+                       traj.state_dim, traj.act_dim)  # fmt: skip
+    model = build_method(base, MethodConfig(name="lora", rank=2), BuildContext()).model
+    head = GaussianHead(traj.act_dim)
+    td3 = TD3(model, head, TD3Config(enabled=True, hidden=8), traj.state_dim, 1000.0,
+              torch.device("cpu"))  # fmt: skip
+    batch = SegmentSampler(traj, 5, 1000.0, *traj.state_stats(), seed=0).sample(4)
+    inputs = {k: batch[k] for k in ("states", "actions", "returns_to_go", "timesteps",
+                                    "attention_mask")}  # fmt: skip
+    frozen = copy.deepcopy(model).eval()  # the weights the Polyak copies hold
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p))  # the live adapter moves on
+    model.train()
+    got = td3.target_mu(model, batch)
+    assert model.training
+    with torch.no_grad():
+        want = action_mean(frozen, **inputs, return_dict=True)
+        live = action_mean(model.eval(), **inputs, return_dict=True)
+    torch.testing.assert_close(got, want.float(), atol=1e-6, rtol=0)
+    assert not torch.allclose(got, live.float(), atol=1e-3)
+
+
 def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
     torch.manual_seed(0)
     model, head = torch.nn.Linear(3, 2), GaussianHead(2)

@@ -80,7 +80,8 @@ def test_an_auc_hypothesis_needs_the_whole_registered_curve(tmp_path):
         evaluate_hypotheses(collect_runs(root), [h])
     write_baseline(root, "hammer-v3", 0.25)
     (test,) = evaluate_hypotheses(collect_runs(root), [h])
-    assert test.p is not None
+    # the final halves' trapezoids differ by 50 x (c / 100) / 2 over 100 steps: c / 400
+    assert test.mean_diff == pytest.approx(0.005) and test.p == pytest.approx(1 / 8)
     path = root / "hammer-v3/lora-r8-s2-fp32/summary.json"
     summary = json.loads(path.read_text())
     summary["eval"][-1]["step"] = 200
