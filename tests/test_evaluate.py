@@ -181,7 +181,7 @@ def test_missing_target_return_is_a_clear_error_and_override_and_scale_apply():
 
 
 def test_config_and_env_name_validation():
-    with pytest.raises(UserError, match="episodes"):
+    with pytest.raises(UserError, match="eval episodes must be >= 1, got 0"):
         EvalConfig(episodes=0)
     with pytest.raises(UserError, match="NoSuchEnv-v0"):
         make_env("NoSuchEnv-v0", 10)

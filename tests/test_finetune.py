@@ -94,7 +94,9 @@ def test_every_method_starts_at_the_base_model_trains_and_reloads(
     assert tuned.meta.provenance["base_weights_sha256"] == weights_digest(checkpoint)
 
 
-@pytest.mark.parametrize("method", ["lora", "pissa", "olora", "corda", "adalora", "eva-dora"])
+@pytest.mark.parametrize(
+    "method", ["lora", "pissa", "olora", "corda", "lora-ga", "adalora", "eva-dora"]
+)
 def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
     method, checkpoint, batches, tmp_path
 ):
@@ -276,7 +278,7 @@ def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_r
         (["--method", "lora", "--rank", "0"], "method.rank must be >= 1"),
         (["--method", "eva", "--rho", "0.5"], "method.rho must be >= 1"),
         (["--method", "pissa", "method.train_head=true"], "train_head=true is not supported"),
-        (["--method", "lora", "method.rnak=4"], "did you mean"),
+        (["--method", "lora", "method.rnak=4"], "key 'method.rnak' (did you mean rank"),
         (["--method", "lora", "--task", "no-such-task-v3"], "no-such-task-v3"),
     ],
 )

@@ -34,6 +34,8 @@ def test_iqm_and_mean_of_a_known_matrix():
     mean, low, high = interval(scores, "mean")
     assert mean == pytest.approx(0.3875) and low < mean < high
     assert interval(np.full((3, 2), 0.7)) == pytest.approx((0.7, 0.7, 0.7))  # no spread
+    # runs resampled within each task: every draw's mean is 0.5 (pooled draws would spread)
+    assert interval([[0.0, 1.0]] * 3) == pytest.approx((0.5, 0.5, 0.5))
 
 
 def test_bootstrap_interval_narrows_with_more_seeds():
