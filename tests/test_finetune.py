@@ -100,6 +100,7 @@ def test_every_method_starts_at_the_base_model_trains_and_reloads(
 def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
     method, checkpoint, batches, tmp_path
 ):
+    torch.manual_seed(0)  # the dropout masks of the updates below, whatever ran before
     base = Agent.load(checkpoint)
     adapted = build_method(
         base.model,
@@ -127,7 +128,8 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_identical_actions(
     plain = DecisionTransformerModel.from_pretrained(checkpoint, local_files_only=True)
     loaded = PeftModel.from_pretrained(plain, str(tmp_path / "adapter"))
     got, want = actions(loaded, batches[1]), actions(model, batches[1])
-    assert not torch.allclose(want, actions(base.model, batches[1]), atol=1e-3)  # it did train
+    moved = (want - actions(base.model, batches[1])).abs().max()
+    assert moved > 1e-4  # it did train (AdaLoRA's E starts at 0 and moves least), 5x atol below
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 

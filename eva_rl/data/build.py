@@ -39,7 +39,8 @@ class DataBuildConfig:
     workers: int = 0  # 0: one per free core (eva_rl.runtime.share)
     chunk_episodes: int = 5  # episodes per worker job
     overwrite: bool = False  # replace existing datasets
-    skip_existing: bool = False  # keep datasets that exist instead of refusing
+    # keep datasets that exist (of the suite's horizon, and the --seed and --episodes given)
+    skip_existing: bool = False
     root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari/datasets
 
     def __post_init__(self):
@@ -112,8 +113,10 @@ def build(cfg: DataBuildConfig) -> list[dict[str, Any]]:
     chunks_left = dict.fromkeys(p.tasks, len(chunks))
     started = time.perf_counter()
     summaries = [{"task": t, **catalog.read_summary(dataset_id(t), p.root)} for t in p.skipped]
-    for summary in summaries:  # kept only if it is what this build would make
-        asked = {"seed": p.seed, "episodes": p.episodes, "horizon": p.suite.horizon}
+    for summary in summaries:  # kept only if it is what was asked for (defaults: any)
+        asked = {"horizon": p.suite.horizon}
+        asked |= {"seed": p.seed} if cfg.seed is not None else {}
+        asked |= {"episodes": p.episodes} if cfg.episodes else {}
         differ = {k: v for k, v in asked.items() if k in summary and summary[k] != v}
         if differ:
             was = ", ".join(f"{k} {summary[k]}" for k in differ)
