@@ -105,19 +105,9 @@ def test_recording_an_unknown_env_is_one_line(tmp_path, capsys):
 def test_an_agents_recording_names_the_envs_own_shorter_limit(tmp_path):
     """An agent of horizon 300 on Pendulum (its own limit 200): the episodes end at 200, and
     the dataset's spec says 200 (it said the agent's 300)."""
-    from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model
+    from test_evaluate import tiny_agent
 
-    torch.manual_seed(0)
-    meta = AgentMeta(
-        state_mean=[0.0] * 3,
-        state_std=[1.0] * 3,
-        return_scale=100.0,
-        context_length=5,
-        horizon=300,
-        target_returns={"Pendulum-v1": -100.0},
-    )
-    Agent(build_model(ModelConfig(hidden_size=16, n_layer=1, n_head=1, context_length=5), 3, 1),
-          meta).save(tmp_path / "agent")  # fmt: skip
+    tiny_agent(3, 1, horizon=300, targets={"Pendulum-v1": -100.0}).save(tmp_path / "agent")
     args = ["data", "record", "--env", "Pendulum-v1", "--id", "test/pendulum-agent-v0",
             "--episodes", "1", "--checkpoint", str(tmp_path / "agent"), "--precision", "fp32",
             "--root", str(tmp_path / "minari")]  # fmt: skip
