@@ -150,11 +150,21 @@ def test_config_classes_refuse_non_finite_numbers_from_python():
     from eva_rl.training.loop import OptimConfig
 
     nan = float("nan")
-    for make in (lambda: OptimConfig(lr=nan), lambda: OptimConfig(weight_decay=nan),
-                 lambda: OptimConfig(grad_clip=float("inf")), lambda: MethodConfig(alpha=nan),
-                 lambda: MethodConfig(rho=nan), lambda: CollectorConfig(rho=nan)):  # fmt: skip
-        with pytest.raises(UserError, match="finite|>= 1"):
+    cases = [
+        (lambda: OptimConfig(lr=nan), "optim.lr and optim.grad_clip must be finite and > 0, "
+         "got lr=nan"),
+        (lambda: OptimConfig(weight_decay=nan), "optim.weight_decay must be finite and >= 0, "
+         "got nan"),
+        (lambda: OptimConfig(grad_clip=float("inf")), "must be finite and > 0, got lr=0.0001, "
+         "grad_clip=inf"),
+        (lambda: MethodConfig(alpha=nan), "method: alpha must be finite and >= 0"),
+        (lambda: MethodConfig(rho=nan), "method.rho must be >= 1 (1 = no redistribution), got nan"),
+        (lambda: CollectorConfig(rho=nan), "rho must be >= 1 (1 = no redistribution), got nan"),
+    ]  # fmt: skip
+    for make, message in cases:
+        with pytest.raises(UserError) as error:
             make()
+        assert message in str(error.value)
 
 
 @pytest.mark.parametrize(("method", "rank", "fragment"), [
