@@ -283,8 +283,10 @@ def test_several_references_add_comparisons_under_one_holm_correction(runs):
     eva_fft = both[("eva r8 rho2", "fft")]
     # eva - fft per pair: hammer +0.2 +0.4 +0.3 (fft 0), push -0.4 -0.2 -0.3 (fft 1)
     assert eva_fft.n == 6 and eva_fft.mean_diff == pytest.approx(0.0)
+    adjusted = dict(zip(both, holm([c.p for c in both.values()]), strict=True))
     for key, c in alone.items():  # same tests, Holm over three comparisons instead of two
-        assert both[key].p == c.p and both[key].p_holm >= c.p_holm
+        assert both[key].p == c.p and both[key].p_holm == pytest.approx(adjusted[key])
+        assert both[key].family == 3 and c.family == 2
     assert compare(stats, ["lora", "lora"]) == compare(stats, "lora")  # no comparison twice
     with pytest.raises(UserError, match="these runs have no dora configuration"):
         compare(stats, ["lora", "dora:lora"])
