@@ -157,6 +157,11 @@ def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(ru
     comparisons = compare(stats, ["lora", "eva-dora:dora"], planned_configs(runs, stats[0].rows))
     assert [c.label for c in comparisons] == ["fft", "eva r8 rho2"]
     assert {c.family for c in comparisons} == {5}  # dora - lora still counted, at p = 1
+    # --by a key the grid lacks (precision as each run ran): the same family, not each
+    # comparison counted again under a planned label without the key
+    stats = aggregate(collect_runs(runs, by=["precision"]))
+    comparisons = compare(stats, ["lora", "eva-dora:dora"], planned_configs(runs, stats[0].rows))
+    assert {c.family for c in comparisons} == {5}
 
 
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):

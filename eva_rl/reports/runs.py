@@ -227,7 +227,10 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     first = rows[0]
     base = {"method.name": first.method, "method.rank": first.rank, "method.rho": first.rho}
     base |= flatten(first.summary.config)
-    keys = variant_keys(runs_dir)
+    # the rows' keys (the grid's and `--by`'s), a key the grid lacks valued as the first run has
+    # it: else no planned label matches a tested one and Holm counts each comparison twice
+    keys = [k for k, _ in first.variant]
+    base |= {k: v for k, v in first.variant if k not in variant_keys(runs_dir)}
     planned = set()
     for point in (p for g in as_grids(grid) for p in expand(g)):
         value = {**base, **point}
