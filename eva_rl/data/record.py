@@ -117,10 +117,7 @@ def _own_limit(name: str) -> int:
         import metaworld.env_dict
 
         return metaworld.env_dict.ALL_V3_ENVIRONMENTS[name].max_path_length
-    try:
-        return gym.spec(name).max_episode_steps or 1000
-    except gym.error.Error:
-        return 1000  # not a registered env: building it says so in one line
+    return _registered_limit(name) or 1000  # an unregistered env: building it says so
 
 
 def _random_rollouts(cfg: RecordConfig, env: gym.Env, horizon: int, progress: bool) -> list[dict]:
@@ -179,6 +176,7 @@ def _agent_rollouts(cfg: RecordConfig, progress: bool) -> tuple[list[dict], int]
 
 
 def _registered_limit(name: str) -> int | None:
+    """The time limit a Gymnasium env is registered with; None without one or a registration."""
     try:
         return gym.spec(name).max_episode_steps
     except gym.error.Error:

@@ -229,8 +229,8 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     base |= flatten(first.summary.config)
     # the rows' keys (the grid's and `--by`'s), a key the grid lacks valued as the first run has
     # it: else no planned label matches a tested one and Holm counts each comparison twice
-    keys = [k for k, _ in first.variant]
-    base |= {k: v for k, v in first.variant if k not in variant_keys(runs_dir)}
+    keys, grid_keys = [k for k, _ in first.variant], variant_keys(runs_dir)
+    base |= {k: v for k, v in first.variant if k not in grid_keys}
     planned = set()
     for point in (p for g in as_grids(grid) for p in expand(g)):
         value = {**base, **point}
