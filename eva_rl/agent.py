@@ -28,6 +28,7 @@ from eva_rl.adapters.fit import check_adapter
 from eva_rl.assets import SHIPPED
 from eva_rl.config import from_dict
 from eva_rl.data.checks import check_timesteps
+from eva_rl.data.segments import feature_scale
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.weights import check_weights, weights_digest
@@ -107,8 +108,10 @@ class AgentMeta:
             raise UserError("state_mean and state_std must have the same length")
         if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
             raise UserError(f"return_scale must be a finite number > 0, got {self.return_scale}")
-        if not all(s > 0 and math.isfinite(s) for s in self.state_std):
-            raise UserError("state_std must be positive and finite in every dimension")
+        if not all(s >= 0 and math.isfinite(s) for s in self.state_std):
+            raise UserError("state_std must be finite and >= 0 in every dimension")
+        # checkpoints written before `feature_scale` hold 1e-6 for constant features
+        self.state_std = feature_scale(self.state_std).tolist()
         numbers = {"state_mean": self.state_mean, "target_returns": self.target_returns.values()}
         for env, ref in self.reference_returns.items():
             numbers[f"reference_returns[{env!r}]"] = ref

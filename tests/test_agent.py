@@ -124,6 +124,52 @@ def test_normalize_uses_checkpoint_stats():
     np.testing.assert_allclose(out.numpy(), [[0.0, 1.0, -1.0]], atol=1e-6)
 
 
+def test_a_checkpoint_with_the_old_constant_feature_floor_scales_it_by_1(tmp_path):
+    """Checkpoints written before `feature_scale` hold std 1e-6 (float32) where a feature never
+    varied; loaded, that feature is centred and not scaled, and it saves back as 1."""
+    agent = tiny_agent(state_dim=3)
+    agent.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "eva_rl.json").read_text())
+    meta["state_std"] = [2.0, float(np.float32(1e-6)), 0.0]
+    (tmp_path / "old" / "eva_rl.json").write_text(json.dumps(meta))
+    loaded = Agent.load(tmp_path / "old")
+    assert loaded.meta.state_std == [2.0, 1.0, 1.0]
+    out = loaded.normalize(torch.tensor([[2.1, 0.6, 0.1]]))
+    np.testing.assert_allclose(out.numpy(), [[1.0, 0.5, 0.0]], atol=1e-6)
+    loaded.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "eva_rl.json").read_text())["state_std"] == [
+        2.0,
+        1.0,
+        1.0,
+    ]
+    with pytest.raises(UserError, match="state_std must be finite and >= 0"):
+        AgentMeta(**{**meta, "state_std": [2.0, -1.0, 1.0]})
+
+
+def test_the_shipped_agent_tells_hammer_states_apart():
+    """hammer-v3 reports a quaternion (dims 14-17) that every MT40 episode left at 0. With a
+    1e-6 scale those dims reached 1e6 and every hammer state embedded to the same token (cosine
+    1.0000000); scaled by 1, states 20 random steps apart embed apart like push-v3's (0.90)."""
+    from eva_rl.agent import SHIPPED
+    from eva_rl.envs import make_env
+
+    agent = Agent.load(SHIPPED)
+    model = agent.model.eval()
+    env = make_env("hammer-v3", 50)
+    first, _ = env.reset(seed=0)
+    later, _ = env.reset(seed=1)
+    env.action_space.seed(0)
+    for _ in range(20):
+        later, *_ = env.step(env.action_space.sample())
+    env.close()
+    assert np.all(np.asarray(agent.meta.state_mean)[14:18] == 0) and first[14] == 1.0
+    with torch.no_grad():
+        z = agent.normalize(torch.as_tensor(np.stack([first, later]), dtype=torch.float32))
+        assert z.abs().max() < 10
+        tokens = model.embed_ln(model.embed_state(z) + model.embed_timestep(torch.zeros(2).long()))
+    assert torch.cosine_similarity(tokens[0], tokens[1], 0) < 0.99
+
+
 def test_data_longer_than_the_timestep_embedding_is_refused(mw_root):
     """An episode step the model has no timestep embedding for fails in one line naming both
     lengths, before any forward (an index error there; a device-side assert on CUDA)."""

@@ -127,3 +127,19 @@ def test_datasets_listed_twice_or_not_box_are_refused(tmp_path, mw_root):
     write_minari("test/cartpole/discrete-v0", gym.make("CartPole-v1"), eps, root)
     with pytest.raises(UserError, match="needs Box observations and actions"):
         load_trajectories(["test/cartpole/discrete-v0"], root)
+
+
+def test_a_constant_feature_is_centred_not_scaled(tmp_path):
+    """A feature that never varies in the stats' data gets scale 1: its data still normalises to
+    0 there, and a later deviation of 0.5 stays 0.5 (the old 1e-6 floor made it 5e5)."""
+    states = np.stack([np.arange(4.0), np.full(4, 0.25), np.arange(4.0) ** 2], 1)
+    write_minari("test/pendulum/const-v0", gym.make("Pendulum-v1"),
+                 [(states, [[0.1], [0.2], [0.3]], [1.0, 2.0, 3.0])], tmp_path)  # fmt: skip
+    t = load_trajectories(["test/pendulum/const-v0"], tmp_path)
+    mean, std = t.state_stats()
+    kept = states[:3]  # the final observation is dropped
+    np.testing.assert_allclose(mean, kept.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, [kept[:, 0].std(), 1.0, kept[:, 2].std()], rtol=1e-6)
+    batch = SegmentSampler(t, 4, 1.0, mean, std, seed=0).sample(8)
+    assert torch.all(batch["states"][..., 1] == 0)
+    assert (0.75 - mean[1]) / std[1] == pytest.approx(0.5)

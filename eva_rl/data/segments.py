@@ -21,6 +21,22 @@ from eva_rl.data.checks import check_episode, warn_outside
 from eva_rl.envs import ENV_ID
 from eva_rl.errors import UserError
 
+CONSTANT_STD = 1e-6  # a feature whose std is at most this never varied in the stats' data
+
+
+def feature_scale(std) -> np.ndarray:
+    """The divisor of each state feature: its std, or 1 where the feature never varied.
+
+    Dividing by a floored std (the old rule) scaled any later deviation of such a feature by up
+    to 1e6, which swamped every other feature after the DT's embedding and layer norm (hammer-v3
+    reports a quaternion that the MT40 data always left at 0: every hammer state looked alike).
+    Scale 1 leaves the data the stats came from unchanged (its deviation there is 0) and passes
+    new variation through centred, unscaled, as scikit-learn's StandardScaler does.
+    """
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std <= CONSTANT_STD, 1.0, std)
+
+
 # Segments per batch, at most: far above any batch that fits a GPU (the paper's is 128), low
 # enough that a mistyped size fails here in one line, not in the allocator of a forward pass
 MAX_BATCH = 65536
@@ -70,10 +86,10 @@ class Trajectories:
         return self.actions.shape[1]
 
     def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std over all states (std floored so constant features stay finite)."""
+        """Mean and std over all states (1 where a feature is constant: `feature_scale`)."""
         mean = self.states.mean(0, dtype=np.float64)
         std = self.states.std(0, dtype=np.float64)
-        return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+        return mean.astype(np.float32), feature_scale(std).astype(np.float32)
 
     def select(self, episodes: np.ndarray) -> Trajectories:
         """The trajectories of the given episode indices (in that order)."""
