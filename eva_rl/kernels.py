@@ -85,15 +85,17 @@ def speed_up(model: torch.nn.Module) -> torch.nn.Module:
     """Swap every `nn.Dropout` of `model` for `MaskDropout`, route its attention through
     `attention`, and stop PEFT's adapter layers from casting their bf16 inputs to fp32 only for
     autocast to cast them back (two copies of every adapted layer's input and gradient, 15% of
-    a bf16 LoRA step; the products see the same bf16 values either way). In place; weights,
-    config values and outputs in eval mode are unchanged."""
+    a bf16 LoRA step; the products see the same bf16 values either way). DoRA layers keep the
+    cast: PEFT's DoRA casts the weight to the input's dtype before its column norm, so a bf16
+    input would round W and move the output off the base model's at initialisation. In place;
+    weights, config values and outputs in eval mode are unchanged."""
     for name, child in list(model.named_modules()):
         if type(child) is torch.nn.Dropout:
             parent, _, attr = name.rpartition(".")
             swapped = MaskDropout(child.p, child.inplace).train(child.training)
             setattr(model.get_submodule(parent), attr, swapped)
     for sub in model.modules():
-        if isinstance(sub, BaseTunerLayer):
+        if isinstance(sub, BaseTunerLayer) and not any(getattr(sub, "use_dora", {}).values()):
             sub.cast_input_dtype_enabled = False
         config = getattr(sub, "config", None)
         if getattr(config, "_attn_implementation", None) == "sdpa":

@@ -88,6 +88,71 @@ def test_speed_up_keeps_eval_outputs_and_saved_config():
     assert torch.equal(model(**batch).action_preds, a) and not torch.equal(a, before)
 
 
+def adapted_batch(k=5, batch=4, state_dim=6, act_dim=3):
+    torch.manual_seed(1)
+    mask = torch.ones(batch, k, dtype=torch.long)
+    mask[0, :2] = 0  # left padding
+    return dict(
+        states=torch.randn(batch, k, state_dim),
+        actions=torch.rand(batch, k, act_dim) * 2 - 1,
+        returns_to_go=torch.randn(batch, k, 1),
+        timesteps=torch.arange(k).repeat(batch, 1),
+        attention_mask=mask,
+    )
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_speed_up_keeps_adapted_bf16_outputs(method):
+    """Under bf16 autocast an adapter at initialisation (B = 0) acts as its base model, before
+    and after `speed_up`. DoRA failed this (max difference 0.002) when its input cast was
+    switched off: PEFT's DoRA then took the column norm of a bf16-rounded weight."""
+    from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
+
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(hidden_size=64, n_layer=2, n_head=2, context_length=5), 6, 3)
+    base.eval()
+    adapted = build_method(base, MethodConfig(name=method, rank=4), BuildContext()).model.eval()
+    batch = adapted_batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = base(**batch).action_preds
+        before = adapted(**batch).action_preds
+        speed_up(adapted)
+        after = adapted(**batch).action_preds
+    assert torch.equal(before, reference)
+    assert torch.equal(after, reference)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_speed_up_trains_like_sdpa_attention(padded):
+    """In train mode (the patched attention's own path) the patched model's outputs and
+    gradients equal transformers' SDPA model's, with and without padding, with layer scales
+    other than the head size's default (as scale_attn_by_inverse_layer_idx sets them).
+    Dropout 1e-9 keeps the patched path and drops nothing in practice."""
+    import copy
+
+    cfg = ModelConfig(hidden_size=48, n_layer=2, n_head=2, context_length=5, dropout=1e-9)
+    torch.manual_seed(0)
+    plain = build_model(cfg, 6, 3)
+    for i, block in enumerate(plain.encoder.h):  # as scale_attn_by_inverse_layer_idx sets it
+        block.attn.scaling /= i + 1
+    patched = speed_up(copy.deepcopy(plain))
+    batch = adapted_batch()
+    if not padded:
+        batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    valid = batch["attention_mask"].bool()  # padded rows differ (uniform vs zero) and are unused
+    outputs = []
+    for model in (plain, patched):
+        model.train()
+        out = model(**batch).action_preds[valid]
+        out.square().sum().backward()
+        outputs.append((out, [p.grad for p in model.parameters() if p.grad is not None]))
+    (a, grads_a), (b, grads_b) = outputs
+    assert torch.allclose(a, b, atol=1e-6)
+    assert len(grads_a) == len(grads_b) > 0
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-5)
+
+
 def test_fused_adamw_makes_the_plain_update():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(50, 20)) for _ in range(3)]
