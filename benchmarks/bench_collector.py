@@ -40,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-batches", type=int, default=60)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    ap.add_argument(
+        "--precision", default="auto", help="the collector's and the forward's (PEFT runs fp32)"
+    )
     return ap.parse_args()
 
 
@@ -56,7 +59,7 @@ def main() -> None:
     batches = [sampler.sample(args.batch_size) for _ in range(args.max_batches)]
     model = agent.model.eval()
     device = torch.device(args.device)
-    precision = resolve_precision(CollectorConfig().precision, device)  # the collector's
+    precision = resolve_precision(args.precision, device)  # the collector's
 
     def forward(n):
         with torch.no_grad(), autocast(device, precision):
@@ -71,6 +74,7 @@ def main() -> None:
             method=method,
             max_batches=args.max_batches,
             batch_size=args.batch_size,
+            precision=args.precision,
         )
         return collect(model, iter(batches), cfg, progress=False)
 

@@ -11,8 +11,9 @@ Variants: `fp32`, `bf16` (autocast around forward and loss), `+plain` (torch's o
 attention and unfused AdamW, as before 2026-12-06), `+compile` (torch.compile of the loss
 function; its compile time is printed). `benchmarks/bench_step.py` compares whole finetune
 runs against an older commit. Memory is the growth of the process's peak resident
-set over the set before the first update (CPU: /proc peak RSS, reset before timing; CUDA:
-torch.cuda.max_memory_allocated), i.e. gradients, optimizer state and activations. Figures
+set over the set after the warm-up updates (CPU: /proc peak RSS, reset before timing; CUDA:
+torch.cuda.max_memory_allocated), i.e. activations and gradients: AdamW's state exists by then
+and is not counted. Figures
 are medians over rounds; ratios are against fft in fp32 and against the same method in fp32;
 rounds interleave to spread machine noise. Needs the dataset: eva-rl data build --tasks hammer-v3
 """

@@ -7,7 +7,7 @@ A 0.7M-parameter Decision Transformer step is kernel-launch bound on a GPU (one 
 run made 52 updates/s, issue 29). Each configuration runs the real step of `eva-rl finetune`
 (shipped agent, LoRA r8 through PEFT, the task's data, batch 64, masked action MSE, fused AdamW,
 gradient clipping) in fresh processes:
-- eager: the step as the Trainer runs it;
+- eager: the step as the Trainer runs it (`precision: auto`, so bf16 autocast where native);
 - graphs: the model's forward (and with it the backward) through
   `torch.compile(mode="reduce-overhead")`, which captures CUDA graphs and replays them;
 - packed k: k such runs at once on the one GPU (what fractional `gpus` in a sweep does).
@@ -57,14 +57,18 @@ def measure(task: str, device: str, graphs: bool, steps: int) -> dict:
     """Updates/s of `steps` training steps after a warm-up (compilation and capture)."""
     import torch
 
+    from eva_rl.runtime import autocast, resolve_precision
     from eva_rl.training.losses import action_loss
 
     model, sampler, params, optimizer = setup(task, device)
     forward = torch.compile(model, mode="reduce-overhead") if graphs else model
     model.train()
+    where = torch.device(device)
+    precision = resolve_precision("auto", where)  # the Trainer's default: bf16 on a recent GPU
 
     def step():
-        loss = action_loss(forward, sampler.sample(64))
+        with autocast(where, precision):
+            loss = action_loss(forward, sampler.sample(64))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.25)
@@ -80,7 +84,7 @@ def measure(task: str, device: str, graphs: bool, steps: int) -> dict:
         loss = step()
     sync()
     seconds = time.perf_counter() - started
-    return {"updates_per_s": steps / seconds, "loss": loss.item()}
+    return {"updates_per_s": steps / seconds, "loss": loss.item(), "precision": precision}
 
 
 def check(task: str) -> None:
