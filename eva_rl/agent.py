@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
 from eva_rl import assets
 from eva_rl.adapters.fit import check_adapter
-from eva_rl.assets import SHIPPED
+from eva_rl.assets import HUB_ID, SHIPPED, locate_checkpoint  # noqa: F401 (imported from here)
 from eva_rl.config import from_dict
 from eva_rl.data.checks import check_timesteps
 from eva_rl.data.segments import feature_scale
@@ -108,6 +107,9 @@ class AgentMeta:
             raise UserError("state_mean and state_std must have the same length")
         if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
             raise UserError(f"return_scale must be a finite number > 0, got {self.return_scale}")
+        for key in ("context_length", "horizon"):  # steps attended to; steps of an episode
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}; fix the stats")
         if not all(s >= 0 and math.isfinite(s) for s in self.state_std):
             raise UserError("state_std must be finite and >= 0 in every dimension")
         # checkpoints written before `feature_scale` hold 1e-6 for constant features
@@ -229,18 +231,26 @@ class Agent:
         transformers). `stats` is an `eva_rl.json`-shaped file for a plain transformers DT; the
         public D4RL DTs whose stats ship in `envs/hub/` need none."""
         source = locate_checkpoint(path)
+        fields = "state_mean, state_std, return_scale, context_length, horizon"
         if stats is not None:
             meta_path = Path(stats)
+            if not meta_path.is_file():
+                raise UserError(f"stats file {stats} not found; check the --stats path")
         elif isinstance(source, Path):
             meta_path = source / META_FILE
+            if not meta_path.is_file():
+                raise UserError(
+                    f"{source} has no {META_FILE} (a plain transformers checkpoint?); pass "
+                    f"--stats FILE with {fields} (examples: envs/hub/*.json)"
+                )
         else:
-            meta_path = assets.hub_stats_dir() / f"{source.split('/')[-1]}.json"
-        if not meta_path.is_file():
-            raise UserError(
-                f"{source} has no {META_FILE} (a plain transformers checkpoint?); pass --stats "
-                "FILE with state_mean, state_std, return_scale, context_length, horizon "
-                "(examples: envs/hub/*.json)"
-            )
+            meta_path = assets.hub_stats(source)
+            if not meta_path.is_file():  # a mistyped local path reads as a hub id
+                raise UserError(
+                    f"{source} is not a local directory (no such path), and no stats are "
+                    "known for it as a Hugging Face hub id; check the path, or for a hub "
+                    f"checkpoint pass --stats FILE with {fields} (examples: envs/hub/*.json)"
+                )
         meta = read_meta(meta_path)
         try:
             with quiet_transformers():
@@ -264,25 +274,6 @@ class Agent:
             ) from None
         check_weights(model, info, source)
         return cls(model.to(device).eval(), meta, str(source))
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def locate_checkpoint(path: str | os.PathLike) -> Path | str:
-    """A checkpoint directory (a relative path is also tried against `assets.root()`, where
-    the shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
-    local = Path(path)
-    for candidate in (local, assets.root() / local):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if not local.exists() and HUB_ID.match(str(path)):
-        return str(path)
-    default = " (the default: the shipped agent)" if str(path) == SHIPPED else ""
-    raise UserError(
-        f"{path}{default} is not a checkpoint directory (no config.json) or a hub id; "
-        "check the path or pass --checkpoint"
-    )
 
 
 def checkpoint_ref(path: str | os.PathLike) -> str:

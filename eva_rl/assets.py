@@ -11,8 +11,12 @@ default) resolve against `root()` wherever the current directory is.
 
 from __future__ import annotations
 
+import os
+import re
 from importlib import resources
 from pathlib import Path
+
+from eva_rl.errors import UserError
 
 SHIPPED = "results/pretrained/mt40-cpu/agent"  # the default checkpoint of finetune and friends
 ENVS = "envs"  # the suites (`envs/<family>/<suite>.yaml`) and the hub agents' stats (`envs/hub`)
@@ -36,6 +40,11 @@ def hub_stats_dir() -> Path:
     return root() / ENVS / "hub"
 
 
+def hub_stats(hub_id: str) -> Path:
+    """Where the stats of hub DT `owner/name` travel (`envs/hub/name.json`), if they do."""
+    return hub_stats_dir() / f"{hub_id.split('/')[-1]}.json"
+
+
 def locate(path: str) -> str:
     """`path` as given where it exists (relative to the current directory or absolute), else
     its travelling copy under `root()` where that exists (`configs/finetune/cw10-cpu.yaml`
@@ -43,3 +52,22 @@ def locate(path: str) -> str:
     if Path(path).exists() or not (root() / path).exists():
         return path
     return str(root() / path)
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def locate_checkpoint(path: str | os.PathLike) -> Path | str:
+    """A checkpoint directory (a relative path is also tried against `root()`, where the
+    shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
+    local = Path(path)
+    for candidate in (local, root() / local):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if not local.exists() and HUB_ID.match(str(path)):
+        return str(path)
+    default = " (the default: the shipped agent)" if str(path) == SHIPPED else ""
+    raise UserError(
+        f"{path}{default} is not a checkpoint directory (no config.json) or a hub id; "
+        "check the path or pass --checkpoint"
+    )

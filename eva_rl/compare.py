@@ -14,6 +14,7 @@ from eva_rl.agent import load_agent
 from eva_rl.envs import make_env
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, Evaluator
+from eva_rl.io import check_writable
 from eva_rl.video import side_by_side
 
 
@@ -52,8 +53,11 @@ def compare_agents(cfg: CompareConfig, progress: bool = True) -> list[tuple[Path
     films side by side, each under its label and its outcome (success at the final step,
     return). Returns each MP4's path with those captions."""
     out = Path(cfg.out)
+    check_writable(out, directory=True)  # a file there fails now, not after the rollouts
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.episodes)]
     paths = [out / f"{cfg.env}-seed{s}.mp4" for s in seeds]
+    for path in paths:
+        check_writable(path)  # a folder in a video's place
     if not cfg.overwrite and any(p.exists() for p in paths):
         raise UserError(f"{out} already holds these videos; pass --overwrite or another --out")
     make_env(cfg.env, horizon=1).close()  # a wrong name or path fails before any film

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from eva_rl.assets import locate
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_text
 
@@ -27,10 +28,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Build `cls` from an optional YAML file, then apply `key=value` overrides (dotted keys)."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_yaml(path)
+        data = read_yaml(locate(str(path)))
     for item in overrides:
         apply_override(data, item)
     return from_dict(cls, data)
+
+
+# Seeds reach numpy, gymnasium and torch, which refuse negative ones (torch also 2**64 and up);
+# below 2**63 a seed is a signed 64-bit integer wherever it is stored (arrays, HDF5, JSON).
+SEED_LIMIT = 2**63
+
+
+def check_seed(value: int, key: str) -> None:
+    """A config's `key` is a usable seed: an integer in [0, 2**63)."""
+    if not 0 <= value < SEED_LIMIT:
+        fix = "a seed >= 0" if value < 0 else "a smaller seed"
+        raise UserError(f"{key} must be an integer in [0, 2**63), got {value}; give {fix}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -278,7 +291,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 def from_args(cls: type[T], args, keys) -> T:
     """`--config FILE`, then `key=value` overrides, then the flags that were given."""
-    data: dict[str, Any] = read_yaml(args.config) if getattr(args, "config", None) else {}
+    config = getattr(args, "config", None)
+    data: dict[str, Any] = read_yaml(locate(config)) if config else {}
     for item in getattr(args, "overrides", []):
         apply_override(data, item)
     for key in keys:

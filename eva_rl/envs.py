@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from eva_rl import assets
-from eva_rl.config import from_dict, read_yaml
+from eva_rl.config import check_seed, from_dict, read_yaml
 from eva_rl.errors import UserError
 
 ENV_ID = "eva_rl/MetaWorldTask-v0"
@@ -148,7 +148,7 @@ def make_env(name: str, horizon: int, render_size: int | None = None, cut: bool 
         except TypeError:  # an env without frame-size arguments renders at its own size
             render.pop("width", None), render.pop("height", None)
             return gym.make(name, **render, **limit)
-    except gym.error.Error as e:
+    except (gym.error.Error, ImportError) as e:  # ImportError: `module:Env` with a bad module
         raise UserError(
             f"cannot make env {name!r}: not a Meta-World v3 task and gymnasium says: {e}"
         ) from None
@@ -320,6 +320,7 @@ class DatasetRecipe:
     def __post_init__(self):
         if self.episodes_per_task < 1:
             raise UserError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        check_seed(self.seed, "dataset.seed")
 
 
 @dataclass

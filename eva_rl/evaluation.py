@@ -80,8 +80,21 @@ class EvalConfig:
         check_precision(self.precision)
         if not 0.0 <= self.noise < float("inf"):
             raise UserError(f"noise must be >= 0, got {self.noise}")
-        if self.video < 0 or self.video_size < 16 or self.video_every < 1:
-            raise UserError("video must be >= 0, video_size >= 16 and video_every >= 1")
+        check_video(self.video, self.video_size, self.video_every)
+        from eva_rl.config import check_seed
+
+        check_seed(self.seed, "eval.seed")
+
+
+def check_video(video: int, size: int, every: int) -> None:
+    """The video options of an evaluation config (`eval.*`), checked before any rollout."""
+    if video < 0 or every < 1:
+        raise UserError("video must be >= 0 and video_every >= 1")
+    if size < 16 or size % 2:  # H.264 (yuv420p) encodes even sizes only; ffmpeg fails silently
+        raise UserError(
+            "eval.video_size (--video-size) must be an even number of pixels >= 16 (H.264 "
+            f"encodes even frame sizes only), got {size}"
+        )
 
 
 def scaled_target(target: float, scale: float) -> float:
@@ -316,7 +329,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
 
     from eva_rl.agent import load_agent
     from eva_rl.envs import load_suite
-    from eva_rl.io import atomic_write_json, check_writable
+    from eva_rl.io import atomic_write_dir, atomic_write_json, check_writable
     from eva_rl.video import log_videos
 
     out = Path(cfg.out)
@@ -324,6 +337,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         raise UserError(f"{out} exists; pass --overwrite or choose another --out")
     check_writable(out)
     check_writable(cfg.tb_dir, directory=True)
+    check_tb(cfg)
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.eval.device))
     envs = cfg.envs or (load_suite(cfg.suite).tasks if cfg.suite else [])
     envs = envs or agent.meta.provenance.get("envs") or sorted(agent.meta.target_returns)
@@ -336,12 +350,30 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         result = evaluator.run(video_dir=str(cfg.video_dir))
     result.config.update(checkpoint=str(cfg.checkpoint), envs=envs, stats=cfg.stats)
     step = agent.meta.provenance.get("steps", 0)
-    with ownership.staged(cfg.tb_dir, "evaluation") as stage:  # whole or not at all
+
+    def write_tb(stage: Path) -> None:  # replaces an earlier evaluation's folder whole
+        ownership.claim(stage, "evaluation")
         with SummaryWriter(stage) as writer:
             result.log(writer, step=step)
         log_videos(result, stage, step)
+
+    atomic_write_dir(cfg.tb_dir, write_tb)  # whole or not at all
     atomic_write_json(out, result.to_dict(intervals=True))  # last: its presence means done
     return result
+
+
+def check_tb(cfg: EvaluateConfig) -> None:
+    """The TensorBoard folder is replaced whole (an earlier one's events would show beside the
+    new ones): a new or empty one, or with `overwrite` one an evaluation made (marked, or before
+    markers the default `<out>_tb` of an existing report, event files only)."""
+    tb = cfg.tb_dir
+    if tb.is_dir() and any(tb.iterdir()):
+        events = all(e.name.startswith("events.out.tfevents.") for e in tb.iterdir())
+        if not (cfg.tb is None and Path(cfg.out).is_file() and events):
+            ownership.check_replaceable(tb, "eva-rl evaluate", "--tb", kind="evaluation")
+        if not cfg.overwrite:
+            raise UserError(f"{tb} holds an earlier evaluation's TensorBoard events; pass "
+                            "--overwrite or choose another --tb")  # fmt: skip
 
 
 def dataset_targets(ids: list[str], envs: list[str]) -> dict[str, float]:

@@ -46,13 +46,19 @@ def claim(path: str | os.PathLike, kind: str) -> Path:
     return path
 
 
-def check_replaceable(path: str | os.PathLike, what: str) -> None:
-    """Refuse to write into an existing, non-empty directory eva_rl did not make."""
+def check_replaceable(
+    path: str | os.PathLike, what: str, option: str = "--out", kind: str | None = None
+) -> None:
+    """Refuse to write into an existing, non-empty directory eva_rl did not make (as `kind`, if
+    given); `option` names the command's flag for another one."""
     path = Path(path)
-    if path.is_dir() and any(path.iterdir()) and not owned(path):
+    if path.is_dir() and any(path.iterdir()) and not owned(path, kind):
+        made = f"not made by eva-rl (no {MARKER} marker)"
+        if owned(path):
+            made = f"made by eva-rl for another use (its {MARKER} marker is not {kind!r})"
         raise UserError(
-            f"{path} exists and was not made by eva-rl (no {MARKER} marker), so {what} will not "
-            "write into it or replace it; choose another --out"
+            f"{path} exists and was {made}, so {what} will not write into it or replace it; "
+            f"choose another {option}"
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from eva_rl import assets
 from eva_rl.assets import SHIPPED
-from eva_rl.config import from_dict, read_yaml
+from eva_rl.config import check_seed, from_dict, read_yaml
 from eva_rl.errors import UserError
 
 
@@ -38,6 +38,7 @@ class QuickstartConfig:
                 raise UserError(f"{what} {path} not found; check the path")
         if self.steps < 1 or self.eval_every < 1:
             raise UserError("steps and eval_every must be >= 1")
+        check_seed(self.seed, "seed")
         from eva_rl.adapters.methods import METHODS, unknown_method
 
         for method in self.methods:  # before any dataset is built

@@ -51,15 +51,23 @@ def _nvidia_gpu() -> bool:
 
 
 def write_mp4(path: str | os.PathLike, frames: list[np.ndarray], fps: float) -> None:
-    """H.264 MP4 of RGB frames, written beside `path` and renamed into place."""
+    """H.264 MP4 of RGB frames, written beside `path` and renamed into place; refused where
+    ffmpeg wrote nothing (it fails without raising, say on an odd frame size)."""
     import imageio.v3 as iio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
     try:
-        iio.imwrite(tmp, np.stack(frames), fps=fps, extension=".mp4", plugin="FFMPEG",
-                    codec="libx264", macro_block_size=1)  # fmt: skip
+        video = np.stack(frames)
+        iio.imwrite(tmp, video, fps=fps, extension=".mp4", plugin="FFMPEG", codec="libx264",
+                    macro_block_size=1)  # fmt: skip
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            height, width = video.shape[1:3]
+            fix = "choose an even --video-size (H.264 encodes even sizes only)"
+            fix = fix if width % 2 or height % 2 else "see ffmpeg's messages above"
+            raise UserError(f"ffmpeg wrote nothing for {path} ({len(video)} frames of "
+                            f"{width}x{height} pixels); {fix}")  # fmt: skip
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

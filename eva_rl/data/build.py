@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from eva_rl.config import check_seed
 from eva_rl.data import catalog
 from eva_rl.data.catalog import dataset_id
 from eva_rl.envs import NoiseMixture, Suite, load_suite, make_task_env, unknown_name_message
@@ -46,6 +47,8 @@ class DataBuildConfig:
     def __post_init__(self):
         if self.episodes is not None and self.episodes < 1:
             raise UserError(f"episodes must be >= 1, got {self.episodes}")
+        if self.seed is not None:
+            check_seed(self.seed, "seed")
         if self.chunk_episodes < 1:
             raise UserError(f"chunk_episodes must be >= 1, got {self.chunk_episodes}")
         if self.workers < 0:

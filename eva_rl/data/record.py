@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from eva_rl.config import check_seed
 from eva_rl.data import catalog
 from eva_rl.envs import env_dims, make_env, metaworld_task_names
 from eva_rl.errors import UserError
@@ -48,6 +49,7 @@ class RecordConfig:
             raise UserError("data record needs --env ENV and --id NAMESPACE/NAME-vN")
         if self.episodes < 1:
             raise UserError(f"episodes must be >= 1, got {self.episodes}")
+        check_seed(self.seed, "seed")
         if self.noise < 0 or (self.horizon is not None and self.horizon < 1):
             raise UserError("noise must be >= 0 and horizon >= 1")
         if self.checkpoint is None and (self.noise or self.target_return is not None):

@@ -36,7 +36,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from eva_rl import distributed
 from eva_rl.adapters.fit import check_rank, target_layers
+from eva_rl.config import check_seed
 from eva_rl.data.segments import MAX_BATCH
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
@@ -51,6 +52,8 @@ from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.runtime import Precision, autocast, check_precision, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens
+# covariance: exact streaming statistics; incremental-svd: PEFT's algorithm, for comparison
+CollectorMethod = Literal["covariance", "incremental-svd"]
 
 
 class _Recorded(Exception):
@@ -70,7 +73,7 @@ class CollectorConfig:
     # the tokens whose layer inputs count: return-to-go, state, action
     token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     # covariance: exact streaming statistics; incremental-svd: PEFT's algorithm, for comparison
-    method: Literal["covariance", "incremental-svd"] = "covariance"
+    method: CollectorMethod = "covariance"
     seed: int = 0  # segment sampling
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Precision = "auto"  # of the forward passes; the statistics stay fp32/fp64
@@ -89,6 +92,10 @@ class CollectorConfig:
         bad = [t for t in self.token_types if t not in TOKEN_TYPES]
         if bad or not self.token_types:
             raise UserError(f"token_types must be a non-empty subset of {list(TOKEN_TYPES)}")
+        if self.method not in get_args(CollectorMethod):  # built directly, not through a file
+            raise UserError(f"collector.method must be one of {list(get_args(CollectorMethod))}, "
+                            f"got {self.method!r}")  # fmt: skip
+        check_seed(self.seed, "collector.seed")
 
     @property
     def components(self) -> int:

@@ -177,23 +177,29 @@ class CollectConfig:
 def run_collection(cfg: CollectConfig, progress: bool = True) -> CollectResult:
     """Collect on the datasets and write the result (rank 0 under torchrun); the output is
     checked before any batch."""
+    from eva_rl import ownership
     from eva_rl.agent import Agent
     from eva_rl.config import save_config
     from eva_rl.distributed import is_main, world_size
     from eva_rl.eva.collector import collect_on_datasets
-    from eva_rl.io import check_writable
+    from eva_rl.io import atomic_write_dir, check_writable
     from eva_rl.runtime import resolve_device
 
     out = Path(cfg.out)
-    if (out / META_FILE).exists() and not cfg.overwrite:
+    earlier = (out / META_FILE).is_file()  # an EVA result (one from before markers too)
+    if earlier and not cfg.overwrite:
         raise UserError(f"{out} already holds an EVA result; pass --overwrite or another --out")
     check_writable(out, directory=True)
+    if not earlier:
+        ownership.check_replaceable(out, "eva-rl collect")
     device = resolve_device(cfg.collector.device)
     agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
     result = collect_on_datasets(agent, cfg.datasets, cfg.collector, cfg.data_root, progress)
     if is_main():  # every rank holds the same result; rank 0 writes it
         extra = {"checkpoint": cfg.checkpoint, "datasets": cfg.datasets, "processes": world_size()}
+        ownership.claim(out, "collect")  # the marker first
         meta = save_result(result, cfg.collector, out, **extra)
         save_config(cfg, out / "collect_config.yaml")
-        log_collection(meta, out / "tb")
+        # tb/ whole: an overwritten result's events go with it
+        atomic_write_dir(out / "tb", lambda tb: log_collection(meta, tb))
     return result

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from eva_rl import ownership
@@ -55,7 +56,7 @@ def write_report(
     `hypotheses`: a file of pre-registered hypotheses, tested on every finished run once their
     pairs are complete. A hand-written `notes.md` in `out` is kept and appended to the README."""
     dirs, out = as_dirs(runs_dir), Path(out)
-    check_out(out, overwrite)
+    check_out(out, overwrite, dirs)
     registered = load_hypotheses(hypotheses) if hypotheses is not None else None
     baselines = read_baselines(dirs)
     rows = collect_runs(dirs, baselines, by)
@@ -107,9 +108,11 @@ def write_report(
     }
 
 
-def check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool, dirs: Sequence[Path] = ()) -> None:
     """Write a report only where none is, or over an eva_rl report with `overwrite`; never over
-    files of the same names that eva_rl did not write."""
+    files of the same names that eva_rl did not write, nor into a folder of someone else's
+    (one eva_rl did not make and that holds more than a hand-written `notes.md` and the runs,
+    `dirs`, or other eva_rl folders: a report there would replace its figures)."""
     ours = [f for f in (*REPORT_FILES, "curves.csv", TENSORBOARD_DIR) if (out / f).exists()]
     made = ownership.owned(out, "report") or _older_report(out)
     if ours and not made:
@@ -120,7 +123,24 @@ def check_out(out: Path, overwrite: bool) -> None:
     if ours and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
     check_writable(out, directory=True)
+    if out.is_dir() and not made and not ownership.owned(out):
+        inputs = {d.resolve() for d in dirs}
+        foreign = sorted(e.name for e in out.iterdir() if not _report_input(e, inputs))
+        if foreign:
+            raise UserError(
+                f"{out} exists and was not made by eva-rl (no {ownership.MARKER} marker; it holds "
+                f"{foreign[0]}), so a report will not write into it; choose a new or empty --out "
+                "(a notes.md there is kept and appended to the README)"
+            )
     check_writable(out.parent / f".{out.name}.report", directory=True)
+
+
+def _report_input(entry: Path, runs: set[Path]) -> bool:
+    """What a folder may hold before its first report: the hand-written `notes.md`, the runs
+    reported on, other eva_rl folders (a sweep, an export)."""
+    if entry.name == "notes.md":
+        return entry.is_file()
+    return entry.is_dir() and (entry.resolve() in runs or ownership.owned(entry))
 
 
 def _older_report(out: Path) -> bool:

@@ -42,6 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from eva_rl import ownership
+from eva_rl.assets import locate
 from eva_rl.config import read_yaml, save_config, to_dict
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import atomic_write_json, atomic_write_text, check_writable
@@ -78,7 +79,7 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     check_writable(out, directory=True)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
-    base = read_yaml(cfg.base)
+    base = read_yaml(locate(cfg.base))  # configs/... also from outside the checkout
     # the executor and its resources may change between invocations; what runs may not (a
     # sweep file from before `command` existed ran finetune)
     same = ("base", "command", "grid", "set")

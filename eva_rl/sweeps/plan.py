@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eva_rl.assets import locate
 from eva_rl.config import flatten, from_dict, read_yaml, set_path, to_dict
 from eva_rl.errors import UserError
 from eva_rl.io import checkpoint_holds
@@ -112,7 +113,7 @@ def fill(value: Any, point: dict[str, Any], key: str) -> Any:
 def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
     """The runs of a sweep, each config resolved from `base` (default: the base file as it is
     now) and validated, so a bad key fails before anything runs."""
-    base = read_yaml(cfg.base) if base is None else base
+    base = read_yaml(locate(cfg.base)) if base is None else base
     runs = []
     for point in cfg.points:
         name = run_name(point)

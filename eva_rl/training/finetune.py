@@ -32,10 +32,10 @@ from eva_rl.adapters.methods import (
 )
 from eva_rl.agent import META_FILE, Agent
 from eva_rl.assets import SHIPPED
-from eva_rl.config import to_dict
+from eva_rl.config import check_seed, to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.errors import UserError
-from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig
+from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig, CollectorMethod
 from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
@@ -67,6 +67,7 @@ class FinetuneEvalConfig:
     def __post_init__(self):
         if self.episodes < 1 or self.final_episodes < 0 or self.video < 0:
             raise UserError("eval.episodes must be >= 1, eval.final_episodes and video >= 0")
+        check_seed(self.seed, "eval.seed")
 
     @property
     def final_count(self) -> int:
@@ -91,6 +92,7 @@ class SplitConfig:
     def __post_init__(self):
         if not 0.0 <= self.heldout < 1.0 or self.batches < 1:
             raise UserError("split.heldout must be in [0, 1) and split.batches >= 1")
+        check_seed(self.seed, "split.seed")
 
 
 @dataclass
@@ -103,7 +105,8 @@ class FinetuneCollectorConfig:
     batch_size: int = 64  # segments per collector batch
     # the tokens whose layer inputs count: return-to-go, state, action
     token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
-    method: str = "covariance"  # exact streaming statistics; incremental-svd: PEFT's algorithm
+    # covariance: exact streaming statistics; incremental-svd: PEFT's algorithm, for comparison
+    method: CollectorMethod = "covariance"
 
 
 @dataclass
@@ -136,8 +139,9 @@ class AdaptedRunConfig:
             )
         if not self.out:
             raise UserError("name the run directory with --out DIR")
+        check_seed(self.seed, "seed")
         check_precision(self.precision)
-        self.collector_config()  # validate the combination now
+        self.collector_config()  # validate the combination now (collector.method among them)
 
     @property
     def dataset_ids(self) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 
 from eva_rl import distributed
 from eva_rl.agent import Agent, AgentMeta, ModelConfig, build_model, horizon_message
+from eva_rl.config import check_seed
 from eva_rl.data.catalog import suite_datasets
 from eva_rl.data.checks import check_timesteps
 from eva_rl.data.segments import SegmentSampler, load_trajectories
@@ -37,6 +38,9 @@ class PretrainEvalConfig:
     envs: list[str] = field(default_factory=list)  # empty: every env of the data
     seed: int = 1000  # episode i is reset with seed + i
 
+    def __post_init__(self):
+        check_seed(self.seed, "eval.seed")
+
 
 @dataclass
 class PretrainConfig:
@@ -59,6 +63,7 @@ class PretrainConfig:
     resume: bool = False  # continue from checkpoints/latest (same config)
 
     def __post_init__(self):
+        check_seed(self.seed, "seed")
         check_precision(self.precision)
         if self.return_scale <= 0:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
