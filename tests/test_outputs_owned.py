@@ -5,6 +5,7 @@ written are refused before any work (video into a file, an odd video size)."""
 import numpy as np
 import pytest
 import torch
+from test_faults import one_line_error
 from test_report import write_baseline, write_run
 
 from eva_rl import ownership
@@ -15,14 +16,6 @@ from eva_rl.errors import UserError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EVENTS = "events.out.tfevents.*"
-
-
-def one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("eva-rl: error: "), err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture
