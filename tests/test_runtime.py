@@ -188,3 +188,39 @@ def test_rng_states_resume_the_draws_of_the_runs_device():
     runtime.set_rng_states(states, device)
     assert torch.equal(torch.rand(4, device=device), expected[0])
     assert torch.equal(torch.rand(4), expected[1])
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "resolved"),
+    [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16")],
+)
+def test_auto_precision_follows_the_cpus_native_bf16(monkeypatch, avx512_bf16, amx, resolved):
+    """`auto` is bf16 exactly where the CPU has AVX512-BF16 or AMX; an explicit bf16 elsewhere
+    runs but warns that it is emulated; fp32 never warns."""
+    import warnings
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == resolved
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runtime.resolve_precision("bf16", cpu) == "bf16"
+        assert runtime.resolve_precision("fp32", cpu) == "fp32"
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert len(emulated) == (resolved == "fp32")
+
+
+def test_auto_precision_on_cuda_asks_for_native_bf16(monkeypatch):
+    """On CUDA, `auto` asks torch for bf16 without emulation (pre-Ampere GPUs emulate it)."""
+    asked = {}
+
+    def supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert runtime.native_bf16(torch.device("cuda")) is False
+    assert asked == {"including_emulation": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.native_bf16(torch.device("cuda")) is True
