@@ -229,9 +229,8 @@ class Agent:
     ) -> Agent:
         """Load a checkpoint: a local directory or a Hugging Face hub id (cached by
         transformers). `stats` is an `eva_rl.json`-shaped file for a plain transformers DT; the
-        public D4RL DTs whose stats ship in `envs/hub/` need none."""
+        public D4RL DTs whose stats ship in `envs/hub/` need none (under the ids recorded there)."""
         source = locate_checkpoint(path)
-        fields = "state_mean, state_std, return_scale, context_length, horizon"
         if stats is not None:
             meta_path = Path(stats)
             if not meta_path.is_file():
@@ -240,17 +239,11 @@ class Agent:
             meta_path = source / META_FILE
             if not meta_path.is_file():
                 raise UserError(
-                    f"{source} has no {META_FILE} (a plain transformers checkpoint?); pass "
-                    f"--stats FILE with {fields} (examples: envs/hub/*.json)"
+                    f"{source} has no {META_FILE} (a plain transformers checkpoint?); "
+                    f"{assets.STATS_FIX}"
                 )
         else:
             meta_path = assets.hub_stats(source)
-            if not meta_path.is_file():  # a mistyped local path reads as a hub id
-                raise UserError(
-                    f"{source} is not a local directory (no such path), and no stats are "
-                    "known for it as a Hugging Face hub id; check the path, or for a hub "
-                    f"checkpoint pass --stats FILE with {fields} (examples: envs/hub/*.json)"
-                )
         meta = read_meta(meta_path)
         try:
             with quiet_transformers():
@@ -324,16 +317,22 @@ def _same_base(candidate: Path, meta: AgentMeta | None, digest: str | None) -> b
     if digest is not None:
         checks.append(weights_digest(candidate) == digest)
     if meta is not None and (candidate / META_FILE).is_file():
-        theirs = read_meta(candidate / META_FILE)
-        fields = ("state_mean", "state_std", "return_scale", "context_length")
-        checks.append(all(getattr(theirs, f) == getattr(meta, f) for f in fields))
+        checks.append(not _differing(read_meta(candidate / META_FILE), meta))
     return bool(checks) and all(checks)
+
+
+def _differing(a: AgentMeta, b: AgentMeta) -> list[str]:
+    """The fields by which two stats would feed the same weights different inputs."""
+    fields = ("state_mean", "state_std", "return_scale", "context_length")
+    return [f for f in fields if getattr(a, f) != getattr(b, f)]
 
 
 def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device = "cpu") -> Agent:
     """Any agent directory: a checkpoint, or a fine-tuned adapter (`agent/` of a finetune run,
     PEFT's format) merged into the base checkpoint it names; the adapter's `eva_rl.json` holds
-    the stats of its base, so it needs no `stats`."""
+    the stats of its base, so it needs no `stats`, and a `stats` that differs from them is
+    refused: the adapter was trained on inputs normalised its way, so it cannot act with
+    the user's file, and ignoring that file silently would report numbers not asked for."""
     from peft import PeftModel
 
     path = Path(path)
@@ -348,7 +347,12 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
     # the adapter's eva_rl.json carries its base's stats, so a plain base needs no `stats`
     own = path / META_FILE if (path / META_FILE).is_file() else None
     base = Agent.load(base_path, stats=stats or own, device=device)
-    meta = base.meta if own is None or stats is None else read_meta(own)
+    meta = base.meta if own is None else read_meta(own)
+    if differing := _differing(base.meta, meta):
+        raise UserError(
+            f"stats file {stats} differs from the stats adapter {path} was trained with (in "
+            f"{', '.join(differing)}; its {META_FILE}); the adapter acts with its own: drop --stats"
+        )
     check_adapter(path, base.model, base_path)
     with quiet_transformers():
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()

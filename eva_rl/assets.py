@@ -11,6 +11,7 @@ default) resolve against `root()` wherever the current directory is.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from importlib import resources
@@ -40,9 +41,27 @@ def hub_stats_dir() -> Path:
     return root() / ENVS / "hub"
 
 
+STATS_FIELDS = "state_mean, state_std, return_scale, context_length, horizon"
+STATS_FIX = f"pass --stats FILE with {STATS_FIELDS} (examples: envs/hub/*.json)"
+
+
 def hub_stats(hub_id: str) -> Path:
-    """Where the stats of hub DT `owner/name` travel (`envs/hub/name.json`), if they do."""
-    return hub_stats_dir() / f"{hub_id.split('/')[-1]}.json"
+    """The stats that travel for hub DT `owner/name` (`envs/hub/name.json`), refused unless
+    they record that very model: a fork of the same name under another owner may be trained on
+    other data, and acting with another model's normalisation fails without an error."""
+    path = hub_stats_dir() / f"{hub_id.split('/')[-1]}.json"
+    if not path.is_file():  # a mistyped local path reads as a hub id
+        raise UserError(
+            f"{hub_id} is not a local directory (no such path), and no stats are known for it "
+            f"as a Hugging Face hub id; check the path, or for a hub checkpoint {STATS_FIX}"
+        )
+    recorded = json.loads(path.read_text()).get("provenance", {}).get("model")
+    if recorded != hub_id:
+        raise UserError(
+            f"the stats in {path} are those of {recorded}, not of {hub_id}, which may be "
+            f"trained on other data; {STATS_FIX}"
+        )
+    return path
 
 
 def locate(path: str) -> str:

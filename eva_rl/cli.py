@@ -282,33 +282,41 @@ def _command_of(argv: list[str]) -> str | None:
     return joined if joined in COMMANDS else words[0]
 
 
-def _single_value_options(command: str | None) -> set[str]:
+def _arguments(command: str) -> list[argparse.Action]:
+    """The arguments `command`'s flags builder adds (none for a command without flags)."""
+    add_flags = COMMANDS[command][1]
+    if add_flags is None:
+        return []
+    return added_flags(add_flags, argparse.ArgumentParser(add_help=False))
+
+
+def _single_value_options(added: list[argparse.Action]) -> set[str]:
     """The command's options that take exactly one value: a `key=value` right after one of
     them is that value (`--out runs/seed=0`), not an override."""
-    add_flags = COMMANDS[command][1] if command in COMMANDS else None
-    if add_flags is None:
-        return set()
-    added = added_flags(add_flags, argparse.ArgumentParser(add_help=False))
     return {o for a in added if a.nargs is None for o in a.option_strings} | {"--config"}
 
 
-def _is_override(arg: str) -> bool:
-    """`key=value`, unless it names a file or folder: a sweep's run folders are named like
-    overrides (`seed=0,task=hammer-v3,method=eva/agent` as a checkpoint)."""
-    return bool(OVERRIDE.match(arg)) and not os.path.exists(arg)
+def _is_override(arg: str, paths: bool) -> bool:
+    """`key=value`, unless the command takes paths as positional arguments (`paths`) and it
+    names a file or folder: a sweep's run folders are named like overrides
+    (`seed=0,task=hammer-v3,method=eva/agent` as `eva-rl video`'s checkpoint)."""
+    return bool(OVERRIDE.match(arg)) and not (paths and os.path.exists(arg))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """argparse, with `key=value` overrides recognised wherever they stand (after a flag that
     takes several values too: `--tasks hammer-v3 episodes=5`)."""
-    command = _command_of([a for a in argv if not _is_override(a)])
+    command = _command_of([a for a in argv if not OVERRIDE.match(a)])
     takes = command in COMMANDS and COMMANDS[command][2]
     if not takes:  # no config: a key=value is a value (`--reference lora precision=fp32`)
         return parser(command).parse_args(argv)
-    single = _single_value_options(command)
+    added = _arguments(command)
+    paths = any(not a.option_strings for a in added)  # positional: paths (video, sweep)
+    single = _single_value_options(added)
     is_value = [i > 0 and argv[i - 1] in single for i in range(len(argv))]
-    overrides = [a for a, v in zip(argv, is_value, strict=True) if _is_override(a) and not v]
-    rest = [a for a, v in zip(argv, is_value, strict=True) if not _is_override(a) or v]
+    override = [_is_override(a, paths) and not v for a, v in zip(argv, is_value, strict=True)]
+    overrides = [a for a, o in zip(argv, override, strict=True) if o]
+    rest = [a for a, o in zip(argv, override, strict=True) if not o]
     args = parser(command).parse_args(rest)
     args.overrides = overrides
     return args

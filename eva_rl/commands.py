@@ -200,8 +200,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from eva_rl.io import check_writable
     from eva_rl.sweeps import export_runs
 
+    check_writable(args.out, directory=True)  # a file in the way: --overwrite would not help
     result = export_runs(args.runs, args.out, args.overwrite, args.weights)
     pending = f"; {result['pending']} runs of the sweep not finished" if result["pending"] else ""
     left = "no checkpoints" if args.weights else "no checkpoints or weights"

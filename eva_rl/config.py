@@ -48,6 +48,8 @@ def check_seed(value: int, key: str) -> None:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; name a YAML file (e.g. {path}/NAME.yaml)")
     if not path.is_file():
         raise UserError(f"config file not found: {path} (check the path)")
     try:

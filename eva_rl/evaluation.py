@@ -89,11 +89,11 @@ class EvalConfig:
 def check_video(video: int, size: int, every: int) -> None:
     """The video options of an evaluation config (`eval.*`), checked before any rollout."""
     if video < 0 or every < 1:
-        raise UserError("video must be >= 0 and video_every >= 1")
+        raise UserError(f"eval.video must be >= 0 and eval.video_every >= 1, got {video}, {every}")
     if size < 16 or size % 2:  # H.264 (yuv420p) encodes even sizes only; ffmpeg fails silently
         raise UserError(
-            "eval.video_size (--video-size) must be an even number of pixels >= 16 (H.264 "
-            f"encodes even frame sizes only), got {size}"
+            "eval.video_size must be an even number of pixels >= 16 (H.264 encodes even frame "
+            f"sizes only), got {size}"
         )
 
 

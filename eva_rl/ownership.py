@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from eva_rl.errors import UserError
@@ -74,11 +74,13 @@ def remove(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def staged(out: str | os.PathLike, kind: str) -> Iterator[Path]:
+def staged(out: str | os.PathLike, kind: str, outputs: Collection[str] = ()) -> Iterator[Path]:
     """A hidden sibling of `out` to write into; on success its entries replace `out`'s of the
-    same names (each file or folder whole, by rename) and `out`, if this made it, is marked
-    `kind`; on failure or
-    interrupt it goes, and `out` is as it was, so the command can simply run again."""
+    same names (each file or folder whole, by rename), the `outputs` (every name the command
+    may write) it does not hold are removed from `out` (an earlier run's figure the new one no
+    longer draws), other entries stay, and `out`, if this made it, is marked `kind`; on
+    failure or interrupt it goes, and `out` is as it was, so the command can simply run
+    again."""
     out = Path(out)
     stage = out.parent / f".{out.name}.{kind}-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -87,6 +89,7 @@ def staged(out: str | os.PathLike, kind: str) -> Iterator[Path]:
     try:
         yield stage
         claim(out, kind) if fresh else out.mkdir(exist_ok=True)
+        stale = set(outputs) - {entry.name for entry in stage.iterdir()}
         for entry in stage.iterdir():
             target = out / entry.name
             if entry.is_dir() and target.exists():
@@ -96,6 +99,12 @@ def staged(out: str | os.PathLike, kind: str) -> Iterator[Path]:
                 shutil.rmtree(old)
             else:
                 os.replace(entry, target)
+        for name in sorted(stale):
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eva_rl import assets
 from eva_rl.assets import SHIPPED
 from eva_rl.config import check_seed, from_dict, read_yaml
 from eva_rl.errors import UserError
+
+if TYPE_CHECKING:
+    from eva_rl.sweeps import SweepConfig
 
 
 @dataclass
@@ -41,34 +44,56 @@ class QuickstartConfig:
         check_seed(self.seed, "seed")
         from eva_rl.adapters.methods import METHODS, unknown_method
 
+        if not self.methods:
+            raise UserError("methods is empty; name the methods to compare, e.g. "
+                            "methods=[eva, lora] (eva-rl methods lists them)")  # fmt: skip
         for method in self.methods:  # before any dataset is built
             if method not in METHODS:
                 raise UserError(unknown_method(method))
+            if self.methods.count(method) > 1:
+                raise UserError(f"methods names {method} twice; list each method once")
+        self._check_runs()
+
+    def sweep_config(self) -> SweepConfig:
+        """The two-run (one per method) sweep the quickstart runs into `out`/runs."""
+        from eva_rl.sweeps import SweepConfig
+
+        return SweepConfig(
+            base=assets.locate(self.base),
+            out=str(Path(self.out) / "runs"),
+            grid={"method.name": list(self.methods)},
+            set={
+                "checkpoint": self.checkpoint,
+                "data_root": self.data_root,
+                "task": self.task,
+                "seed": self.seed,
+                "loop.steps": self.steps,
+                "loop.eval_every": self.eval_every,
+                "loop.save_every": self.eval_every,
+                **self.set,
+            },
+        )
+
+    def _check_runs(self) -> None:
+        """Every run's finetune config (the base file, these settings, `set`) is valid: a bad
+        `set` key fails in a second, not after the dataset is built."""
+        from eva_rl.sweeps import plan
+
+        try:
+            plan(self.sweep_config(), inputs=False)
+        except UserError as e:
+            raise UserError(f"set (finetune keys) or base {self.base}: {e}") from None
 
 
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
     from eva_rl.data.build import DataBuildConfig, build
     from eva_rl.reports import write_report
-    from eva_rl.sweeps import SweepConfig, sweep
+    from eva_rl.sweeps import sweep
 
     build(DataBuildConfig(tasks=[cfg.task], skip_existing=True, root=cfg.data_root))
     out = Path(cfg.out)
-    runs = out / "runs"
-    sweep_cfg = SweepConfig(
-        base=assets.locate(cfg.base),
-        out=str(runs),
-        grid={"method.name": list(cfg.methods)},
-        set={
-            "checkpoint": cfg.checkpoint,
-            "data_root": cfg.data_root,
-            "task": cfg.task,
-            "seed": cfg.seed,
-            "loop.steps": cfg.steps,
-            "loop.eval_every": cfg.eval_every,
-            "loop.save_every": cfg.eval_every,
-            **cfg.set,
-        },
-    )
+    sweep_cfg = cfg.sweep_config()
+    runs = Path(sweep_cfg.out)
     sweep(sweep_cfg, progress=progress)
     report = out / "report"
     command = f"eva-rl quickstart --task {cfg.task} --steps {cfg.steps} --out {cfg.out}"

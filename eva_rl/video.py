@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import io
+import math
 import os
 from pathlib import Path
 
@@ -81,16 +82,20 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
 
 
 def log_video(writer, tag: str, path: str | os.PathLike, step: int, size: int = 160) -> None:
-    """An MP4 as a TensorBoard video: an animated GIF image summary (frames shrunk to `size`
-    pixels wide and thinned to at most 100, to keep event files small), added to `writer`, a
-    `torch.utils.tensorboard.FileWriter` (SummaryWriter takes no ready-made summary)."""
+    """An MP4 as a TensorBoard video: an animated GIF image summary (frames shrunk to at most
+    `size` pixels wide and thinned to at most 100, to keep event files small), added to `writer`,
+    a `torch.utils.tensorboard.FileWriter` (SummaryWriter takes no ready-made summary)."""
     import imageio.v3 as iio
+    from PIL import Image
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     frames = read_frames(path)
-    frames = frames[:: max(1, len(frames) // 100)]
-    scale = max(1, frames.shape[2] // size)
-    frames = frames[:, ::scale, ::scale]
+    frames = frames[:: math.ceil(len(frames) / 100)]
+    height, width = frames.shape[1:3]
+    if width > size:  # a resize (PIL comes with imageio, its GIF writer), not a pixel stride
+        shape = (size, max(1, round(height * size / width)))
+        small = [Image.fromarray(f).resize(shape, Image.Resampling.BILINEAR) for f in frames]
+        frames = np.stack([np.asarray(f) for f in small])
     buffer = io.BytesIO()
     iio.imwrite(buffer, frames, extension=".gif", duration=100, loop=0)
     image = Summary.Image(

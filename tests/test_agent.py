@@ -51,6 +51,10 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
     assert loaded.meta == agent.meta
     x = some_inputs(agent)
     assert torch.equal(loaded.predict(**x), agent.predict(**x))
+    # what the docs promise: plain transformers loads it as is and acts the same
+    plain = DecisionTransformerModel.from_pretrained(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        assert torch.equal(plain(**x, return_dict=True).action_preds[:, -1], agent.predict(**x))
 
 
 def test_saving_again_replaces_atomically(tmp_path):
@@ -82,9 +86,6 @@ def test_plain_transformers_checkpoint_with_separate_stats(tmp_path):
     loaded = Agent.load(tmp_path / "plain", stats=stats)
     x = some_inputs(agent)
     assert torch.equal(loaded.predict(**x), agent.predict(**x))
-    assert isinstance(
-        DecisionTransformerModel.from_pretrained(tmp_path / "plain"), DecisionTransformerModel
-    )
 
 
 def test_dimension_mismatch_names_both_shapes(tmp_path):
@@ -185,3 +186,58 @@ def test_data_longer_than_the_timestep_embedding_is_refused(mw_root):
     with pytest.raises(UserError, match=f"has episodes of {steps} steps, but the model embeds "
                        f"timesteps 0..{steps - 2}"):  # fmt: skip
         agent.segment_sampler(traj, seed=0)
+
+
+def hub_model(monkeypatch, tmp_path):
+    """Hub loads served offline by a tiny Hopper-sized DT (the stats' 11 states, 3 actions);
+    returns the ids transformers was asked for."""
+    cfg = ModelConfig(hidden_size=32, n_layer=1, n_head=2, context_length=20, max_ep_len=1000)
+    build_model(cfg, 11, 3).save_pretrained(tmp_path / "hub")
+    load, asked = DecisionTransformerModel.from_pretrained, []
+
+    def from_pretrained(source, **kwargs):
+        asked.append(source)
+        return load(tmp_path / "hub", **kwargs)
+
+    monkeypatch.setattr(DecisionTransformerModel, "from_pretrained", from_pretrained)
+    return asked
+
+
+def test_hub_stats_serve_only_the_model_they_record(monkeypatch, tmp_path):
+    """envs/hub/ holds edbeeching's stats; a fork of the same name under another owner may be
+    trained on other data, so it needs its own --stats instead of acting with those."""
+    asked = hub_model(monkeypatch, tmp_path)
+    hub_id = "edbeeching/decision-transformer-gym-hopper-medium"
+    agent = Agent.load(hub_id)
+    assert agent.meta.provenance["model"] == hub_id and agent.meta.return_scale == 1000.0
+    fork = "someone/decision-transformer-gym-hopper-medium"
+    refusal = f"^the stats in .*hopper-medium.json are those of {hub_id}, not of {fork}, "
+    with pytest.raises(UserError, match=refusal + ".*; pass --stats FILE with state_mean"):
+        Agent.load(fork)
+    assert asked == [hub_id]  # the fork was refused before any download
+    (tmp_path / "fork.json").write_text(json.dumps({**agent.meta.__dict__, "return_scale": 10.0}))
+    assert Agent.load(fork, stats=tmp_path / "fork.json").meta.return_scale == 10.0
+
+
+def test_an_adapter_refuses_stats_other_than_those_it_was_trained_with(tmp_path):
+    """The adapter's eva_rl.json holds its base's stats; a --stats file that agrees (as the
+    fine-tuning run was given) loads, one that differs is refused, not silently ignored."""
+    from eva_rl.adapters.export import export_adapted
+    from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
+    from eva_rl.agent import load_agent
+
+    agent = tiny_agent()
+    agent.model.save_pretrained(tmp_path / "plain")
+    stats = {k: getattr(agent.meta, k) for k in ("state_mean", "state_std", "return_scale",
+                                                 "context_length", "horizon")}  # fmt: skip
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    adapted = build_method(tiny_agent().model, MethodConfig(name="lora", rank=2), BuildContext())
+    export_adapted(adapted, tmp_path / "adapter", str(tmp_path / "plain"), None)
+    (tmp_path / "adapter" / "eva_rl.json").write_text(json.dumps(agent.meta.__dict__))
+    assert load_agent(tmp_path / "adapter", stats=tmp_path / "stats.json").meta == agent.meta
+    other = {**stats, "state_mean": [0.0] * agent.state_dim, "return_scale": 10.0}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(UserError, match=r"^stats file .*other.json differs from the stats adapter "
+                       r".*adapter was trained with \(in state_mean, return_scale; its "
+                       r"eva_rl.json\); the adapter acts with its own: drop --stats$"):  # fmt: skip
+        load_agent(tmp_path / "adapter", stats=tmp_path / "other.json")

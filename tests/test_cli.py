@@ -197,6 +197,54 @@ def test_a_run_folder_named_like_an_override_is_a_path(tmp_path, monkeypatch):
     assert args.checkpoints == [agent] and args.overrides == ["episodes=2"]
 
 
+def test_a_setting_is_a_setting_where_a_folder_has_its_name(tmp_path, monkeypatch):
+    """Only a command whose positional arguments are paths (video, sweep) reads an existing
+    `key=value` as a path: finetune has none, so `threads=-1` stays a setting beside a folder
+    of that name (a sweep's run folders are named so)."""
+    from eva_rl.cli import parse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "threads=-1").mkdir()
+    args = parse(["finetune", "--task", "hammer-v3", "--out", "o", "threads=-1"])
+    assert args.overrides == ["threads=-1"] and args.out == "o"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["data", "record", "--env", "Pendulum-v1", "--id", "bad_id"],
+         "dataset id 'bad_id' is not a Minari id: write NAMESPACE/NAME-vN"),
+        (["finetune", "--config", "{tmp}", "--task", "hammer-v3", "--out", "{tmp}/a"],
+         "config file {tmp} is a folder; name a YAML file"),
+        (["data", "list", "--root", "{tmp}/none"], "the datasets root {tmp}/none is not there"),
+        (["data", "list", "--root", "{tmp}/file"], "the datasets root {tmp}/file is a file"),
+        (["export", "{tmp}/runs", "--out", "{tmp}/file"], "output {tmp}/file is a file"),
+        (["export", "{tmp}/runs", "--out", "{tmp}/file", "--overwrite"],
+         "output {tmp}/file is a file"),
+    ],
+    ids=["record-id", "config-folder", "list-no-root", "list-file-root", "export-file",
+         "export-file-overwrite"],
+)  # fmt: skip
+def test_bad_input_is_named_as_what_it_is(argv, says, tmp_path, capsys):
+    """One line that says what is wrong (not an internal error, not advice that cannot help:
+    --overwrite does not replace a file with an export), and nothing written."""
+    from test_faults import one_line_error
+    from test_report import write_run
+
+    tmp = tmp_path.resolve()
+    write_run(tmp / "runs", "hammer-v3", "eva", 8, 0, (0.1, 0.4))
+    (tmp / "file").write_text("mine\n")
+    assert main([a.replace("{tmp}", str(tmp)) for a in argv]) == 2
+    one_line_error(capsys, says.replace("{tmp}", str(tmp)))
+    assert sorted(p.name for p in tmp.iterdir()) == ["file", "runs"]
+    assert (tmp / "file").read_text() == "mine\n"
+
+
+def test_data_list_before_any_dataset_says_there_is_none(capsys):
+    assert main(["data", "list"]) == 0  # the default root ($MINARI_DATASETS_PATH) not made yet
+    assert "no Minari datasets under" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as done:

@@ -2,6 +2,8 @@
 TensorBoard folder), an overwrite leaves only the new outputs, and outputs that cannot be
 written are refused before any work (video into a file, an odd video size)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,33 @@ def test_a_report_is_refused_in_a_folder_eva_rl_did_not_make(runs, tmp_path, cap
     assert main(["report", str(moved), "--out", str(study), "--overwrite"]) == 0
     assert (study / "selection_rule.md").read_text() == "hand-written\n"
     assert (study / "notes.md").read_text() == "## Discussion\n\nmine"
+
+
+def test_a_report_overwrite_leaves_the_new_report_notes_and_runs_only(runs, tmp_path):
+    """Figures an earlier report drew and the new one does not (forest.png: no comparisons left;
+    rank_allocation.png: no EVA runs) go; the hand-written notes.md and other files, and the
+    runs inside the folder, stay."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "notes.md").write_text("mine\n")
+    moved = study / "runs"
+    runs.rename(moved)
+    assert main(["report", str(moved), "--out", str(study)]) == 0
+    assert {"forest.png", "rank_allocation.png"} <= {p.name for p in study.iterdir()}
+    (study / "selection_rule.md").write_text("hand-written\n")
+    for eva in moved.glob("hammer-v3/eva-*"):
+        shutil.rmtree(eva)
+    fresh = tmp_path / "fresh"  # the same report into a new folder: what the overwrite leaves
+    assert main(["report", str(moved), "--out", str(fresh)]) == 0
+    assert main(["report", str(moved), "--out", str(study), "--overwrite"]) == 0
+
+    def shown(folder):
+        return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+    assert shown(study) == shown(fresh) | {"notes.md", "runs", "selection_rule.md"}
+    assert "forest.png" not in shown(fresh) and "rank_allocation.png" not in shown(fresh)
+    assert (study / "notes.md").read_text() == "mine\n" and any(moved.rglob("summary.json"))
+    assert not list(tmp_path.glob(".study.*"))
 
 
 # --- collect ------------------------------------------------------------------------------------
@@ -175,11 +204,11 @@ def test_video_into_a_file_is_refused_before_any_agent_loads(tmp_path, capsys, m
 def test_an_odd_video_size_is_refused_before_any_rollout(ckpt, tmp_path, capsys):
     from eva_rl.evaluation import EvalConfig
 
-    with pytest.raises(UserError, match=r"eval.video_size \(--video-size\) must be an even"):
+    with pytest.raises(UserError, match=r"eval.video_size must be an even number"):
         EvalConfig(video=1, video_size=65)
     out = tmp_path / "e.json"
     assert main(evaluate_args(ckpt, out, "--video", "1", "--video-size", "65")) == 2
-    one_line_error(capsys, "eval.video_size (--video-size)", "got 65")
+    one_line_error(capsys, "eval.video_size must be an even number", "got 65")
     assert not out.exists() and not (tmp_path / "e_tb").exists()
     assert not (tmp_path / "e_videos").exists()
 

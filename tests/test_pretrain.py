@@ -31,6 +31,7 @@ TINY = [
     "eval.episodes=1",
     "horizon=30",
 ]
+DATASETS = ["metaworld/push-v3/scripted-v0", "metaworld/hammer-v3/scripted-v0"]
 
 
 def tiny_cfg(mw_root, out, *extra):
@@ -40,7 +41,7 @@ def tiny_cfg(mw_root, out, *extra):
         [
             f"out={out}",
             f"data_root={mw_root}",
-            "datasets=[metaworld/push-v3/scripted-v0, metaworld/hammer-v3/scripted-v0]",
+            f"datasets=[{', '.join(DATASETS)}]",
             *TINY,
             *extra,
         ],
@@ -58,6 +59,18 @@ def test_pretrain_writes_a_loadable_agent_and_logs(mw_root, tmp_path):
     assert prov["steps"] == 6 and prov["seed"] == 0 and len(prov["datasets"]) == 2
     assert prov["config"]["model"]["hidden_size"] == 32
     assert load_config(PretrainConfig, out / "config.yaml") == tiny_cfg(mw_root, out)
+    # the agent is a checkpoint and nothing else: its config travels in the provenance
+    assert sorted(p.name for p in (out / "agent").iterdir()) == [
+        "config.json",
+        "eva_rl.json",
+        "model.safetensors",
+    ]
+    # it acts with the stats of all the data it was trained on; constant features scaled by 1
+    states = load_trajectories(DATASETS, mw_root).states.astype(np.float64)
+    std = states.std(0)
+    assert (std == 0).any() and (std > 0).any()
+    np.testing.assert_allclose(meta.state_mean, states.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(meta.state_std, np.where(std == 0, 1.0, std), rtol=1e-5)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(out / "tb"))

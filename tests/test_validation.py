@@ -189,3 +189,66 @@ def test_a_missing_stats_file_or_checkpoint_path_is_named_as_such(tmp_path, monk
     with pytest.raises(UserError, match=r"^runs/agent is not a local directory \(no such path\), "
                        "and no stats are known for it as a Hugging Face hub id"):  # fmt: skip
         Agent.load("runs/agent")
+
+
+# every eval setting of a finetune or online run, with a value it refuses
+BAD_EVAL = [("episodes", 0), ("final_episodes", -1), ("max_envs", -1), ("workers", -1),
+            ("video", -1), ("video_size", 1), ("video_size", 65), ("video_every", 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_EVAL, ids=[f"{k}={v}" for k, v in BAD_EVAL])
+def test_a_runs_eval_settings_are_refused_naming_their_key(key, value):
+    """All of them, in the config: not when the evaluator is built, after the run folder is
+    claimed and EVA has collected."""
+    with pytest.raises(UserError, match=rf"^eval\.{key} (\(--video-size\) )?must be"):
+        FinetuneEvalConfig(**{key: value})
+    for cls in (FinetuneConfig, OnlineConfig):
+        with pytest.raises(UserError, match=rf"^eval\.{key} "):
+            from_dict(cls, {**RUN, "eval": {key: value}})
+
+
+@pytest.mark.parametrize("command", ["finetune", "online"])
+def test_a_bad_eval_setting_stops_the_command_before_the_run(
+    command, tmp_path, capsys, monkeypatch
+):
+    module = {"finetune": "eva_rl.training.finetune", "online": "eva_rl.online.run"}[command]
+    monkeypatch.setattr(f"{module}.{command}", lambda *a, **k: pytest.fail("the run started"))
+    for bad in ("eval.max_envs=-1", "eval.video_size=1"):
+        out = tmp_path / "a"
+        assert main([command, "--task", "hammer-v3", "--out", str(out), bad]) == 2
+        assert re.fullmatch(rf"eva-rl: error: {re.escape(bad.split('=')[0])} .*must be .*",
+                            capsys.readouterr().err.strip())  # fmt: skip
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"set": {"loop.stepz": 3}}, r"^set \(finetune keys\) .*unknown config key 'loop.stepz'"),
+        ({"set": {"optim": {"lr": -1.0}}}, r"^set \(finetune keys\) .*optim.lr"),
+        ({"methods": []}, r"^methods is empty; name the methods to compare, e.g. methods="),
+        ({"methods": ["eva", "eva"]}, r"^methods names eva twice"),
+    ],
+    ids=["unknown-set-key", "bad-set-value", "no-methods", "a-method-twice"],
+)
+def test_the_quickstart_refuses_its_runs_settings_before_building_data(
+    settings, says, tmp_path, capsys, monkeypatch
+):
+    """`set` and `methods` are checked against the runs' finetune config before the dataset is
+    built, in the quickstart's own keys (not a sweep's grid it never wrote)."""
+    with pytest.raises(UserError, match=says):
+        QuickstartConfig(**settings)
+    monkeypatch.setattr("eva_rl.data.build.build", lambda *a, **k: pytest.fail("data built"))
+    args = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+            for key, value in settings.items()]  # fmt: skip
+    assert main(["quickstart", "--task", "hammer-v3", "--out", str(tmp_path / "q"), *args]) == 2
+    assert re.match(says, capsys.readouterr().err.strip().removeprefix("eva-rl: error: "))
+    assert not (tmp_path / "q").exists()
+
+
+def test_valid_quickstart_settings_plan_the_runs_they_name(tmp_path):
+    cfg = QuickstartConfig(task="hammer-v3", out=str(tmp_path), set={"optim": {"lr": 1e-3}})
+    sweep = cfg.sweep_config()
+    assert sweep.grid == {"method.name": ["eva", "lora"]} and sweep.out == str(tmp_path / "runs")
+    assert sweep.set["optim"] == {"lr": 1e-3} and sweep.set["task"] == "hammer-v3"
+    assert not list(tmp_path.iterdir())  # planned, nothing written

@@ -65,6 +65,19 @@ def success_infos(success) -> dict[str, np.ndarray]:
     return {} if np.isnan(success).any() else {"success": np.r_[0.0, success]}
 
 
+def check_id(dataset_id: str) -> None:
+    """`dataset_id` is one Minari can write: NAMESPACE/NAME-vN (Minari's own format check)."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    try:
+        parse_dataset_id(dataset_id)  # an id without -vN fails inside it (int(None))
+    except (ValueError, TypeError):
+        raise UserError(
+            f"dataset id {dataset_id!r} is not a Minari id: write NAMESPACE/NAME-vN (letters, "
+            "digits, - and _; a namespace of 2 characters or more), e.g. test/pendulum-v0"
+        ) from None
+
+
 def dataset_dir(root: Path, dataset_id: str) -> Path:
     return root / dataset_id
 
@@ -293,8 +306,13 @@ def local_ids(root: Path) -> list[str]:
 
 def list_summaries(root: Path | None = None) -> list[dict[str, Any]]:
     """Every local dataset with its statistics; a dataset that cannot be read is listed with
-    `broken` saying why, instead of stopping the listing."""
-    root = datasets_root(root)
+    `broken` saying why, instead of stopping the listing. A `root` given that is not there, or
+    any root that is a file, is refused (the default root may not exist yet: no datasets)."""
+    given, root = root is not None, datasets_root(root)
+    if root.exists() != root.is_dir() or (given and not root.exists()):
+        what = "a file" if root.exists() else "not there"
+        raise UserError(f"the datasets root {root} is {what}; give --root the folder that holds "
+                        "the Minari datasets (NAMESPACE/NAME-vN inside it)")  # fmt: skip
     if not root.is_dir():
         return []
     out = []

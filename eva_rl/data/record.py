@@ -60,12 +60,7 @@ class RecordConfig:
                           f"evaluation's ({EVAL_SEED} on): an agent trained on this data is "
                           f"evaluated on layouts it saw; pass --seed {EVAL_SEED + 1000} or more, "
                           "or fewer episodes", stacklevel=2)  # fmt: skip
-        from minari.dataset.minari_dataset import parse_dataset_id
-
-        try:
-            parse_dataset_id(self.id)
-        except Exception as e:  # Minari's own format check
-            raise UserError(f"bad dataset id {self.id!r} ({e}); use namespace/name-v0") from None
+        catalog.check_id(self.id)
 
 
 def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:

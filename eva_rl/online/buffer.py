@@ -299,8 +299,6 @@ def write_online_dataset(
     """Write the episodes an online run collected (see `as_recorded`) as Minari dataset
     `dataset_id`, through the writer `data build` and `data record` use (staged, then moved into
     place in one rename), with `config` (the run's config dataclass) beside it; its summary."""
-    from minari.dataset.minari_dataset import parse_dataset_id
-
     from eva_rl.data import catalog
     from eva_rl.envs import make_env, metaworld_task_names
     from eva_rl.io import check_writable
@@ -308,10 +306,7 @@ def write_online_dataset(
     records = [as_recorded(e) for e in episodes]
     if not records:
         raise UserError(f"no episodes to write to {dataset_id}")
-    try:
-        parse_dataset_id(dataset_id)
-    except Exception as e:  # Minari's own format check
-        raise UserError(f"bad dataset id {dataset_id!r} ({e}); use namespace/name-v0") from None
+    catalog.check_id(dataset_id)
     root = catalog.datasets_root(root)
     if catalog.exists(root, dataset_id) and not overwrite:
         raise UserError(f"dataset {dataset_id} already exists under {root}; pass --overwrite")

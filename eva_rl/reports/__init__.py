@@ -33,8 +33,21 @@ from eva_rl.reports.runs import (
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 from eva_rl.results import STEP_UNITS
 
-REPORT_FILES = ("README.md", "runs.csv")
 TENSORBOARD_DIR = "tensorboard"
+# what only a report writes: a folder holding one of them holds a report (or someone's files)
+REPORT_FILES = ("README.md", "runs.csv", "curves.csv", TENSORBOARD_DIR)
+# every figure a report may draw -> its title, in the README's order; forest.png (comparisons)
+# and rank_allocation.png (EVA runs) only where it has them: an overwrite removes an earlier
+# report's that the new one does not draw
+FIGURES = {
+    "forest.png": "paired differences against the reference",
+    "learning_curves.png": "score vs {unit} per task (mean over seeds, 95% band)",
+    "per_task.png": "final score per task, seeds as dots",
+    "budget.png": "score, loss and AUC vs trainable parameters",
+    "gradient_signal.png": "gradient signal at initialisation",
+    "rank_allocation.png": "EVA rank allocation",
+}
+OUTPUTS = (*REPORT_FILES, *FIGURES)  # all a report writes
 
 
 def write_report(
@@ -85,7 +98,7 @@ def write_report(
     score = rows[0].score_name
     base = {task: result.mean("score") for task, result in baselines.items()}
     points = curves(stats, base)
-    with ownership.staged(out, "report") as stage:
+    with ownership.staged(out, "report", OUTPUTS) as stage:  # notes.md, runs, others stay
         write_csv(Row.csv_columns(), [r.csv_row() for r in rows], stage / "runs.csv")
         write_csv([f.name for f in dataclasses.fields(CurvePoint)],
                   map(dataclasses.asdict, points), stage / "curves.csv")  # fmt: skip
@@ -113,7 +126,7 @@ def check_out(out: Path, overwrite: bool, dirs: Sequence[Path] = ()) -> None:
     files of the same names that eva_rl did not write, nor into a folder of someone else's
     (one eva_rl did not make and that holds more than a hand-written `notes.md` and the runs,
     `dirs`, or other eva_rl folders: a report there would replace its figures)."""
-    ours = [f for f in (*REPORT_FILES, "curves.csv", TENSORBOARD_DIR) if (out / f).exists()]
+    ours = [f for f in REPORT_FILES if (out / f).exists()]
     made = ownership.owned(out, "report") or _older_report(out)
     if ours and not made:
         raise UserError(
@@ -152,22 +165,17 @@ def _older_report(out: Path) -> bool:
 def write_plots(stats, points, base, baselines, comparisons, out: Path, score: str, unit: str):
     """The report's figures (curves against `unit`: updates or env steps); returns (file,
     title) for each, in the README's order."""
-    figures = [
-        ("learning_curves.png", f"score vs {unit} per task (mean over seeds, 95% band)"),
-        ("per_task.png", "final score per task, seeds as dots"),
-        ("budget.png", "score, loss and AUC vs trainable parameters"),
-        ("gradient_signal.png", "gradient signal at initialisation"),
-    ]
-    plots.learning_curves(stats, points, base, out / figures[0][0], score, unit)
-    plots.per_task(stats, baselines, out / figures[1][0], score)
-    plots.budget(stats, out / figures[2][0], score, unit)
-    plots.gradient_signal(stats, out / figures[3][0])
+    drawn = ["learning_curves.png", "per_task.png", "budget.png", "gradient_signal.png"]
+    plots.learning_curves(stats, points, base, out / drawn[0], score, unit)
+    plots.per_task(stats, baselines, out / drawn[1], score)
+    plots.budget(stats, out / drawn[2], score, unit)
+    plots.gradient_signal(stats, out / drawn[3])
     if comparisons:
         plots.forest(comparisons, out / "forest.png", score)
-        figures.insert(0, ("forest.png", "paired differences against the reference"))
+        drawn.append("forest.png")
     if plots.rank_allocation(stats, out / "rank_allocation.png"):
-        figures.append(("rank_allocation.png", "EVA rank allocation"))
-    return figures
+        drawn.append("rank_allocation.png")
+    return [(name, FIGURES[name].format(unit=unit)) for name in FIGURES if name in drawn]
 
 
 def write_csv(fields, records: list[dict], path: Path) -> None:

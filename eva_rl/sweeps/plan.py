@@ -110,9 +110,11 @@ def fill(value: Any, point: dict[str, Any], key: str) -> Any:
     return PLACEHOLDER.sub(one, value)
 
 
-def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
+def plan(cfg: SweepConfig, base: dict[str, Any] | None = None, inputs: bool = True) -> list[Run]:
     """The runs of a sweep, each config resolved from `base` (default: the base file as it is
-    now) and validated, so a bad key fails before anything runs."""
+    now) and validated, so a bad key fails before anything runs; with `inputs`, each run's
+    checkpoint and datasets must exist too (the quickstart checks its settings before it
+    builds its dataset)."""
     base = read_yaml(locate(cfg.base)) if base is None else base
     runs = []
     for point in cfg.points:
@@ -128,7 +130,8 @@ def plan(cfg: SweepConfig, base: dict[str, Any] | None = None) -> list[Run]:
             data["precision"] = cfg.precision
         # validate now, not in a worker an hour later
         checked = from_dict(config_class(cfg.command), data)
-        _check_inputs(name, checked)
+        if inputs:
+            _check_inputs(name, checked)
         runs.append(Run(name, overrides, data, command=cfg.command))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("grid values give two runs the same name; make the values distinct")

@@ -36,7 +36,7 @@ from eva_rl.config import check_seed, to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig, CollectorMethod
-from eva_rl.evaluation import EvalConfig, Evaluator
+from eva_rl.evaluation import EvalConfig, Evaluator, check_video
 from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
 from eva_rl.runtime import Precision, check_precision, set_threads
@@ -52,6 +52,16 @@ from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
 from eva_rl.video import log_videos
 
+# FinetuneEvalConfig's integer fields: key -> (least value, what the least one means)
+EVAL_LEAST = {
+    "episodes": (1, ""),
+    "final_episodes": (0, " (0: eval.episodes)"),
+    "max_envs": (0, " (0: auto)"),
+    "workers": (0, " (0: auto, 1: in this process)"),
+    "video": (0, " (0: no videos)"),
+    "video_every": (1, " (1: every frame)"),
+}
+
 
 @dataclass
 class FinetuneEvalConfig:
@@ -65,8 +75,12 @@ class FinetuneEvalConfig:
     video_every: int = 2  # keep every k-th frame
 
     def __post_init__(self):
-        if self.episodes < 1 or self.final_episodes < 0 or self.video < 0:
-            raise UserError("eval.episodes must be >= 1, eval.final_episodes and video >= 0")
+        """Every field, before the run folder is claimed or EVA collects (`for_run` builds the
+        evaluator's config only once the run is set up)."""
+        for key, (least, meaning) in EVAL_LEAST.items():
+            if getattr(self, key) < least:
+                raise UserError(f"eval.{key} must be >= {least}{meaning}, got {getattr(self, key)}")
+        check_video(self.video, self.video_size, self.video_every)  # the size H.264 encodes
         check_seed(self.seed, "eval.seed")
 
     @property

@@ -4,7 +4,6 @@ Data parallel under torchrun (see `eva_rl.training.loop`)."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +138,5 @@ def _train(cfg: PretrainConfig, suite, traj, ids, horizon: int, progress: bool) 
             evaluator.close()
     agent.meta.provenance["steps"] = cfg.loop.steps
     if distributed.is_main():
-        agent.save(out / "agent")
-        shutil.copy(out / "config.yaml", out / "agent" / "pretrain_config.yaml")
+        agent.save(out / "agent")  # its eva_rl.json's provenance holds the run's config
     return {**history, "agent": str(out / "agent"), "meta": dataclasses.asdict(meta)}
