@@ -102,6 +102,23 @@ def set_threads(requested: int = 0) -> int:
     return n
 
 
+@contextlib.contextmanager
+def cores_given_back():
+    """A run's cores, given back when it ends: torch's thread count as it was before and this
+    process's claim dropped, so a notebook that ran one fine-tune neither keeps the run's
+    thread count nor holds cores from later eva_rl processes while it sits idle (a CLI
+    process ends with its run anyway)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        atexit.unregister(_release)
+        _release(registry() / f"{os.getpid()}.claim")
+
+
 def registry() -> Path:
     """Where computing processes record their claims: $EVA_RL_RUNTIME_DIR, else a per-user
     folder in the temporary directory."""

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 
 
@@ -25,9 +27,14 @@ def test_import_is_light_and_names_resolve():
 def test_the_worked_example_runs_as_written(mw_root, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(mw_root))
     monkeypatch.chdir(tmp_path)  # its runs/ land here; the shipped agent is found in the repo
+    monkeypatch.setenv("EVA_RL_RUNTIME_DIR", str(tmp_path / "runtime"))
     (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     namespace: dict = {}
+    torch.set_num_threads(2)
     exec(compile(code, str(DOC), "exec"), namespace)
+    # the runs gave their cores back: the caller's thread count, no claim left behind
+    assert torch.get_num_threads() == 2
+    assert not list((tmp_path / "runtime" / "cores").glob("*.claim"))
     summary, result = namespace["summary"], namespace["result"]
     assert [p.step for p in summary.eval] == [0, 10, 20] and summary.method == "eva"
     assert len(result.envs["hammer-v3"].episodes) == 3

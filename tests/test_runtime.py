@@ -224,3 +224,20 @@ def test_auto_precision_on_cuda_asks_for_native_bf16(monkeypatch):
     assert asked == {"including_emulation": False}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert runtime.native_bf16(torch.device("cuda")) is True
+
+
+def test_a_run_gives_its_cores_back(six_cores, registry):
+    """Inside `cores_given_back` a run takes its share (threads and a claim others see); after
+    it, the caller's thread count is back and the claim is gone, even when the run fails."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="the run failed"):
+            with runtime.cores_given_back():
+                assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
+                assert [p.stem for p in registry.glob("*.claim")] == [str(os.getpid())]
+                raise RuntimeError("the run failed")
+        assert torch.get_num_threads() == 2
+        assert not list(registry.glob("*.claim"))
+    finally:
+        torch.set_num_threads(before)

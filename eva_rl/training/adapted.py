@@ -23,7 +23,7 @@ from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
 from eva_rl.eva.state import META_FILE as EVA_META
 from eva_rl.eva.state import load_state, log_collection, save_result
 from eva_rl.results import RunSummary
-from eva_rl.runtime import resolve_device, resolve_precision
+from eva_rl.runtime import cores_given_back, resolve_device, resolve_precision
 from eva_rl.training.rundir import provenance, run_dir
 from eva_rl.weights import weights_digest
 
@@ -57,7 +57,7 @@ def run_recipe(recipe: Callable[[Any, bool], Any], cfg: Any, progress: bool) -> 
         for message in QUIET:
             warnings.filterwarnings("ignore", message=re.escape(message))
         run = recipe(cfg, progress)
-        with run_dir(Path(cfg.out), cfg, cfg.resume):
+        with run_dir(Path(cfg.out), cfg, cfg.resume), cores_given_back():
             run.setup()
             history = run.train()
             return run.save(history)

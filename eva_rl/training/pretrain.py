@@ -23,6 +23,7 @@ from eva_rl.results import EvalPoint
 from eva_rl.runtime import (
     Precision,
     check_precision,
+    cores_given_back,
     resolve_device,
     resolve_precision,
     set_threads,
@@ -79,7 +80,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     if horizon > cfg.model.max_ep_len:
         raise UserError(horizon_message(horizon, cfg.model.max_ep_len) + "; set horizon=")
     check_timesteps(traj, cfg.model.max_ep_len)
-    with run_dir(out, cfg, cfg.resume):
+    with run_dir(out, cfg, cfg.resume), cores_given_back():
         return _train(cfg, suite, traj, ids, horizon, progress)
 
 
