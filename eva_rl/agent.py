@@ -23,13 +23,13 @@ import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
 from eva_rl import assets
-from eva_rl.adapters.fit import check_adapter
 from eva_rl.assets import HUB_ID, SHIPPED, locate_checkpoint  # noqa: F401 (imported from here)
 from eva_rl.config import from_dict
 from eva_rl.data.checks import check_timesteps
 from eva_rl.data.segments import feature_scale
 from eva_rl.errors import UserError
 from eva_rl.io import atomic_write_dir, atomic_write_json
+from eva_rl.layers import check_adapter
 from eva_rl.weights import check_weights, weights_digest
 
 META_FILE = "eva_rl.json"

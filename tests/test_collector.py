@@ -8,13 +8,13 @@ import pytest
 import torch
 from peft import EvaConfig
 
-from eva_rl.adapters.fit import target_layers
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import CollectorConfig, collect, token_mask
 from eva_rl.eva.ranks import allocate_ranks
 from eva_rl.eva.state import apply_eva, load_state, save_result
+from eva_rl.layers import target_layers
 
 METHODS = ["covariance", "incremental-svd"]
 
@@ -257,7 +257,7 @@ def test_targets_follow_peft_and_only_the_token_stream_is_collected(dt_setup):
     """PEFT's rule: a dotted name matches the module's ending (`attn.c_proj`, not the MLP's),
     and check_rank sees the same layers; a prediction head (one row per step, not three tokens)
     is refused by name instead of an index error."""
-    from eva_rl.adapters.fit import is_target
+    from eva_rl.layers import is_target
 
     model, batches = dt_setup
     assert sorted(target_layers(model, ["attn.c_proj"])) == [

@@ -46,7 +46,7 @@ def test_declarations_hold_once_built(name, setup):
     total = sum(p.numel() for p in model.parameters())
     assert (trainable == total) == spec.trains_full_model
     if not spec.trains_full_model:  # only the adapter trains, and exactly its parameters
-        from eva_rl.adapters.fit import widths
+        from eva_rl.layers import widths
 
         parts = ("lora_", "magnitude", "modules_to_save")
         assert not [n for n, p in adapted.model.named_parameters()

@@ -105,3 +105,47 @@ def test_lower_stages_do_not_import_the_evaluator(module):
             seen.add(nxt)
             todo.append(nxt)
     assert "eva_rl.evaluation" not in seen
+
+
+# The pipeline's stages, lowest first: a module may import its own stage and lower ones only.
+# `data.record` records an agent's episodes through the evaluator, so it sits above evaluation;
+# the rest of `data` is below the agent. Leaf modules (errors, io, layers, config, ...) and the
+# entry points (cli, commands, quickstart, compare) are outside the order.
+STAGES = [
+    ("eva_rl.data",),
+    ("eva_rl.agent",),
+    ("eva_rl.eva",),
+    ("eva_rl.adapters",),
+    ("eva_rl.evaluation", "eva_rl.rollout"),
+    ("eva_rl.data.record",),
+    ("eva_rl.training",),
+    ("eva_rl.online",),
+    ("eva_rl.sweeps",),
+    ("eva_rl.reports",),
+]
+
+
+def stage_of(module: str) -> int | None:
+    """The rank of the longest stage prefix `module` falls under, None outside the stages."""
+    best = None
+    for rank, prefixes in enumerate(STAGES):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_stages_import_only_their_own_and_lower_stages():
+    known = modules()
+    upward = []
+    for name, path in known.items():
+        rank = stage_of(name)
+        if rank is None:
+            continue
+        for target in imports(name, path, known):
+            theirs = stage_of(target)
+            if theirs is not None and theirs > rank:
+                upward.append(f"{name} -> {target}")
+    assert stage_of("eva_rl.data.record") > stage_of("eva_rl.evaluation") > stage_of("eva_rl.data")
+    assert not upward, "imports up the pipeline: " + ", ".join(sorted(upward))

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from eva_rl.adapters.fit import check_rank
 from eva_rl.errors import UserError
+from eva_rl.layers import check_rank
 
 
 @dataclass

@@ -43,12 +43,12 @@ from einops import rearrange
 from tqdm import tqdm
 
 from eva_rl import distributed
-from eva_rl.adapters.fit import check_rank, target_layers
 from eva_rl.config import check_seed
 from eva_rl.data.segments import MAX_BATCH
 from eva_rl.errors import UserError
 from eva_rl.eva.linalg import CovarianceStats, IncrementalSVD, flip_signs, top_directions
 from eva_rl.eva.ranks import allocate_ranks
+from eva_rl.layers import check_rank, target_layers
 from eva_rl.runtime import Precision, autocast, check_precision, resolve_precision
 
 TOKEN_TYPES = ("return", "state", "action")  # order of the DT's interleaved tokens

@@ -22,7 +22,6 @@ import torch
 
 from eva_rl import distributed
 from eva_rl.adapters.export import export_adapted, save_initial_adapter
-from eva_rl.adapters.fit import check_rank
 from eva_rl.adapters.methods import (
     METHODS,
     BuildContext,
@@ -38,6 +37,7 @@ from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig, CollectorMethod
 from eva_rl.evaluation import EvalConfig, Evaluator, check_video
 from eva_rl.io import atomic_write_dir, atomic_write_json
+from eva_rl.layers import check_rank
 from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
 from eva_rl.runtime import Precision, check_precision, set_threads
 from eva_rl.training.adapted import (

@@ -1,4 +1,5 @@
-"""Whether an adapter fits a model, checked before PEFT touches either: a saved adapter against
+"""The layers adapters act on, and whether an adapter fits a model, checked before PEFT touches
+either (a leaf: the agent, the collector and the adapters all need it): a saved adapter against
 the base it is loaded onto (PEFT drops tensors of layers the base lacks without a word, and
 stops at a shape mismatch with a traceback), a rank against the layers it adapts, and which
 layers a list of target names adapts (PEFT's rule)."""
