@@ -17,7 +17,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from eva_rl.errors import UserError
+# stdlib only at import time: setup.py loads this file alone, before eva_rl is installed
 
 SHIPPED = "results/pretrained/mt40-cpu/agent"  # the default checkpoint of finetune and friends
 ENVS = "envs"  # the suites (`envs/<family>/<suite>.yaml`) and the hub agents' stats (`envs/hub`)
@@ -49,6 +49,8 @@ def hub_stats(hub_id: str) -> Path:
     """The stats that travel for hub DT `owner/name` (`envs/hub/name.json`), refused unless
     they record that very model: a fork of the same name under another owner may be trained on
     other data, and acting with another model's normalisation fails without an error."""
+    from eva_rl.errors import UserError
+
     path = hub_stats_dir() / f"{hub_id.split('/')[-1]}.json"
     if not path.is_file():  # a mistyped local path reads as a hub id
         raise UserError(
@@ -79,6 +81,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def locate_checkpoint(path: str | os.PathLike) -> Path | str:
     """A checkpoint directory (a relative path is also tried against `root()`, where the
     shipped agent lives), or a hub id (`owner/name`) when no such directory exists."""
+    from eva_rl.errors import UserError
+
     local = Path(path)
     for candidate in (local, root() / local):
         if (candidate / "config.json").is_file():

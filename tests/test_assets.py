@@ -25,3 +25,21 @@ def test_every_travelling_path_exists_in_the_checkout():
     """setup.py copies these into the wheel; a missing one would fail the build."""
     for name in assets.TRAVELLING:
         assert (assets.CHECKOUT / name).exists(), name
+
+
+def test_assets_loads_alone_as_setup_py_loads_it(tmp_path):
+    """setup.py runs eva_rl/assets.py as a lone file before eva_rl is installed (a wheel's
+    build): it must import nothing of eva_rl at module level. `-S`: no site-packages, so no
+    installed eva_rl to fall back on."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; "
+            "spec = importlib.util.spec_from_file_location('_assets', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.TRAVELLING)")  # fmt: skip
+    path = str(assets.CHECKOUT / "eva_rl" / "assets.py")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, path],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "configs" in done.stdout
