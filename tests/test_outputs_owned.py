@@ -50,10 +50,8 @@ def files(folder):
 
 def test_a_report_is_refused_in_a_folder_eva_rl_did_not_make(runs, tmp_path, capsys):
     """Not only the report's CSVs and README: its figures (any name it writes) are someone
-    else's in a folder eva_rl did not make, with or without --overwrite. A results folder
-    before its first report (a hand-written notes.md, the runs reported on, an eva_rl export)
-    takes one; an earlier report's folder without a marker (the committed results) is
-    recognised by its README and rewritten with --overwrite, its hand-written files kept."""
+    else's in a folder eva_rl did not make, with or without --overwrite (the folders a report
+    may go into are the next test's)."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "per_task.png").write_text("mine\n")
@@ -66,33 +64,23 @@ def test_a_report_is_refused_in_a_folder_eva_rl_did_not_make(runs, tmp_path, cap
         assert files(mine) == before
     assert not list(tmp_path.glob(".mine.*"))  # no stage left beside it
 
-    study = tmp_path / "study"
-    study.mkdir()
-    (study / "notes.md").write_text("## Discussion\n\nmine")
-    moved = study / "runs"
-    runs.rename(moved)
-    ownership.claim(study / "export", "export")
-    assert main(["report", str(moved), "--out", str(study)]) == 0
-    assert (study / "README.md").read_text().rstrip().endswith("mine")
-    assert (study / "per_task.png").read_bytes()[:4] == b"\x89PNG"
-    (study / ownership.MARKER).unlink(missing_ok=True)  # as committed: no marker
-    (study / "selection_rule.md").write_text("hand-written\n")
-    assert main(["report", str(moved), "--out", str(study), "--overwrite"]) == 0
-    assert (study / "selection_rule.md").read_text() == "hand-written\n"
-    assert (study / "notes.md").read_text() == "## Discussion\n\nmine"
-
 
 def test_a_report_overwrite_leaves_the_new_report_notes_and_runs_only(runs, tmp_path):
-    """Figures an earlier report drew and the new one does not (forest.png: no comparisons left;
-    rank_allocation.png: no EVA runs) go; the hand-written notes.md and other files, and the
-    runs inside the folder, stay."""
+    """A results folder before its first report (a hand-written notes.md, the runs reported on,
+    an eva_rl export) takes one. Overwritten, as committed results are (no marker: recognised
+    by its README), figures the earlier report drew and the new one does not (forest.png: no
+    comparisons left; rank_allocation.png: no EVA runs) go; the hand-written notes.md and other
+    files, and the runs inside the folder, stay."""
     study = tmp_path / "study"
     study.mkdir()
     (study / "notes.md").write_text("mine\n")
     moved = study / "runs"
     runs.rename(moved)
+    ownership.claim(study / "export", "export")
     assert main(["report", str(moved), "--out", str(study)]) == 0
+    assert (study / "README.md").read_text().rstrip().endswith("mine")
     assert {"forest.png", "rank_allocation.png"} <= {p.name for p in study.iterdir()}
+    (study / ownership.MARKER).unlink(missing_ok=True)  # as committed: no marker
     (study / "selection_rule.md").write_text("hand-written\n")
     for eva in moved.glob("hammer-v3/eva-*"):
         shutil.rmtree(eva)
@@ -103,7 +91,7 @@ def test_a_report_overwrite_leaves_the_new_report_notes_and_runs_only(runs, tmp_
     def shown(folder):
         return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
 
-    assert shown(study) == shown(fresh) | {"notes.md", "runs", "selection_rule.md"}
+    assert shown(study) == shown(fresh) | {"notes.md", "runs", "export", "selection_rule.md"}
     assert "forest.png" not in shown(fresh) and "rank_allocation.png" not in shown(fresh)
     assert (study / "notes.md").read_text() == "mine\n" and any(moved.rglob("summary.json"))
     assert not list(tmp_path.glob(".study.*"))
