@@ -88,8 +88,10 @@ class EvalConfig:
 
 def check_video(video: int, size: int, every: int) -> None:
     """The video options of an evaluation config (`eval.*`), checked before any rollout."""
-    if video < 0 or every < 1:
-        raise UserError(f"eval.video must be >= 0 and eval.video_every >= 1, got {video}, {every}")
+    if video < 0:
+        raise UserError(f"eval.video must be >= 0 (0: no videos), got {video}")
+    if every < 1:
+        raise UserError(f"eval.video_every must be >= 1 (1: every frame), got {every}")
     if size < 16 or size % 2:  # H.264 (yuv420p) encodes even sizes only; ffmpeg fails silently
         raise UserError(
             "eval.video_size must be an even number of pixels >= 16 (H.264 encodes even frame "

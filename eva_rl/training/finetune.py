@@ -58,9 +58,7 @@ EVAL_LEAST = {
     "final_episodes": (0, " (0: eval.episodes)"),
     "max_envs": (0, " (0: auto)"),
     "workers": (0, " (0: auto, 1: in this process)"),
-    "video": (0, " (0: no videos)"),
-    "video_every": (1, " (1: every frame)"),
-}
+}  # the video settings: evaluation.check_video
 
 
 @dataclass
