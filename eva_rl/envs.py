@@ -383,7 +383,10 @@ def load_suite(name_or_path: str) -> Suite:
         name = path.relative_to(suites_dir()).with_suffix("").as_posix()
     data = read_yaml(path)
     data.setdefault("name", name)
-    return from_dict(Suite, data)
+    try:
+        return from_dict(Suite, data)
+    except UserError as e:  # name the file: a suite's keys may be wrong in any of several
+        raise UserError(f"suite file {path}: {e}") from None
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:

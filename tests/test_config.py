@@ -114,6 +114,9 @@ def test_suites_load_and_validate(tmp_path):
         load_suite(str(custom))
     with pytest.raises(UserError, match="unknown suite 'cw11'; valid: gym.*, metaworld/cw10"):
         load_suite("cw11")
+    custom.write_text("tasks: [reach-v3]\ndataset: {seed: -1}\n")
+    with pytest.raises(UserError, match=f"^suite file {custom}: .*dataset.seed"):
+        load_suite(str(custom))
 
 
 def test_shipped_data_configs_load():
