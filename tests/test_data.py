@@ -263,3 +263,31 @@ def test_list_recomputes_a_summary_written_before_the_best_return_tenth(mw_root,
     assert main(["data", "list", "--root", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"(best-return tenth {expected:.2f})" in next(x for x in lines if "hammer" in x)
+
+
+def test_data_recorded_with_env_settings_the_id_does_not_give_warn_when_loaded(tmp_path):
+    """An evaluator makes the env from its id alone: a dataset whose env had other settings
+    (not rendering ones) says so once when loaded; one made with the defaults is silent."""
+    import warnings
+
+    from conftest import write_minari
+    from eva_rl.data.segments import load_trajectories
+
+    episode = ([[0.0, 0.0, 0.0, 0.0]] * 4, [[0.1]] * 3, [1.0] * 3)
+    settings = {
+        "plain": {"render_mode": "rgb_array", "width": 64, "height": 64},
+        "noisy": {"reset_noise_scale": 0.5},
+    }
+    for name, kwargs in settings.items():
+        env = gym.make("InvertedPendulum-v5", **kwargs)
+        write_minari(f"test/pendulum/{name}-v0", env, [episode], tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_trajectories(["test/pendulum/plain-v0"], tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        load_trajectories(["test/pendulum/noisy-v0"], tmp_path)
+    (said,) = [str(w.message) for w in caught if "recorded on" in str(w.message)]
+    assert said.startswith(
+        "dataset test/pendulum/noisy-v0 was recorded on InvertedPendulum-v5 with "
+        "reset_noise_scale=0.5; evaluations make InvertedPendulum-v5 from its id alone"
+    )

@@ -2,7 +2,8 @@
 every episode (checked when a dataset is written, listed and loaded: one NaN otherwise surfaces
 as a diverged loss or a `return nan`), and actions inside the action space (warned about once
 per dataset, with the share outside: they are trained on as they are, while an env clips what
-an agent does), and episodes no longer than a model's timestep embedding."""
+an agent does), episodes no longer than a model's timestep embedding, and an env recorded with
+settings its id alone does not give (warned: evaluation makes the env from the id)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from eva_rl.errors import UserError
 
 FIELDS = ("observations", "actions", "rewards")
+RENDER_KWARGS = frozenset({"render_mode", "width", "height"})  # change frames, not episodes
 
 
 def non_finite(observations, actions, rewards) -> str | None:
@@ -88,4 +90,37 @@ def check_timesteps(traj, max_ep_len: int) -> None:
             f"dataset {', '.join(traj.dataset_ids)} has episodes of {last + 1} steps, but the "
             f"model embeds timesteps 0..{max_ep_len - 1} (max_ep_len {max_ep_len}); use data of "
             f"episodes up to {max_ep_len} steps, or a model with max_ep_len >= {last + 1}"
+        )
+
+
+def recorded_env_kwargs(spec) -> dict:
+    """The kwargs a dataset's env spec holds beyond its id's registered defaults (rendering
+    aside); {} for an id this process has not registered (nothing to compare with)."""
+    import gymnasium as gym
+
+    if spec is None or spec.id not in gym.registry:
+        return {}
+    defaults, missing = gym.registry[spec.id].kwargs, object()
+    differ = {}
+    for key, value in spec.kwargs.items():
+        default = defaults.get(key, missing)
+        try:
+            same = default is not missing and bool(np.all(np.asarray(default) == np.asarray(value)))
+        except (TypeError, ValueError):  # shapes that do not compare: different
+            same = False
+        if key not in RENDER_KWARGS and not same:
+            differ[key] = value
+    return differ
+
+
+def warn_env_kwargs(dataset_id: str, spec, env: str) -> None:
+    """Warn once if a dataset's env was made with settings the evaluation's env will not have:
+    an evaluator makes `env` from its name alone, with the registered defaults."""
+    if kwargs := recorded_env_kwargs(spec):
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        warnings.warn(
+            f"dataset {dataset_id} was recorded on {spec.id} with {shown}; evaluations make "
+            f"{env} from its id alone, with gymnasium's defaults, so they score another env "
+            "than the data's: register an id with those settings and record the data on it",
+            stacklevel=3,
         )

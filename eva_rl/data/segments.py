@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 
 from eva_rl.data import catalog
-from eva_rl.data.checks import check_episode, warn_outside
+from eva_rl.data.checks import check_episode, warn_env_kwargs, warn_outside
 from eva_rl.envs import ENV_ID
 from eva_rl.errors import UserError
 
@@ -177,6 +177,8 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
     for ds_id in dataset_ids:
         dataset = catalog.load(ds_id, root)
         name = env_name(dataset)
+        if dataset.spec.env_spec is not None and dataset.spec.env_spec.id != ENV_ID:
+            warn_env_kwargs(ds_id, dataset.spec.env_spec, name)
         limits[name] = time_limit(dataset)
         shapes[ds_id] = _dims(dataset)
         if len(set(shapes.values())) > 1:
