@@ -23,7 +23,7 @@ import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
 from eva_rl import assets
-from eva_rl.assets import HUB_ID, SHIPPED, locate_checkpoint  # noqa: F401 (imported from here)
+from eva_rl.assets import HUB_ID, locate_checkpoint
 from eva_rl.config import from_dict
 from eva_rl.data.checks import check_timesteps
 from eva_rl.data.segments import feature_scale

@@ -151,7 +151,7 @@ def test_the_shipped_agent_tells_hammer_states_apart():
     """hammer-v3 reports a quaternion (dims 14-17) that every MT40 episode left at 0. With a
     1e-6 scale those dims reached 1e6 and every hammer state embedded to the same token (cosine
     1.0000000); scaled by 1, states 20 random steps apart embed apart like push-v3's (0.90)."""
-    from eva_rl.agent import SHIPPED
+    from eva_rl.assets import SHIPPED
     from eva_rl.envs import make_env
 
     agent = Agent.load(SHIPPED)

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 from eva_rl import assets
-from eva_rl.agent import locate_checkpoint
-from eva_rl.assets import SHIPPED, locate
+from eva_rl.assets import SHIPPED, locate, locate_checkpoint
 from eva_rl.envs import available_suites
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eva_rl.agent import SHIPPED, Agent
+from eva_rl.agent import Agent
+from eva_rl.assets import SHIPPED
 from eva_rl.errors import UserError
 from eva_rl.evaluation import EvalConfig, evaluate
 from eva_rl.windows import ContextWindows

@@ -178,7 +178,7 @@ def baselines(cfg: SweepConfig, runs: list[Run]) -> list[Run]:
 
 def _check_inputs(name: str, cfg) -> None:
     """The run's checkpoint and datasets exist (checked for every run before any starts)."""
-    from eva_rl.agent import locate_checkpoint
+    from eva_rl.assets import locate_checkpoint
     from eva_rl.data import catalog
 
     try:

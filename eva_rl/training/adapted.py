@@ -17,7 +17,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from eva_rl import distributed
-from eva_rl.agent import Agent, AgentMeta, checkpoint_ref, locate_checkpoint
+from eva_rl.agent import Agent, AgentMeta, checkpoint_ref
+from eva_rl.assets import locate_checkpoint
 from eva_rl.data.segments import load_trajectories
 from eva_rl.eva.collector import CollectorConfig, collect_on_trajectories
 from eva_rl.eva.state import META_FILE as EVA_META
