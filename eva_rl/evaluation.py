@@ -31,10 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from eva_rl import ownership
-from eva_rl.agent import Agent
+from eva_rl.agent import Agent, load_agent
 from eva_rl.assets import SHIPPED
-from eva_rl.envs import EnvSlots, env_dims, make_env
+from eva_rl.config import check_seed
+from eva_rl.data.catalog import dataset_id
+from eva_rl.data.segments import load_trajectories
+from eva_rl.envs import EnvSlots, env_dims, load_suite, make_env, metaworld_task_names
 from eva_rl.errors import UserError
+from eva_rl.io import atomic_write_dir, atomic_write_json, check_writable
 from eva_rl.results import EVAL_SEED, EnvResult, Episode, EvalResult
 from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
 from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_precision
@@ -81,8 +85,6 @@ class EvalConfig:
         if not 0.0 <= self.noise < float("inf"):
             raise UserError(f"noise must be >= 0, got {self.noise}")
         check_video(self.video, self.video_size, self.video_every)
-        from eva_rl.config import check_seed
-
         check_seed(self.seed, "eval.seed")
 
 
@@ -329,9 +331,6 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     any recorded videos; the outputs are checked before the first rollout."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from eva_rl.agent import load_agent
-    from eva_rl.envs import load_suite
-    from eva_rl.io import atomic_write_dir, atomic_write_json, check_writable
     from eva_rl.video import log_videos
 
     out = Path(cfg.out)
@@ -381,10 +380,6 @@ def check_tb(cfg: EvaluateConfig) -> None:
 def dataset_targets(ids: list[str], envs: list[str]) -> dict[str, float]:
     """Env -> the best return in the datasets recorded in it (`ids`; none given: each
     Meta-World env's scripted-expert dataset)."""
-    from eva_rl.data.catalog import dataset_id
-    from eva_rl.data.segments import load_trajectories
-    from eva_rl.envs import metaworld_task_names
-
     if not ids:
         ids = [dataset_id(env) for env in envs if env in metaworld_task_names()]
         if not ids:
