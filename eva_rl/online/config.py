@@ -76,7 +76,7 @@ class OnlineConfig(AdaptedRunConfig):
     evaluates on 10 episodes), then the online loop's."""
 
     from_run: str | None = None  # a finished `eva-rl finetune` run: start from its agent/
-    env_steps: int = 10_000  # online interactions in all (ODT stops at max_online_iters or 1M)
+    env_steps: int = 10_000  # online interactions in all (ODT: max_online_iters; 1M from 7e0714f)
     capacity: int = DEFAULT_CAPACITY  # replay buffer, whole trajectories (ODT replay_size 1000)
     rollouts: int = 1  # episodes per env collected per iteration (ODT num_online_rollouts 1)
     updates: int = 300  # gradient updates per iteration (ODT num_updates_per_online_iter 300)

@@ -13,7 +13,8 @@ Defaults and where they come from (online-dt at commit 8c4127d):
 - log-std bounds [-5, 2]: `DiagGaussianActor(log_std_bounds=[-5.0, 2.0])` in
   decision_transformer/models/decision_transformer.py, with its tanh rescaling into them.
 - initial log-std -1.5, the middle of the bounds: ODT's log-std layer starts with a zero bias
-  (`weight_init` fills biases with 0), and a zero pre-activation maps to the middle.
+  (`weight_init` fills biases with 0, weights orthogonal), so its log-std, a function of the
+  state there, starts centred near the middle (and is trained offline before going online).
 - initial temperature 0.1: main.py `--init_temperature`; target entropy -act_dim: main.py
   `self.target_entropy = -self.act_dim`.
 - one sample for the entropy estimate: `SquashedNormal.entropy(N=1)`, which main.py's `loss_fn`
