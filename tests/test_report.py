@@ -164,6 +164,23 @@ def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(ru
     assert {c.family for c in comparisons} == {5}
 
 
+def test_an_interim_family_counts_the_pooled_comparison_the_design_fixes(tmp_path):
+    """Under `--reference precision=fp32` the design fixes LoRA and EVA each against fp32, and
+    both pooled: while only LoRA has bf16 pairs, the pooled comparison is pending at p = 1, so
+    the interim family is the final one (3)."""
+    root = tmp_path / "runs"
+    for seed in range(8):
+        for method in ("lora", "eva"):
+            write_run(root, "hammer-v3", method, 8, seed, (0.3, 0.4), precision="fp32")
+            if method == "lora" or seed == 0:
+                bf16 = (0.3, 0.4 + 0.01 * (seed % 4 + 1))
+                write_run(root, "hammer-v3", method, 8, seed, bf16, precision="bf16")
+    planned = [(m, 8, 2.0, (("precision", p),)) for m in ("lora", "eva") for p in ("fp32", "bf16")]
+    stats = aggregate(collect_runs(root, by=("precision",)))
+    (lora,) = compare(stats, "precision=fp32", planned)  # EVA bf16: one pair, not testable yet
+    assert lora.family == 3 and lora.p_holm == pytest.approx(holm([lora.p, 1.0, 1.0])[0])
+
+
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):
     """A precision grid gives one configuration per value, each method compared with itself."""
     root = tmp_path / "runs"

@@ -72,7 +72,8 @@ def test_a_non_finite_value_is_refused_not_counted_as_extreme(tmp_path):
 
 def test_an_auc_hypothesis_needs_the_whole_registered_curve(tmp_path):
     """Without the base agent's evaluation the AUC would start at the first evaluation, and
-    runs of another budget would span other steps: both are refused, naming the run."""
+    runs of another budget, or missing an evaluation, would span other steps: each is refused,
+    naming the runs."""
     root = tmp_path / "runs"
     _pairs(root, [1, 2, 3])
     h = _h(seeds=[0, 1, 2], metric="auc", alternative="greater")
@@ -86,7 +87,14 @@ def test_an_auc_hypothesis_needs_the_whole_registered_curve(tmp_path):
     summary = json.loads(path.read_text())
     summary["eval"][-1]["step"] = 200
     path.write_text(json.dumps(summary))
-    with pytest.raises(UserError, match="AUCs cover different spans .* ends at step 100, .* 200"):
+    with pytest.raises(
+        UserError, match="different evaluations .* steps 0 50 100, .* steps 0 50 200"
+    ):
+        evaluate_hypotheses(collect_runs(root), [h])
+    summary["eval"] = summary["eval"][1:]  # the same end, its step-50 evaluation missing: its
+    summary["eval"][0]["step"] = 100  # trapezoid from 0 to 100 would stand for two of the others'
+    path.write_text(json.dumps(summary))
+    with pytest.raises(UserError, match="different evaluations .* steps 0 50 100, .* steps 0 100"):
         evaluate_hypotheses(collect_runs(root), [h])
     assert curve_auc([(100, 0.2), (100, 0.4)]) is None  # no span: no area per step
 

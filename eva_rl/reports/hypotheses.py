@@ -116,7 +116,7 @@ def evaluate_hypotheses(
         if unknown:
             raise UserError(f"hypothesis {h.name} names task(s) no run has and no sweep plans: "
                             f"{', '.join(unknown)}")  # fmt: skip
-        ends: dict[int, str] = {}
+        ends: dict[tuple[int, ...], str] = {}
         mine = _by_pair(rows, h, h.method, ends)
         theirs = _by_pair(rows, h, h.reference, ends) if h.reference else dict.fromkeys(mine, 0.0)
         pairs = [p for p in h.planned if p in mine and p in theirs]
@@ -161,12 +161,12 @@ def _check_paired(rows: list[Row], h: Hypothesis, pairs) -> None:
 
 
 def _by_pair(
-    rows: list[Row], h: Hypothesis, method: str, ends: dict[int, str]
+    rows: list[Row], h: Hypothesis, method: str, ends: dict[tuple[int, ...], str]
 ) -> dict[tuple[str, int, int], float]:
     """`method`'s finished runs of the hypothesis's pairs: (task, seed, rank) -> metric. An AUC
     is the registered one only over the whole curve: from step 0 (the run's own evaluation or
-    the base agent's) to the same last step on every run (`ends`: last step -> a run, shared
-    by both sides)."""
+    the base agent's) through the same evaluations on every run (`ends`: the curve's steps -> a
+    run, shared by both sides; a run missing an evaluation has trapezoids over other spans)."""
     planned, out = set(h.planned), {}
     for r in rows:
         key = (r.task, r.seed, r.rank)
@@ -191,10 +191,21 @@ def _by_pair(
                                 f"{r.auc_from}, not 0 (no step-0 evaluation and no base-agent "
                                 "evaluation in _baseline/), so its AUC is not the registered "
                                 "one; report it beside its sweep's _baseline/")  # fmt: skip
-            ends[r.curve[-1][0]] = r.run
+            ends[auc_steps(r)] = r.run
         out[key] = value
     if len(ends) > 1:
         (a, run_a), (b, run_b) = sorted(ends.items())[:2]
-        raise UserError(f"hypothesis {h.name}: the AUCs cover different spans ({run_a} ends at "
-                        f"step {a}, {run_b} at {b}); test runs of one budget")  # fmt: skip
+        raise UserError(f"hypothesis {h.name}: the AUCs cover different evaluations ({run_a} at "
+                        f"steps {_steps(a)}, {run_b} at steps {_steps(b)}); test runs of one "
+                        "budget and schedule that all made every evaluation")  # fmt: skip
     return out
+
+
+def auc_steps(r: Row) -> tuple[int, ...]:
+    """The steps a run's AUC integrates over: its evaluations with a score, from `auc_from`."""
+    steps = [step for step, metrics in r.curve if "score" in metrics]
+    return tuple(([r.auc_from] if steps and r.auc_from < steps[0] else []) + steps)
+
+
+def _steps(steps: tuple[int, ...]) -> str:
+    return " ".join(str(s) for s in steps)

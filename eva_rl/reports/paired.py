@@ -137,6 +137,10 @@ def compare(
         for c in configs
         if (ref := reference_of(c, configs, reference)) is not None
     } - seen
+    for reference in (r for r in references if "=" in r):  # pooled ones not made yet, too
+        made = {value for value, n in _groups(stats, reference, seen).items() if n >= 2}
+        fixed = _groups(configs, reference)
+        pending |= {(v, reference) for v, n in fixed.items() if n >= 2 and v not in made}
     adjusted = holm([c.p for c in out] + [1.0] * len(pending))
     for c, p in zip(out, adjusted, strict=False):
         c.p_holm, c.family = p, len(adjusted)
@@ -218,14 +222,9 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], reference: str):
     The configurations of one (task, seed) share its batches and evaluation episodes, so their
     differences are not independent: the test flips each (task, seed) block whole (the mean of
     its pairs), and the mean difference is the mean over blocks."""
-    keys = list(settings(reference))
-
-    def values_of(s: ConfigStats) -> str:
-        return ",".join(f"{k}={dict(s.variant)[k]}" for k in keys)
-
     out = []
-    for other in sorted({values_of(s) for s, _ in matched}):
-        group = [(s, ref) for s, ref in matched if values_of(s) == other]
+    for other in sorted({values_of(s, reference) for s, _ in matched}):
+        group = [(s, ref) for s, ref in matched if values_of(s, reference) == other]
         if len(group) < 2:
             continue
         by_block: dict[tuple[str, int], list[float]] = {}
@@ -239,6 +238,22 @@ def pooled(matched: list[tuple[ConfigStats, ConfigStats]], reference: str):
         comparison.n, comparison.blocks = sum(map(len, by_block.values())), len(blocks)
         out.append(comparison)
     return out
+
+
+def values_of(s, reference: str) -> str:
+    """A configuration's values of the keys a `key=value` reference names (`precision=bf16`)."""
+    return ",".join(f"{k}={dict(s.variant)[k]}" for k in settings(reference))
+
+
+def _groups(configs, reference: str, compared: set | None = None) -> dict[str, int]:
+    """Other value of `reference`'s keys -> how many configurations with it have a reference
+    (only those whose comparison is made, where `compared` holds the made (label, ref) pairs)."""
+    counts: dict[str, int] = {}
+    for c in configs:
+        ref = reference_of(c, configs, reference)
+        if ref is not None and (compared is None or (c.label, ref.label) in compared):
+            counts[values_of(c, reference)] = counts.get(values_of(c, reference), 0) + 1
+    return counts
 
 
 def task_differences(pairs: list[tuple[str, int]], diffs: np.ndarray) -> list[TaskDifference]:
