@@ -11,7 +11,7 @@ from eva_rl.reports.aggregate import aggregate
 from eva_rl.reports.paired import compare
 from eva_rl.reports.runs import collect_runs, planned_configs
 from eva_rl.reports.tensorboard import read_scalars
-from eva_rl.stats import holm
+from eva_rl.stats import holm, minimum_detectable_difference
 
 
 def write_run(
@@ -167,7 +167,7 @@ def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(ru
 def test_an_interim_family_counts_the_pooled_comparison_the_design_fixes(tmp_path):
     """Under `--reference precision=fp32` the design fixes LoRA and EVA each against fp32, and
     both pooled: while only LoRA has bf16 pairs, the pooled comparison is pending at p = 1, so
-    the interim family is the final one (3)."""
+    the interim family is the final one (3), and the detectable size is stated for it."""
     root = tmp_path / "runs"
     for seed in range(8):
         for method in ("lora", "eva"):
@@ -179,6 +179,9 @@ def test_an_interim_family_counts_the_pooled_comparison_the_design_fixes(tmp_pat
     stats = aggregate(collect_runs(root, by=("precision",)))
     (lora,) = compare(stats, "precision=fp32", planned)  # EVA bf16: one pair, not testable yet
     assert lora.family == 3 and lora.p_holm == pytest.approx(holm([lora.p, 1.0, 1.0])[0])
+    # the detectable size at the level a verdict needs at Holm's first step, 5% / 3
+    assert lora.mde == pytest.approx(minimum_detectable_difference(lora.sd, 8, alpha=0.05 / 3))
+    assert lora.mde > minimum_detectable_difference(lora.sd, 8)
 
 
 def test_a_swept_setting_splits_configurations_and_can_be_the_reference(tmp_path):

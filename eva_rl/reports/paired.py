@@ -47,7 +47,8 @@ class Comparison:
     p_holm: float = 1.0  # Holm-adjusted over the family (every comparison the sweep plans)
     family: int = 1  # comparisons under Holm's correction, those without runs yet included
     poi: float | None = None  # rliable's probability of improvement
-    mde: float | None = None  # smallest true difference detected with 80% power at 5%
+    # smallest true difference detected with 80% power at 5% / family (Holm's strictest step)
+    mde: float | None = None
     # pooled comparisons: the (task, seed) blocks the test flips whole (their pairs' mean), as
     # the configurations of one task and seed share its batches and evaluation episodes
     blocks: int | None = None
@@ -144,6 +145,8 @@ def compare(
     adjusted = holm([c.p for c in out] + [1.0] * len(pending))
     for c, p in zip(out, adjusted, strict=False):
         c.p_holm, c.family = p, len(adjusted)
+        # a verdict needs Holm p < 0.05, which the first step grants only below 0.05 / family
+        c.mde = minimum_detectable_difference(c.sd, c.blocks or c.n, alpha=0.05 / c.family)
     return out
 
 
@@ -202,7 +205,6 @@ def difference(label: str, reference: str, pairs: list[tuple], diffs: np.ndarray
         sd=float(diffs.std(ddof=1)),
         p=p,
         exact=exact,
-        mde=minimum_detectable_difference(float(diffs.std(ddof=1)), len(pairs)),
     )
     if len(tasks) > 1:
         comparison.per_task = task_differences(pairs, diffs)

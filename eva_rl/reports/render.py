@@ -326,10 +326,11 @@ def _comparison_section(comparisons, reference, score: str, steps, step_unit) ->
         "sign patterns: MC), so an interval excludes 0 exactly when p < 0.05 (unbounded "
         f"with 5 pairs or fewer), Holm's correction over {family}, "
         "rliable's probability of improvement, and the smallest true "
-        "difference a paired t-test at 5% would detect with 80% power given the observed "
-        "spread of the differences ('-': none is detectable, with 5 pairs or fewer the "
-        "sign-flip p cannot fall below 0.05, or the differences have no spread to scale "
-        "by). A verdict other than 'no difference detected' needs Holm p < 0.05.",
+        "difference a paired t-test at 5% / the family size (the level Holm's first step "
+        "asks of a comparison) would detect with 80% power given the observed spread of "
+        "the differences ('-': none is detectable, n pairs cannot give a sign-flip p below "
+        "2 / 2^n, or the differences have no spread to scale by). A verdict other than "
+        "'no difference detected' needs Holm p < 0.05.",
         "",
         comparison_table(comparisons, score),
     ]
