@@ -140,3 +140,17 @@ def test_sign_flip_interval_covers_a_known_effect(n):
         low, high = sign_flip_interval(diffs)
         covered += low <= effect <= high
     assert covered / 400 >= 0.92
+
+
+def test_iqm_is_rliables_bit_for_bit():
+    """The report's IQM, computed without scipy's wrapper, is rliable's aggregate_iqm exactly
+    (ties, one run, one task, shapes whose quarter is not whole)."""
+    from rliable import metrics
+
+    from eva_rl.stats import iqm
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        shape = tuple(int(n) for n in rng.integers(1, [13, 6]))
+        scores = rng.random(shape) if rng.random() < 0.5 else rng.integers(0, 5, shape) / 4
+        assert iqm(scores) == metrics.aggregate_iqm(scores)
