@@ -317,6 +317,8 @@ class RunSummary:
     precision: str = field(metadata={"before": "fp32"})  # summaries before bf16 existed: fp32
     # what an evaluation's `step` counts: updates (finetune) or env_steps (online)
     step_unit: str = field(default="updates", metadata={"before": "updates"})
+    # the machines that ran it, in order (`runtime.machine`); none recorded before 2026-12-07
+    machines: list[dict[str, Any]] = field(default_factory=list, metadata={"before": []})
 
     # written for readers, not read: a summary's score_name follows from its evaluations
     DERIVED = ("final", "initial", "best_score", "total_rank", "score_name")

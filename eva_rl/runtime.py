@@ -223,6 +223,33 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def machine(device: torch.device) -> dict[str, object]:
+    """Where a run ran, for its summary: fp32 kernels round differently across instruction sets
+    (AVX2 vs AVX-512) and GPUs, so a rerun elsewhere can differ at the float level."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    here = {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "cores": cpu_count(),
+            "torch": str(torch.__version__), "native_bf16": bool(native_bf16(device))}  # fmt: skip
+    if device.type == "cuda":
+        here["gpu"] = torch.cuda.get_device_name(device)
+    return here
+
+
+def note_machine(history: dict, device: torch.device) -> None:
+    """Add this machine to a run's `history["machines"]` unless it ran the last segment too (a
+    run resumed elsewhere lists each machine it ran on, in order)."""
+    machines, here = history.setdefault("machines", []), machine(device)
+    if not machines or machines[-1] != here:
+        machines.append(here)
+
+
 def check_precision(name: str) -> None:
     """Refuse a precision that is not one of `Precision`'s, in one line (every config's check)."""
     if name not in get_args(Precision):

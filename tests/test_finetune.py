@@ -171,8 +171,12 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
     def collect_again(*args, **kwargs):
         raise AssertionError("the resumed run collected EVA's components again")
 
+    import eva_rl.runtime
     import eva_rl.training.adapted as adapted_mod
 
+    here = eva_rl.runtime.machine(torch.device("cpu"))
+    elsewhere = here | {"cpu": "another CPU", "isa": "AVX2"}  # resumed on another machine
+    monkeypatch.setattr(eva_rl.runtime, "machine", lambda device: elsewhere)
     monkeypatch.setattr(train_mod, "action_loss", count)
     monkeypatch.setattr(adapted_mod, "collect_on_trajectories", collect_again)
     torch.manual_seed(123)  # resume must not depend on the process's RNG state
@@ -191,6 +195,8 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
     sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert sa["final"] == sb["final"] and sa["ranks"] == sb["ranks"]
     assert sb["wall_seconds"] >= sb["train_seconds"] > 0  # both segments counted
+    assert sa["machines"] == [here] and sb["machines"] == [here, elsewhere]  # each, in order
+    assert here["isa"] == torch.backends.cpu.get_cpu_capability() and here["cores"] >= 1
 
 
 def test_cli_run_logs_summary_hparams_and_evaluates_the_adapter(checkpoint, mw_root, tmp_path):

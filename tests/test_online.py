@@ -69,6 +69,7 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     summary = online(config(checkpoint, mw_root, out, *filmed, warm), progress=False)
     assert summary["env_steps"] == 90 and summary["iterations"] == 3
     assert summary["updates"] == 12 and summary["episodes_collected"] == 3
+    assert [m["isa"] for m in summary["machines"]] == [torch.backends.cpu.get_cpu_capability()]
     assert [p["step"] for p in summary["eval"]] == [0, 60, 90]
     assert [p["updates"] for p in summary["eval"]] == [0, 8, 12]
     (s0, v0), (s1, v1), (s2, v2) = [(p["step"], p["score"]) for p in summary["eval"]]

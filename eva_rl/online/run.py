@@ -189,7 +189,7 @@ class OnlineRun(AdaptedRun):
             processes=1, effective_batch_size=cfg.optim.batch_size,
             train_seconds=history["seconds"], wall_seconds=history["wall_seconds"],
             config=to_dict(cfg), precision=self.precision,
-            step_unit="env_steps",
+            step_unit="env_steps", machines=history.get("machines", []),
         )  # fmt: skip
         dataset = self._write_dataset(counts["episodes"])
         out = summary.to_dict() | {

@@ -38,7 +38,7 @@ from eva_rl.online.config import OnlineConfig
 from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import autocast, rng_states, set_rng_states
+from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
 from eva_rl.training.loop import Window, adamw
 from eva_rl.training.losses import action_mse, action_preds
 from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
@@ -130,6 +130,7 @@ class OnlineTrainer:
         """Collect and update until `env_steps`, evaluating and saving on their periods."""
         started, before = time.perf_counter(), self.history["seconds"]
         self._clock = (started, before)
+        note_machine(self.history, self.device)
         tb = self.run_dir / "tb"
         if self.cfg.resume:
             purge_events(tb, self.counts["updates"])

@@ -317,6 +317,7 @@ class FinetuneRun(AdaptedRun):
             wall_seconds=history["wall_seconds"],
             config=to_dict(cfg),
             precision=self.precision,
+            machines=history.get("machines", []),
         )
         if self.main:
             atomic_write_dir(self.out / "agent", self.write_agent)

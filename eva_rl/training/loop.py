@@ -35,7 +35,7 @@ from eva_rl.data.segments import MAX_BATCH, SegmentSampler
 from eva_rl.errors import RunError, UserError
 from eva_rl.kernels import speed_up
 from eva_rl.results import EvalPoint
-from eva_rl.runtime import autocast, rng_states, set_rng_states
+from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
 from eva_rl.training.losses import action_loss
 from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
 
@@ -268,6 +268,7 @@ class Trainer:
         """Train to `loop.steps`, logging, evaluating and saving on the configured periods."""
         started, seconds_before = time.perf_counter(), self.history.get("seconds", 0.0)
         self._clock = (started, seconds_before)
+        note_machine(self.history, self.device)
         bar = tqdm(total=self.loop.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.main))  # fmt: skip
         self.model.train()
