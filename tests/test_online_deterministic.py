@@ -49,11 +49,12 @@ def test_the_target_policy_is_the_dt_with_its_polyak_copies(mw_root):
     weights gives (not the live model's action), in eval mode, and restores the mode."""
     import copy
 
+    from test_online_policy import action_mean
+
     from conftest import HAMMER
     from eva_rl.adapters.methods import BuildContext, MethodConfig, build_method
     from eva_rl.agent import ModelConfig, build_model
     from eva_rl.data.segments import SegmentSampler, load_trajectories
-    from eva_rl.online.policy import action_mean
 
     traj = load_trajectories([HAMMER], mw_root)
     torch.manual_seed(0)

@@ -17,13 +17,20 @@ from eva_rl.online.policy import (
     GaussianHead,
     SquashedNormal,
     Temperature,
-    action_mean,
     odt_losses,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STATE_DIM, ACT_DIM, B, K = 6, 3, 4, 5
+
+
+def action_mean(model, **dt_inputs) -> torch.Tensor:
+    """mu at every step of a DT forward (B, K, act_dim), as the online trainer captures it."""
+    with ActionMean(model) as captured:
+        model(**dt_inputs)
+    assert captured.value is not None, "the forward did not run the action head"
+    return captured.value
 
 
 def tiny_dt(action_tanh: bool = True) -> DecisionTransformerModel:

@@ -84,15 +84,6 @@ class ActionMean:
         self.value = output
 
 
-def action_mean(model: nn.Module, **dt_inputs) -> torch.Tensor:
-    """mu at every step of a DT forward (B, K, act_dim): the keyword arguments go to `model`."""
-    with ActionMean(model) as captured:
-        model(**dt_inputs)
-    if captured.value is None:
-        raise RuntimeError("the forward did not run the action head")
-    return captured.value
-
-
 class DiagNormal:
     """Independent N(mu, sigma) per action dimension, for a DT without `action_tanh`.
 
