@@ -92,14 +92,24 @@ def _finite(diffs) -> np.ndarray:
     return diffs
 
 
-def _flips(n: int, exact_up_to: int, resamples: int, seed: int) -> tuple[np.ndarray, bool]:
+def _flips(
+    n: int, exact_up_to: int, resamples: int, seed: int, symmetric: bool = False
+) -> tuple[np.ndarray, bool]:
     """The sign patterns of the test, True = flipped: all 2^n for n <= `exact_up_to`, else the
-    identity plus `resamples` seeded random ones. Returns (patterns, exact)."""
+    identity plus `resamples` seeded random ones; `symmetric`: the identity, its negation and
+    `resamples // 2` random ones with their negations, a set closed under flipping every sign
+    as the exact one is, so that a one-sided p is exactly half the two-sided one and a
+    one-sided test agrees with the two-sided interval at twice its level. Returns (patterns,
+    exact)."""
     if n <= exact_up_to:
         codes = np.arange(2**n)[:, None] >> np.arange(n) & 1
         return codes.astype(bool), True
+    identity = np.zeros((1, n), bool)
+    if symmetric:
+        random = np.random.default_rng(seed).random((resamples // 2, n)) < 0.5
+        return np.vstack([identity, ~identity, random, ~random]), False
     random = np.random.default_rng(seed).random((resamples, n)) < 0.5
-    return np.vstack([np.zeros((1, n), bool), random]), False
+    return np.vstack([identity, random]), False
 
 
 def _thresholds(diffs: np.ndarray, flips: np.ndarray) -> np.ndarray:
@@ -118,18 +128,20 @@ def _thresholds(diffs: np.ndarray, flips: np.ndarray) -> np.ndarray:
 
 
 def sign_flip_test(
-    diffs, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0, alternative="two-sided"
-):
+    diffs, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0, alternative="two-sided",
+    symmetric: bool = False,
+):  # fmt: skip
     """p-value of the paired sign-flip permutation test of mean difference 0 against
     `alternative` ("two-sided", or "less" / "greater": a mean below / above 0, for a direction
     fixed before the data): exact (all 2^n sign patterns) for n <= `exact_up_to`, else
-    `resamples` seeded random patterns plus the observed one. The two-sided p is computed as
-    `sign_flip_interval` inverts it, so the two always agree. Returns (p, exact)."""
+    `resamples` seeded random patterns plus the observed one (`symmetric`: see `_flips`). The
+    two-sided p is computed as `sign_flip_interval` inverts it, so the two always agree.
+    Returns (p, exact)."""
     diffs = _finite(diffs)
     n = len(diffs)
     if n == 0 or not np.any(diffs):
         return 1.0, True
-    flips, exact = _flips(n, exact_up_to, resamples, seed)
+    flips, exact = _flips(n, exact_up_to, resamples, seed, symmetric)
     if alternative == "two-sided":
         mean = diffs.mean()
         if mean == 0:
@@ -145,14 +157,15 @@ def sign_flip_test(
 
 
 def sign_flip_interval(
-    diffs, alpha: float = 0.05, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0
-) -> tuple[float, float]:
+    diffs, alpha: float = 0.05, exact_up_to: int = 16, resamples: int = 100_000, seed: int = 0,
+    symmetric: bool = False,
+) -> tuple[float, float]:  # fmt: skip
     """The 1 - alpha interval of the mean paired difference that inverts the two-sided
     sign-flip test: every shift delta that the test of d - delta does not reject at `alpha`.
     It excludes 0 exactly when `sign_flip_test` gives p < alpha, and is unbounded where no
     pattern count can reach alpha (n <= 5 pairs at 5%: the smallest p is 2 / 2^n)."""
     diffs = _finite(diffs)
-    flips, _ = _flips(len(diffs), exact_up_to, resamples, seed)
+    flips, _ = _flips(len(diffs), exact_up_to, resamples, seed, symmetric)
     needed = math.ceil(alpha * len(flips) - 1e-9)  # patterns as extreme for p >= alpha
     low = _thresholds(diffs, flips)[needed - 1] - TIE
     high = -(_thresholds(-diffs, flips)[needed - 1] - TIE)

@@ -126,16 +126,15 @@ def evaluate_hypotheses(
         if len(pairs) == len(h.planned):
             diffs = np.array([mine[p] - theirs[p] for p in pairs])
             test.mean_diff = float(diffs.mean())
-            test.ci = sign_flip_interval(diffs, h.interval_alpha, exact_up_to=EXACT_PAIRS)
-            test.p, test.exact = sign_flip_test(
-                diffs, exact_up_to=EXACT_PAIRS, alternative=h.alternative
-            )
+            # symmetric patterns beyond EXACT_PAIRS: a one-sided verdict then still agrees with
+            # the two-sided interval at twice its level, as it does exactly below
+            patterns = {"exact_up_to": EXACT_PAIRS, "symmetric": True}
+            test.ci = sign_flip_interval(diffs, h.interval_alpha, **patterns)
+            test.p, test.exact = sign_flip_test(diffs, alternative=h.alternative, **patterns)
             if len(pairs) > len(h.seeds):
                 seeds = np.array([seed for _, seed, _ in pairs])
                 blocks = [diffs[seeds == seed].mean() for seed in h.seeds]
-                test.p_seeds, _ = sign_flip_test(
-                    blocks, exact_up_to=EXACT_PAIRS, alternative=h.alternative
-                )
+                test.p_seeds, _ = sign_flip_test(blocks, alternative=h.alternative, **patterns)
         out.append(test)
     return out
 
