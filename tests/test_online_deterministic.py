@@ -96,6 +96,9 @@ def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
         "attention_mask": torch.ones(5, k, dtype=torch.long),
     }
     mu = torch.randn(5, k, 2)
+    with torch.no_grad():  # the targets as after Polyak steps: no longer the live critic's copy
+        for p in td3.critic_target.parameters():
+            p.add_(torch.randn_like(p))
     critic = TD3(model, head, cfg, 3, 2.0, torch.device("cpu"), stochastic=False).critic
     critic.load_state_dict(td3.critic.state_dict())
     rng = torch.get_rng_state()

@@ -39,6 +39,28 @@ def test_the_interval_agrees_with_the_verdict_at_the_hypothesis_level(tmp_path, 
     diffs = np.array([10] * 7 + [5, -10, -2]) / 100
     assert sign_flip_interval(diffs)[0] > 0  # what the table printed before: excludes 0
     assert h.interval_alpha == pytest.approx(0.0334 if alternative == "greater" else 0.0167)
+    assert test.ci == pytest.approx(sign_flip_interval(diffs, h.interval_alpha))
+
+
+def test_a_hypothesis_beyond_20_pairs_draws_symmetric_patterns(tmp_path):
+    """24 pairs (3 tasks x 8 seeds): random sign patterns, drawn with their negations, so
+    the one-sided p is half the two-sided one and the verdict agrees with the interval."""
+    root, tasks = tmp_path / "runs", ["hammer-v3", "push-v3", "reach-v3"]
+    cents = np.random.default_rng(1).integers(-8, 12, (3, 8))
+    for task, row in zip(tasks, cents, strict=True):
+        _pairs(root, row.tolist(), task=task)
+    h = _h(tasks=tasks, seeds=list(range(8)), alternative="greater", alpha=0.025)
+    (test,) = evaluate_hypotheses(collect_runs(root), [h])
+    diffs = cents.reshape(-1) / 100  # the planned pairs' order: task, then seed
+    mc = {"exact_up_to": 20, "symmetric": True}
+    two_sided, exact = sign_flip_test(diffs, **mc)
+    assert not test.exact and not exact and test.finished == 24
+    assert (
+        test.p == pytest.approx(two_sided / 2)
+        and test.p == sign_flip_test(diffs, alternative="greater", **mc)[0]
+    )
+    assert test.ci == pytest.approx(sign_flip_interval(diffs, 0.05, **mc))
+    assert (test.p < 0.025) == (test.ci[0] > 0)
 
 
 @pytest.mark.parametrize("n", [10, 25])
