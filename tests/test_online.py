@@ -235,9 +235,16 @@ def test_methods_train_online(method, checkpoint, mw_root, tmp_path):
                      progress=False)  # fmt: skip
     assert summary["method"] == method and summary["updates"] == 3
     assert summary["trainable_parameters"] > 3  # more than the head's log-std
+    from test_agent import some_inputs
+
     import eva_rl
 
-    eva_rl.load_agent(out / "agent")  # the export reloads
+    tuned, base = eva_rl.load_agent(out / "agent"), eva_rl.load_agent(checkpoint)  # reloads
+    x = some_inputs(base)  # every method starts as the base's function: the updates moved it
+    moved = (tuned.predict(**x) - base.predict(**x)).abs().max()
+    # (AdaLoRA's E starts at exactly 0, so untrained it merges to the base exactly; it moves
+    # least: 3e-7 after these 3 updates. PiSSA's rewrite alone differs from the base by ~1e-7)
+    assert moved > (0.0 if method == "adalora" else 1e-4), moved
 
 
 def test_from_a_finetune_run(checkpoint, mw_root, tmp_path, capsys):
