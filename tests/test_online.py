@@ -1,6 +1,7 @@
 """`eva-rl online` end to end on the tiny checkpoint: outputs, reproducibility, resume, export."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -89,6 +90,10 @@ def test_short_run_writes_summary_curves_and_a_minari_dataset(
     updates_axis = read_scalars(out / "tb")
     assert [s for s, _ in updates_axis["eval/return"]] == [0, 8, 12]
     assert "train/temperature" in updates_axis and "train/entropy" in updates_axis
+    state = torch.load(out / "checkpoints/latest/state.pt", weights_only=True)  # at update 12
+    final = math.exp(state["temperature"]["log_temperature"].item())
+    assert updates_axis["train/temperature"][-1] == (12, pytest.approx(final, rel=1e-6))
+    assert final != pytest.approx(0.1, abs=1e-9)  # tuned away from ODT's initial 0.1
     logged_lr = updates_axis["train/lr"]  # the rate of the update just made: warm-up step / 10
     assert [v for _, v in logged_lr] == pytest.approx([1e-3 * min(s / 10, 1) for s, _ in logged_lr])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -190,6 +190,21 @@ def test_rng_states_resume_the_draws_of_the_runs_device():
     assert torch.equal(torch.rand(4), expected[1])
 
 
+def test_a_cuda_runs_generator_is_kept_and_given_back(monkeypatch):
+    """Without a GPU here, the CUDA half through torch.cuda's own calls: the device's state is
+    saved beside the CPU's and restored to that device (the test above runs it for real on a
+    GPU)."""
+    device, saved, restored = torch.device("cuda:1"), torch.tensor([7], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: saved if d == device else None)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((s, d)))
+    states = runtime.rng_states(device)
+    assert states["cuda_rng"] is saved and set(states) == {"torch_rng", "cuda_rng"}
+    runtime.set_rng_states(states, device)
+    assert restored == [(saved, device)]
+    runtime.set_rng_states({"torch_rng": states["torch_rng"]}, device)  # an older checkpoint
+    assert len(restored) == 1
+
+
 @pytest.mark.parametrize(
     ("avx512_bf16", "amx", "resolved"),
     [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16")],
