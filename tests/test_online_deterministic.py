@@ -82,12 +82,15 @@ def test_the_target_policy_is_the_dt_with_its_polyak_copies(mw_root):
     assert not torch.allclose(got, live.float(), atol=1e-3)
 
 
-def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing(stochastic):
+    """The target policy's action at s_{t+1}: the target DT's mean action (deterministic), or
+    a draw of the target head around it (ODT's stochastic policy), then TD3's smoothing."""
     torch.manual_seed(0)
     model, head = torch.nn.Linear(3, 2), GaussianHead(2)
     cfg = TD3Config(enabled=True, hidden=8, gamma=0.9)
     td3 = TD3(model, head, cfg, state_dim=3, return_scale=2.0, device=torch.device("cpu"),
-              stochastic=False)  # fmt: skip
+              stochastic=stochastic)  # fmt: skip
     k = 4
     batch = {
         "states": torch.randn(5, k, 3),
@@ -105,7 +108,11 @@ def test_the_td3_target_action_is_the_target_dts_own_plus_smoothing():
     stats = td3.critic_step(batch, mu)
     torch.set_rng_state(rng)
     tr = transitions(batch, 2.0)
-    next_actions = smoothed(torch.tanh(shift(mu)), cfg.policy_noise, cfg.noise_clip)
+    policy_action = torch.tanh(shift(mu))
+    if stochastic:  # the head's draw, its noise from the CPU generator before the smoothing's
+        scale = head.log_std.exp().detach()
+        policy_action = torch.tanh(shift(mu) + scale * torch.randn(shift(mu).shape))
+    next_actions = smoothed(policy_action, cfg.policy_noise, cfg.noise_clip)
     q1n, q2n = td3.critic_target(shift(batch["states"]), next_actions)
     y = td_target(tr.rewards, tr.dones, q1n, q2n, cfg.gamma)
     q1, q2 = critic(batch["states"], batch["actions"])
