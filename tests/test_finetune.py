@@ -329,3 +329,33 @@ def test_dimension_mismatch_between_checkpoint_and_data(checkpoint, tmp_path):
     with pytest.raises(UserError, match="checkpoint has state_dim=39, act_dim=4 but dataset"):
         finetune(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_resumes_only_in_its_own_precision_and_a_pin_of_auto_is_no_change(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
+    """A run started at `precision: auto` resumes with the precision `auto` resolved to pinned
+    (as a sweep pinned after its start passes it), and refuses the other one in one line."""
+    import eva_rl.training.loop as train_mod
+    from eva_rl.runtime import resolve_precision
+
+    here = resolve_precision("auto", torch.device("cpu"))
+    other = {"fp32": "bf16", "bf16": "fp32"}[here]
+    real, calls = train_mod.action_loss, {"n": 0}
+
+    def crash_at_update_15(model, batch):
+        calls["n"] += model.training
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(train_mod, "action_loss", crash_at_update_15)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_finetune(checkpoint, mw_root, out, "lora", "precision=auto"), progress=False)
+    monkeypatch.setattr(train_mod, "action_loss", real)
+    again = ("resume=true", f"precision={other}")
+    with pytest.raises(UserError, match=f"was trained in {here}; resume it with precision={here}"):
+        finetune(tiny_finetune(checkpoint, mw_root, out, "lora", *again), progress=False)
+    pinned = tiny_finetune(checkpoint, mw_root, out, "lora", "resume=true", f"precision={here}")
+    assert finetune(pinned, progress=False).precision == here

@@ -18,6 +18,7 @@ from conftest import HAMMER
 from eva_rl.adapters.methods import METHODS
 from eva_rl.cli import main
 from eva_rl.config import load_config
+from eva_rl.errors import UserError
 from eva_rl.online.config import OnlineConfig
 from eva_rl.online.run import online
 
@@ -453,3 +454,35 @@ def test_a_sweep_told_to_wait_runs_each_run_once_its_start_finishes(
     index = json.loads((runs / "runs.json").read_text())
     assert [index[f"seed={s}"]["status"] for s in (0, 1)] == ["done", "done"]
     assert (runs / "seed=1/summary.json").is_file()
+
+
+def test_an_online_run_resumes_only_in_its_own_precision(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
+    """As finetune's: its checkpoint refuses another precision (an online resume went on in
+    whatever `precision` resolved to), and a pin of what `auto` resolved to is no change."""
+    from eva_rl.online.trainer import OnlineTrainer
+    from eva_rl.runtime import resolve_precision
+
+    here = resolve_precision("auto", torch.device("cpu"))
+    other = {"fp32": "bf16", "bf16": "fp32"}[here]
+    real, calls = OnlineTrainer._update, {"n": 0}
+
+    def crash_in_the_second_iteration(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the first iteration's checkpoint (4 updates each)
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(OnlineTrainer, "_update", crash_in_the_second_iteration)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        online(config(checkpoint, mw_root, out, "precision=auto"), progress=False)
+    monkeypatch.setattr(OnlineTrainer, "_update", real)
+    with pytest.raises(UserError, match=f"was trained in {here}; resume it with precision={here}"):
+        online(
+            config(checkpoint, mw_root, out, "resume=true", f"precision={other}"), progress=False
+        )
+    resumed = online(config(checkpoint, mw_root, out, "resume=true", f"precision={here}"),
+                     progress=False)  # fmt: skip
+    assert resumed["precision"] == here and resumed["env_steps"] == 90

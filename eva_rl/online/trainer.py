@@ -41,7 +41,13 @@ from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
 from eva_rl.training.loop import Window, adamw
 from eva_rl.training.losses import action_mse, action_preds
-from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
+from eva_rl.training.rundir import (
+    STATE_FILE,
+    check_resumed_precision,
+    load_state,
+    purge_events,
+    save_state,
+)
 
 ENV_AXIS = "env_steps"  # tb/ subfolder of the scalars against env steps
 COLLECT_SEED = 1 << 20  # collected episode n is reset with seed COLLECT_SEED * (seed + 1) + n
@@ -107,6 +113,7 @@ class OnlineTrainer:
 
     def _resume(self) -> None:
         state = load_state(self.latest / STATE_FILE)
+        check_resumed_precision(state, self.precision, self.latest)
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -37,7 +37,13 @@ from eva_rl.kernels import speed_up
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
 from eva_rl.training.losses import action_loss
-from eva_rl.training.rundir import STATE_FILE, load_state, purge_events, save_state
+from eva_rl.training.rundir import (
+    STATE_FILE,
+    check_resumed_precision,
+    load_state,
+    purge_events,
+    save_state,
+)
 
 
 @dataclass
@@ -244,12 +250,7 @@ class Trainer:
                 f"{self.latest} was written by {saved} process(es); resume it with as many "
                 f"(torchrun --nproc-per-node {saved}), not {self.processes}"
             )
-        saved = state.get("precision", "fp32")  # checkpoints before precision existed: fp32
-        if saved != self.precision:
-            raise UserError(
-                f"{self.latest} was trained in {saved}; resume it with precision={saved}, "
-                f"not {self.precision}"
-            )
+        check_resumed_precision(state, self.precision, self.latest)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

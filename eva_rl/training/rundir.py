@@ -99,7 +99,10 @@ def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
         raise UserError(f"nothing to resume in {out} ({why}); run the command without resume")
     if resume:
         saved = as_current(type(cfg), read_yaml(out / "config.yaml"))
-        changes = changed_keys(saved, to_dict(cfg), ignore=RESUME_MAY_CHANGE)
+        # precision: a sweep pinned after its runs started (`auto` -> what it resolved to) may
+        # resume them; the checkpoint refuses any other precision than its own when it loads
+        ignore = (*RESUME_MAY_CHANGE, "precision")
+        changes = changed_keys(saved, to_dict(cfg), ignore=ignore)
         if changes:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
             raise UserError(
@@ -174,6 +177,16 @@ def load_state(path: Path) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"{path} is not a readable checkpoint ({e}); start the run again") from None
+
+
+def check_resumed_precision(state: dict[str, Any], precision: str, latest: Path) -> None:
+    """A checkpoint resumes only in the precision it was trained in (`auto` may resolve to
+    another on another machine, and a config's precision may be pinned after the start)."""
+    saved = state.get("precision", "fp32")  # checkpoints before precision existed: fp32
+    if saved != precision:
+        raise UserError(
+            f"{latest} was trained in {saved}; resume it with precision={saved}, not {precision}"
+        )
 
 
 def purge_events(log_dir: Path, step: int) -> None:
