@@ -393,6 +393,10 @@ def test_reuse_copies_finished_runs_of_the_same_config_from_another_sweep(
              "reuse": [str(tmp_path / "runs")]}  # fmt: skip
     second = tmp_path / "more.yaml"
     second.write_text(yaml.safe_dump(spec))
+    partial = tmp_path / "runs" / ".seed=0.copying"  # an interrupted copy, no agent: not taken
+    partial.mkdir()
+    for name in ("config.yaml", "summary.json"):
+        shutil.copy(source / name, partial / name)
     capsys.readouterr()
     assert main(["sweep", str(second)]) == 0
     assert "2 runs (1 run now, 1 already finished, 1 of them copied from reuse)" in (
@@ -410,6 +414,24 @@ def test_reuse_copies_finished_runs_of_the_same_config_from_another_sweep(
     second.write_text(yaml.safe_dump(spec))
     with pytest.warns(UserWarning, match="nowhere is not a directory; its runs will run here"):
         assert main(["sweep", str(second)]) == 0  # nothing left to run, nothing to copy
+
+
+def test_a_reordered_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path, capsys):
+    """The same grid with its keys swapped names every run anew (`seed=0,method=lora`): it
+    would run them all again beside the finished ones."""
+    from eva_rl.config import save_config
+
+    path = write_sweep(tmp_path, checkpoint, mw_root)  # method.name, then seed
+    spec = yaml.safe_load(path.read_text())
+    swapped = tmp_path / "swapped.yaml"
+    grid = dict(reversed(spec["grid"].items()))
+    swapped.write_text(yaml.safe_dump(spec | {"grid": grid}, sort_keys=False))
+    (tmp_path / "runs").mkdir()
+    save_config(load_sweep(swapped), tmp_path / "runs" / "sweep.yaml")  # as its start saved it
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds this sweep with its grid keys in another order (seed, method.name)" in err
+    assert os.listdir(tmp_path / "runs") == ["sweep.yaml"]
 
 
 def test_a_changed_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path, capsys):

@@ -68,6 +68,11 @@ __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "e
            "sweep", "sweep_status"]  # fmt: skip
 
 
+def _key_orders(grid) -> list[list[str]]:
+    """The key order of each grid (a dict compares equal whatever its order; names do not)."""
+    return [list(g) for g in (grid if isinstance(grid, list) else [grid])]
+
+
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished run of the sweep; returns counts and the failed runs."""
     if cfg.executor == "ray":
@@ -87,6 +92,12 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     if before is not None and any(before.get(k) != to_dict(cfg)[k] for k in same):
         raise UserError(
             f"{out} holds a different sweep ({saved}); choose another out or delete that one"
+        )
+    if before is not None and _key_orders(before.get("grid", {})) != _key_orders(cfg.grid):
+        raise UserError(
+            f"{out} holds this sweep with its grid keys in another order "
+            f"({', '.join(_key_orders(before['grid'])[0])}); run folders are named in that "
+            "order, so every run would start again: restore the order in the sweep file"
         )
     if snapshot.is_file() and read_yaml(snapshot) != base:
         raise UserError(

@@ -253,7 +253,10 @@ def reusable(runs: list[Run], dirs: list[str]) -> dict[str, Path]:
     todo = [r for r in runs if not r.baseline and not r.out.exists()]
     if not todo:  # a resumed sweep with every run started: nothing to look up
         return {}
-    finished = [s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))]
+    finished = [  # not a hidden one: an interrupted copy (`.NAME.copying`) may lack its agent
+        s.parent for d in dirs for s in sorted(Path(d).glob("*/summary.json"))
+        if not s.parent.name.startswith((".", "_"))
+    ]  # fmt: skip
     kind = config_class(todo[0].command)  # one command per sweep
     configs = {}
     for s in finished:
