@@ -42,8 +42,13 @@ def claim(path: str | os.PathLike, kind: str) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if not owned(path):
-        atomic_write_json(path / MARKER, {"kind": kind})
+        mark(path, kind)
     return path
+
+
+def mark(path: str | os.PathLike, kind: str) -> None:
+    """Write (or rewrite) `path`'s marker: eva_rl made it, for `kind`."""
+    atomic_write_json(Path(path) / MARKER, {"kind": kind})
 
 
 def check_replaceable(

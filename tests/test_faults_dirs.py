@@ -70,6 +70,11 @@ def test_export_replaces_only_an_earlier_export_and_never_its_source(tmp_path, c
     assert main(["export", str(sweep_b), "--out", str(mine), "--overwrite"]) == 2
     one_line_error(capsys, f"{mine} exists and was not made by eva-rl")
     assert (sweep_a / "r1" / "checkpoints" / "latest").is_dir() and (mine / "runs.json").is_file()
+    swept = _runs(tmp_path / "swept", "r3")  # an export copied back and swept on: its marker
+    ownership.mark(swept, "export")  # says export, its runs hold checkpoints
+    assert main(["export", str(sweep_b), "--out", str(swept), "--overwrite"]) == 2
+    one_line_error(capsys, f"{swept} is an eva-rl folder of runs, not an export")
+    assert (swept / "r3" / "checkpoints" / "latest").is_dir()
     assert not list(tmp_path.glob(".*"))  # no staging folder left
 
 

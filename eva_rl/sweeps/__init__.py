@@ -108,6 +108,8 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     check_precision(cfg, runs)
     if not saved.is_file():  # a sweep folder (an older eva_rl's has no marker) or a new one
         ownership.check_replaceable(out, "this sweep")
+    if ownership.owned(out, "export"):  # an export copied back to be swept on: a sweep's now
+        ownership.mark(out, "sweep")
     with DirectoryLock(ownership.claim(out, "sweep"), "a sweep"):  # one sweep per directory
         save_config(cfg, saved)
         atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))

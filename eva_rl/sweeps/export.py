@@ -77,8 +77,8 @@ def _check_replaceable(dst: Path) -> None:
     An export made before exports were marked is known by its sweep files and no checkpoint."""
     if not dst.is_dir() or dst.is_symlink() or not any(dst.iterdir()):
         return
-    if ownership.owned(dst):
-        if not ownership.owned(dst, "export"):
+    if ownership.owned(dst):  # an export holds no checkpoints; one swept again does (live runs)
+        if not ownership.owned(dst, "export") or any(dst.rglob("checkpoints")):
             raise UserError(f"{dst} is an eva-rl folder of runs, not an export: --overwrite "
                             "replaces only an earlier export; choose another --out")  # fmt: skip
         return
