@@ -416,6 +416,19 @@ def test_reuse_copies_finished_runs_of_the_same_config_from_another_sweep(
         assert main(["sweep", str(second)]) == 0  # nothing left to run, nothing to copy
 
 
+def test_the_time_left_counts_a_started_run_at_the_share_of_its_loop_left(tmp_path):
+    """Two runs at 95% of their loop are about a tenth of a run, not two runs; a run that is
+    collecting or evaluating counts whole (its bar says nothing of the run's progress)."""
+    from eva_rl.sweeps.status import SweepStatus
+
+    bars = {"b": "train 9500/10000 [2:00:00<03:00, 1.1step/s]", "c": "online 4750/5000 [1:00:00",
+            "d": "collect 3/16 [00:05<00:20]"}  # fmt: skip
+    status = SweepStatus(tmp_path, done=["a"], started=["b", "c", "d"], waiting=["e"], where=bars)
+    status.__dict__["seconds"] = {"a": 3600.0}  # one finished run: an hour
+    assert status.hours_left(1) == pytest.approx(0.05 + 0.05 + 1 + 1)
+    assert status.hours_left(2) == pytest.approx(2.1 / 2)
+
+
 def test_a_reordered_grid_in_the_same_out_is_refused(checkpoint, mw_root, tmp_path, capsys):
     """The same grid with its keys swapped names every run anew (`seed=0,method=lora`): it
     would run them all again beside the finished ones."""

@@ -25,6 +25,7 @@ from eva_rl.results import SUMMARY_FILE
 from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SweepConfig
 
 RECENT = 5  # finished runs per method whose median wall time is its pace
+LOOP_BAR = re.compile(r"^(?:train|online)\s+(\d+)/(\d+)")  # the run's loop: done/total
 
 
 @dataclass
@@ -61,9 +62,19 @@ class SweepStatus:
     def median_seconds(self) -> float | None:
         return statistics.median(self.seconds.values()) if self.seconds else None
 
+    def share_left(self, name: str) -> float:
+        """How much of a run is still to do: for a started run whose log's last bar is its
+        training or online loop's, the part of it not done (a run near its end is not a whole
+        run); else all of it (before its loop, or while it evaluates: an estimate)."""
+        found = LOOP_BAR.match(self.where.get(name, "")) if name in self.started else None
+        if found is None or int(found[2]) == 0:
+            return 1.0
+        return max(0.0, 1.0 - int(found[1]) / int(found[2]))
+
     def hours_left(self, parallel: int) -> float | None:
         """The unfinished runs, `parallel` at a time, each at the median time of its method's
-        last `RECENT` finished runs (of all finished runs where its method has none yet)."""
+        last `RECENT` finished runs (of all finished runs where its method has none yet), a
+        started one at the share of it left (`share_left`)."""
         if self.median_seconds is None:
             return None
         paces: dict[str | None, list[float]] = {}
@@ -72,7 +83,8 @@ class SweepStatus:
         median = {method: statistics.median(times[-RECENT:]) for method, times in paces.items()}
         unfinished = [*self.started, *self.failed, *self.blocked,
                       *set(self.waiting) - set(self.reused)]  # fmt: skip
-        total = sum(median.get(self.methods.get(n), self.median_seconds) for n in unfinished)
+        total = sum(median.get(self.methods.get(n), self.median_seconds) * self.share_left(n)
+                    for n in unfinished)  # fmt: skip
         return total / max(1, parallel) / 3600
 
     def describe(self, parallel: int, blind: bool = False) -> str:
@@ -102,7 +114,8 @@ class SweepStatus:
             runs = f"{parallel} run{'s' * (parallel > 1)}"
             text += (f"\nabout {hours:.1f} h left at {runs} at a time, each run at the median "
                      f"time of its method's last {RECENT} finished runs (a method with none yet "
-                     f"at {self.median_seconds:.0f} s, the median of all)")  # fmt: skip
+                     f"at {self.median_seconds:.0f} s, the median of all; a started run at the "
+                     "share of its bar left)")  # fmt: skip
         return text
 
 
