@@ -105,8 +105,10 @@ def test_resume_refuses_a_changed_config_and_keeps_its_files(checkpoint, mw_root
     one_line_error(capsys, "method.name: 'lora' -> 'dora'")
     assert main([*resume, "--rank", "4"]) == 2
     one_line_error(capsys, "method.rank: 2 -> 4")
-    assert main([*resume, "precision=bf16"]) == 2  # the checkpoint's precision is kept
-    one_line_error(capsys, "precision: 'auto' -> 'bf16'")
+    here = json.loads(summary)["precision"]  # what `auto` resolved to; pinning it is no change
+    other = {"fp32": "bf16", "bf16": "fp32"}[here]
+    assert main([*resume, f"precision={other}"]) == 2  # the checkpoint's precision is kept
+    one_line_error(capsys, f"was trained in {here}; resume it with precision={here}")
     assert (out / "config.yaml").read_bytes() == before
     assert (out / "summary.json").read_bytes() == summary
     older = yaml.safe_load(before)  # as an eva_rl before videos wrote it: keys added since
