@@ -359,3 +359,26 @@ def test_a_run_resumes_only_in_its_own_precision_and_a_pin_of_auto_is_no_change(
         finetune(tiny_finetune(checkpoint, mw_root, out, "lora", *again), progress=False)
     pinned = tiny_finetune(checkpoint, mw_root, out, "lora", "resume=true", f"precision={here}")
     assert finetune(pinned, progress=False).precision == here
+
+
+def test_summary_json_is_written_last_so_a_run_failing_before_it_resumes(
+    checkpoint, mw_root, tmp_path, monkeypatch
+):
+    """summary.json marks a run finished (a sweep never runs it again): a failure in anything
+    written after the agent leaves no summary, and the run resumes and finishes."""
+    import eva_rl.training.finetune as finetune_mod
+
+    real = finetune_mod.log_hparams
+
+    def fail(*args, **kwargs):
+        raise OSError("disk hiccup while writing the HParams session")
+
+    monkeypatch.setattr(finetune_mod, "log_hparams", fail)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="disk hiccup"):
+        finetune(tiny_finetune(checkpoint, mw_root, out, "lora"), progress=False)
+    assert not (out / "summary.json").exists() and (out / "checkpoints/latest/state.pt").exists()
+    monkeypatch.setattr(finetune_mod, "log_hparams", real)
+    summary = finetune(tiny_finetune(checkpoint, mw_root, out, "lora", "resume=true"),
+                       progress=False)  # fmt: skip
+    assert (out / "summary.json").is_file() and summary.steps == 30

@@ -203,8 +203,8 @@ class OnlineRun(AdaptedRun):
             "dataset": dataset,
         }
         atomic_write_dir(self.out / "agent", self.write_agent)
-        atomic_write_json(self.out / SUMMARY_FILE, out)
         log_hparams(self.out / "tb", cfg, summary, counts["updates"])
+        atomic_write_json(self.out / SUMMARY_FILE, out)  # last: it marks the run finished
         return out
 
     def init_fields(self) -> dict:

@@ -319,8 +319,8 @@ class FinetuneRun(AdaptedRun):
             precision=self.precision,
             machines=history.get("machines", []),
         )
-        if self.main:
+        if self.main:  # summary.json last: it marks the run finished (sweeps, reports)
             atomic_write_dir(self.out / "agent", self.write_agent)
-            atomic_write_json(self.out / SUMMARY_FILE, summary.to_dict())
             log_hparams(self.out / "tb", cfg, summary)
+            atomic_write_json(self.out / SUMMARY_FILE, summary.to_dict())
         return summary
