@@ -347,7 +347,7 @@ def load_agent(path: str | os.PathLike, stats=None, device: str | torch.device =
     # the adapter's eva_rl.json carries its base's stats, so a plain base needs no `stats`
     own = path / META_FILE if (path / META_FILE).is_file() else None
     base = Agent.load(base_path, stats=stats or own, device=device)
-    meta = base.meta if own is None else read_meta(own)
+    meta = base.meta if own is None or stats is None else read_meta(own)  # base read `own`
     if differing := _differing(base.meta, meta):
         raise UserError(
             f"stats file {stats} differs from the stats adapter {path} was trained with (in "

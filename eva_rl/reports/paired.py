@@ -4,6 +4,7 @@ design's family, probability of improvement, detectable difference)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,12 +251,12 @@ def values_of(s, reference: str) -> str:
 def _groups(configs, reference: str, compared: set | None = None) -> dict[str, int]:
     """Other value of `reference`'s keys -> how many configurations with it have a reference
     (only those whose comparison is made, where `compared` holds the made (label, ref) pairs)."""
-    counts: dict[str, int] = {}
-    for c in configs:
-        ref = reference_of(c, configs, reference)
-        if ref is not None and (compared is None or (c.label, ref.label) in compared):
-            counts[values_of(c, reference)] = counts.get(values_of(c, reference), 0) + 1
-    return counts
+    return Counter(
+        values_of(c, reference)
+        for c in configs
+        if (ref := reference_of(c, configs, reference)) is not None
+        and (compared is None or (c.label, ref.label) in compared)
+    )
 
 
 def task_differences(pairs: list[tuple[str, int]], diffs: np.ndarray) -> list[TaskDifference]:

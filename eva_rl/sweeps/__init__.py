@@ -93,10 +93,10 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         raise UserError(
             f"{out} holds a different sweep ({saved}); choose another out or delete that one"
         )
-    if before is not None and _key_orders(before.get("grid", {})) != _key_orders(cfg.grid):
+    if before is not None and (order := _key_orders(before["grid"])) != _key_orders(cfg.grid):
         raise UserError(
             f"{out} holds this sweep with its grid keys in another order "
-            f"({', '.join(_key_orders(before['grid'])[0])}); run folders are named in that "
+            f"({', '.join(order[0])}); run folders are named in that "
             "order, so every run would start again: restore the order in the sweep file"
         )
     if snapshot.is_file() and read_yaml(snapshot) != base:
