@@ -135,15 +135,37 @@ def test_an_overwrite_that_fails_to_install_keeps_the_old_dataset(tmp_path, monk
     rename, final = os.rename, catalog.dataset_dir(tmp_path, dataset_id("reach-v3"))
 
     def failing(src, dst):  # the new dataset's move into place fails, the old one's move back not
-        if Path(dst) == final and "old-" not in str(src):
-            raise OSError("disk went away")
+        if Path(dst) == final and catalog.REPLACED_DIR not in Path(src).parts:
+            raise error
         rename(src, dst)
 
     monkeypatch.setattr(catalog.os, "rename", failing)
+    error = OSError("disk went away")
     with pytest.raises(OSError, match="disk went away"):
         main(args + ["--episodes", "3", "--overwrite"])
-    monkeypatch.undo()
     assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 2
+    error = KeyboardInterrupt()  # an interrupt there too: the CLI exits 130, the old one back
+    assert main(args + ["--episodes", "3", "--overwrite"]) == 130
+    assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 2
+
+
+def test_an_overwrite_killed_between_its_renames_gets_the_old_dataset_back(tmp_path):
+    """A kill after the old dataset moved aside into the build's staging folder, before the new
+    one moved in, leaves no dataset at its place: the next build, clearing the dead build's
+    staging folder, puts the old one back instead of deleting it."""
+    root = str(tmp_path)
+    args = ["data", "build", "--suite", "mt50", "--tasks", "reach-v3", "--root", root]
+    assert main(args + ["--episodes", "2"]) == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id no live process holds: the killed build's
+    final = catalog.dataset_dir(tmp_path, dataset_id("reach-v3"))
+    staged = tmp_path / catalog.STAGING_DIR / f"{dead.pid}-0badc0de"
+    aside = catalog.dataset_dir(staged / catalog.REPLACED_DIR, dataset_id("reach-v3"))
+    aside.parent.mkdir(parents=True)
+    os.rename(final, aside)  # where the kill left it
+    assert main(args + ["--episodes", "1", "--skip-existing"]) == 2  # it sees the old one again
+    assert catalog.load(dataset_id("reach-v3"), tmp_path).total_episodes == 2
+    assert not staged.exists()
 
 
 @pytest.mark.parametrize(

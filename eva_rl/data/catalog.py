@@ -23,6 +23,7 @@ from eva_rl.errors import RunError, UserError
 
 SUMMARY_FILE = "eva_rl_summary.json"
 STAGING_DIR = ".eva_rl-staging"
+REPLACED_DIR = "replaced"  # in a staging folder: the datasets an --overwrite moved aside
 
 
 def dataset_id(task: str) -> str:
@@ -111,12 +112,13 @@ def install(staged_root: Path, root: Path, dataset_id: str, overwrite: bool) -> 
     if final.exists():
         if not overwrite:
             raise UserError(f"dataset {dataset_id} already exists at {final}; pass --overwrite")
-        trash = staged_root / f"old-{uuid.uuid4().hex[:8]}"
+        trash = dataset_dir(staged_root / REPLACED_DIR, dataset_id)
+        trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(final, trash)
     try:
         os.rename(dataset_dir(staged_root, dataset_id), final)
-    except OSError:
-        if trash is not None:  # the old dataset back in place, not left to the staging's cleanup
+    except BaseException:  # an error or an interrupt: the old dataset back, not left to cleanup
+        if trash is not None:
             os.rename(trash, final)
         raise
     if trash is not None:
@@ -215,7 +217,20 @@ def _remove_stale_staging(root: Path) -> None:
     for path in base.iterdir():
         pid = path.name.split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
+            _restore_replaced(path / REPLACED_DIR, root)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _restore_replaced(replaced: Path, root: Path) -> None:
+    """A build killed between `install`'s two renames left the dataset it was replacing in its
+    staging folder: put it back where no new one has arrived since."""
+    if not replaced.is_dir():
+        return
+    for data in sorted(replaced.rglob("data")):  # a Minari dataset folder holds data/
+        final = root / data.parent.relative_to(replaced)
+        if data.is_dir() and not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(data.parent, final)
 
 
 def _alive(pid: int) -> bool:
