@@ -6,6 +6,7 @@ import torch
 from conftest import write_minari
 from eva_rl.agent import ModelConfig, build_model
 from eva_rl.data.segments import SegmentSampler, load_trajectories
+from eva_rl.errors import UserError
 from eva_rl.training.losses import action_loss
 
 
@@ -143,3 +144,20 @@ def test_a_constant_feature_is_centred_not_scaled(tmp_path):
     batch = SegmentSampler(t, 4, 1.0, mean, std, seed=0).sample(8)
     assert torch.all(batch["states"][..., 1] == 0)
     assert (0.75 - mean[1]) / std[1] == pytest.approx(0.5)
+
+
+def test_datasets_of_one_env_with_different_time_limits_are_refused(tmp_path):
+    """One env is evaluated at one horizon: which one must not depend on the datasets' order."""
+    eps = [(np.zeros((3, 3)), [[0.0], [0.0]], [1.0, 2.0])]
+    write_minari("test/pendulum/long-v0", gym.make("Pendulum-v1"), eps, tmp_path)
+    write_minari("test/pendulum/short-v0", gym.make("Pendulum-v1", max_episode_steps=50), eps,
+                 tmp_path)  # fmt: skip
+    for ids in (["test/pendulum/long-v0", "test/pendulum/short-v0"],
+                ["test/pendulum/short-v0", "test/pendulum/long-v0"]):  # fmt: skip
+        with pytest.raises(UserError) as info:
+            load_trajectories(ids, tmp_path)
+        limits = "(200 and 50 steps)" if ids[0].endswith("long-v0") else "(50 and 200 steps)"
+        assert str(info.value).startswith(
+            f"datasets {ids[0]} and {ids[1]} record Pendulum-v1 with different time limits {limits}"
+        )
+    assert load_trajectories(["test/pendulum/long-v0"], tmp_path).horizon() == 200
