@@ -300,8 +300,9 @@ class EvaluateConfig:
     checkpoint: str = SHIPPED  # a checkpoint or adapter directory, or a Hugging Face hub id
     stats: str | None = None  # eva_rl.json-style stats for a plain transformers checkpoint
     envs: list[str] = field(default_factory=list)  # gymnasium ids or Meta-World tasks
-    # or every env of a suite (default: the envs a fine-tuned agent was tuned on, else every
-    # env the checkpoint has a target for)
+    # or every env of a suite, its reference returns normalising the scores where the agent
+    # has none (default: the envs a fine-tuned agent was tuned on, else every env the
+    # checkpoint has a target for)
     suite: str | None = None
     # targets from the best return in these Minari datasets, per env they recorded ([]: each
     # Meta-World env's scripted-expert data); e.g. zero-shot on envs the agent has no target for
@@ -340,7 +341,11 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     check_writable(cfg.tb_dir, directory=True)
     check_tb(cfg)
     agent = load_agent(cfg.checkpoint, stats=cfg.stats, device=resolve_device(cfg.eval.device))
-    envs = cfg.envs or (load_suite(cfg.suite).tasks if cfg.suite else [])
+    suite = load_suite(cfg.suite) if cfg.suite else None
+    if suite is not None:  # its normalisation where the agent has none (pretrained on datasets)
+        references = {**suite.reference_returns, **agent.meta.reference_returns}
+        agent.meta = dataclasses.replace(agent.meta, reference_returns=references)
+    envs = cfg.envs or (suite.tasks if suite else [])
     envs = envs or agent.meta.provenance.get("envs") or sorted(agent.meta.target_returns)
     eval_cfg = cfg.eval
     if cfg.targets_from_datasets is not None:

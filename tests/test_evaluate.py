@@ -466,3 +466,25 @@ def test_each_episode_keeps_its_last_info_numbers_as_a_replay_of_its_actions_giv
         result.envs["push-v3"].episodes[2].final_info
         == first.envs["push-v3"].episodes[2].final_info
     )
+
+
+def test_a_suites_reference_returns_normalise_an_agent_that_has_none(tmp_path):
+    """An agent pretrained on datasets (or a hub DT) carries no reference returns: evaluated on
+    a suite, its score is the suite's normalised return, not a raw one on another scale."""
+    import shutil
+    from pathlib import Path
+
+    from eva_rl.evaluation import EvaluateConfig, run_evaluation
+
+    agent, shipped = tmp_path / "agent", Path(__file__).resolve().parents[1] / "results"
+    shutil.copytree(shipped / "pretrained/halfcheetah-cpu/agent", agent)
+    meta = json.loads((agent / "eva_rl.json").read_text())
+    meta["reference_returns"], meta["horizon"] = {}, 20  # 20 steps: a short episode
+    (agent / "eva_rl.json").write_text(json.dumps(meta))
+    cfg = EvaluateConfig(checkpoint=str(agent), suite="gymnasium/halfcheetah",
+                         out=str(tmp_path / "eval.json"), eval=EvalConfig(episodes=1))  # fmt: skip
+    env = run_evaluation(cfg, progress=False).envs["HalfCheetah-v5"]
+    random, expert = -280.178953, 12135.0  # envs/gymnasium/halfcheetah.yaml (D4RL's)
+    assert env.score_name == "normalized_return"
+    ret = env.mean("return")
+    assert env.mean("score") == pytest.approx(100 * (ret - random) / (expert - random))
