@@ -61,6 +61,31 @@ def test_declarations_hold_once_built(name, setup):
     assert bool(adapted.hooks) == (name == "adalora")  # the only method with a step hook
 
 
+@pytest.mark.parametrize("name", [n for n, s in METHODS.items() if s.needs_calibration])
+def test_calibrated_initialisations_do_not_depend_on_dropout_noise(name, setup, monkeypatch):
+    """Calibration runs without dropout: from the same batches a method computes the same
+    statistics whatever torch's RNG holds (PEFT's LoRA-GA gradient estimate puts the model in
+    train mode itself). PEFT's randomised low-rank SVD, which does depend on the RNG, is made
+    exact here so that only the statistics are compared."""
+
+    def exact_svd(matrix, q=6, niter=2, M=None):
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return u[:, :q], s[:q], vh[:q].mT
+
+    monkeypatch.setattr(torch, "svd_lowrank", exact_svd)
+    model, batches = setup
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    built = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        context = BuildContext(calibration=batches, loss=action_loss, steps=50)
+        cfg = MethodConfig(name=name, rank=2, calibration_batches=1)
+        adapted = build_method(model, cfg, context)
+        built.append({n: p.detach().clone() for n, p in adapted.model.named_parameters()})
+    for key, value in built[0].items():
+        torch.testing.assert_close(value, built[1][key], atol=1e-5, rtol=0, msg=key)
+
+
 def test_configs_refuse_unknown_methods_and_bad_values():
     from eva_rl.errors import UserError
 

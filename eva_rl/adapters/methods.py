@@ -189,8 +189,12 @@ def _build_lora_ga(model, cfg, ctx: BuildContext) -> Adapted:
     model = as_linear(model)
     config = _lora_config(cfg, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig())
     was_training = model.training
-    model.eval()  # deterministic gradients (no dropout), like the gradient signal
-    preprocess_loraga(model, config, lambda: _loss_over(ctx.calibration, ctx.loss)(model))
+
+    def gradients():  # PEFT's estimate puts the model in train mode: deterministic gradients
+        model.eval()  # (no dropout), like the gradient signal
+        _loss_over(ctx.calibration, ctx.loss)(model)
+
+    preprocess_loraga(model, config, gradients)
     model.train(was_training)
     return _peft(model, config)
 
