@@ -77,6 +77,13 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     return torch.matmul(weights, value).transpose(1, 2), None
 
 
+def _needs_fp32_input(layer: BaseTunerLayer) -> bool:
+    """Whether an adapter layer computes differently on a bf16 input (`speed_up`)."""
+    dropouts = getattr(layer, "lora_dropout", {}).values()
+    dropped = any(isinstance(d, torch.nn.Dropout) and d.p > 0 for d in dropouts)
+    return dropped or any(getattr(layer, "use_dora", {}).values())
+
+
 AttentionInterface.register(ATTENTION, attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
@@ -85,17 +92,19 @@ def speed_up(model: torch.nn.Module) -> torch.nn.Module:
     """Swap every `nn.Dropout` of `model` for `MaskDropout`, route its attention through
     `attention`, and stop PEFT's adapter layers from casting their bf16 inputs to fp32 only for
     autocast to cast them back (two copies of every adapted layer's input and gradient, 15% of
-    a bf16 LoRA step; the products see the same bf16 values either way). DoRA layers keep the
-    cast: PEFT's DoRA casts the weight to the input's dtype before its column norm, so a bf16
-    input would round W and move the output off the base model's at initialisation. In place;
-    weights, config values and outputs in eval mode are unchanged."""
+    a bf16 LoRA step; the products see the same bf16 values either way). Two kinds of layer
+    keep the cast: DoRA's (PEFT's DoRA casts the weight to the input's dtype before its column
+    norm, so a bf16 input would round W and move the output off the base model's at
+    initialisation) and those with adapter dropout (on a bf16 input its 1 / (1 - p) rounds,
+    1.109375 for 1.1111 at p 0.1). In place; weights, config values and outputs in eval mode are
+    unchanged."""
     for name, child in list(model.named_modules()):
         if type(child) is torch.nn.Dropout:
             parent, _, attr = name.rpartition(".")
             swapped = MaskDropout(child.p, child.inplace).train(child.training)
             setattr(model.get_submodule(parent), attr, swapped)
     for sub in model.modules():
-        if isinstance(sub, BaseTunerLayer) and not any(getattr(sub, "use_dora", {}).values()):
+        if isinstance(sub, BaseTunerLayer) and not _needs_fp32_input(sub):
             sub.cast_input_dtype_enabled = False
         config = getattr(sub, "config", None)
         if getattr(config, "_attn_implementation", None) == "sdpa":
