@@ -60,8 +60,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-# Settings a resume may change: where and how fast it runs, never what it computes (`out`: a
-# run folder may be moved and resumed where it is).
+# Settings a resume may change: where and how fast it runs, never the experiment (`out`: a run
+# folder may be moved and resumed where it is; threads and device may change float rounding).
 RESUME_MAY_CHANGE = (
     "resume", "threads", "device", "data_root", "eval.workers", "eval.max_envs", "out",
 )  # fmt: skip
