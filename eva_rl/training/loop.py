@@ -50,7 +50,7 @@ from eva_rl.training.rundir import (
 class OptimConfig:
     lr: float = 1e-4  # AdamW's peak learning rate
     weight_decay: float = 0.01  # AdamW's decoupled weight decay
-    warmup_steps: int = 1000  # linear warm-up, then cosine decay to the floor at the last step
+    warmup_steps: int = 1000  # linear warm-up, then cosine decay, at the floor after the last step
     grad_clip: float = 0.25  # gradient norm clip
     batch_size: int = 64  # segments per update (per process under torchrun)
     # the cosine's floor as a fraction of lr: 0 ends at lr 0, where an evaluation at the last
