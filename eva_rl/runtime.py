@@ -224,8 +224,9 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def machine(device: torch.device) -> dict[str, object]:
-    """Where a run ran, for its summary: fp32 kernels round differently across instruction sets
-    (AVX2 vs AVX-512) and GPUs, so a rerun elsewhere can differ at the float level."""
+    """Where and on how many threads a run ran, for its summary: fp32 kernels round differently
+    across instruction sets (AVX2 vs AVX-512), GPUs and thread counts (sums split differently),
+    so a rerun elsewhere, or a resume at another count, can differ at the float level."""
     import platform
 
     import torch
@@ -236,7 +237,8 @@ def machine(device: torch.device) -> dict[str, object]:
                  if line.startswith("model name")]  # fmt: skip
         cpu = names[0].split(":", 1)[1].strip() if names else cpu
     here = {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "cores": cpu_count(),
-            "torch": str(torch.__version__), "native_bf16": bool(native_bf16(device))}  # fmt: skip
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "native_bf16": bool(native_bf16(device))}  # fmt: skip
     if device.type == "cuda":
         here["gpu"] = torch.cuda.get_device_name(device)
     return here
@@ -244,7 +246,7 @@ def machine(device: torch.device) -> dict[str, object]:
 
 def note_machine(history: dict, device: torch.device) -> None:
     """Add this machine to a run's `history["machines"]` unless it ran the last segment too (a
-    run resumed elsewhere lists each machine it ran on, in order)."""
+    run resumed elsewhere, or at another thread count, lists each in order)."""
     machines, here = history.setdefault("machines", []), machine(device)
     if not machines or machines[-1] != here:
         machines.append(here)
