@@ -164,6 +164,20 @@ def test_holm_counts_the_comparisons_the_sweep_plans_before_their_runs_finish(ru
     assert {c.family for c in comparisons} == {5}
 
 
+def test_planned_grid_values_match_the_runs_however_yaml_reads_them(runs):
+    """YAML reads `3e-4` as text (and `0` as an int where the config's field is a float): a
+    planned configuration is still the finished one its runs record as 0.0003, not a second
+    comparison that doubles Holm's family."""
+    (runs / "sweep.yaml").write_text(
+        "grid:\n  task: [hammer-v3, push-v3]\n  seed: [0, 1, 2]\n"
+        "  method.name: [lora, eva, fft]\n  optim.lr: [3e-4]\n"
+    )
+    stats = aggregate(collect_runs(runs))
+    planned = planned_configs(runs, stats[0].rows)
+    assert [variant for *_, variant in planned] == [(("optim.lr", "0.0003"),)] * 3
+    assert {c.family for c in compare(stats, ["lora"], planned)} == {2}
+
+
 def test_an_interim_family_counts_the_pooled_comparison_the_design_fixes(tmp_path):
     """Under `--reference precision=fp32` the design fixes LoRA and EVA each against fp32, and
     both pooled: while only LoRA has bf16 pairs, the pooled comparison is pending at p = 1, so

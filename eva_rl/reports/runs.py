@@ -233,10 +233,21 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     base |= {k: v for k, v in first.variant if k not in grid_keys}
     planned = set()
     for point in (p for g in as_grids(grid) for p in expand(g)):
-        value = {**base, **point}
+        value = base | {k: _as_recorded(v, base.get(k)) for k, v in point.items()}
         variant = tuple((k, str(value.get(k))) for k in keys)
         planned.add((value["method.name"], value["method.rank"], value["method.rho"], variant))
     return sorted(planned, key=str)
+
+
+def _as_recorded(value: Any, recorded: Any) -> Any:
+    """A grid value as a run's config records it: YAML reads `1e-3` as text and `0` as an int
+    where the config's field (as `recorded`, a run's value, shows) is a float."""
+    if isinstance(recorded, float) and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def planned_tasks(runs_dirs: list[Path]) -> set[str]:
