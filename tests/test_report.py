@@ -729,3 +729,23 @@ def test_a_reference_of_keys_a_sweep_varies_together(tmp_path):
     assert both.n == 4 and both.reference == reference and both.mean_diff == pytest.approx(0.4)
     with pytest.raises(UserError, match="td3.enabled=maybe matches no configuration"):
         compare(stats, "policy=stochastic,td3.enabled=maybe")
+
+
+def test_the_budget_plot_draws_one_line_per_variant(tmp_path, monkeypatch):
+    """Configurations that differ only in a variant (here precision) are separate lines, each
+    labelled with it, not one line zig-zagging between them."""
+    from eva_rl.reports import plots
+
+    root = tmp_path / "runs"
+    for precision in ("fp32", "bf16"):
+        for rank in (4, 8):
+            for seed in range(2):
+                write_run(root, "push-v3", "lora", rank, seed, (0.2, 0.4 + 0.1 * seed),
+                          trainable=100 * rank, precision=precision)  # fmt: skip
+    stats = aggregate(collect_runs(root, by=["precision"]))
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    plots.budget(stats, tmp_path / "budget.png", "success_final")
+    lines = drawn[0].axes[0].get_legend_handles_labels()
+    assert sorted(lines[1]) == ["lora precision=bf16", "lora precision=fp32"]
+    assert all(len(line.lines[0].get_xdata()) == 2 for line in lines[0])  # r4 and r8 each

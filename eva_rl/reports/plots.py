@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from eva_rl.adapters.methods import METHODS
+from eva_rl.reports.runs import variant_text
 from eva_rl.results import EvalResult
 
 SCORE_LABEL = {
@@ -150,7 +151,8 @@ def per_task(stats, baselines: dict[str, EvalResult], path: Path, score: str) ->
 def budget(stats, path: Path, score: str, unit: str = "updates") -> None:
     """Final score, held-out loss (training loss where runs had no held-out split) and AUC
     against trainable parameters, each a mean over tasks x seeds with its 95% interval: one
-    line per method through its ranks (labelled), a line style per rho."""
+    line per method (and variant: precision, policy, ...) through its ranks (labelled), a line
+    style per rho."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     loss = "heldout_loss" if all(s.means["heldout_loss"] is not None for s in stats) else None
@@ -165,6 +167,7 @@ def budget(stats, path: Path, score: str, unit: str = "updates") -> None:
     for s in stats:
         spec = METHODS.get(s.method)
         key = s.method + (f" rho{s.rho:g}" if spec and spec.uses_rho else "")
+        key += f" {variant_text(s.variant)}" if s.variant else ""
         series.setdefault(key, []).append(s)
     rhos = sorted({s.rho for s in stats if METHODS.get(s.method) and METHODS[s.method].uses_rho})
     styles = dict(zip(rhos[::-1], ["-", "--", ":", "-."] * len(rhos), strict=False))
