@@ -590,6 +590,14 @@ def test_the_legend_says_where_an_auc_cannot_start_at_0(runs, tmp_path):
     legend = "here 9 of 27 runs have no score at 0 (no evaluation there, no baseline), so theirs "
     readme = (out / "README.md").read_text()
     assert legend + "spans from their first evaluation (update 50)" in readme
+    assert "a single score" not in readme
+    for summary in (runs / "reach-v3").glob("*/summary.json"):  # one evaluation, at 100
+        run = json.loads(summary.read_text())
+        summary.write_text(json.dumps(run | {"eval": run["eval"][1:]}))
+    assert main(["report", str(runs), "--out", str(out), "--overwrite"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "no score at 0" not in readme  # not counted as runs with a late AUC: they have none
+    assert "; 9 of 27 runs have a single score (one evaluation, no baseline) and no AUC" in readme
     (runs / "reach-v3").rename(tmp_path / "aside")
     assert main(["report", str(runs), "--out", str(out), "--overwrite"]) == 0
     assert "no score at 0" not in (out / "README.md").read_text()

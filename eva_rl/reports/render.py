@@ -283,13 +283,19 @@ def _online_losses(rows, with_td3: bool = False) -> str:
 
 
 def _late_auc(rows, one: str) -> str:
-    """Where some runs' AUC cannot start at 0 (no evaluation there, no base-agent baseline)."""
-    late = [r.auc_from for r in rows if r.auc_from]
-    if not late:
-        return ""
-    start = f"{one} {min(late):,}" + ("" if len(set(late)) == 1 else f"-{max(late):,}")
-    return (f"; here {len(late)} of {len(rows)} runs have no score at 0 (no evaluation there, "
-            f"no baseline), so theirs spans from their first evaluation ({start})")  # fmt: skip
+    """Where some runs' AUC cannot start at 0 (no evaluation there, no base-agent baseline),
+    and where runs with a single score have none."""
+    late = [r.auc_from for r in rows if r.auc is not None and r.auc_from]
+    text = ""
+    if late:
+        start = f"{one} {min(late):,}" + ("" if len(set(late)) == 1 else f"-{max(late):,}")
+        text = (f"; here {len(late)} of {len(rows)} runs have no score at 0 (no evaluation "
+                "there, no baseline), so theirs spans from their first evaluation "
+                f"({start})")  # fmt: skip
+    if single := sum(r.auc is None for r in rows):
+        text += (f"; {single} of {len(rows)} runs have a single score (one evaluation, no "
+                 "baseline) and no AUC")  # fmt: skip
+    return text
 
 
 def _score_legend(score: str, unit: str, rows) -> str:
