@@ -757,3 +757,30 @@ def test_the_budget_plot_draws_one_line_per_variant(tmp_path, monkeypatch):
     lines = drawn[0].axes[0].get_legend_handles_labels()
     assert sorted(lines[1]) == ["lora precision=bf16", "lora precision=fp32"]
     assert all(len(line.lines[0].get_xdata()) == 2 for line in lines[0])  # r4 and r8 each
+
+
+def test_runs_of_one_configuration_at_different_budgets_are_refused(tmp_path):
+    """A configuration's scores must measure one thing: a run trained 300 updates among runs of
+    100 is refused, naming both, unless --by tells them apart; the Scale line then names both
+    budgets and learning rates instead of the first run's."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root, "push-v3", "lora", 8, seed, (0.2, 0.4 + 0.1 * seed))
+    longer = root / "push-v3/lora-r8-s2-fp32/summary.json"
+    run = json.loads(longer.read_text())
+    run["config"]["loop"]["steps"], run["config"]["optim"]["lr"] = 300, 1e-4
+    longer.write_text(json.dumps(run))
+    with pytest.raises(UserError) as info:
+        aggregate(collect_runs(root))
+    assert str(info.value) == (
+        "lora r8's runs end at different budgets: push-v3/lora-r8-s0-fp32 after 100 updates "
+        "(final evaluation on 100 episodes), push-v3/lora-r8-s2-fp32 after 300 updates (100); "
+        "report them apart with --by KEY (loop.steps, env_steps, eval.final_episodes) or "
+        "remove one"
+    )
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out), "--by", "loop.steps"]) == 0
+    assert (
+        "100 / 300 updates of batch 64 per run (lr 0.0003 / 0.0001, fp32)"
+        in (out / "README.md").read_text()
+    )

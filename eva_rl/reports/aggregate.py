@@ -117,6 +117,17 @@ def curves(stats: list[ConfigStats], base: dict[str, float]) -> list[CurvePoint]
     return out
 
 
+def measured_after(row: Row) -> tuple[str, int | None]:
+    """What a run's final score measures: its budget (updates, or env steps online) and the
+    final evaluation's episodes."""
+    config = row.summary.config
+    evaluation = config.get("eval") or {}
+    episodes = evaluation.get("final_episodes") or evaluation.get("episodes")
+    if row.step_unit == "env_steps":
+        return f"{config.get('env_steps')} env steps", episodes
+    return f"{(config.get('loop') or {}).get('steps')} updates", episodes
+
+
 def aggregate(rows: list[Row]) -> list[ConfigStats]:
     """One entry per (method, rank, rho), in registry then numeric order. Within a
     configuration every task needs the same seeds (the bootstrap resamples seeds per task)."""
@@ -139,6 +150,16 @@ def aggregate(rows: list[Row]) -> list[ConfigStats]:
                     f"{twin} and {r.run} are both {label} on {r.task}, seed {r.seed}; remove "
                     "one, or tell them apart with --by KEY (a config key where they differ)"
                 )
+        budgets: dict[tuple, str] = {}
+        for r in group:
+            budgets.setdefault(measured_after(r), r.run)
+        if len(budgets) > 1:  # one configuration's scores must measure the same thing
+            (a, run_a), (b, run_b) = list(budgets.items())[:2]
+            raise UserError(
+                f"{label}'s runs end at different budgets: {run_a} after {a[0]} (final "
+                f"evaluation on {a[1]} episodes), {run_b} after {b[0]} ({b[1]}); report them "
+                "apart with --by KEY (loop.steps, env_steps, eval.final_episodes) or remove one"
+            )
         tasks = sorted({r.task for r in group})
         seeds = {t: sorted(r.seed for r in group if r.task == t) for t in tasks}
         if len({tuple(s) for s in seeds.values()}) != 1:

@@ -235,8 +235,13 @@ def _provenance(command: str, runs_dirs: list[Path], rows) -> list[str]:
 
 
 def _scale(rows) -> str:
-    """Tasks, seeds, budget and evaluation schedule of the runs (the first run's config)."""
+    """Tasks, seeds, budget and evaluation schedule of the runs (the first run's config; the
+    budget and learning rate each run's, where the configurations differ in them)."""
     first = rows[0].summary.config
+
+    def each(get) -> str:  # the runs' distinct values, in their order
+        return " / ".join(dict.fromkeys(str(get(r.summary.config)) for r in rows))
+
     optim, evaluation = first["optim"], first["eval"]
     tasks = sorted({r.task for r in rows})
     seeds = sorted({r.seed for r in rows})
@@ -244,8 +249,9 @@ def _scale(rows) -> str:
     precisions = ", ".join(sorted({r.precision for r in rows}))
     if rows[0].step_unit == "env_steps":  # an online run: its budget is interactions
         when = [f"every {first['eval_every']} env steps"]
+        env_steps = each(lambda c: c["env_steps"])
         budget = (
-            f"{first['env_steps']} env steps per run ({first['rollouts']} episode(s) per env, "
+            f"{env_steps} env steps per run ({first['rollouts']} episode(s) per env, "
             f"then {first['updates']} updates of batch {optim['batch_size']}, per iteration; "
             f"exploration target {first['rtg_scale']:g} x the best offline return; "
             f"policy loss: {_online_losses(rows, with_td3=True)}; "
@@ -255,10 +261,11 @@ def _scale(rows) -> str:
         when = [f"every {loop['eval_every']} updates"] if loop["eval_every"] else []
         if loop.get("eval_at"):
             when.append("after " + ", ".join(str(s) for s in loop["eval_at"]) + " updates")
-        budget = f"{loop['steps']} updates of batch {optim['batch_size']} per run ("
+        steps = each(lambda c: c["loop"]["steps"])
+        budget = f"{steps} updates of batch {optim['batch_size']} per run ("
     return (
         f"Scale: {len(tasks)} task(s) ({', '.join(tasks)}), seeds {seeds}, {budget}"
-        f"lr {optim['lr']:g}, {precisions}), "
+        f"lr {each(lambda c: format(c['optim']['lr'], 'g'))}, {precisions}), "
         f"evaluations {' and '.join(when) or 'only'} on {evaluation['episodes']} episodes "
         f"and at the end on {final_eps} (seeds {evaluation['seed']}+i, the same episodes for "
         f"every run of a task), checkpoint `{first['checkpoint']}`."
