@@ -408,6 +408,27 @@ def test_partial_report_of_a_running_sweep_keeps_whole_seeds(tmp_path, capsys, r
     assert "| eva r8 rho2 | lora r8 | 4 (2) |" in readme  # seeds 0 and 2 on both tasks
 
 
+def test_partial_keeps_a_configuration_the_sweep_plans_on_fewer_tasks(runs, tmp_path):
+    """A grid that runs FFT on hammer-v3 only: --partial keeps its finished seeds there (the
+    tasks the sweep plans for it), not drops it for lacking push-v3 runs no one planned."""
+    for seed in range(3):
+        (runs / f"push-v3/fft-r8-s{seed}-fp32/summary.json").unlink()
+    (runs / "hammer-v3/fft-r8-s2-fp32/summary.json").unlink()  # still running
+    (runs / "sweep.yaml").write_text(
+        "grid:\n  - task: [hammer-v3, push-v3]\n    seed: [0, 1, 2]\n"
+        "    method.name: [lora, eva]\n  - task: [hammer-v3]\n    seed: [0, 1, 2]\n"
+        "    method.name: [fft]\n"
+    )
+    out = tmp_path / "r"
+    assert main(["report", str(runs), "--out", str(out), "--partial"]) == 0
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert {(r["task"], r["seed"]) for r in rows if r["method"] == "fft"} == {
+        ("hammer-v3", "0"),
+        ("hammer-v3", "1"),
+    }
+    assert len(rows) == 14  # lora and eva whole: 12, fft: 2
+
+
 HYPOTHESES = """\
 hypotheses:
   - name: H1

@@ -28,6 +28,7 @@ from eva_rl.reports.runs import (
     collect_runs,
     planned_configs,
     planned_tasks,
+    planned_tasks_of,
     read_baselines,
 )
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
@@ -86,8 +87,9 @@ def write_report(
         rows = [r for r in rows if r.task in tasks]
         baselines = {t: b for t, b in baselines.items() if t in tasks}
     left_out = None  # not an interim report
-    if partial:
-        rows, left_out = finished_seeds(rows)
+    if partial:  # each configuration's seeds finished on the tasks the sweep plans for it
+        planned_tasks_by = planned_tasks_of(dirs[0], rows) if len(dirs) == 1 else None
+        rows, left_out = finished_seeds(rows, planned_tasks_by)
         if not rows:
             raise UserError(f"no configuration under {where} has a seed finished on every task")
     stats = aggregate(rows)

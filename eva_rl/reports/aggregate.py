@@ -46,16 +46,22 @@ def config_key(row: Row) -> tuple:
     return (method, row.rank, row.rho, row.variant)
 
 
-def finished_seeds(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+def finished_seeds(
+    rows: list[Row], planned: dict[tuple, set[str]] | None = None
+) -> tuple[list[Row], list[Row]]:
     """For a sweep still running: per configuration, the runs of the seeds it has finished on
-    every task of the report (the bootstrap and the pairing need whole seeds), and the rest.
+    every task of the report that the sweep plans for it (`planned`, configuration -> tasks;
+    without it, every task of the report): the bootstrap and the pairing need whole seeds.
     Returns (kept, left out)."""
     tasks = {r.task for r in rows}
     done: dict[tuple, set[str]] = {}
     for r in rows:
         done.setdefault((config_of(r), r.seed), set()).add(r.task)
-    kept = [r for r in rows if done[(config_of(r), r.seed)] == tasks]
-    return kept, [r for r in rows if done[(config_of(r), r.seed)] != tasks]
+
+    def whole(r: Row) -> bool:
+        return done[(config_of(r), r.seed)] == tasks & ((planned or {}).get(config_of(r)) or tasks)
+
+    return [r for r in rows if whole(r)], [r for r in rows if not whole(r)]
 
 
 @dataclass

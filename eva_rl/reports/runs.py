@@ -220,9 +220,15 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     """The (method, rank, rho, variant) configurations the sweep that made `runs_dir` plans,
     finished or not: its grid points, the rest of each config as the finished runs have it.
     Empty without a sweep file."""
+    return sorted(planned_tasks_of(runs_dir, rows), key=str)
+
+
+def planned_tasks_of(runs_dir: Path, rows: list[Row]) -> dict[tuple, set[str]]:
+    """`planned_configs`, each with the tasks the sweep plans for it (a configuration of a
+    grid over fewer tasks than the sweep's has fewer)."""
     path = runs_dir / SWEEP_FILE
     if not path.is_file() or not rows:
-        return []
+        return {}
     grid = read_yaml(path).get("grid") or {}
     first = rows[0]
     base = {"method.name": first.method, "method.rank": first.rank, "method.rho": first.rho}
@@ -231,12 +237,15 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
     # it: else no planned label matches a tested one and Holm counts each comparison twice
     keys, grid_keys = [k for k, _ in first.variant], variant_keys(runs_dir)
     base |= {k: v for k, v in first.variant if k not in grid_keys}
-    planned = set()
+    planned: dict[tuple, set[str]] = {}
     for point in (p for g in as_grids(grid) for p in expand(g)):
         value = base | {k: _as_recorded(v, base.get(k)) for k, v in point.items()}
         variant = tuple((k, str(value.get(k))) for k in keys)
-        planned.add((value["method.name"], value["method.rank"], value["method.rho"], variant))
-    return sorted(planned, key=str)
+        config = (value["method.name"], value["method.rank"], value["method.rho"], variant)
+        tasks = planned.setdefault(config, set())  # none known: runs named by their datasets
+        if value.get("task") is not None:
+            tasks.add(str(value["task"]))
+    return planned
 
 
 def _as_recorded(value: Any, recorded: Any) -> Any:
