@@ -358,6 +358,12 @@ def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     assert "90 env steps per run" in text and "divided by the env steps" in text
     assert "| env step 60 |" in text  # the timeline's columns: evaluations at env-step budgets
     assert len((report / "runs.csv").read_text().strip().splitlines()) == 5
+    mean = report / "tensorboard/mean/eva_r02_rho2"  # one axis per TensorBoard run
+    evaluations = {p["step"]: p["updates"] for p in summary["eval"]}  # env steps -> updates
+    assert {s for s, _ in read_scalars(mean)["eval/score"]} == set(evaluations)
+    assert "train/loss" not in read_scalars(mean)
+    logged = {s for s, _ in read_scalars(mean / "updates")["train/loss"]}
+    assert logged and max(logged) == max(evaluations.values())  # the loss against updates
     assert main(["export", str(runs), "--out", str(tmp_path / "export")]) == 0
     exported = tmp_path / "export" / "method=eva,seed=1"
     assert not (exported / "episodes").exists()  # the raw store: minari/ has the same episodes

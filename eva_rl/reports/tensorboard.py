@@ -70,7 +70,8 @@ def write_scalars(log_dir: Path, scalars: list[tuple[str, float, int]]) -> None:
 
 
 def write_aggregates(stats, out: Path) -> list[str]:
-    """Write the method-level TensorBoard runs under `out`; returns their names."""
+    """Write the method-level TensorBoard runs under `out` (online configurations' training
+    loss, against updates, in `<run>/updates`); returns their names."""
     losses = {}
     for s in stats:
         for r in s.rows:
@@ -87,7 +88,14 @@ def write_aggregates(stats, out: Path) -> list[str]:
                 curves = [{st: p[metric] for st, p in r.curve if metric in p} for r in rows]
                 scalars += [(f"eval/{metric}", v, st) for st, v in _means(curves).items()]
             loss = [losses[r.run] for r in rows if losses.get(r.run)]
-            scalars += [("train/loss", v, st) for st, v in _means(loss).items()]
+            loss_scalars = [("train/loss", v, st) for st, v in _means(loss).items()]
+            if s.rows[0].step_unit == "env_steps" and loss_scalars:
+                # eval/* against env steps, the loss against updates: a run of its own, as in
+                # an online run's tb/ and tb/env_steps (one run's steps are one axis)
+                write_scalars(out / name / "updates", loss_scalars)
+                written.append(f"{name}/updates")
+            else:
+                scalars += loss_scalars
             scalars.append(("runs", len(rows), 0))
             write_scalars(out / name, scalars)
             written.append(name)
