@@ -805,3 +805,19 @@ def test_runs_of_one_configuration_at_different_budgets_are_refused(tmp_path):
         "100 / 300 updates of batch 64 per run (lr 0.0003 / 0.0001, fp32)"
         in (out / "README.md").read_text()
     )
+
+
+def test_per_task_differences_of_a_pooled_comparison_count_blocks_and_say_so(runs, tmp_path):
+    """A comparison pooled over methods flips each task and seed's pairs as one block: its
+    per-task n counts blocks, and the text says so instead of calling them pairs."""
+    for task in ("hammer-v3", "push-v3"):
+        for method in ("lora", "eva", "fft"):
+            for seed in range(3):
+                write_run(runs, task, method, 8, seed, (0.2, 0.3 + 0.1 * seed), precision="bf16")
+    out = tmp_path / "report"
+    argv = ["report", str(runs), "--out", str(out), "--by", "precision"]
+    assert main([*argv, "--reference", "precision=fp32"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "mean difference (pairs (blocks, where a comparison flips blocks); two-sided" in readme
+    assert main([*argv, "--overwrite"]) == 0  # paired within each precision: no blocks
+    assert "mean difference (pairs; two-sided" in (out / "README.md").read_text()

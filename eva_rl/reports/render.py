@@ -348,11 +348,13 @@ def _comparison_section(comparisons, reference, score: str, steps, step_unit) ->
         comparison_table(comparisons, score),
     ]
     if per_task := task_difference_table(comparisons, score):
+        units = "pairs (blocks, where a comparison flips blocks)"
+        units = units if any(c.blocks for c in comparisons) else "pairs"
         parts += [
             "",
             "Per task (exploratory: no per-task test was fixed before the data, so these "
             "suggest hypotheses for a next study, they do not confirm any): mean difference "
-            "(pairs; two-sided sign-flip p, Holm over the comparison's tasks). n pairs "
+            f"({units}; two-sided sign-flip p, Holm over the comparison's tasks). n pairs "
             "cannot give a p below 2 / 2^n (0.25 with 3).",
             "",
             per_task,
