@@ -31,6 +31,7 @@ from eva_rl.reports.runs import (
     planned_tasks_of,
     read_baselines,
 )
+from eva_rl.reports.tables import configuration_table
 from eva_rl.reports.tensorboard import read_scalars, write_aggregates
 from eva_rl.results import STEP_UNITS
 
@@ -115,7 +116,7 @@ def write_report(
         "runs": len(rows),
         "configs": len(stats),
         "out": out,
-        "table": render.configuration_table(stats, score),
+        "table": configuration_table(stats, score),
         "comparisons": comparisons,
         "left_out": len(left_out or []),
         "hypotheses": [] if tested is None else tested[1],
