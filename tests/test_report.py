@@ -610,6 +610,7 @@ def test_the_legend_says_where_an_auc_cannot_start_at_0(runs, tmp_path):
     assert main(["report", str(runs), "--out", str(out)]) == 0
     legend = "here 9 of 27 runs have no score at 0 (no evaluation there, no baseline), so theirs "
     readme = (out / "README.md").read_text()
+    assert "CI over seeds]; the base agent on the same evaluation episodes):" in readme
     assert legend + "spans from their first evaluation (update 50)" in readme
     assert "a single score" not in readme
     for summary in (runs / "reach-v3").glob("*/summary.json"):  # one evaluation, at 100
@@ -801,10 +802,10 @@ def test_runs_of_one_configuration_at_different_budgets_are_refused(tmp_path):
     )
     out = tmp_path / "report"
     assert main(["report", str(root), "--out", str(out), "--by", "loop.steps"]) == 0
-    assert (
-        "100 / 300 updates of batch 64 per run (lr 0.0003 / 0.0001, fp32)"
-        in (out / "README.md").read_text()
-    )
+    readme = (out / "README.md").read_text()
+    assert "100 / 300 updates of batch 64 per run (lr 0.0003 / 0.0001, fp32)" in readme
+    # no base-agent baseline here: the per-task table's caption does not promise one
+    assert "Final score per task (mean over seeds [95% bootstrap CI over seeds]):" in readme
 
 
 def test_per_task_differences_of_a_pooled_comparison_count_blocks_and_say_so(runs, tmp_path):

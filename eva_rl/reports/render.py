@@ -72,8 +72,8 @@ def readme(
         "",
         configuration_table(stats, score),
         "",
-        "Final score per task (mean over seeds [95% bootstrap CI over seeds]; the base agent on "
-        "the same evaluation episodes):",
+        "Final score per task (mean over seeds [95% bootstrap CI over seeds]"
+        + ("; the base agent on the same evaluation episodes):" if baselines else "):"),
         "",
         task_table(stats, baselines, score),
     ]
