@@ -258,6 +258,21 @@ def test_status_before_a_sweep_starts_plans_it_and_counts_what_reuse_would_copy(
     assert not (tmp_path / "runs").exists()
 
 
+def test_status_reads_a_sweep_on_a_machine_without_its_inputs(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """`--status` runs nothing, so it answers where the sweep's checkpoint is missing (a machine
+    watching another's sweep); starting the sweep there is refused, naming it."""
+    path = write_sweep(tmp_path, checkpoint, mw_root, grid={"seed": [0, 1]}, baseline=False)
+    spec = yaml.safe_load(path.read_text())
+    spec["set"]["checkpoint"] = str(tmp_path / "elsewhere")
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "0 of 2 runs finished, 2 waiting" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 2
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().err
+
+
 @pytest.mark.slow  # spawns run processes
 def test_sweep_runs_all_then_resume_skips_finished_and_reruns_partial(
     checkpoint, mw_root, tmp_path, capsys

@@ -180,7 +180,9 @@ def planned_status(cfg: SweepConfig) -> SweepStatus:
     if status is not None and not (cfg.reuse and status.waiting):
         return status
     snapshot = out / BASE_FILE  # a started sweep's runs are planned from its copy of the base
-    runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None)
+    # without checking each run's checkpoint and datasets: a status runs nothing, and may be
+    # asked on a machine that lacks them (starting the sweep checks them)
+    runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None, inputs=False)
     if status is None:
         planned = [r for r in runs if not r.baseline]
         status = SweepStatus(out, waiting=[r.name for r in planned if not r.waits_for],
