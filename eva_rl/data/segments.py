@@ -170,7 +170,7 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
     lengths, env_index, envs, terminated = [], [], [], []
     shapes: dict[str, tuple[int, int]] = {}
     limits: dict[str, int | None] = {}  # env -> its time limit
-    recorded: dict[str, str] = {}  # dataset -> its env
+    limit_from: dict[str, str] = {}  # env -> the dataset its limit was read from
     if len(set(dataset_ids)) != len(dataset_ids):
         twice = sorted({d for d in dataset_ids if dataset_ids.count(d) > 1})
         raise UserError(f"dataset {', '.join(twice)} is listed twice: its episodes would count "
@@ -182,13 +182,13 @@ def load_trajectories(dataset_ids: list[str], root: str | Path | None = None) ->
             warn_env_kwargs(ds_id, dataset.spec.env_spec, name)
         limit = time_limit(dataset)
         if name in limits and limits[name] != limit:  # one env, one horizon to evaluate at
-            other = next(d for d, n in recorded.items() if n == name)
             raise UserError(
-                f"datasets {other} and {ds_id} record {name} with different time limits "
+                f"datasets {limit_from[name]} and {ds_id} record {name} with different time limits "
                 f"({limits[name]} and {limit} steps), and its evaluations have one; list "
                 "datasets of one limit, or record them again at one"
             )
-        limits[name], recorded[ds_id] = limit, name
+        limits[name] = limit
+        limit_from.setdefault(name, ds_id)
         shapes[ds_id] = _dims(dataset)
         if len(set(shapes.values())) > 1:
             (first, a), (_, b) = next(iter(shapes.items())), (ds_id, shapes[ds_id])
