@@ -147,7 +147,8 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
         return real(model, batch)
 
     monkeypatch.setattr(train_mod, "action_loss", spy)
-    cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "a", method)
+    # one thread in every segment: a share of the free cores would depend on the tests beside it
+    cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "a", method, "threads=1")
     finetune(cfg, progress=False)
     assert modes.count(True) == cfg.loop.steps  # held-out losses are the eval-mode calls
     calls = {"n": 0}
@@ -161,7 +162,8 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
 
     monkeypatch.setattr(train_mod, "action_loss", crash_at_update_15)
     with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_finetune(checkpoint, mw_root, tmp_path / "b", method), progress=False)
+        finetune(tiny_finetune(checkpoint, mw_root, tmp_path / "b", method, "threads=1"),
+                 progress=False)  # fmt: skip
     resumed = []
 
     def count(model, batch):
@@ -174,13 +176,13 @@ def test_resume_equals_uninterrupted(method, checkpoint, mw_root, tmp_path, monk
     import eva_rl.runtime
     import eva_rl.training.adapted as adapted_mod
 
-    here = eva_rl.runtime.machine(torch.device("cpu"))
+    here = eva_rl.runtime.machine(torch.device("cpu")) | {"threads": 1}
     elsewhere = here | {"cpu": "another CPU", "isa": "AVX2"}  # resumed on another machine
     monkeypatch.setattr(eva_rl.runtime, "machine", lambda device: elsewhere)
     monkeypatch.setattr(train_mod, "action_loss", count)
     monkeypatch.setattr(adapted_mod, "collect_on_trajectories", collect_again)
     torch.manual_seed(123)  # resume must not depend on the process's RNG state
-    cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "b", method, "resume=true")
+    cfg = tiny_finetune(checkpoint, mw_root, tmp_path / "b", method, "threads=1", "resume=true")
     finetune(cfg, progress=False)
     # from the step-10 checkpoint, not from 0 (a restart would give the same weights here)
     assert resumed.count(True) == cfg.loop.steps - cfg.loop.save_every
