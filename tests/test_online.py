@@ -1,5 +1,6 @@
 """`eva-rl online` end to end on the tiny checkpoint: outputs, reproducibility, resume, export."""
 
+import csv
 import json
 import math
 import os
@@ -357,7 +358,11 @@ def test_an_online_sweep_runs_resumes_and_reports_in_env_steps(
     text = (report / "README.md").read_text()
     assert "90 env steps per run" in text and "divided by the env steps" in text
     assert "| env step 60 |" in text  # the timeline's columns: evaluations at env-step budgets
-    assert len((report / "runs.csv").read_text().strip().splitlines()) == 5
+    rows = list(csv.DictReader((report / "runs.csv").open()))
+    assert len(rows) == 4
+    for row in rows:  # env steps beside updates
+        updates = json.loads((runs / row["run"] / "summary.json").read_text())["updates"]
+        assert (row["env_steps"], row["steps"]) == ("90", str(updates))
     mean = report / "tensorboard/mean/eva_r02_rho2"  # one axis per TensorBoard run
     evaluations = {p["step"]: p["updates"] for p in summary["eval"]}  # env steps -> updates
     assert {s for s, _ in read_scalars(mean)["eval/score"]} == set(evaluations)

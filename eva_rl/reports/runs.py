@@ -33,7 +33,8 @@ class Row:
     rank: int
     rho: float
     seed: int
-    steps: int
+    steps: int  # updates
+    env_steps: int | None  # an online run's env steps (its curves' unit); None offline
     score_name: str
     score: float | None  # at the end of training (the last evaluation)
     success_final: float | None
@@ -198,6 +199,7 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
     return Row(
         **from_summary,
         task=s.label,
+        env_steps=config.get("env_steps") if s.step_unit == "env_steps" else None,
         score_name=s.score_name,
         score=final.get("score"),
         success_final=final.get("success_final"),
