@@ -36,6 +36,7 @@ from eva_rl.commands import (
 from eva_rl.errors import RunError, UserError, out_of_room
 from eva_rl.flags import CommandParser, added_flags
 from eva_rl.runtime import quiet_waits
+from eva_rl.signals import raise_interrupt
 
 # --- arguments: each command's flags, derived from its config -----------------------------
 
@@ -372,12 +373,8 @@ def _terminate_as_interrupt():
     """SIGTERM (a scheduler, `kill`) means what Ctrl-C means: the command stops cleanly,
     removing partial outputs and stopping a sweep's runs. Returns the handler it replaced
     (None off the main thread, where signals are not ours to handle)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return signal.signal(signal.SIGTERM, raise_interrupt)
     except ValueError:
         return None
 

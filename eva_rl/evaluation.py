@@ -42,6 +42,7 @@ from eva_rl.io import atomic_write_dir, atomic_write_json, check_writable
 from eva_rl.results import EVAL_SEED, EnvResult, Episode, EvalResult
 from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
 from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_precision
+from eva_rl.signals import interrupts_held
 
 
 @dataclass
@@ -359,7 +360,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
 
     def write_tb(stage: Path) -> None:  # replaces an earlier evaluation's folder whole
         ownership.claim(stage, "evaluation")
-        with SummaryWriter(stage) as writer:
+        with interrupts_held(), SummaryWriter(stage) as writer:  # eva_rl.signals
             result.log(writer, step=step)
         log_videos(result, stage, step)
 

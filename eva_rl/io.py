@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from eva_rl.signals import interrupts_held
+
 
 def _umask() -> int:
     """The process's umask, read without setting it where Linux shows it (setting it, even
@@ -91,9 +93,10 @@ def atomic_write_dir(path: str | os.PathLike, write) -> None:
             os.rename(old, path)
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.lexists(path):
-            _remove(old)
+        with interrupts_held():  # an rmtree stopped mid-walk fails on a closed descriptor
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.lexists(path):
+                _remove(old)
 
 
 def checkpoint_holds(path: str | os.PathLike, name: str) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from eva_rl.errors import UserError
+from eva_rl.signals import interrupts_held
 
 LIBRARIES = {"egl": "EGL", "osmesa": "OSMesa"}
 
@@ -113,7 +114,7 @@ def log_videos(result, log_dir: str | os.PathLike, step: int) -> None:
         return
     from torch.utils.tensorboard import FileWriter
 
-    with contextlib.closing(FileWriter(log_dir)) as writer:
+    with interrupts_held(), contextlib.closing(FileWriter(log_dir)) as writer:  # eva_rl.signals
         for name, episode in videos:
             log_video(writer, f"video/{name}/seed{episode.seed}", episode.video, step)
 

@@ -140,6 +140,29 @@ def test_a_resume_replays_no_tensorboard_point_twice(checkpoint, mw_root, tmp_pa
     assert sorted(steps) == list(range(1, 401))  # every step once
 
 
+def test_an_interrupted_purge_keeps_the_events_and_leaves_no_file_tensorboard_reads(
+    tmp_path, monkeypatch
+):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard import SummaryWriter
+
+    from eva_rl.training.rundir import purge_events
+
+    with SummaryWriter(tmp_path) as writer:
+        for step in range(5):
+            writer.add_scalar("x", float(step), step)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupted(self, record):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RecordWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        purge_events(tmp_path, 2)
+    # TensorBoard reads any file whose name holds "tfevents", hidden or not
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_pickled_object_in_a_checkpoint_is_refused(checkpoint, mw_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(finetune_args(checkpoint, mw_root, out)) == 0

@@ -24,6 +24,7 @@ from eva_rl.assets import SHIPPED
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import CollectorConfig, CollectResult
 from eva_rl.io import atomic_write_bytes, atomic_write_json
+from eva_rl.signals import interrupts_held
 
 STATE_FILE = "eva_state.safetensors"
 META_FILE = "eva.json"
@@ -135,7 +136,7 @@ def log_collection(meta: dict[str, Any], log_dir: str | os.PathLike) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     layers = meta["layers"]
-    with SummaryWriter(log_dir) as writer:
+    with interrupts_held(), SummaryWriter(log_dir) as writer:  # eva_rl.signals
         for name, layer in layers.items():
             for i, ratio in enumerate(layer["explained_variance_ratio"]):
                 writer.add_scalar(f"explained_variance_ratio/{name}", ratio, i)

@@ -39,6 +39,7 @@ from eva_rl.online.critic import TD3
 from eva_rl.online.policy import ActionMean, GaussianHead, Temperature, odt_losses
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
+from eva_rl.signals import interrupts_held
 from eva_rl.training.loop import Window, adamw
 from eva_rl.training.losses import action_mse, action_preds
 from eva_rl.training.rundir import (
@@ -142,7 +143,8 @@ class OnlineTrainer:
         if self.cfg.resume:
             purge_events(tb, self.counts["updates"])
             purge_events(tb / ENV_AXIS, self.counts["env_steps"])
-        self.writers = {"updates": SummaryWriter(tb), ENV_AXIS: SummaryWriter(tb / ENV_AXIS)}
+        with interrupts_held():  # see eva_rl.signals: a writer stopped mid-call hangs
+            self.writers = {"updates": SummaryWriter(tb), ENV_AXIS: SummaryWriter(tb / ENV_AXIS)}
         bar = tqdm(total=self.cfg.env_steps, initial=min(self.counts["env_steps"],
                    self.cfg.env_steps), desc="online", unit="env-step",
                    disable=not self.progress)  # fmt: skip
@@ -164,8 +166,9 @@ class OnlineTrainer:
                 )
         finally:
             bar.close()
-            for writer in self.writers.values():
-                writer.close()
+            with interrupts_held():
+                for writer in self.writers.values():
+                    writer.close()
         self.history["seconds"] = before + time.perf_counter() - started
         return self.history
 
@@ -318,12 +321,19 @@ class OnlineTrainer:
             for key in ("critic_loss", "q", "rl_loss"):
                 scalars[f"train/{key}"] = self.stats[key].item()
         for tag, value in scalars.items():
-            self.writers["updates"].add_scalar(tag, value, self.counts["updates"])
+            self._scalar(tag, value)
         self.history["loss"] = loss
         self.window = Window([], [], self.counts["updates"] + 1)
 
+    def _scalar(self, tag: str, value: float, updates: int | None = None) -> None:
+        """A scalar against updates (`updates`, default now)."""
+        updates = self.counts["updates"] if updates is None else updates
+        with interrupts_held():
+            self.writers["updates"].add_scalar(tag, value, updates)
+
     def _env_scalar(self, tag: str, value: float) -> None:
-        self.writers[ENV_AXIS].add_scalar(tag, value, self.counts["env_steps"])
+        with interrupts_held():
+            self.writers[ENV_AXIS].add_scalar(tag, value, self.counts["env_steps"])
 
     def _evaluate(self) -> None:
         env_steps, updates = self.counts["env_steps"], self.counts["updates"]
@@ -332,7 +342,7 @@ class OnlineTrainer:
         self.history["eval"].append(point.to_dict())
         for key, value in point.metrics.items():
             if key != "updates":
-                self.writers["updates"].add_scalar(f"eval/{key}", value, updates)
+                self._scalar(f"eval/{key}", value, updates)
                 self._env_scalar(f"online/{key}", value)
         self._env_scalar("online/updates", updates)
         self._env_scalar("online/updates_per_env_step", updates / max(1, env_steps))

@@ -19,6 +19,7 @@ from typing import Any
 
 from eva_rl.errors import UserError
 from eva_rl.runtime import cpu_count, quiet_waits, set_threads
+from eva_rl.signals import raise_interrupt
 from eva_rl.sweeps.baseline import run_baseline
 from eva_rl.sweeps.config import SweepConfig
 from eva_rl.sweeps.plan import Feed, Run, run_config
@@ -119,7 +120,7 @@ def _child(run: Run, threads: int, log: str, device: str | None, conn) -> None:
     """Entry point of a run's own process: the result goes back through `conn`. The sweep stops
     its runs with SIGTERM (they ignore the terminal's Ctrl-C, which the sweep handles once): the
     run then cleans up as an interrupted finetune does and its log says so."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         result = _run_one(run, threads, log, device)
     except KeyboardInterrupt:
@@ -128,10 +129,6 @@ def _child(run: Run, threads: int, log: str, device: str | None, conn) -> None:
         raise SystemExit(130) from None
     conn.send(result)
     conn.close()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

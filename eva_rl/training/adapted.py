@@ -25,6 +25,7 @@ from eva_rl.eva.state import META_FILE as EVA_META
 from eva_rl.eva.state import load_state, log_collection, save_result
 from eva_rl.results import RunSummary
 from eva_rl.runtime import cores_given_back, resolve_device, resolve_precision
+from eva_rl.signals import interrupts_held
 from eva_rl.training.rundir import provenance, run_dir
 from eva_rl.weights import weights_digest
 
@@ -97,7 +98,7 @@ def tuned_meta(base: AgentMeta, targets: dict[str, float], cfg: Any, precision: 
 
 
 def log_setup(log_dir: Path, setup: dict[str, Any]) -> None:
-    with SummaryWriter(log_dir) as writer:
+    with interrupts_held(), SummaryWriter(log_dir) as writer:  # eva_rl.signals
         writer.add_scalar("init/trainable_parameters", setup["trainable_parameters"], 0)
         writer.add_scalar("init/gradient_signal", setup["gradient_signal"], 0)
         if setup["collector_seconds"] is not None:
@@ -133,7 +134,7 @@ def log_hparams(log_dir: Path, cfg: Any, summary: RunSummary, steps: int | None 
         "hparam/trainable_parameters": summary.trainable_parameters,
         "hparam/gradient_signal": summary.gradient_signal,
     }
-    with SummaryWriter(log_dir) as writer:
+    with interrupts_held(), SummaryWriter(log_dir) as writer:  # eva_rl.signals
         for name, rank in summary.ranks.items():
             writer.add_scalar(f"rank_final/{name}", rank, steps)
         writer.add_hparams(hparams, metrics, run_name=".", global_step=steps)

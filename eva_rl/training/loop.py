@@ -36,6 +36,7 @@ from eva_rl.errors import RunError, UserError
 from eva_rl.kernels import speed_up
 from eva_rl.results import EvalPoint
 from eva_rl.runtime import autocast, note_machine, rng_states, set_rng_states
+from eva_rl.signals import interrupts_held
 from eva_rl.training.losses import action_loss
 from eva_rl.training.rundir import (
     STATE_FILE,
@@ -236,7 +237,8 @@ class Trainer:
         if self.main:
             if resume:
                 purge_events(self.run_dir / "tb", self.step)
-            self.writer = SummaryWriter(self.run_dir / "tb")
+            with interrupts_held():  # see eva_rl.signals: a writer stopped mid-call hangs
+                self.writer = SummaryWriter(self.run_dir / "tb")
             if not resume:
                 self._scalar("train/effective_batch_size", self.history["effective_batch_size"])
 
@@ -283,7 +285,8 @@ class Trainer:
         finally:
             bar.close()
             if self.writer is not None:
-                self.writer.close()
+                with interrupts_held():
+                    self.writer.close()
         self.history["seconds"] = seconds_before + time.perf_counter() - started
         return self.history
 
@@ -337,7 +340,8 @@ class Trainer:
 
     def _scalar(self, tag: str, value: float) -> None:
         if self.writer is not None:
-            self.writer.add_scalar(tag, value, self.step)
+            with interrupts_held():
+                self.writer.add_scalar(tag, value, self.step)
 
     def _evaluate(self) -> None:
         if not self.main:  # the others wait for rank 0 in the next gradient all-reduce

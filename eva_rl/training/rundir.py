@@ -203,10 +203,14 @@ def purge_events(log_dir: Path, step: int) -> None:
         keep = [r for r in records if Event.FromString(r).step <= step]
         if len(keep) == len(records):
             continue
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            writer = RecordWriter(f)
-            for record in keep:
-                writer.write(record)
-            writer.flush()
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.tmp")  # TensorBoard reads it too: never left
+        try:
+            with open(tmp, "wb") as f:
+                writer = RecordWriter(f)
+                for record in keep:
+                    writer.write(record)
+                writer.flush()
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
