@@ -27,14 +27,20 @@ LOCK = ".eva_rl.lock"  # holds the pid of the process using the directory
 
 def owned(path: str | os.PathLike, kind: str | None = None) -> bool:
     """Whether eva_rl made `path` (of that `kind`, if given)."""
+    made = made_for(path)
+    return made is not None and (kind is None or made == kind)
+
+
+def made_for(path: str | os.PathLike) -> str | None:
+    """The kind its marker names where eva_rl made `path` (a run, a sweep, ...), else None."""
     marker = Path(path) / MARKER
     if not marker.is_file():
-        return False
+        return None
     try:
-        made = json.loads(marker.read_text()).get("kind")
+        made = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return False
-    return kind is None or made == kind
+        return None
+    return str(made.get("kind")) if isinstance(made, dict) else None
 
 
 def claim(path: str | os.PathLike, kind: str) -> Path:
@@ -67,14 +73,16 @@ def check_replaceable(
         )
 
 
-def remove(path: str | os.PathLike) -> None:
-    """Remove an eva_rl directory (a symlink to one: the link only); refuse anything else."""
+def remove(path: str | os.PathLike, kind: str) -> None:
+    """Remove an eva_rl directory made as `kind` (a symlink to one: the link only); refuse
+    anything else."""
     path = Path(path)
     if path.is_symlink():
         path.unlink()
         return
-    if not owned(path):
-        raise UserError(f"{path} was not made by eva-rl (no {MARKER} marker); it is left alone")
+    if not owned(path, kind):
+        raise UserError(f"{path} was not made by eva-rl as a {kind} (its {MARKER} marker); it "
+                        "is left alone")  # fmt: skip
     shutil.rmtree(path)
 
 

@@ -175,6 +175,19 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(checkpoint, mw_root, tmp_pa
     one_line_error(capsys, "state.pt holds objects other than tensors", "could run code")
 
 
+@pytest.mark.parametrize("damage", [b"hello world", bytes(range(256)) * 4, b""])
+def test_a_damaged_checkpoint_is_called_damaged_not_unsafe(
+    checkpoint, mw_root, tmp_path, capsys, damage
+):
+    out = tmp_path / "run"
+    assert main(finetune_args(checkpoint, mw_root, out, "loop.steps=10")) == 0
+    (out / "checkpoints/latest/state.pt").write_bytes(damage)
+    capsys.readouterr()
+    assert main(finetune_args(checkpoint, mw_root, out, "loop.steps=10", "resume=true")) == 2
+    err = one_line_error(capsys, "state.pt is not a readable checkpoint", "start the run again")
+    assert "could run code" not in err
+
+
 # --- sweeps survive their workers --------------------------------------------------------------
 
 

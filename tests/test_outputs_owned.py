@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_faults import one_line_error
+from test_faults import finetune_args, one_line_error
 from test_report import write_baseline, write_run
 
 from eva_rl import ownership
@@ -212,3 +212,56 @@ def test_write_mp4_refuses_to_rename_an_empty_file(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the video nor its temp file
     write_mp4(path, [np.full((64, 66, 3), 128, np.uint8)] * 3, fps=10)
     assert read_frames(path).shape == (3, 64, 66, 3)
+
+
+# --- every command replaces only a folder of its own kind ---------------------------------------
+
+
+def test_a_run_never_replaces_an_eva_rl_folder_of_another_kind_nor_a_finished_run(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """A run replaces a run folder that stopped before its first checkpoint; before, any
+    folder with an eva_rl marker went (a whole sweep, a report with its notes, an export, an
+    exported finished run), exit 0."""
+    for kind in ("sweep", "report", "export", "collect", "evaluation"):
+        folder = tmp_path / kind
+        ownership.claim(folder, kind)
+        (folder / "notes.md").write_text("mine\n")
+        before = files(folder)
+        assert main(finetune_args(checkpoint, mw_root, folder)) == 2
+        one_line_error(capsys, "made by eva-rl for another use (its .eva_rl marker is not 'run')")
+        assert files(folder) == before
+    finished = tmp_path / "exported-run"  # a finished run whose checkpoints an export dropped
+    ownership.claim(finished, "run")
+    (finished / "summary.json").write_text("{}\n")
+    before = files(finished)
+    assert main(finetune_args(checkpoint, mw_root, finished)) == 2
+    one_line_error(capsys, f"{finished} holds a finished run (summary.json)", "another out=")
+    assert files(finished) == before
+    stale = tmp_path / "stale"  # stopped before its first checkpoint: replaced, as before
+    ownership.claim(stale, "run")
+    (stale / "config.yaml").write_text("method: {name: lora}\n")
+    assert main(finetune_args(checkpoint, mw_root, stale)) == 0
+    assert (stale / "summary.json").is_file()
+
+
+def test_collect_sweep_and_report_refuse_eva_rl_folders_of_another_kind(
+    ckpt, mw_root, runs, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    ownership.claim(run, "run")
+    (run / "tb").mkdir()
+    (run / "tb" / "events.out.tfevents.1").write_bytes(b"training curves")
+    before = files(run)
+    assert main(collect_args(ckpt, mw_root, run)) == 2  # it replaced the run's tb/
+    one_line_error(capsys, f"{run} exists and was made by eva-rl for another use", "--out")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"base: {tmp_path / 'base.yaml'}\nout: {run}\ngrid: {{seed: [0]}}\n")
+    (tmp_path / "base.yaml").write_text(
+        f"task: push-v3\ncheckpoint: {ckpt}\ndata_root: {mw_root}\n"
+    )
+    assert main(["sweep", str(sweep_file)]) == 2  # it swept inside the run's folder
+    one_line_error(capsys, f"{run} exists and was made by eva-rl for another use")
+    assert main(["report", str(runs), "--out", str(run)]) == 2
+    one_line_error(capsys, f"{run} is an eva-rl run folder, so a report will not write into it")
+    assert files(run) == before

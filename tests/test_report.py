@@ -429,6 +429,56 @@ def test_partial_keeps_a_configuration_the_sweep_plans_on_fewer_tasks(runs, tmp_
     assert len(rows) == 14  # lora and eva whole: 12, fft: 2
 
 
+def test_partial_of_a_sweep_whose_runs_name_their_datasets_keeps_whole_seeds(runs, tmp_path):
+    """Runs named by datasets have task "" in their config: it was taken for a planned task no
+    run has, so --partial found no seed finished on every task (locomotion-halfcheetah-cpu)."""
+    for path in runs.rglob("summary.json"):
+        summary = json.loads(path.read_text())
+        summary["config"]["task"] = ""
+        path.write_text(json.dumps(summary))
+    (runs / "sweep.yaml").write_text("grid:\n  seed: [0, 1, 2]\n  method.name: [lora, eva, fft]\n")
+    (runs / "push-v3/fft-r8-s2-fp32/summary.json").unlink()
+    out = tmp_path / "r"
+    assert main(["report", str(runs), "--out", str(out), "--partial"]) == 0
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 16  # lora and eva whole: 12; fft seeds 0 and 1 on both tasks: 4
+
+
+def test_runs_named_twice_or_inside_each_other_are_refused(runs, tmp_path, capsys):
+    """Each run would count twice (a report said 1 x 2 tasks x seeds with one seed)."""
+    for second in (runs, runs / "hammer-v3", tmp_path / "." / "runs"):
+        assert main(["report", str(runs), str(second), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "overlap (the same folder, or one inside the" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "says"),
+    [
+        ("hammer-v3/eva-r8-s0-fp32/summary.json", {"eval": [1]}, "is not a run summary"),
+        ("_baseline/hammer-v3.json", {"foo": 1}, "is not an evaluation of the base agent"),
+        ("sweep.yaml", {"grid": 3}, "grid is not a map of keys to lists of values"),
+    ],
+)
+def test_damaged_inputs_of_a_report_are_named_in_one_line(
+    runs, tmp_path, capsys, path, content, says
+):
+    (runs / path).write_text(json.dumps(content))  # JSON is YAML too
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{runs / path}" in err and says in err, err
+
+
+def test_a_score_that_is_not_a_number_is_named(runs, tmp_path, capsys):
+    path = runs / "hammer-v3/eva-r8-s0-fp32/summary.json"
+    summary = json.loads(path.read_text())
+    summary["eval"][-1]["score"] = "high"
+    path.write_text(json.dumps(summary))
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 2
+    assert "step 100's score is not a number" in capsys.readouterr().err
+
+
 HYPOTHESES = """\
 hypotheses:
   - name: H1

@@ -668,3 +668,42 @@ def test_a_sweep_resumed_where_auto_means_another_precision_refuses_until_pinned
     assert new["precision"] == other
     with pytest.raises(UserError, match="sweep precision must be fp32 or bf16, not 'fp16'"):
         load_sweep(path, ["precision=fp16"])
+
+
+def test_status_of_a_started_sweep_checks_the_file_it_is_given(
+    checkpoint, mw_root, tmp_path, capsys
+):
+    """`--status` printed the saved status whatever the file said (another grid, a bad
+    method), exit 0, where running that file is refused."""
+    from eva_rl.config import save_config
+
+    path = write_sweep(tmp_path, checkpoint, mw_root)
+    out = tmp_path / "runs"
+    out.mkdir()
+    save_config(load_sweep(path), out / "sweep.yaml")  # as a started sweep has it
+    (out / "runs.json").write_text("{}\n")
+    assert main(["sweep", str(path), "--status"]) == 0
+    capsys.readouterr()
+    for change in ({"grid": {"seed": [0, 1, 2]}}, {"set": {"method.name": "lorax"}}):
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | change))
+        assert main(["sweep", str(changed), "--status"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{out} holds a different sweep" in err, err
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", '{"x": 1}'])
+def test_a_damaged_runs_index_is_refused_with_the_way_back(
+    checkpoint, mw_root, tmp_path, capsys, damage
+):
+    path = write_sweep(tmp_path, checkpoint, mw_root)
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "runs.json").write_text(damage)
+    for status in ([], ["--status"]):
+        assert main(["sweep", str(path), *status]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{out / 'runs.json'} is damaged" in err, err
+        assert "delete it and run the sweep again, which rebuilds it" in err
+    assert [p.name for p in out.iterdir()] == ["runs.json"]  # nothing written
+    assert (out / "runs.json").read_text() == damage

@@ -192,7 +192,7 @@ def run_collection(cfg: CollectConfig, progress: bool = True) -> CollectResult:
         raise UserError(f"{out} already holds an EVA result; pass --overwrite or another --out")
     check_writable(out, directory=True)
     if not earlier:
-        ownership.check_replaceable(out, "eva-rl collect")
+        ownership.check_replaceable(out, "eva-rl collect", kind="collect")
     device = resolve_device(cfg.collector.device)
     agent = Agent.load(cfg.checkpoint, stats=cfg.stats, device=device)
     result = collect_on_datasets(agent, cfg.datasets, cfg.collector, cfg.data_root, progress)

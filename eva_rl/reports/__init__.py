@@ -139,7 +139,11 @@ def check_out(out: Path, overwrite: bool, dirs: Sequence[Path] = ()) -> None:
     if ours and not overwrite:
         raise UserError(f"{out} already holds a report; pass --overwrite or choose another --out")
     check_writable(out, directory=True)
-    if out.is_dir() and not made and not ownership.owned(out):
+    other = ownership.made_for(out)
+    if out.is_dir() and not made and other is not None:
+        raise UserError(f"{out} is an eva-rl {other} folder, so a report will not write into it; "
+                        "choose another --out")  # fmt: skip
+    if out.is_dir() and not made:
         inputs = {d.resolve() for d in dirs}
         foreign = sorted(e.name for e in out.iterdir() if not _report_input(e, inputs))
         if foreign:

@@ -122,7 +122,15 @@ def read_baselines(runs_dirs: Dirs) -> dict[str, EvalResult]:
     out, source = {}, {}
     for runs_dir in as_dirs(runs_dirs):
         for path in sorted(runs_dir.glob(f"{BASELINE_DIR}/*.json")):
-            result = EvalResult.from_dict(read_json(path))
+            try:
+                result = EvalResult.from_dict(read_json(path))
+                if not all(r.episodes for r in result.envs.values()) or not result.envs:
+                    raise ValueError("no episodes")
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise UserError(
+                    f"{path} is not an evaluation of the base agent ({e!r}); remove it "
+                    "(running the sweep again evaluates it again)"
+                ) from None
             task = result.config.get("task") or ",".join(result.config.get("datasets", []))
             if task in out and out[task].envs != result.envs:
                 raise UserError(
@@ -147,6 +155,12 @@ def collect_runs(
     Configurations are told apart by the sweeps' grid keys and the config keys in `by`
     (`precision` as the run ran: `auto` resolves by hardware)."""
     dirs = as_dirs(runs_dirs)
+    for i, a in enumerate(dirs):  # the same runs twice would double every count
+        for b in dirs[i + 1 :]:
+            if a.resolve().is_relative_to(b.resolve()) or b.resolve().is_relative_to(a.resolve()):
+                raise UserError(f"runs directories {a} and {b} overlap (the same folder, or one "
+                                "inside the other): their runs would count twice; name each "
+                                "once")  # fmt: skip
     if fixed := sorted(set(by) & NOT_VARIANT):
         raise UserError(f"--by {' '.join(fixed)}: tasks, seeds and methods are always apart")
     baselines = read_baselines(dirs) if baselines is None else baselines
@@ -186,7 +200,10 @@ def read_row(path: Path, baselines: dict[str, EvalResult], keys: list[str], run:
     """The run whose summary is `path`, named `run`, its variant the values of `keys`."""
     try:
         s = RunSummary.from_dict(read_json(path))
-    except (KeyError, TypeError, ValueError) as e:
+        for point in s.eval:
+            if text := [k for k, v in point.metrics.items() if not isinstance(v, int | float)]:
+                raise ValueError(f"step {point.step}'s {text[0]} is not a number")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is not a run summary ({e!r}); remove it") from None
     config = flatten(s.config)
     final = s.final
@@ -228,10 +245,9 @@ def planned_configs(runs_dir: Path, rows: list[Row]) -> list[tuple[str, int, flo
 def planned_tasks_of(runs_dir: Path, rows: list[Row]) -> dict[tuple, set[str]]:
     """`planned_configs`, each with the tasks the sweep plans for it (a configuration of a
     grid over fewer tasks than the sweep's has fewer)."""
-    path = runs_dir / SWEEP_FILE
-    if not path.is_file() or not rows:
+    if not (runs_dir / SWEEP_FILE).is_file() or not rows:
         return {}
-    grid = read_yaml(path).get("grid") or {}
+    grids = saved_grids(runs_dir)
     first = rows[0]
     base = {"method.name": first.method, "method.rank": first.rank, "method.rho": first.rho}
     base |= flatten(first.summary.config)
@@ -240,12 +256,12 @@ def planned_tasks_of(runs_dir: Path, rows: list[Row]) -> dict[tuple, set[str]]:
     keys, grid_keys = [k for k, _ in first.variant], variant_keys(runs_dir)
     base |= {k: v for k, v in first.variant if k not in grid_keys}
     planned: dict[tuple, set[str]] = {}
-    for point in (p for g in as_grids(grid) for p in expand(g)):
+    for point in (p for g in grids for p in expand(g)):
         value = base | {k: _as_recorded(v, base.get(k)) for k, v in point.items()}
         variant = tuple((k, str(value.get(k))) for k in keys)
         config = (value["method.name"], value["method.rank"], value["method.rho"], variant)
         tasks = planned.setdefault(config, set())  # none known: runs named by their datasets
-        if value.get("task") is not None:
+        if value.get("task"):  # "" where the runs name their datasets
             tasks.add(str(value["task"]))
     return planned
 
@@ -268,7 +284,7 @@ def planned_tasks(runs_dirs: list[Path]) -> set[str]:
     for path in (d / SWEEP_FILE for d in runs_dirs):
         if path.is_file():
             sweep = read_yaml(path)
-            out |= {str(t) for g in as_grids(sweep.get("grid") or {}) for t in g.get("task", [])}
+            out |= {str(t) for g in checked_grids(sweep, path) for t in g.get("task", [])}
             if "task" in (sweep.get("set") or {}):
                 out.add(str(sweep["set"]["task"]))
     return out
@@ -277,8 +293,19 @@ def planned_tasks(runs_dirs: list[Path]) -> set[str]:
 def variant_keys(runs_dir: Path) -> list[str]:
     """The grid keys of the sweep that made `runs_dir` (if one did) that tell configurations of
     the same method apart: an lr or precision grid gives one configuration per value."""
+    return sorted({k for g in saved_grids(runs_dir) for k in g} - NOT_VARIANT)
+
+
+def saved_grids(runs_dir: Path) -> list[dict[str, list[Any]]]:
+    """The grids of the sweep file a sweep saved in `runs_dir` (none without one), checked."""
     path = runs_dir / SWEEP_FILE
-    if not path.is_file():
-        return []
-    grid = read_yaml(path).get("grid") or {}
-    return sorted({k for g in as_grids(grid) for k in g} - NOT_VARIANT)
+    return checked_grids(read_yaml(path), path) if path.is_file() else []
+
+
+def checked_grids(sweep: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
+    """The grids of the sweep file `sweep` read from `path`, refused where damaged."""
+    grids = as_grids(sweep.get("grid") or {})
+    if not all(isinstance(g, dict) and all(isinstance(v, list) for v in g.values()) for g in grids):
+        raise UserError(f"{path}'s grid is not a map of keys to lists of values (or a list of "
+                        "such maps); restore the sweep file the sweep saved there")  # fmt: skip
+    return grids

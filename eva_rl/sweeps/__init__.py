@@ -33,7 +33,6 @@ far it is), `export` (what gets committed); `sweep` below ties them together.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from tqdm import tqdm
 
 from eva_rl import ownership
 from eva_rl.assets import locate
-from eva_rl.config import read_yaml, save_config, to_dict
+from eva_rl.config import read_yaml, save_config
 from eva_rl.errors import RunError, UserError
 from eva_rl.io import atomic_write_json, atomic_write_text, check_writable
 from eva_rl.ownership import DirectoryLock
@@ -55,8 +54,10 @@ from eva_rl.sweeps.config import (
     INDEX_FILE,
     SWEEP_FILE,
     SweepConfig,
+    check_same_sweep,
     expand,
     load_sweep,
+    read_index,
 )
 from eva_rl.sweeps.executors import EXECUTORS, gpu_slots, import_ray
 from eva_rl.sweeps.export import export_runs
@@ -66,11 +67,6 @@ from eva_rl.sweeps.status import SweepStatus, planned_status, sweep_status
 __all__ = ["BASELINE_DIR", "SWEEP_FILE", "Run", "SweepConfig", "SweepStatus", "expand",
            "export_runs", "gpu_slots", "load_sweep", "plan", "planned_status", "run_name",
            "sweep", "sweep_status"]  # fmt: skip
-
-
-def _key_orders(grid) -> list[list[str]]:
-    """The key order of each grid (a dict compares equal whatever its order; names do not)."""
-    return [list(g) for g in (grid if isinstance(grid, list) else [grid])]
 
 
 def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
@@ -85,20 +81,8 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
     check_writable(out, directory=True)
     saved, snapshot = out / SWEEP_FILE, out / BASE_FILE
     base = read_yaml(locate(cfg.base))  # configs/... also from outside the checkout
-    # the executor and its resources may change between invocations; what runs may not (a
-    # sweep file from before `command` existed ran finetune)
-    same = ("base", "command", "grid", "set")
-    before = {"command": "finetune", **read_yaml(saved)} if saved.is_file() else None
-    if before is not None and any(before.get(k) != to_dict(cfg)[k] for k in same):
-        raise UserError(
-            f"{out} holds a different sweep ({saved}); choose another out or delete that one"
-        )
-    if before is not None and (order := _key_orders(before["grid"])) != _key_orders(cfg.grid):
-        raise UserError(
-            f"{out} holds this sweep with its grid keys in another order "
-            f"({', '.join(order[0])}); run folders are named in that "
-            "order, so every run would start again: restore the order in the sweep file"
-        )
+    check_same_sweep(cfg)
+    previous = read_index(out) or {}  # a damaged runs.json refused before anything is written
     if snapshot.is_file() and read_yaml(snapshot) != base:
         raise UserError(
             f"{cfg.base} changed since this sweep started (its copy: {snapshot}); restore it, "
@@ -106,17 +90,18 @@ def sweep(cfg: SweepConfig, progress: bool = True) -> dict[str, Any]:
         )
     runs = plan(cfg, base)  # every run's config is fixed here: later edits of files change none
     check_precision(cfg, runs)
-    if not saved.is_file():  # a sweep folder (an older eva_rl's has no marker) or a new one
-        ownership.check_replaceable(out, "this sweep")
+    if not saved.is_file() and not ownership.owned(out, "export"):  # a sweep folder or a new one
+        ownership.check_replaceable(out, "this sweep", kind="sweep")
     if ownership.owned(out, "export"):  # an export copied back to be swept on: a sweep's now
         ownership.mark(out, "sweep")
     with DirectoryLock(ownership.claim(out, "sweep"), "a sweep"):  # one sweep per directory
         save_config(cfg, saved)
         atomic_write_text(snapshot, yaml.safe_dump(base, sort_keys=False))
-        return _run(cfg, out, runs, progress)
+        return _run(cfg, out, runs, previous, progress)
 
 
-def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
+def _run(cfg: SweepConfig, out: Path, runs: list[Run], previous: dict, progress: bool) -> dict:
+    """The runs not finished, `previous` the index an earlier invocation left (run times)."""
     logs = out / "_logs"
     logs.mkdir(exist_ok=True)
     copied = reuse_finished(runs, cfg.reuse)
@@ -131,7 +116,6 @@ def _run(cfg: SweepConfig, out: Path, runs: list[Run], progress: bool) -> dict:
     }
     for name, start in waits.items():
         index[name] |= {"status": "blocked", "waits_for": start}
-    previous = json.loads((out / INDEX_FILE).read_text()) if (out / INDEX_FILE).is_file() else {}
     for r in runs:
         if r.name not in waiting and "seconds" in previous.get(r.name, {}):  # kept from before
             index[r.name]["seconds"] = previous[r.name]["seconds"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
-from eva_rl.config import load_config
+from eva_rl.config import load_config, read_yaml, to_dict
 from eva_rl.errors import UserError
 
 SWEEP_FILE = "sweep.yaml"
@@ -95,3 +97,48 @@ def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def load_sweep(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
     return load_config(SweepConfig, path, overrides)
+
+
+def check_same_sweep(cfg: SweepConfig) -> None:
+    """Refuse a sweep file that is not the one `cfg.out` holds: the executor and its resources
+    may change between invocations, what runs may not (a sweep file from before `command`
+    existed ran finetune), nor the order of the grid keys that name the run folders."""
+    out = Path(cfg.out)
+    saved = out / SWEEP_FILE
+    if not saved.is_file():
+        return
+    before = {"command": "finetune", **read_yaml(saved)}
+    if any(before.get(k) != to_dict(cfg)[k] for k in ("base", "command", "grid", "set")):
+        raise UserError(
+            f"{out} holds a different sweep ({saved}); choose another out or delete that one"
+        )
+    if (order := _key_orders(before["grid"])) != _key_orders(cfg.grid):
+        raise UserError(
+            f"{out} holds this sweep with its grid keys in another order "
+            f"({', '.join(order[0])}); run folders are named in that "
+            "order, so every run would start again: restore the order in the sweep file"
+        )
+
+
+def _key_orders(grid) -> list[list[str]]:
+    """The key order of each grid (a dict compares equal whatever its order; names do not)."""
+    return [list(g) for g in (grid if isinstance(grid, list) else [grid])]
+
+
+def read_index(out: Path) -> dict[str, dict[str, Any]] | None:
+    """The sweep's `runs.json` at `out` (run name -> its state), None where there is none; a
+    damaged one is refused, with the way back: the sweep rebuilds it from its run folders."""
+    path = out / INDEX_FILE
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        index = e
+    if not isinstance(index, dict) or not all(isinstance(v, dict) for v in index.values()):
+        why = repr(index) if isinstance(index, Exception) else "not a map of runs"
+        raise UserError(
+            f"{path} is damaged ({why}); delete it and run the sweep again, which rebuilds it "
+            "from the run folders (finished runs are kept, not run again)"
+        )
+    return index

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from eva_rl.config import read_yaml
 from eva_rl.results import SUMMARY_FILE
-from eva_rl.sweeps.config import BASE_FILE, BASELINE_DIR, INDEX_FILE, SweepConfig
+from eva_rl.sweeps.config import (
+    BASE_FILE,
+    BASELINE_DIR,
+    SweepConfig,
+    check_same_sweep,
+    read_index,
+)
 
 RECENT = 5  # finished runs per method whose median wall time is its pace
 LOOP_BAR = re.compile(r"^(?:train|online)\s+(\d+)/(\d+)")  # the run's loop: done/total
@@ -122,10 +128,11 @@ class SweepStatus:
 def sweep_status(out: str | os.PathLike) -> SweepStatus | None:
     """The fine-tuning runs of the sweep at `out` (baselines apart); None before it has an index."""
     out = Path(out)
-    if not (out / INDEX_FILE).is_file():
+    index = read_index(out)
+    if index is None:
         return None
     status, baselines, finished = SweepStatus(out), 0, 0
-    for name, entry in json.loads((out / INDEX_FILE).read_text()).items():
+    for name, entry in index.items():
         if name.startswith(f"{BASELINE_DIR}."):
             baselines += 1
             finished += (out / BASELINE_DIR / f"{name[len(BASELINE_DIR) + 1 :]}.json").is_file()
@@ -176,13 +183,14 @@ def planned_status(cfg: SweepConfig) -> SweepStatus:
     from eva_rl.sweeps.plan import plan, reusable
 
     out = Path(cfg.out)
+    check_same_sweep(cfg)  # a status of the sweep that is there, not of another file's
+    snapshot = out / BASE_FILE  # a started sweep's runs are planned from its copy of the base
+    # (which checks every run's config) without checking each run's checkpoint and datasets:
+    # a status runs nothing, and may be asked on a machine that lacks them
+    runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None, inputs=False)
     status = sweep_status(out)
     if status is not None and not (cfg.reuse and status.waiting):
         return status
-    snapshot = out / BASE_FILE  # a started sweep's runs are planned from its copy of the base
-    # without checking each run's checkpoint and datasets: a status runs nothing, and may be
-    # asked on a machine that lacks them (starting the sweep checks them)
-    runs = plan(cfg, read_yaml(snapshot) if snapshot.is_file() else None, inputs=False)
     if status is None:
         planned = [r for r in runs if not r.baseline]
         status = SweepStatus(out, waiting=[r.name for r in planned if not r.waits_for],

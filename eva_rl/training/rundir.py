@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from eva_rl import distributed, ownership
 from eva_rl.config import as_current, changed_keys, read_yaml, to_dict
 from eva_rl.errors import UserError
 from eva_rl.io import (
+    atomic_write_bytes,
     atomic_write_dir,
     atomic_write_text,
     check_writable,
@@ -28,6 +28,7 @@ from eva_rl.io import (
     restore_dir,
 )
 from eva_rl.ownership import DirectoryLock
+from eva_rl.results import SUMMARY_FILE
 
 STATE_FILE = "state.pt"
 
@@ -110,10 +111,14 @@ def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
                 "same run: drop those changes, or start a new run with another out"
             )
     elif out.is_dir() and any(out.iterdir()):
-        ownership.check_replaceable(out, "this run")
+        # a run folder only (a sweep, an export, a report, an EVA result are not replaced)
+        ownership.check_replaceable(out, "this run", kind="run")
         if _has_state(out):
             raise UserError(f"output directory {out} holds a run; pass resume=true or choose "
                             "another out=")  # fmt: skip
+        if (out / SUMMARY_FILE).is_file():  # finished, its checkpoints gone (an exported run)
+            raise UserError(f"output directory {out} holds a finished run ({SUMMARY_FILE}); "
+                            "choose another out=")  # fmt: skip
     check_writable(out, directory=True)
     distributed.barrier()
     lock = None
@@ -137,7 +142,7 @@ def _prepare(out: Path, cfg: Any, resume: bool) -> DirectoryLock | None:
 def _replace_stale(out: Path) -> None:
     """Remove an unused eva_rl folder (or a symlink left in `out`'s place) before a new run."""
     if out.is_symlink() or any(out.iterdir()):
-        ownership.remove(out)
+        ownership.remove(out, "run")
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -170,13 +175,16 @@ def load_state(path: Path) -> dict[str, Any]:
 
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise UserError(
-            f"{path} holds objects other than tensors and plain data (eva_rl never writes "
-            "those); refusing to load it: it could run code"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path} is not a readable checkpoint ({e}); start the run again") from None
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a class it refused; else damaged bytes
+            raise UserError(
+                f"{path} holds objects other than tensors and plain data (eva_rl never writes "
+                "those); refusing to load it: it could run code"
+            ) from None
+        reason = str(e).strip().splitlines()[-1].strip()
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        reason = repr(e)
+    raise UserError(f"{path} is not a readable checkpoint ({reason}); start the run again")
 
 
 def check_resumed_precision(state: dict[str, Any], precision: str, latest: Path) -> None:
@@ -203,14 +211,8 @@ def purge_events(log_dir: Path, step: int) -> None:
         keep = [r for r in records if Event.FromString(r).step <= step]
         if len(keep) == len(records):
             continue
-        tmp = path.with_name(f".{path.name}.tmp")  # TensorBoard reads it too: never left
-        try:
-            with open(tmp, "wb") as f:
-                writer = RecordWriter(f)
-                for record in keep:
-                    writer.write(record)
-                writer.flush()
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        writer = RecordWriter(buffer)
+        for record in keep:
+            writer.write(record)
+        atomic_write_bytes(path, buffer.getvalue())  # an interrupt leaves no temp file behind
