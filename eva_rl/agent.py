@@ -35,6 +35,12 @@ from eva_rl.weights import check_weights, weights_digest
 META_FILE = "eva_rl.json"
 
 
+# Bounds, not memory estimates: context_length 100,000 asks for a 90 GB causal mask (3K tokens
+# squared) per sample, max_ep_len and hidden_size size embeddings and matrices alike.
+MODEL_LIMITS = {"hidden_size": 8192, "n_layer": 128, "n_head": 128, "context_length": 1024,
+                "max_ep_len": 100_000}  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     hidden_size: int = 128  # width of the token embeddings and the blocks
@@ -46,13 +52,16 @@ class ModelConfig:
     activation_function: str = "relu"  # of the blocks' MLPs (transformers' names)
 
     def __post_init__(self):
+        for key, limit in MODEL_LIMITS.items():
+            value = getattr(self, key)
+            if not 1 <= value <= limit:
+                raise UserError(
+                    f"model.{key} must be in [1, {limit}], got {value} ({limit} lies far above "
+                    "any Decision Transformer's and below sizes that cannot be allocated)"
+                )
         if self.hidden_size % self.n_head:
             raise UserError(
                 f"model.hidden_size {self.hidden_size} must divide by n_head {self.n_head}"
-            )
-        if min(self.hidden_size, self.n_layer, self.n_head, self.context_length) < 1:
-            raise UserError(
-                "model sizes (hidden_size, n_layer, n_head, context_length) must be >= 1"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")

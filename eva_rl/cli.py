@@ -175,9 +175,13 @@ def _export_flags(p) -> None:
 
 def _curve_flags(p) -> None:
     p.add_argument("run", help="run directory (holds tb/)")
-    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="figure path; its extension names the format (.png, .pdf, .svg, ...)",
+    )
     p.add_argument("--title", help="figure title")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
 
 
 def _sweep_flags(p) -> None:
@@ -239,7 +243,7 @@ COMMANDS = {
         True, cmd_quickstart),
     "video": ("agents side by side on the same episodes (MP4 per episode)", _video_flags, True,
               cmd_video),
-    "curve": ("a training run's loss and evaluation curves (PNG)", _curve_flags, False,
+    "curve": ("a training run's loss and evaluation curves (a figure)", _curve_flags, False,
               cmd_curve),
     "suites": ("the environment suites in envs/", None, False, cmd_suites),
 }  # fmt: skip

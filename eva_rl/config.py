@@ -53,7 +53,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path} (check the path)")
     try:
-        data = safe_yaml(path.read_text(), str(path)) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not valid YAML/UTF-8 text (byte {e.start} cannot be decoded); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -43,6 +43,7 @@ from eva_rl.results import EVAL_SEED, EnvResult, Episode, EvalResult
 from eva_rl.rollout import MeanAction, NoisyAction, Rollouts, SlotGroup
 from eva_rl.runtime import Precision, check_precision, resolve_device, resolve_precision
 from eva_rl.signals import interrupts_held
+from eva_rl.video import check_video, log_videos
 
 
 @dataclass
@@ -87,19 +88,6 @@ class EvalConfig:
             raise UserError(f"noise must be >= 0, got {self.noise}")
         check_video(self.video, self.video_size, self.video_every)
         check_seed(self.seed, "eval.seed")
-
-
-def check_video(video: int, size: int, every: int) -> None:
-    """The video options of an evaluation config (`eval.*`), checked before any rollout."""
-    if video < 0:
-        raise UserError(f"eval.video must be >= 0 (0: no videos), got {video}")
-    if every < 1:
-        raise UserError(f"eval.video_every must be >= 1 (1: every frame), got {every}")
-    if size < 16 or size % 2:  # H.264 (yuv420p) encodes even sizes only; ffmpeg fails silently
-        raise UserError(
-            "eval.video_size must be an even number of pixels >= 16 (H.264 encodes even frame "
-            f"sizes only), got {size}"
-        )
 
 
 def scaled_target(target: float, scale: float) -> float:
@@ -318,6 +306,12 @@ class EvaluateConfig:
             raise UserError("name the JSON report with --out FILE")
         if self.envs and self.suite:
             raise UserError("pass --envs or --suite, not both")
+        report, tb = Path(self.out).resolve(), self.tb_dir.resolve()
+        if report.is_relative_to(tb) or tb.is_relative_to(report):  # the same, or one holds one
+            raise UserError(
+                f"--tb {self.tb} and --out {self.out} are the same path or one holds the other; "
+                "give --tb a folder beside the report, or leave it out"
+            )
 
     @property
     def tb_dir(self) -> Path:
@@ -333,8 +327,6 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
     any recorded videos; the outputs are checked before the first rollout."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from eva_rl.video import log_videos
-
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists; pass --overwrite or choose another --out")
@@ -348,6 +340,10 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> EvalResult:
         agent.meta = dataclasses.replace(agent.meta, reference_returns=references)
     envs = cfg.envs or (suite.tasks if suite else [])
     envs = envs or agent.meta.provenance.get("envs") or sorted(agent.meta.target_returns)
+    if unplayed := [env for env in cfg.eval.target_returns if env not in envs]:  # else dropped
+        raise UserError(f"a target return is given for {', '.join(unplayed)}, which this "
+                        f"evaluation does not play (envs: {', '.join(envs)}); add it to --envs "
+                        "or drop its target")  # fmt: skip
     eval_cfg = cfg.eval
     if cfg.targets_from_datasets is not None:
         found = dataset_targets(cfg.targets_from_datasets, envs)

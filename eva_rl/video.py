@@ -26,6 +26,19 @@ from eva_rl.signals import interrupts_held
 LIBRARIES = {"egl": "EGL", "osmesa": "OSMesa"}
 
 
+def check_video(video: int, size: int, every: int) -> None:
+    """The video options of an evaluation config (`eval.*`), checked before any rollout."""
+    if video < 0:
+        raise UserError(f"eval.video must be >= 0 (0: no videos), got {video}")
+    if every < 1:
+        raise UserError(f"eval.video_every must be >= 1 (1: every frame), got {every}")
+    if size < 16 or size % 2:  # H.264 (yuv420p) encodes even sizes only; ffmpeg fails silently
+        raise UserError(
+            "eval.video_size must be an even number of pixels >= 16 (H.264 encodes even frame "
+            f"sizes only), got {size}"
+        )
+
+
 def setup_rendering() -> str:
     """Choose and check MuJoCo's offscreen backend for the processes this one starts."""
     backend = os.environ.get("MUJOCO_GL")

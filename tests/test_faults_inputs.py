@@ -134,7 +134,7 @@ def test_actions_outside_the_space_are_warned_about_once_with_the_share(tmp_path
     ("method.alpha=.inf", "config key 'method.alpha' must be a finite number, got inf"),
     ("method.rho=.nan", "config key 'method.rho' must be a finite number, got nan"),
     ("optim.batch_size=1000000000", "optim.batch_size must be in [1, 65536]"),
-    ("collector.batch_size=1000000000", "batch_size in [1, 65536]"),
+    ("collector.batch_size=1000000000", "batch_size must be in [1, 65536], got 1000000000"),
 ])  # fmt: skip
 def test_non_finite_or_unbounded_config_numbers_are_refused(override, fragment, tmp_path, capsys):
     out = tmp_path / "run"
@@ -455,3 +455,146 @@ def test_a_base_retrained_at_the_adapters_own_path_is_refused(
     one_line_error(capsys, f"adapter {adapter} was trained on other weights than those now at "
                    f"{base}", "restore that checkpoint")  # fmt: skip
     assert not (tmp_path / "checkout" / "e.json").exists()
+
+
+# --- an audit's bad inputs: one line each, never a traceback ------------------------------------
+
+
+@pytest.mark.parametrize("command", ["finetune", "sweep", "sweep base", "report"])
+def test_a_config_file_that_is_not_utf8_is_refused(command, tmp_path, capsys):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe bad")  # UTF-16's byte order mark: not UTF-8
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {binary}\nout: {tmp_path / 'out'}\ngrid: {{seed: [0]}}\n")
+    (tmp_path / "runs").mkdir()
+    args = {"finetune": ["finetune", "--config", str(binary), "--out", str(tmp_path / "out")],
+            "sweep": ["sweep", str(binary)],
+            "sweep base": ["sweep", str(sweep)],
+            "report": ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                       "--hypotheses", str(binary)]}[command]  # fmt: skip
+    assert main(args) == 2
+    one_line_error(capsys, f"{binary} is not valid YAML/UTF-8 text", "save it as UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: s.pop("transitions"),
+    lambda s: s.update(return_mean="n/a"),
+    lambda s: s.update(success_final=None),  # printed beside success_any
+    lambda s: s.update(episodes="4"),
+])  # fmt: skip
+def test_a_damaged_dataset_summary_is_recomputed_from_the_data(damage, mw_root, tmp_path, capsys):
+    from eva_rl.data.catalog import SUMMARY_FILE
+
+    assert main(["data", "list", "--root", str(mw_root)]) == 0
+    whole = capsys.readouterr().out.replace(str(mw_root), "ROOT")
+    root = tmp_path / "mw"
+    shutil.copytree(mw_root, root)
+    path = root / HAMMER / SUMMARY_FILE
+    summary = json.loads(path.read_text())
+    damage(summary)
+    path.write_text(json.dumps(summary))
+    assert main(["data", "list", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.replace(str(root), "ROOT") == whole
+    args = ["data", "build", "--tasks", "hammer-v3", "--root", str(root), "--skip-existing"]
+    assert main(args) == 0
+    hammer = next(line.strip() for line in whole.splitlines() if HAMMER in line)
+    assert f"  {hammer}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("method", "targets", "fragment"), [
+    ("lora", "[nope]", "no Linear/Conv1D module matches target_modules=['nope']"),
+    ("pissa", "[nope]", "no Linear/Conv1D module matches target_modules=['nope']"),
+    ("lora", "[]", "method.target_modules is empty; name the layers to adapt"),
+])  # fmt: skip
+def test_target_modules_matching_no_layer_are_refused_for_every_method(
+    method, targets, fragment, checkpoint, mw_root, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = tiny_finetune_overrides(
+        checkpoint, mw_root, out, method, f"method.target_modules={targets}"
+    )
+    assert main(["finetune", *args]) == 2
+    one_line_error(capsys, fragment)  # as EVA's collector words it
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("out", "tb"), [("x", "x"), ("x/e.json", "x"), ("x", "x/tb")])
+def test_an_evaluation_whose_tb_folder_overlaps_its_report_is_refused_before_rollouts(
+    out, tb, checkpoint, tmp_path, capsys
+):
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--episodes", "1",
+            "--out", str(tmp_path / out), "--tb", str(tmp_path / tb)]  # fmt: skip
+    assert main(args) == 2
+    one_line_error(capsys, "are the same path or one holds the other",
+                   "give --tb a folder beside the report")  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("model.context_length=100000", "model.context_length must be in [1, 1024], got 100000"),
+    ("model.max_ep_len=10000000", "model.max_ep_len must be in [1, 100000], got 10000000"),
+    ("model.hidden_size=100000", "model.hidden_size must be in [1, 8192], got 100000"),
+    ("model.n_head=0", "model.n_head must be in [1, 128], got 0"),  # was a ZeroDivisionError
+])  # fmt: skip
+def test_model_sizes_are_bounded(override, fragment, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny_pretrain_overrides("root", out), override]) == 2
+    one_line_error(capsys, fragment, "cannot be allocated")
+    assert not out.exists()
+
+
+def test_collector_limits_name_the_setting_and_value_given(tmp_path, capsys):
+    out = tmp_path / "eva"
+    base = ["collect", "--checkpoint", "ckpt", "--datasets", HAMMER, "--out", str(out)]
+    assert main([*base, "--max-batches", "0"]) == 2
+    one_line_error(capsys, "max_batches must be >= 2 (convergence compares batches), got 0")
+    assert main([*base, "--batch-size", "0"]) == 2
+    one_line_error(capsys, "batch_size must be in [1, 65536], got 0")
+    assert not out.exists()
+
+
+def test_an_export_into_a_users_folder_does_not_suggest_overwrite(tmp_path, capsys):
+    from eva_rl import ownership
+
+    runs = tmp_path / "sweep"
+    (runs / "r1").mkdir(parents=True)
+    ownership.claim(runs, "sweep")
+    (runs / "r1" / "summary.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["export", str(runs), "--out", str(mine)]) == 2
+    err = one_line_error(capsys, f"{mine} exists and was not made by eva-rl")
+    assert "--overwrite" not in err  # it would be refused too
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_curve_is_written_in_the_format_its_extension_names(checkpoint, tmp_path, capsys):
+    run = checkpoint.parent
+    assert main(["curve", str(run), "--out", str(tmp_path / "c.pdf")]) == 0
+    assert (tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("c", "c.xyz"):
+        assert main(["curve", str(run), "--out", str(tmp_path / name)]) == 2
+        one_line_error(capsys, f"cannot write a figure as {tmp_path / name}", ".pdf", ".png")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pdf"]
+
+
+def test_a_target_return_for_an_env_not_evaluated_is_refused(checkpoint, tmp_path, capsys):
+    args = evaluate_args(checkpoint, tmp_path, "--envs", "push-v3", "--target-return",
+                         "hammer-v3=100")  # fmt: skip
+    assert main(args) == 2
+    one_line_error(capsys, "a target return is given for hammer-v3, which this evaluation does "
+                   "not play (envs: push-v3)")  # fmt: skip
+    assert nothing_evaluated(tmp_path)
+
+
+@pytest.mark.parametrize(("suite", "fragment"), [
+    ("nope", "unknown suite 'nope'; valid: "),
+    ("cw10", "suite cw10 and datasets metaworld/push-v3/scripted-v0 name different data"),
+])  # fmt: skip
+def test_pretraining_refuses_a_suite_it_would_ignore(suite, fragment, mw_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny_pretrain_overrides(mw_root, out), "--suite", suite]) == 2
+    one_line_error(capsys, fragment)
+    assert not out.exists()

@@ -252,3 +252,15 @@ def test_valid_quickstart_settings_plan_the_runs_they_name(tmp_path):
     assert sweep.grid == {"method.name": ["eva", "lora"]} and sweep.out == str(tmp_path / "runs")
     assert sweep.set["optim"] == {"lr": 1e-3} and sweep.set["task"] == "hammer-v3"
     assert not list(tmp_path.iterdir())  # planned, nothing written
+
+
+@pytest.mark.parametrize("cls", [FinetuneConfig, OnlineConfig])
+def test_a_task_and_other_datasets_are_refused_as_naming_different_data(cls):
+    """The run trained on the datasets and was labelled with the task (reports filed it there)."""
+    base = ["out=x", "task=push-v3"]
+    refusal = (r"task push-v3 and datasets metaworld/hammer-v3/scripted-v0 name different data "
+               r".* --task T is short for --datasets metaworld/push-v3/scripted-v0$")  # fmt: skip
+    with pytest.raises(UserError, match=refusal):
+        load_config(cls, None, [*base, "datasets=[metaworld/hammer-v3/scripted-v0]"])
+    same = load_config(cls, None, [*base, "datasets=[metaworld/push-v3/scripted-v0]"])
+    assert same.dataset_ids == ["metaworld/push-v3/scripted-v0"]  # the same data twice: fine

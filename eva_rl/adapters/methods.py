@@ -27,7 +27,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from eva_rl.errors import UserError
-from eva_rl.layers import check_rank
+from eva_rl.layers import check_rank, target_layers
 
 
 @dataclass
@@ -51,6 +51,11 @@ class MethodConfig:
             raise UserError(unknown_method(self.name))
         if self.rank < 1:
             raise UserError(f"method.rank must be >= 1, got {self.rank}")
+        if not self.target_modules and not METHODS[self.name].trains_full_model:
+            raise UserError(
+                "method.target_modules is empty; name the layers to adapt, e.g. "
+                "[c_attn, c_proj, c_fc] (GPT-2's block matrices)"
+            )
         if not 1.0 <= self.rho < math.inf:
             raise UserError(f"method.rho must be >= 1 (1 = no redistribution), got {self.rho}")
         if not 0 <= self.alpha < math.inf or not 0.0 <= self.dropout < 1.0:
@@ -374,7 +379,8 @@ METHODS: dict[str, Method] = {
 def build_method(base: torch.nn.Module, cfg: MethodConfig, ctx: BuildContext) -> Adapted:
     """Adapt a deep copy of `base` with `cfg.name`; `base` is left untouched."""
     spec = METHODS[cfg.name]
-    if not spec.trains_full_model:
+    if not spec.trains_full_model:  # PEFT refuses unmatched targets with a traceback
+        target_layers(base, cfg.target_modules)
         check_rank(base, cfg.rank, cfg.target_modules)
     if spec.needs_eva_state and ctx.eva_state is None:
         raise ValueError(f"{cfg.name} is built from EVA's components: pass eva_state")

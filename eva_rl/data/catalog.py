@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -355,7 +356,8 @@ def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
     if not isinstance(summary, dict):
         return summarize(dataset)
     stale = summary.get("success_final") is not None and "success_final_top" not in summary
-    if summary.get("finite") is not True or stale:  # written by an older eva_rl
+    # Written by an older eva_rl, or edited or damaged since: the data are the truth.
+    if summary.get("finite") is not True or stale or not _whole(summary):
         return {**summary, **summarize(dataset)}
     if summary.get("episodes") != dataset.total_episodes:
         raise UserError(
@@ -363,6 +365,23 @@ def read_summary(dataset_id: str, root: Path | None = None) -> dict[str, Any]:
             f"summary says {summary.get('episodes')}; rebuild it (eva-rl data build --overwrite)"
         )
     return summary
+
+
+def _whole(summary: dict[str, Any]) -> bool:
+    """Every statistic `summarize` writes is there with its type, so a summary can be trusted
+    (and printed) only as a whole: a dropped key or a `"n/a"` means recomputing."""
+
+    def number(value: Any) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    success = [summary.get(k) for k in ("success_any", "success_final", "success_final_top")]
+    return (
+        isinstance(summary.get("dataset_id"), str)
+        and all(type(summary.get(k)) is int for k in ("episodes", "transitions"))
+        and all(number(summary.get(k)) for k in ("return_mean", "return_min", "return_max"))
+        and all(v is None or number(v) for v in success)
+        and (success[0] is None) == (success[1] is None)  # printed together
+    )
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -86,9 +86,11 @@ class CollectorConfig:
             raise UserError(f"rho must be >= 1 (1 = no redistribution), got {self.rho}")
         if not 0.0 < self.tau <= 1.0:
             raise UserError(f"tau must be in (0, 1], got {self.tau}")
-        if self.max_batches < 2 or not 1 <= self.batch_size <= MAX_BATCH:
+        if self.max_batches < 2:
             raise UserError(f"max_batches must be >= 2 (convergence compares batches), "
-                            f"batch_size in [1, {MAX_BATCH}], got {self.batch_size}")  # fmt: skip
+                            f"got {self.max_batches}")  # fmt: skip
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise UserError(f"batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         bad = [t for t in self.token_types if t not in TOKEN_TYPES]
         if bad or not self.token_types:
             raise UserError(f"token_types must be a non-empty subset of {list(TOKEN_TYPES)}")

@@ -2,7 +2,7 @@
 paired differences, per-task bars with per-seed dots, score/held-out loss/AUC against
 trainable parameters, EVA's rank allocation, the gradient signal at initialisation, and one
 training run's curves. One hue per method, lighter for smaller ranks; legends in the report's
-(registry, then numeric) order. Every PNG is written atomically."""
+(registry, then numeric) order. Every figure is written atomically."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from eva_rl.adapters.methods import METHODS
+from eva_rl.errors import UserError
 from eva_rl.reports.runs import variant_text
 from eva_rl.results import EvalResult
 
@@ -31,11 +32,18 @@ def figure(rows: int = 1, cols: int = 1, **kwargs):
 
 
 def save(fig, path: Path) -> None:
-    """Write the figure beside `path` and rename it into place."""
+    """Write the figure beside `path`, in the format its extension names (`curve --out c.pdf`),
+    and rename it into place."""
+    kind = path.suffix.lower().removeprefix(".")
+    formats = set(fig.canvas.get_supported_filetypes()) - {"pgf"}  # pgf needs a TeX install
+    if kind not in formats:
+        endings = ", ".join("." + f for f in sorted(formats))
+        raise UserError(f"cannot write a figure as {path}: its extension names the format; end "
+                        f"it with one of {endings} (e.g. .png)")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.stem}.tmp.{kind}")
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, format=kind)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

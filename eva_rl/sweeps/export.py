@@ -49,10 +49,10 @@ def export_runs(
     if dst.resolve() in src.resolve().parents:
         raise UserError(f"--out {dst} holds the runs it exports ({src}); choose another one")
     restore_dir(dst)  # an export killed while swapping: the previous one comes back
+    _check_replaceable(dst)  # first: --overwrite would not help with a folder that is not ours
+    check_writable(dst, directory=True)
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; pass --overwrite or choose another destination")
-    _check_replaceable(dst)
-    check_writable(dst, directory=True)
 
     def write(staged: Path) -> None:
         ownership.claim(staged, "export")

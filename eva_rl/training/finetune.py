@@ -35,7 +35,7 @@ from eva_rl.config import check_seed, to_dict
 from eva_rl.data.catalog import dataset_id
 from eva_rl.errors import UserError
 from eva_rl.eva.collector import TOKEN_TYPES, CollectorConfig, CollectorMethod
-from eva_rl.evaluation import EvalConfig, Evaluator, check_video
+from eva_rl.evaluation import EvalConfig, Evaluator
 from eva_rl.io import atomic_write_dir, atomic_write_json
 from eva_rl.layers import check_rank
 from eva_rl.results import SUMMARY_FILE, EvalPoint, RunSummary
@@ -50,7 +50,7 @@ from eva_rl.training.adapted import (
 )
 from eva_rl.training.loop import LoopConfig, OptimConfig, Trainer
 from eva_rl.training.losses import action_loss, gradient_signal, heldout_loss
-from eva_rl.video import log_videos
+from eva_rl.video import check_video, log_videos
 
 # FinetuneEvalConfig's integer fields: key -> (least value, what the least one means)
 EVAL_LEAST = {
@@ -58,7 +58,7 @@ EVAL_LEAST = {
     "final_episodes": (0, " (0: eval.episodes)"),
     "max_envs": (0, " (0: auto)"),
     "workers": (0, " (0: auto, 1: in this process)"),
-}  # the video settings: evaluation.check_video
+}  # the video settings: video.check_video
 
 
 @dataclass
@@ -148,6 +148,12 @@ class AdaptedRunConfig:
             raise UserError(
                 "name the downstream data: --datasets ID [ID ...] (Minari ids) or --task TASK "
                 "(a Meta-World task's scripted-expert dataset)"
+            )
+        if self.task and self.datasets and self.datasets != [dataset_id(self.task)]:
+            raise UserError(
+                f"task {self.task} and datasets {' '.join(self.datasets)} name different data "
+                "(a run is labelled by its task); give one: --task T is short for --datasets "
+                f"{dataset_id(self.task)}"
             )
         if not self.out:
             raise UserError("name the run directory with --out DIR")

@@ -42,11 +42,14 @@ class PretrainEvalConfig:
         check_seed(self.seed, "eval.seed")
 
 
+DEFAULT_SUITE = "mt40"
+
+
 @dataclass
 class PretrainConfig:
     out: str = "runs/pretrain"  # the run directory
     datasets: list[str] = field(default_factory=list)  # Minari ids; empty: the suite's datasets
-    suite: str = "mt40"  # the datasets, horizon and reference returns when `datasets` is empty
+    suite: str = DEFAULT_SUITE  # the datasets, horizon and references when `datasets` is empty
     data_root: str | None = None  # Minari root; None: $MINARI_DATASETS_PATH or ~/.minari
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -69,6 +72,15 @@ class PretrainConfig:
             raise UserError(f"return_scale must be > 0, got {self.return_scale}")
         if self.horizon is not None and not 1 <= self.horizon <= self.model.max_ep_len:
             raise UserError(horizon_message(self.horizon, self.model.max_ep_len))
+        suite = load_suite(self.suite)  # an unknown one is refused even where datasets are set
+        # A suite named beside datasets would be ignored (its horizon and references too);
+        # the default cannot be told from one written out, so only other suites are compared.
+        if self.datasets and self.suite != DEFAULT_SUITE and self.datasets != suite_datasets(suite):
+            raise UserError(
+                f"suite {self.suite} and datasets {' '.join(self.datasets)} name different data "
+                "(datasets, when given, replace the suite's); give one: --suite S, or --datasets "
+                "ID [ID ...] alone"
+            )
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
